@@ -1,0 +1,193 @@
+"""The ``genrecast`` command line: serve, push, watch, classify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stream_server.config import Config, load_config
+from stream_server.errors import GenrecastError
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    server = config.server
+    if getattr(args, "host", None) is not None:
+        server = dataclasses.replace(server, host=args.host)
+    if getattr(args, "port", None) is not None:
+        server = dataclasses.replace(server, port=args.port)
+    model = config.model
+    if getattr(args, "model", None) is not None:
+        model = dataclasses.replace(model, path=args.model)
+    engine = config.engine
+    if getattr(args, "device", None) is not None:
+        engine = dataclasses.replace(engine, device=args.device)
+    return config.replace(server=server, model=model, engine=engine)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from stream_server.model import resolve_model
+    from stream_server.server import serve
+
+    config = _load_config(args)
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
+    model = resolve_model(config.model.path)  # fail fast on a bad checkpoint, before listening
+    serve(config, model=model)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from stream_server.client import print_progress, push
+
+    def started(stream_id: str) -> None:
+        print(f"stream {stream_id} started; watch it with: genrecast watch --stream {stream_id}")
+
+    result = asyncio.run(
+        push(
+            args.source,
+            server=args.server,
+            name=args.name or "",
+            pace="realtime" if args.realtime else "flood" if args.flood else "fast",
+            on_started=started,
+            progress=None if args.quiet else print_progress(),
+        )
+    )
+    if not args.quiet:
+        sys.stderr.write("\n")
+    ended = result.ended
+    computed = ended["windows_computed"] if ended else 0
+    skipped = ended["windows_skipped"] if ended else 0
+    print(
+        f"stream {result.stream_id} ended: {result.seconds_sent:.1f} s of audio sent, "
+        f"{computed} windows computed, {skipped} skipped"
+    )
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from stream_server.client import watch
+
+    asyncio.run(
+        watch(
+            server=args.server,
+            stream_id=args.stream,
+            since=args.since,
+            as_json=args.json,
+            count=args.count,
+            until_end=args.until_end,
+        )
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from stream_server.classify import classify_file, format_report
+
+    config = _load_config(args)
+    report = classify_file(args.file, config, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stream_server.bench import run_bench
+
+    config = _load_config(args)
+    result = run_bench(config, streams=args.streams, seconds=args.seconds, speed=args.speed)
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrecast", description="Real-time music-genre monitor.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--host", help="listen address (config: server.host)")
+    p.add_argument("--port", type=int, help="listen port, 0 for any free one (config: server.port)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("push", help="stream an audio file or URL to a server as PCM")
+    p.add_argument("source", help="anything PyAV can read: a file path or URL")
+    p.add_argument(
+        "--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER})"
+    )
+    p.add_argument("--name", help="stream name (default: the file name)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="send at the audio's own pace")
+    pace.add_argument(
+        "--fast",
+        action="store_true",
+        help="send as fast as the server computes windows, skipping none (default)",
+    )
+    pace.add_argument(
+        "--flood",
+        action="store_true",
+        help="send as fast as the connection allows; the server skips windows it cannot keep up",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("watch", help="print live updates")
+    p.add_argument(
+        "--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER})"
+    )
+    p.add_argument("--stream", help="only this stream id")
+    p.add_argument("--since", type=int, help="replay messages after this seq")
+    p.add_argument("--json", action="store_true", help="print raw JSON messages")
+    p.add_argument("--count", type=int, help="exit after this many genre.update messages")
+    p.add_argument("--until-end", action="store_true", help="exit when the stream ends")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("classify", help="classify an audio file offline")
+    p.add_argument("file", help="audio file (anything PyAV can read)")
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("bench", help="measure throughput and latency with concurrent streams")
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument("--streams", type=int, default=8, help="concurrent streams (default 8)")
+    p.add_argument("--seconds", type=float, default=30.0, help="audio per stream (default 30)")
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="send at this multiple of real time (default 1)"
+    )
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except GenrecastError as exc:
+        print(f"genrecast: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the server is not reachable
+        print(f"genrecast: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""WebSocket clients: push an audio source as PCM to ``/ws/ingest``, watch ``/ws/updates``.
+
+Both are plain asyncio functions over the ``websockets`` client, used by the command line and by
+tests. PCM is sent uncompressed (``compression=None``): deflate only burns CPU on audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+from urllib.parse import urlencode
+
+import httpx
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from stream_server.decode import iter_pcm, probe
+from stream_server.errors import GenrecastError
+from stream_server.messages import (
+    ServerMessage,
+    StartMessage,
+    StreamEnded,
+    dumps,
+    parse_server_message,
+)
+
+#: Seconds of audio per PCM frame sent by :func:`push`.
+FRAME_SECONDS = 0.1
+#: Longest wait, in seconds, for the server to compute the next window when pushing ``fast``.
+PACE_TIMEOUT_S = 120.0
+
+
+class ClientError(GenrecastError):
+    """The server refused a client or broke off the conversation."""
+
+
+def ws_url(server: str, path: str, **query: object) -> str:
+    """``http://host:port`` or ``ws://host:port`` plus ``path`` and non-None query values."""
+    base = server.rstrip("/")
+    if base.startswith("http"):
+        base = "ws" + base[4:]
+    elif not base.startswith("ws"):
+        base = "ws://" + base
+    params = {k: v for k, v in query.items() if v is not None}
+    return f"{base}{path}" + (f"?{urlencode(params)}" if params else "")
+
+
+async def _expect(ws: ClientConnection, wanted: str, wait_s: float) -> ServerMessage:
+    while True:
+        raw = await asyncio.wait_for(ws.recv(), wait_s)
+        message = parse_server_message(raw)
+        if message["type"] == "error":
+            raise ClientError(f"server error ({message['code']}): {message['message']}")
+        if message["type"] == wanted:
+            return message
+
+
+@dataclass
+class PushResult:
+    stream_id: str
+    seconds_sent: float
+    ended: StreamEnded | None
+
+
+ProgressFn = Callable[[float, float | None], None]
+
+
+Pace = Literal["realtime", "fast", "flood"]
+
+
+class _ComputedUntil:
+    """Follows a stream's ``genre.update`` messages: how far into the stream windows are done."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.changed = asyncio.Event()
+
+    async def follow(self, server: str, stream_id: str, since: int) -> None:
+        url = ws_url(server, "/ws/updates", stream_id=stream_id, since=since)
+        async with connect(url, compression=None, proxy=None) as ws:
+            async for raw in ws:
+                message = parse_server_message(raw)
+                if message["type"] == "genre.update":
+                    self.seconds = max(self.seconds, message["stream_time_s"])
+                    self.changed.set()
+
+    async def wait_beyond(self, seconds: float) -> None:
+        while self.seconds < seconds:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def _window_and_hop(server: str) -> tuple[float, float]:
+    base = server if server.startswith("http") else "http://" + server.split("://")[-1]
+    try:
+        async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
+            ready = (await http.get("/ready")).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ClientError(f"cannot reach the server at {base}: {exc}") from None
+    if not ready.get("ready"):
+        raise ClientError(f"the server is not ready: {ready.get('error') or 'model loading'}")
+    return float(ready["window_s"]), float(ready["hop_s"])
+
+
+async def push_frames(
+    frames: Iterator[np.ndarray],
+    *,
+    server: str,
+    sample_rate: int,
+    channels: int,
+    name: str = "",
+    pace: Pace = "fast",
+    speed: float = 1.0,
+    on_started: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
+    duration_s: float | None = None,
+    end_timeout: float = 30.0,
+) -> PushResult:
+    """Send ``frames`` (``(frames, channels)`` float32 arrays) as f32le PCM; returns when ended.
+
+    ``pace``: ``realtime`` sends at ``speed`` times the audio's own speed; ``fast`` sends as
+    fast as the server computes windows, staying less than one hop ahead of the last computed
+    window so none is skipped; ``flood`` sends as fast as the connection allows (the server
+    then keeps only the newest due window of the stream and counts the others as skipped).
+    """
+    start = StartMessage(type="start", sample_rate=sample_rate, channels=channels, format="f32le")
+    if name:
+        start["name"] = name
+    window_s, hop_s = await _window_and_hop(server) if pace == "fast" else (0.0, 0.0)
+    computed = _ComputedUntil()
+    async with connect(ws_url(server, "/ws/ingest"), compression=None, proxy=None) as ws:
+        await ws.send(dumps(start))
+        started = await _expect(ws, "stream.started", 30.0)
+        assert started["type"] == "stream.started"
+        stream_id = started["stream_id"]
+        follower = None
+        if pace == "fast":
+            follower = asyncio.create_task(computed.follow(server, stream_id, started["seq"]))
+        if on_started is not None:
+            on_started(stream_id)
+        sent = 0
+        t0 = time.monotonic()
+        try:
+            for block in frames:
+                if follower is not None:
+                    # Next due window ends at computed + hop (or at window_s for the first).
+                    limit = (computed.seconds or window_s - hop_s) + 1.5 * hop_s
+                    if (sent + len(block)) / sample_rate > limit:
+                        await _wait_or_fail(computed.wait_beyond(limit - hop_s), follower)
+                await ws.send(np.ascontiguousarray(block, dtype="<f4").tobytes())
+                sent += len(block)
+                if progress is not None:
+                    progress(sent / sample_rate, duration_s)
+                if pace == "realtime":
+                    ahead = sent / sample_rate / speed - (time.monotonic() - t0)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            await ws.send(dumps({"type": "stop"}))
+            ended = await _expect(ws, "stream.ended", end_timeout)
+        except ConnectionClosed as exc:
+            raise ClientError(f"the server closed the stream: {exc}") from None
+        finally:
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+        assert ended["type"] == "stream.ended"
+        return PushResult(stream_id, sent / sample_rate, ended)
+
+
+async def _wait_or_fail(waiting: Coroutine[Any, Any, None], follower: asyncio.Task[None]) -> None:
+    """Wait for ``waiting`` unless the update follower dies first (then raise its error)."""
+    wait_task = asyncio.ensure_future(waiting)
+    await asyncio.wait(
+        {wait_task, follower}, timeout=PACE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    if wait_task.done():
+        return
+    wait_task.cancel()
+    if not follower.done():
+        raise ClientError(f"no window was computed for {PACE_TIMEOUT_S:.0f} s")
+    exc = follower.exception() if not follower.cancelled() else None
+    raise ClientError(f"lost the updates connection while pacing: {exc}")
+
+
+async def push(
+    source: str,
+    *,
+    server: str,
+    name: str = "",
+    pace: Pace = "fast",
+    on_started: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
+) -> PushResult:
+    """Decode ``source`` with PyAV and push it (see :func:`push_frames`)."""
+    info = probe(source)
+    channels = min(info.channels, 2)
+    frames = iter_pcm(
+        source, sample_rate=info.sample_rate, channels=channels, chunk_seconds=FRAME_SECONDS
+    )
+    return await push_frames(
+        frames,
+        server=server,
+        sample_rate=info.sample_rate,
+        channels=channels,
+        name=name or source.rsplit("/", 1)[-1],
+        pace=pace,
+        on_started=on_started,
+        progress=progress,
+        duration_s=info.duration_s,
+    )
+
+
+def format_message(m: ServerMessage) -> str:
+    """One human-readable line for a server message."""
+    if m["type"] == "genre.update":
+        top = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in m["top"])
+        return (
+            f"[{m['seq']:>6}] {m['stream_id']}  t={m['stream_time_s']:7.1f}s  "
+            f"{m['genre']:<12} {m['confidence']:.2f}  ({top})  {m['latency_ms']:.0f} ms"
+        )
+    if m["type"] == "genre.change":
+        return (
+            f"[{m['seq']:>6}] {m['stream_id']}  t={m['stream_time_s']:7.1f}s  "
+            f"genre change: {m['previous']} -> {m['genre']}"
+        )
+    if m["type"] == "error":
+        return f"error ({m['code']}): {m['message']}"
+    return f"[{m['seq']:>6}] {m['stream_id']}  {m['type']}"
+
+
+async def watch(
+    *,
+    server: str,
+    stream_id: str | None = None,
+    since: int | None = None,
+    out: TextIO = sys.stdout,
+    as_json: bool = False,
+    count: int | None = None,
+    until_end: bool = False,
+    reconnect: bool = True,
+) -> int:
+    """Print messages from ``/ws/updates``; resumes with ``since`` after a dropped connection.
+
+    Stops after ``count`` ``genre.update`` messages, or when the watched stream ends if
+    ``until_end``. Returns the number of updates printed.
+    """
+    updates = 0
+    last_seq = since
+    while True:
+        url = ws_url(server, "/ws/updates", stream_id=stream_id, since=last_seq)
+        try:
+            async with connect(url, compression=None, proxy=None) as ws:
+                async for raw in ws:
+                    message = parse_server_message(raw)
+                    if message["type"] != "error":
+                        last_seq = message["seq"]
+                    print(dumps(message) if as_json else format_message(message), file=out)
+                    out.flush()
+                    if message["type"] == "genre.update":
+                        updates += 1
+                        if count is not None and updates >= count:
+                            return updates
+                    if (
+                        until_end
+                        and message["type"] == "stream.ended"
+                        and stream_id in (None, message["stream_id"])
+                    ):
+                        return updates
+        except (ConnectionClosed, OSError) as exc:
+            if not reconnect:
+                raise ClientError(f"updates connection lost: {exc}") from None
+            print(f"connection lost ({exc}); reconnecting", file=sys.stderr)
+            await asyncio.sleep(1.0)
+
+
+def print_progress(stream: TextIO = sys.stderr) -> ProgressFn:
+    """A progress callback drawing ``12.3 s / 30.0 s  41%`` on one terminal line."""
+    last = [0.0]
+
+    def show(done_s: float, total_s: float | None) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and (total_s is None or done_s < total_s):
+            return
+        last[0] = now
+        if total_s:
+            pct = min(100.0, 100.0 * done_s / total_s)
+            stream.write(f"\r  sent {done_s:7.1f} s / {total_s:.1f} s  {pct:3.0f}%")
+        else:
+            stream.write(f"\r  sent {done_s:7.1f} s")
+        stream.flush()
+
+    return show

@@ -1,0 +1,250 @@
+"""One typed configuration, loaded once from ``config.toml`` and passed explicitly.
+
+Each TOML table maps to a frozen dataclass; :class:`Config` holds one of each. Unknown keys,
+wrong types and out-of-range values raise :class:`~stream_server.errors.ConfigError` naming the
+key (``engine.max_batch``) and the bad value. A missing key takes the default written here, which
+is also what the project's ``config.toml`` documents.
+
+Units are in the key names: ``*_s`` seconds, ``*_ms`` milliseconds, ``*_bytes`` bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream_server.errors import ConfigError
+
+#: The ``config.toml`` shipped at the project root (used when no path is given and it exists).
+PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP/WebSocket listener and the limits it enforces on clients."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_frame_bytes: int = 1 << 20
+    min_sample_rate: int = 8000
+    max_sample_rate: int = 384_000
+    max_channels: int = 8
+    max_streams: int = 64
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoint to load: a local directory or a Hugging Face hub id; empty = built-in."""
+
+    path: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The inference engine: device, batching and windowing (seconds of stream time)."""
+
+    device: str = "auto"
+    half_precision: bool = True
+    max_batch: int = 32
+    max_wait_ms: float = 20.0
+    hop_s: float = 1.0
+    window_s: float = 0.0
+    buffer_s: float = 30.0
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Probability smoothing and the genre-change hysteresis (seconds of stream time)."""
+
+    time_constant_s: float = 4.0
+    switch_margin: float = 0.1
+    min_dwell_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class UpdatesConfig:
+    """Fan-out of messages to ``/ws/updates`` subscribers."""
+
+    queue_size: int = 256
+    history_size: int = 4096
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where timelines are kept (SQLite, WAL mode)."""
+
+    database: str = "genrecast.db"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration: one frozen dataclass per TOML table."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def replace(self, **tables: Any) -> Config:
+        """Return a copy with some tables swapped out."""
+        return dataclasses.replace(self, **tables)
+
+
+# (table, key) -> check on the already type-checked value: returns an error text or None.
+_Check = typing.Callable[[Any], str | None]
+
+
+def _positive(v: Any) -> str | None:
+    return None if 0 < v < math.inf else "must be a finite number > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if 0 <= v < math.inf else "must be a finite number >= 0"
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port in 0..65535"
+
+
+def _device(v: Any) -> str | None:
+    ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
+    return None if ok else "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _unit_interval(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
+def _log_level(v: Any) -> str | None:
+    levels = ("critical", "error", "warning", "info", "debug")
+    return None if v in levels else f"must be one of {', '.join(levels)}"
+
+
+_CHECKS: dict[str, _Check] = {
+    "server.port": _port,
+    "server.max_frame_bytes": _positive,
+    "server.min_sample_rate": _positive,
+    "server.max_sample_rate": _positive,
+    "server.max_channels": _positive,
+    "server.max_streams": _positive,
+    "server.log_level": _log_level,
+    "engine.device": _device,
+    "engine.max_batch": _positive,
+    "engine.max_wait_ms": _non_negative,
+    "engine.hop_s": _positive,
+    "engine.window_s": _non_negative,
+    "engine.buffer_s": _positive,
+    "engine.top_k": _positive,
+    "smoothing.time_constant_s": _non_negative,
+    "smoothing.switch_margin": _unit_interval,
+    "smoothing.min_dwell_s": _non_negative,
+    "updates.queue_size": _positive,
+    "updates.history_size": _positive,
+}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation (str, int, float, bool, dict[str, str])."""
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(key, f"expected a table of strings, got {value!r}")
+        return dict(value)
+    raise TypeError(f"unsupported config annotation {annotation!r}")  # pragma: no cover
+
+
+def _build_table(name: str, cls: type[Any], raw: Any) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(name, f"expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{name}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})"
+        )
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{name}.{key}"
+        coerced = _coerce(dotted, value, hints[key])
+        check = _CHECKS.get(dotted)
+        problem = check(coerced) if check else None
+        if problem:
+            raise ConfigError(dotted, f"{problem}, got {value!r}")
+        values[key] = coerced
+    return cls(**values)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from parsed TOML; missing tables and keys take their defaults."""
+    tables: dict[str, Any] = {}
+    table_types = {
+        f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+    }
+    for name, value in raw.items():
+        if name not in table_types:
+            raise ConfigError(name, f"unknown table (known: {', '.join(sorted(table_types))})")
+        tables[name] = _build_table(name, table_types[name], value)
+    config = Config(**tables)
+    if config.server.min_sample_rate > config.server.max_sample_rate:
+        raise ConfigError("server.min_sample_rate", "must not exceed server.max_sample_rate")
+    return config
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load ``path`` (default: the project's ``config.toml`` if present, else built-in defaults)."""
+    if path is None:
+        if not PROJECT_CONFIG.is_file():
+            return Config()
+        path = PROJECT_CONFIG
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("<file>", f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("<file>", f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(raw)
+
+
+__all__ = [
+    "PROJECT_CONFIG",
+    "Config",
+    "EngineConfig",
+    "ModelConfig",
+    "ServerConfig",
+    "SmoothingConfig",
+    "StorageConfig",
+    "UpdatesConfig",
+    "config_from_dict",
+    "load_config",
+]

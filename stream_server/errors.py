@@ -1,0 +1,73 @@
+"""The one exception root of genrecast.
+
+Every error genrecast raises on purpose derives from :class:`GenrecastError`::
+
+    GenrecastError
+    ├── ConfigError            a config key is unknown, mistyped or out of range (names it)
+    ├── ProtocolError          a client broke the protocol; has a message code and a close code
+    │   └── AudioFormatError   the announced PCM format cannot be ingested
+    ├── WindowUnavailable      a ring-buffer read asked for samples it does not hold
+    │   ├── WindowOverwritten  ... because they were already overwritten (reader too slow)
+    │   └── WindowNotWritten   ... because they have not been written yet
+    ├── DecodeError            an audio file or URL could not be opened or decoded
+    ├── ModelLoadError         a checkpoint could not be found or loaded
+    └── StorageError           the timeline database could not be read or written
+"""
+
+from __future__ import annotations
+
+
+class GenrecastError(Exception):
+    """Root of every error genrecast raises on purpose."""
+
+
+class ConfigError(GenrecastError):
+    """A configuration value is invalid. The message names the key, e.g. ``engine.max_batch``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key {key!r}: {message}")
+        self.key = key
+
+
+class ProtocolError(GenrecastError):
+    """A client broke the protocol.
+
+    ``code`` is a short machine-readable word sent in the ``error`` message; ``close_code`` is the
+    WebSocket close code the connection is closed with (RFC 6455 section 7.4.1).
+    """
+
+    def __init__(self, message: str, *, code: str = "protocol", close_code: int = 1008) -> None:
+        super().__init__(message)
+        self.code = code
+        self.close_code = close_code
+
+
+class AudioFormatError(ProtocolError):
+    """The announced audio format (sample format, rate or channel count) is not supported."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unsupported_format", close_code=1003)
+
+
+class WindowUnavailable(GenrecastError):
+    """A window ``[start, start + n)`` of samples cannot be read from a ring buffer."""
+
+
+class WindowOverwritten(WindowUnavailable):
+    """The window starts before the oldest sample the buffer still holds."""
+
+
+class WindowNotWritten(WindowUnavailable):
+    """The window ends after the newest sample written so far."""
+
+
+class DecodeError(GenrecastError):
+    """Audio could not be opened or decoded."""
+
+
+class ModelLoadError(GenrecastError):
+    """A model checkpoint could not be found or loaded."""
+
+
+class StorageError(GenrecastError):
+    """The timeline database could not be read or written."""

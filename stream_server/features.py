@@ -1,0 +1,169 @@
+"""Audio windows to model input images: log-mel spectrogram, dB against the window maximum, resize.
+
+The math is plain functions on tensors; :class:`LogMelImage` only precomputes the STFT window and
+mel filter bank as buffers and calls them, so it moves to the model's device with ``.to()``. The
+same module serves live inference, offline classification and training, so the features a model
+was trained on are the features it is served.
+
+Shapes: ``wave`` is ``(batch, samples)`` float32 at ``sample_rate`` Hz; ``mel`` is
+``(batch, n_mels, frames)``; the image is ``(batch, channels, height, width)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+#: File beside a checkpoint that records how its audio was turned into images.
+PREPROCESSING_FILE = "audio_preprocessing.json"
+
+
+@dataclass(frozen=True)
+class AudioPreprocessing:
+    """How a window of audio becomes a model input.
+
+    Defaults follow the mel-spectrogram ViT recipe: 22050 Hz, ``n_fft`` 2048, hop 512 samples,
+    128 mel bands up to 8000 Hz, power in dB against the window's maximum with an 80 dB floor,
+    resized to a 224x224 three-channel image normalised with mean 0.5 / std 0.5.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    top_db: float = 80.0
+    window_seconds: float = 10.0
+    image_size: tuple[int, int] = (224, 224)
+    num_channels: int = 3
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one window at ``sample_rate``."""
+        return round(self.window_seconds * self.sample_rate)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["image_size"] = list(self.image_size)
+        data["image_mean"] = list(self.image_mean)
+        data["image_std"] = list(self.image_std)
+        return data
+
+    @classmethod
+    def from_json(
+        cls, data: dict[str, Any], base: AudioPreprocessing | None = None
+    ) -> AudioPreprocessing:
+        """Values from ``data`` over ``base`` (default: the defaults); unknown keys ignored."""
+        values = asdict(base or cls())
+        names = {f.name for f in fields(cls)}
+        for key, value in data.items():
+            if key in names:
+                values[key] = value
+        size = values["image_size"]
+        values["image_size"] = (
+            (int(size), int(size)) if isinstance(size, int | float) else tuple(int(s) for s in size)
+        )
+        for key in ("image_mean", "image_std"):
+            val = values[key]
+            values[key] = tuple(float(v) for v in (val if isinstance(val, list | tuple) else [val]))
+        return cls(**values)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / PREPROCESSING_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def mel_power(wave: Tensor, window: Tensor, fbanks: Tensor, n_fft: int, hop_length: int) -> Tensor:
+    """Mel power spectrogram.
+
+    Args:
+        wave: ``(batch, samples)`` float32.
+        window: ``(n_fft,)`` analysis window.
+        fbanks: ``(n_fft // 2 + 1, n_mels)`` mel filter bank.
+    Returns:
+        ``(batch, n_mels, frames)`` power, ``frames = samples // hop_length + 1`` (centred STFT,
+        reflect padding).
+    """
+    spec = torch.stft(
+        wave,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    power = spec.real.square() + spec.imag.square()  # (batch, freqs, frames)
+    return torch.matmul(power.transpose(1, 2), fbanks).transpose(1, 2)
+
+
+def power_to_db_ref_max(power: Tensor, top_db: float, amin: float = 1e-10) -> Tensor:
+    """Power to dB against each item's own maximum, floored at ``-top_db``.
+
+    ``(batch, ...)`` in, same shape out, values in ``[-top_db, 0]``.
+    """
+    db = 10.0 * torch.log10(power.clamp_min(amin))
+    ref = db.flatten(1).amax(dim=1).view(-1, *([1] * (db.dim() - 1)))
+    return (db - ref).clamp_min(-top_db)
+
+
+def db_to_image(
+    db: Tensor, top_db: float, size: tuple[int, int], mean: Tensor, std: Tensor
+) -> Tensor:
+    """``(batch, n_mels, frames)`` dB in ``[-top_db, 0]`` to a normalised image.
+
+    The dB map is scaled to ``[0, 1]``, flipped so low frequencies sit at the bottom row, resized
+    bilinearly to ``size`` (height, width), repeated over ``mean.numel()`` channels and normalised
+    per channel. Returns ``(batch, channels, height, width)``.
+    """
+    unit = (db + top_db) / top_db
+    img = unit.flip(1).unsqueeze(1)  # (batch, 1, n_mels, frames)
+    if tuple(img.shape[-2:]) != tuple(size):
+        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
+    img = img.expand(-1, mean.numel(), -1, -1)
+    return (img - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+class LogMelImage(nn.Module):
+    """``(batch, samples)`` audio to ``(batch, channels, height, width)`` model images."""
+
+    window: Tensor
+    fbanks: Tensor
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, pre: AudioPreprocessing) -> None:
+        super().__init__()
+        self.pre = pre
+        self.register_buffer("window", torch.hann_window(pre.n_fft), persistent=False)
+        fb = AF.melscale_fbanks(
+            n_freqs=pre.n_fft // 2 + 1,
+            f_min=pre.f_min,
+            f_max=pre.f_max,
+            n_mels=pre.n_mels,
+            sample_rate=pre.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.register_buffer("fbanks", fb, persistent=False)
+        if len(pre.image_mean) != pre.num_channels or len(pre.image_std) != pre.num_channels:
+            raise ValueError("image_mean and image_std need one value per channel")
+        self.register_buffer("mean", torch.tensor(pre.image_mean), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.image_std), persistent=False)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        wave = wave.to(self.window.dtype)
+        power = mel_power(wave, self.window, self.fbanks, self.pre.n_fft, self.pre.hop_length)
+        db = power_to_db_ref_max(power, self.pre.top_db)
+        return db_to_image(db, self.pre.top_db, self.pre.image_size, self.mean, self.std)

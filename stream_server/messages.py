@@ -1,0 +1,178 @@
+"""The one message schema shared by server, command-line clients and dashboard.
+
+Every WebSocket text message is a JSON object with a ``type`` field. Client to server, on
+``/ws/ingest``: :class:`StartMessage` first, then binary PCM frames, then optionally
+:class:`StopMessage`. Server to client, on ``/ws/ingest`` and ``/ws/updates``:
+:class:`StreamStarted`, :class:`GenreUpdate`, :class:`GenreChange`, :class:`StreamEnded`,
+:class:`ErrorMessage`.
+
+Times: ``stream_time_s`` is seconds of audio since the stream started (at the model's rate);
+``wall_time`` is unix seconds. ``seq`` is the server-wide sequence number of published messages,
+strictly increasing; ``/ws/updates?since=SEQ`` replays everything after ``SEQ``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, NotRequired, TypedDict
+
+from stream_server.audio import SampleFormat
+from stream_server.errors import AudioFormatError, ProtocolError
+
+SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("s16le", "f32le")
+
+
+class StartMessage(TypedDict):
+    """Opens an ingest stream; PCM frames that follow are interleaved ``format`` samples."""
+
+    type: Literal["start"]
+    sample_rate: int
+    channels: int
+    format: SampleFormat
+    name: NotRequired[str]
+
+
+class StopMessage(TypedDict):
+    """Ends the ingest stream; the server answers with :class:`StreamEnded`."""
+
+    type: Literal["stop"]
+
+
+ClientMessage = StartMessage | StopMessage
+
+
+class LabelProb(TypedDict):
+    label: str
+    prob: float
+
+
+class StreamStarted(TypedDict):
+    type: Literal["stream.started"]
+    seq: int
+    stream_id: str
+    name: str
+    kind: str
+    wall_time: float
+
+
+class GenreUpdate(TypedDict):
+    """One computed window: raw top-k and the smoothed current genre."""
+
+    type: Literal["genre.update"]
+    seq: int
+    stream_id: str
+    stream_time_s: float
+    window_start_s: float
+    wall_time: float
+    top: list[LabelProb]
+    genre: str
+    confidence: float
+    latency_ms: float
+
+
+class GenreChange(TypedDict):
+    """The smoothed genre changed (``previous`` is None for the first genre of a stream)."""
+
+    type: Literal["genre.change"]
+    seq: int
+    stream_id: str
+    stream_time_s: float
+    wall_time: float
+    previous: str | None
+    genre: str
+    confidence: float
+
+
+class StreamEnded(TypedDict):
+    type: Literal["stream.ended"]
+    seq: int
+    stream_id: str
+    reason: str
+    stream_time_s: float
+    wall_time: float
+    windows_computed: int
+    windows_skipped: int
+
+
+class ErrorMessage(TypedDict):
+    """A problem reported to one client; ``code`` is a short machine-readable word."""
+
+    type: Literal["error"]
+    code: str
+    message: str
+    stream_id: NotRequired[str]
+
+
+ServerMessage = StreamStarted | GenreUpdate | GenreChange | StreamEnded | ErrorMessage
+PublishedMessage = StreamStarted | GenreUpdate | GenreChange | StreamEnded
+
+SERVER_TYPES = frozenset(
+    {"stream.started", "genre.update", "genre.change", "stream.ended", "error"}
+)
+
+
+def _load_object(text: str | bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"invalid JSON: {exc}", code="invalid_json", close_code=1007) from None
+    except RecursionError:
+        raise ProtocolError(
+            "invalid JSON: nested too deeply", code="invalid_json", close_code=1007
+        ) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a message must be a JSON object", code="invalid_json", close_code=1007)
+    return obj
+
+
+def _int_field(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"'start' needs an integer {key!r}, got {value!r}")
+    return value
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """Parse and validate a client text message; raises :class:`ProtocolError` (clear text)."""
+    obj = _load_object(text)
+    kind = obj.get("type")
+    if kind == "stop":
+        return StopMessage(type="stop")
+    if kind != "start":
+        raise ProtocolError(f"unknown message type {kind!r} (expected 'start' or 'stop')")
+    fmt = obj.get("format", "s16le")
+    if fmt not in SAMPLE_FORMATS:
+        raise AudioFormatError(f"unknown sample format {fmt!r} (supported: s16le, f32le)")
+    start = StartMessage(
+        type="start",
+        sample_rate=_int_field(obj, "sample_rate"),
+        channels=_int_field(obj, "channels"),
+        format=fmt,
+    )
+    name = obj.get("name")
+    if name is not None:
+        if not isinstance(name, str) or len(name) > 200:
+            raise ProtocolError("'name' must be a string of at most 200 characters")
+        start["name"] = name
+    return start
+
+
+def parse_server_message(text: str | bytes) -> ServerMessage:
+    """Parse a message received from the server (for clients); checks only the ``type``."""
+    obj = _load_object(text)
+    if obj.get("type") not in SERVER_TYPES:
+        raise ProtocolError(f"unknown server message type {obj.get('type')!r}")
+    return obj  # type: ignore[return-value]
+
+
+def dumps(message: ServerMessage | ClientMessage) -> str:
+    """Serialise a message compactly."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def error(code: str, message: str, stream_id: str | None = None) -> ErrorMessage:
+    """Build an :class:`ErrorMessage`."""
+    msg = ErrorMessage(type="error", code=code, message=message)
+    if stream_id is not None:
+        msg["stream_id"] = stream_id
+    return msg

@@ -1,0 +1,108 @@
+"""Running the app on uvicorn, from the command line or inside another event loop (tests, benches).
+
+The listening socket is bound and put in listening state before uvicorn starts, so the real port
+is known at once (``port = 0`` picks a free one) and early clients wait in the backlog instead of
+being refused. WebSockets are served by uvicorn's ``websockets-sansio`` protocol: the
+``websockets`` library's own sans-I/O state machine with flow control on writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from stream_server.app import create_app
+from stream_server.config import Config
+from stream_server.model import LoadedModel
+from stream_server.service import Service
+
+#: Room above ``server.max_frame_bytes`` before the protocol layer itself refuses a frame.
+_FRAME_HEADROOM_BYTES = 64 * 1024
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port`` 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    sock.setblocking(False)
+    return sock
+
+
+def uvicorn_config(service: Service) -> uvicorn.Config:
+    cfg = service.config.server
+    return uvicorn.Config(
+        create_app(service),
+        ws="websockets-sansio",
+        ws_max_size=cfg.max_frame_bytes + _FRAME_HEADROOM_BYTES,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level=cfg.log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@dataclass
+class RunningServer:
+    """A server started by :func:`running_server`."""
+
+    service: Service
+    host: str
+    port: int
+    task: asyncio.Task[None]
+
+    async def wait_closed(self) -> None:
+        """Wait until uvicorn stops (Ctrl-C / SIGTERM, which it handles itself)."""
+        await asyncio.shield(self.task)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    config: Config, *, model: LoadedModel | None = None, wait_ready: bool = True
+) -> AsyncIterator[RunningServer]:
+    """Serve ``config`` on its host and port (0 for a free one) in the current event loop."""
+    service = Service(config, model=model)
+    sock = bind(config.server.host, config.server.port)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(service))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        started = asyncio.create_task(service.started.wait())
+        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            started.cancel()
+            task.result()
+            raise RuntimeError("the server stopped during start-up")
+        if wait_ready:
+            await service.wait_ready()
+        yield RunningServer(service, config.server.host, port, task)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def serve(config: Config, *, model: LoadedModel | None = None) -> None:
+    """Run the server until interrupted (Ctrl-C / SIGTERM); says where once it is ready."""
+
+    async def main() -> None:
+        async with running_server(config, model=model) as server:
+            print(
+                f"genrecast ready on {server.http_url}  (updates: {server.ws_url}/ws/updates)",
+                flush=True,
+            )
+            await server.wait_closed()
+
+    asyncio.run(main())

@@ -1,0 +1,403 @@
+"""The running service: live streams, the engine, the update hub, the store and the metrics.
+
+This is the glue between the pure parts (sessions, hub) and the engine thread. It lives on the
+event loop: engine results arrive through ``loop.call_soon_threadsafe`` and SQLite writes go to a
+single writer thread, so the loop never waits on the model or the disk. The HTTP/WebSocket layer
+(:mod:`stream_server.app`) only moves bytes in and out of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_server.audio import validate_format
+from stream_server.config import Config
+from stream_server.engine import Engine, WindowJob, WindowResult
+from stream_server.errors import ProtocolError
+from stream_server.hub import Subscriber, UpdateHub
+from stream_server.messages import StartMessage, StreamEnded, StreamStarted, error
+from stream_server.metrics import Metrics
+from stream_server.model import LoadedModel, resolve_model
+from stream_server.runner import InferenceRunner, pick_device
+from stream_server.session import StreamSession, session_params, window_seconds
+from stream_server.store import StreamRecord, TimelineStore
+from stream_server.timeline import Segment
+
+log = logging.getLogger(__name__)
+
+#: Longest wait, in seconds, for a stream's last window to come back from the engine at its end.
+DRAIN_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class LiveStream:
+    """A session plus what the service tracks around it on the event loop."""
+
+    session: StreamSession
+    source: str
+    outstanding: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+class Service:
+    """Owns every live stream and the shared machinery; see the module docstring."""
+
+    def __init__(self, config: Config, *, model: LoadedModel | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.hub = UpdateHub(
+            config.updates.queue_size,
+            config.updates.history_size,
+            on_drop=self._on_subscriber_dropped,
+        )
+        self.streams: dict[str, LiveStream] = {}
+        self.model: LoadedModel | None = model
+        self.runner: InferenceRunner | None = None
+        self.engine: Engine | None = None
+        self.store: TimelineStore | None = None
+        self.load_error: str | None = None
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrecast-db")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and load the model (both off the event loop), then start the engine."""
+        self._loop = asyncio.get_running_loop()
+        self.store = await self._in_db(TimelineStore, self.config.storage.database)
+        await self._in_db(self._close_orphans)
+        self._load_task = asyncio.create_task(self._load_in_background())
+        self.started.set()
+
+    async def _load_in_background(self) -> None:
+        try:
+            await asyncio.to_thread(self._load_model)
+        except Exception as exc:
+            self.load_error = str(exc)
+            self.metrics.errors.labels(kind="model_load").inc()
+            log.error("model could not be loaded: %s", exc)
+
+    async def wait_ready(self) -> None:
+        """Wait until the model is loaded; raises if loading failed."""
+        assert self._load_task is not None, "start() first"
+        await asyncio.shield(self._load_task)
+        if self.load_error is not None:
+            raise RuntimeError(self.load_error)
+
+    def _close_orphans(self) -> None:
+        """Streams left open by a previous run ended when it stopped."""
+        assert self.store is not None
+        for record in self.store.list_streams(limit=10_000):
+            if record.ended_at is None:
+                self.store.end_stream(record.stream_id, time.time())
+
+    def _load_model(self) -> None:
+        cfg = self.config.engine
+        loaded = self.model if self.model is not None else resolve_model(self.config.model.path)
+        device = pick_device(cfg.device)
+        runner = InferenceRunner(loaded, device, half=cfg.half_precision, max_batch=cfg.max_batch)
+        self.model = loaded
+        self.runner = runner
+        engine = Engine(
+            runner,
+            max_batch=cfg.max_batch,
+            max_wait_s=cfg.max_wait_ms / 1000.0,
+            on_results=self._results_from_engine,
+            on_error=self._error_from_engine,
+        )
+        engine.start()
+        self.engine = engine
+        log.info(
+            "model %s on %s: %d labels, window %.1f s, hop %.1f s",
+            loaded.source,
+            device,
+            len(loaded.labels),
+            self.window_s,
+            cfg.hop_s,
+        )
+
+    async def stop(self) -> None:
+        if self._load_task is not None:
+            await asyncio.gather(self._load_task, return_exceptions=True)
+        for live in list(self.streams.values()):
+            await self.end_stream(live, "server stopping", drain=False)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+        if self.store is not None:
+            await self._in_db(self.store.close)
+        self._db.shutdown(wait=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def window_s(self) -> float:
+        """Window length in seconds: the config's, else the model's own."""
+        assert self.model is not None
+        return window_seconds(self.config, self.model)
+
+    async def _in_db(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, fn, *args)
+
+    def _db_write(self, fn: Any, *args: Any) -> None:
+        """Queue a write on the database thread without waiting for it."""
+        future = self._db.submit(fn, *args)
+        future.add_done_callback(self._log_db_failure)
+
+    def _log_db_failure(self, future: Any) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self.metrics.errors.labels(kind="storage").inc()
+            log.error("timeline storage failed: %s", exc)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    @property
+    def display_labels(self) -> tuple[str, ...]:
+        """The model's labels renamed through ``[model.labels]``."""
+        assert self.model is not None
+        return session_params(self.config, self.model).labels
+
+    async def open_stream(
+        self, start: StartMessage, *, kind: str = "ws", source: str = ""
+    ) -> tuple[LiveStream, str]:
+        """Validate ``start`` and open a live stream; returns it and its ``stream.started`` JSON."""
+        if not self.ready:
+            raise ProtocolError(
+                "the model is still loading; try again", code="not_ready", close_code=1013
+            )
+        srv = self.config.server
+        validate_format(
+            start["sample_rate"],
+            start["channels"],
+            start["format"],
+            min_rate=srv.min_sample_rate,
+            max_rate=srv.max_sample_rate,
+            max_channels=srv.max_channels,
+        )
+        if len(self.streams) >= srv.max_streams:
+            raise ProtocolError(
+                f"too many live streams (limit {srv.max_streams})", code="busy", close_code=1013
+            )
+        assert self.model is not None
+        stream_id = secrets.token_hex(6)
+        session = StreamSession(
+            stream_id,
+            session_params(self.config, self.model),
+            sample_rate=start["sample_rate"],
+            channels=start["channels"],
+            fmt=start["format"],
+            name=start.get("name", ""),
+            kind=kind,
+        )
+        live = LiveStream(session, source)
+        self.streams[stream_id] = live
+        self.metrics.active_streams.set(len(self.streams))
+        assert self.store is not None
+        record = StreamRecord(
+            stream_id=stream_id,
+            name=session.name,
+            kind=kind,
+            source=source,
+            created_at=session.started_wall,
+            ended_at=None,
+            sample_rate=session.sample_rate,
+            channels=session.channels,
+            fmt=session.fmt,
+        )
+        await self._in_db(self.store.add_stream, record)
+        started = self.hub.publish(
+            StreamStarted(
+                type="stream.started",
+                seq=0,
+                stream_id=stream_id,
+                name=session.name,
+                kind=kind,
+                wall_time=time.time(),
+            )
+        )
+        return live, started
+
+    def feed(self, live: LiveStream, data: bytes) -> None:
+        """PCM bytes in; the due window (if any) goes to the engine (latest wins)."""
+        session = live.session
+        overruns, skipped = session.buffer.overruns, session.windows_skipped
+        job = session.feed(data, time.monotonic())
+        self.metrics.ingest_bytes.inc(len(data))
+        self._submit(live, job)
+        self.metrics.buffer_overruns.inc(session.buffer.overruns - overruns)
+        self.metrics.windows_skipped.inc(session.windows_skipped - skipped)
+
+    def _submit(self, live: LiveStream, job: WindowJob | None) -> None:
+        if job is None or self.engine is None:
+            return
+        if self.engine.submit(job) is None:
+            live.outstanding += 1
+            live.idle.clear()
+        else:
+            live.session.skipped()
+
+    async def end_stream(
+        self, live: LiveStream, reason: str, *, drain: bool = True
+    ) -> StreamEnded | None:
+        """End a stream once its last window is back (``drain``); publishes ``stream.ended``."""
+        if live.ended:
+            return None
+        live.ended = True
+        session = live.session
+        if drain:
+            skipped = session.windows_skipped
+            self._submit(live, session.finish())
+            self.metrics.windows_skipped.inc(session.windows_skipped - skipped)
+        if drain and live.outstanding:
+            try:
+                await asyncio.wait_for(live.idle.wait(), DRAIN_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("stream %s ended before its last window came back", session.stream_id)
+        if self.engine is not None and self.engine.cancel(session.stream_id) is not None:
+            session.skipped()
+            self.metrics.windows_skipped.inc()
+        self.streams.pop(session.stream_id, None)
+        self.metrics.active_streams.set(len(self.streams))
+        ended_at = time.time()
+        if self.store is not None:
+            self._db_write(self.store.end_stream, session.stream_id, ended_at)
+        message = StreamEnded(
+            type="stream.ended",
+            seq=0,
+            stream_id=session.stream_id,
+            reason=reason,
+            stream_time_s=round(session.stream_time_s, 3),
+            wall_time=ended_at,
+            windows_computed=session.windows_computed,
+            windows_skipped=session.windows_skipped,
+        )
+        self.hub.publish(message)
+        return message
+
+    # -- engine results ---------------------------------------------------------------------
+
+    def _results_from_engine(self, results: Sequence[WindowResult]) -> None:
+        """Engine thread: hand the batch to the event loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, results)
+
+    def _error_from_engine(self, jobs: Sequence[WindowJob], exc: BaseException) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver_error, jobs, str(exc))
+
+    def _deliver(self, results: Sequence[WindowResult]) -> None:
+        m = self.metrics
+        m.batch_size.observe(results[0].batch_size)
+        m.inference_seconds.observe(results[0].batch_seconds)
+        m.windows_computed.inc(len(results))
+        for result in results:
+            live = self.streams.get(result.job.stream_id)
+            if live is None:
+                continue
+            scored = live.session.on_scores(result.job, result.probs, time.monotonic())
+            self.hub.publish(scored.update)
+            if scored.change is not None:
+                self.hub.publish(scored.change)
+            m.latency_seconds.observe(scored.update["latency_ms"] / 1000.0)
+            if self.store is not None:
+                for index, segment in scored.segments:
+                    self._db_write(
+                        self.store.upsert_segment, live.session.stream_id, index, segment
+                    )
+            self._resolved(live)
+
+    def _deliver_error(self, jobs: Sequence[WindowJob], reason: str) -> None:
+        self.metrics.errors.labels(kind="inference").inc()
+        for job in jobs:
+            live = self.streams.get(job.stream_id)
+            if live is None:
+                continue
+            self.hub.notify(error("inference", f"inference failed: {reason}", job.stream_id))
+            self._resolved(live)
+
+    def _resolved(self, live: LiveStream) -> None:
+        live.outstanding -= 1
+        if live.outstanding <= 0:
+            live.outstanding = 0
+            live.idle.set()
+
+    def _on_subscriber_dropped(self, sub: Subscriber) -> None:
+        self.metrics.subscribers_dropped.inc()
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def timeline(self, stream_id: str) -> list[Segment] | None:
+        """A stream's segments: live from memory, else from the store; None if unknown."""
+        live = self.streams.get(stream_id)
+        if live is not None:
+            return live.session.segments()
+        assert self.store is not None
+        record = await self._in_db(self.store.get_stream, stream_id)
+        if record is None:
+            return None
+        segments: list[Segment] = await self._in_db(self.store.timeline, stream_id)
+        return segments
+
+    async def list_streams(self) -> list[dict[str, Any]]:
+        """Live streams first, then stored ones, as JSON-ready dicts."""
+        assert self.store is not None
+        records: list[StreamRecord] = await self._in_db(self.store.list_streams, 100)
+        out: list[dict[str, Any]] = [self.describe(live) for live in self.streams.values()]
+        for record in records:
+            if record.stream_id not in self.streams:
+                out.append(_describe_record(record))
+        return out
+
+    def describe(self, live: LiveStream) -> dict[str, Any]:
+        s = live.session
+        update = s.last_update
+        return {
+            "stream_id": s.stream_id,
+            "name": s.name,
+            "kind": s.kind,
+            "source": live.source,
+            "state": "live",
+            "created_at": s.started_wall,
+            "ended_at": None,
+            "sample_rate": s.sample_rate,
+            "channels": s.channels,
+            "format": s.fmt,
+            "stream_time_s": round(s.stream_time_s, 3),
+            "lag_s": round(s.stream_time_s - update["stream_time_s"], 3) if update else None,
+            "windows_computed": s.windows_computed,
+            "windows_skipped": s.windows_skipped,
+            "overrun_samples": s.buffer.overruns,
+            "genre": update["genre"] if update else None,
+            "confidence": update["confidence"] if update else None,
+        }
+
+
+def _describe_record(record: StreamRecord) -> dict[str, Any]:
+    return {
+        "stream_id": record.stream_id,
+        "name": record.name,
+        "kind": record.kind,
+        "source": record.source,
+        "state": "ended",
+        "created_at": record.created_at,
+        "ended_at": record.ended_at,
+        "sample_rate": record.sample_rate,
+        "channels": record.channels,
+        "format": record.fmt,
+    }

@@ -1,0 +1,474 @@
+"""The server on a real loopback port, driven by real WebSocket and HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from stream_server.config import Config
+from stream_server.features import AudioPreprocessing
+from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
+from stream_server.server import RunningServer, running_server
+from tests.conftest import TIMEOUT_S, music, to_s16le
+
+RATE = 44100
+FRAME_S = 0.1
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 6 * TIMEOUT_S))
+
+
+@contextlib.asynccontextmanager
+async def ws(server: RunningServer, path: str) -> AsyncIterator[ClientConnection]:
+    async with connect(server.ws_url + path, compression=None, proxy=None) as conn:
+        yield conn
+
+
+async def recv_json(conn: ClientConnection) -> dict[str, Any]:
+    raw = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+async def start_stream(
+    conn: ClientConnection, name: str = "test", rate: int = RATE, channels: int = 2
+) -> str:
+    start = {"type": "start", "name": name, "sample_rate": rate, "channels": channels}
+    await conn.send(json.dumps({**start, "format": "s16le"}))
+    reply = await recv_json(conn)
+    assert reply["type"] == "stream.started", reply
+    stream_id: str = reply["stream_id"]
+    return stream_id
+
+
+async def send_audio(
+    conn: ClientConnection, audio: np.ndarray, *, pace: float | None = None
+) -> None:
+    """Send ``(frames, channels)`` audio in 0.1 s frames; ``pace``: seconds between frames."""
+    step = round(FRAME_S * RATE)
+    for i in range(0, len(audio), step):
+        await conn.send(to_s16le(audio[i : i + step]))
+        if pace is not None:
+            await asyncio.sleep(pace)
+
+
+async def stop_stream(conn: ClientConnection) -> dict[str, Any]:
+    await conn.send(json.dumps({"type": "stop"}))
+    reply = await recv_json(conn)
+    assert reply["type"] == "stream.ended", reply
+    return reply
+
+
+async def collect_until_end(conn: ClientConnection, stream_id: str) -> list[dict[str, Any]]:
+    messages = []
+    while True:
+        message = await recv_json(conn)
+        messages.append(message)
+        if message["type"] == "stream.ended" and message["stream_id"] == stream_id:
+            return messages
+
+
+def expected_windows(seconds: float, window_s: float, hop_s: float) -> int:
+    return int((seconds - window_s) // hop_s) + 1
+
+
+async def get_metrics(client: httpx.AsyncClient) -> dict[str, float]:
+    """Every sample of /metrics, parsed by prometheus_client's own parser."""
+    text = (await client.get("/metrics")).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return samples
+
+
+# -- ingest and updates --------------------------------------------------------------------
+
+
+def test_ingest_to_updates_end_to_end(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    seconds = 6.0
+
+    async def scenario() -> None:
+        async with running_server(make_config(), model=tiny_model) as server:
+            async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as ingest:
+                stream_id = await start_stream(ingest, name="e2e")
+                await send_audio(ingest, music(seconds, RATE))
+                ended = await stop_stream(ingest)
+                messages = await collect_until_end(sub, stream_id)
+
+            kinds = [m["type"] for m in messages]
+            assert kinds[0] == "stream.started"
+            assert kinds[-1] == "stream.ended"
+            seqs = [m["seq"] for m in messages]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+            updates = [m for m in messages if m["type"] == "genre.update"]
+            assert updates, "no genre.update arrived"
+            window_s, hop_s = 2.0, 0.5
+            due = expected_windows(seconds, window_s, hop_s)
+            assert ended["windows_computed"] == len(updates)
+            assert ended["windows_computed"] + ended["windows_skipped"] == due
+            times = [u["stream_time_s"] for u in updates]
+            assert times == sorted(times)
+            for update in updates:
+                assert update["stream_id"] == stream_id
+                assert update["genre"] in tiny_model.labels
+                assert len(update["top"]) == 3
+                assert {t["label"] for t in update["top"]} <= set(tiny_model.labels)
+                assert sum(t["prob"] for t in update["top"]) <= 1.0001
+                assert update["window_start_s"] == pytest.approx(update["stream_time_s"] - window_s)
+                assert (update["stream_time_s"] / hop_s) == pytest.approx(
+                    round(update["stream_time_s"] / hop_s)
+                )
+                assert update["latency_ms"] >= 0
+            changes = [m for m in messages if m["type"] == "genre.change"]
+            assert changes and changes[0]["previous"] is None
+            assert changes[0]["genre"] == updates[0]["genre"]
+
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                timeline = (await http.get(f"/streams/{stream_id}/timeline")).json()
+                assert timeline["stream_id"] == stream_id
+                segments = timeline["segments"]
+                assert segments[0]["start_s"] == pytest.approx(updates[0]["window_start_s"])
+                assert segments[-1]["end_s"] == pytest.approx(times[-1])
+                for a, b in itertools.pairwise(segments):
+                    assert a["end_s"] == pytest.approx(b["start_s"])
+                    assert a["genre"] != b["genre"]
+                assert sum(s["updates"] for s in segments) == len(updates)
+                csv = await http.get(f"/streams/{stream_id}/timeline", params={"format": "csv"})
+                assert csv.headers["content-type"].startswith("text/csv")
+                rows = csv.text.strip().splitlines()
+                assert rows[0].startswith("start_s,end_s,genre")
+                assert len(rows) == len(segments) + 1
+                streams = (await http.get("/streams")).json()["streams"]
+                mine = [s for s in streams if s["stream_id"] == stream_id]
+                assert mine and mine[0]["state"] == "ended" and mine[0]["name"] == "e2e"
+                missing = await http.get("/streams/nope/timeline")
+                assert missing.status_code == 404
+
+    run(scenario())
+
+
+def test_health_ready_and_live_stream_listing(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        async with running_server(make_config(), model=tiny_model) as server:
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                assert (await http.get("/health")).json() == {"status": "ok"}
+                ready = (await http.get("/ready")).json()
+                assert ready["ready"] is True
+                assert ready["device"] == "cpu"
+                assert ready["labels"] == list(tiny_model.labels)
+                assert ready["window_s"] == 2.0
+                async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as ingest:
+                    stream_id = await start_stream(ingest, name="live one")
+                    await send_audio(ingest, music(3.0, RATE))
+                    while (await recv_json(sub))["type"] != "genre.update":
+                        pass
+                    streams = (await http.get("/streams")).json()["streams"]
+                    live = next(s for s in streams if s["stream_id"] == stream_id)
+                    assert live["state"] == "live"
+                    assert live["kind"] == "ws"
+                    assert live["stream_time_s"] == pytest.approx(3.0, abs=0.01)
+                    assert live["genre"] in tiny_model.labels
+                    assert live["lag_s"] >= 0
+                    await stop_stream(ingest)
+
+    run(scenario())
+
+
+def test_resume_with_since(make_config: Callable[..., Config], tiny_model: LoadedModel) -> None:
+    async def scenario() -> None:
+        config = make_config(updates={"history_size": 8})
+        async with running_server(config, model=tiny_model) as server:
+            async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as ingest:
+                stream_id = await start_stream(ingest)
+                await send_audio(ingest, music(8.0, RATE), pace=0.02)
+                await stop_stream(ingest)
+                everything = await collect_until_end(sub, stream_id)
+            last = everything[-1]["seq"]
+            assert len(everything) > 8, "the scenario must overflow the history"
+
+            # Resume from the middle of what is kept: exactly the later messages, in order.
+            since = last - 3
+            async with ws(server, f"/ws/updates?since={since}") as resumed:
+                replay = [await recv_json(resumed) for _ in range(3)]
+            assert [m["seq"] for m in replay] == [since + 1, since + 2, since + 3]
+            assert replay == [m for m in everything if m["seq"] > since]
+
+            # Resume from before the kept history: a resume_gap error, then the oldest kept.
+            async with ws(server, f"/ws/updates?since={everything[0]['seq']}") as late:
+                gap = await recv_json(late)
+                first = await recv_json(late)
+            assert gap["type"] == "error" and gap["code"] == "resume_gap"
+            assert first["seq"] == last - 7
+
+            # Filtered by stream and resumed.
+            url = f"/ws/updates?stream_id={stream_id}&since={last - 1}"
+            async with ws(server, url) as filtered:
+                assert (await recv_json(filtered))["seq"] == last
+
+            async with ws(server, "/ws/updates?since=abc") as bad:
+                message = await recv_json(bad)
+                assert message["type"] == "error"
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(bad.recv(), TIMEOUT_S)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+    run(scenario())
+
+
+def test_two_streams_are_batched_together(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    """Each stream's first window is due; the engine waits up to max_wait and runs both at once."""
+
+    async def scenario() -> None:
+        config = make_config(engine={"max_wait_ms": 2000.0, "max_batch": 2})
+        async with running_server(config, model=tiny_model) as server:
+            async with (
+                ws(server, "/ws/updates") as sub,
+                ws(server, "/ws/ingest") as a,
+                ws(server, "/ws/ingest") as b,
+            ):
+                id_a = await start_stream(a, name="a")
+                id_b = await start_stream(b, name="b")
+                # A little over one window: the resampler holds back a few samples of context.
+                await a.send(to_s16le(music(2.05, RATE, seed=1)))
+                await b.send(to_s16le(music(2.05, RATE, seed=2)))
+                got: dict[str, dict[str, Any]] = {}
+                while len(got) < 2:
+                    message = await recv_json(sub)
+                    if message["type"] == "genre.update":
+                        got[message["stream_id"]] = message
+                assert set(got) == {id_a, id_b}
+                await stop_stream(a)
+                await stop_stream(b)
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                metrics = await get_metrics(http)
+            assert metrics["genrecast_batch_size_count"] == 1
+            assert metrics["genrecast_batch_size_sum"] == 2
+            assert metrics["genrecast_windows_computed_total"] == 2
+
+    run(scenario())
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+async def expect_rejection(
+    server: RunningServer, send: list[str | bytes], code: str, close_code: int
+) -> str:
+    async with ws(server, "/ws/ingest") as conn:
+        for item in send:
+            await conn.send(item)
+        message = None
+        with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012 (read until the close)
+            while True:
+                candidate = json.loads(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
+                if candidate["type"] == "error":
+                    message = candidate
+    assert message is not None, "no error message before the close"
+    assert message["code"] == code, message
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == close_code
+    text: str = message["message"]
+    return text
+
+
+def start(**fields: Any) -> str:
+    base = {"type": "start", "sample_rate": RATE, "channels": 2, "format": "s16le"}
+    return json.dumps({**base, **fields})
+
+
+def test_bad_input_is_rejected_clearly_and_hurts_no_other_stream(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        config = make_config(server={"max_frame_bytes": 65536})
+        async with running_server(config, model=tiny_model) as server:
+            async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as healthy:
+                healthy_id = await start_stream(healthy, name="healthy")
+                audio = music(5.0, RATE)
+                half = len(audio) // 2
+                await send_audio(healthy, audio[:half])
+
+                text = await expect_rejection(server, [b"\x00" * 400], "protocol", 1008)
+                assert "before the 'start'" in text
+                text = await expect_rejection(
+                    server, [start(format="mp3")], "unsupported_format", 1003
+                )
+                assert "mp3" in text
+                text = await expect_rejection(
+                    server, [start(sample_rate=10_000_000)], "unsupported_format", 1003
+                )
+                assert "10000000" in text
+                await expect_rejection(server, [start(sample_rate=0)], "unsupported_format", 1003)
+                await expect_rejection(server, [start(channels=64)], "unsupported_format", 1003)
+                await expect_rejection(server, [start(sample_rate="fast")], "protocol", 1008)
+                text = await expect_rejection(
+                    server, [start(), b"\x00" * 70000], "frame_too_large", 1009
+                )
+                assert "70000" in text
+                text = await expect_rejection(server, ["{not json"], "invalid_json", 1007)
+                assert "invalid JSON" in text
+                await expect_rejection(server, ["[1, 2]"], "invalid_json", 1007)
+                await expect_rejection(server, [json.dumps({"type": "hello"})], "protocol", 1008)
+                await expect_rejection(server, [json.dumps({"type": "stop"})], "protocol", 1008)
+                await expect_rejection(server, [start(), start()], "protocol", 1008)
+
+                # A client that vanishes mid-stream: its stream ends, nobody else notices.
+                async with ws(server, "/ws/ingest") as vanishing:
+                    gone_id = await start_stream(vanishing)
+                    await vanishing.send(to_s16le(music(0.3, RATE)))
+
+                await send_audio(healthy, audio[half:])
+                ended = await stop_stream(healthy)
+                messages = await collect_until_end(sub, healthy_id)
+            updates = [
+                m for m in messages if m["type"] == "genre.update" and m["stream_id"] == healthy_id
+            ]
+            assert updates and ended["windows_computed"] == len(updates)
+            due = expected_windows(5.0, 2.0, 0.5)
+            assert ended["windows_computed"] + ended["windows_skipped"] == due
+            gone = [
+                m for m in messages if m["type"] == "stream.ended" and m["stream_id"] == gone_id
+            ]
+            assert gone and gone[0]["reason"] == "client disconnected"
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                metrics = await get_metrics(http)
+            assert metrics["genrecast_errors_total{kind=unsupported_format}"] == 4
+            assert metrics["genrecast_errors_total{kind=invalid_json}"] == 2
+            assert metrics["genrecast_errors_total{kind=frame_too_large}"] == 1
+            assert metrics["genrecast_errors_total{kind=protocol}"] == 5
+            assert metrics["genrecast_active_streams"] == 0
+
+    run(scenario())
+
+
+# -- slow subscribers ----------------------------------------------------------------------
+
+
+def open_stalled_subscriber(port: int) -> socket.socket:
+    """A raw WebSocket client on /ws/updates that completes the handshake and never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        "GET /ws/updates HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    sock.settimeout(TIMEOUT_S)
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """A tiny model with 1000 labels: with top_k 1000 each update is about 48 kB.
+
+    A peer that stops reading is only noticed once the kernel's socket buffers are full (Linux
+    grows a loopback send buffer to 4 MB), so the test needs megabytes of updates.
+    """
+    labels = tuple(f"genre-label-number-{i:04d}" for i in range(1000))
+    pre = AudioPreprocessing(image_size=(64, 64), window_seconds=2.0)
+    model, pre = tiny_vit(labels, pre, seed=2)
+    return load_model(str(save_checkpoint(model, pre, tmp_path_factory.mktemp("wide"))))
+
+
+def test_stalled_subscriber_is_dropped_without_delaying_a_healthy_one(
+    make_config: Callable[..., Config], wide_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        config = make_config(
+            updates={"queue_size": 4},
+            engine={"hop_s": 0.1, "top_k": 1000, "max_wait_ms": 0.0},
+        )
+        async with running_server(config, model=wide_model) as server:
+            stalled = await asyncio.to_thread(open_stalled_subscriber, server.port)
+            try:
+                async with ws(server, "/ws/updates") as healthy, ws(server, "/ws/ingest") as ingest:
+                    stream_id = await start_stream(ingest)
+                    # 2x real time: every window is computed, about 20 updates a second.
+                    feeder = asyncio.create_task(send_audio(ingest, music(12.0, RATE), pace=0.05))
+                    messages = await collect_until_end_after(healthy, stream_id, feeder, ingest)
+                    async with httpx.AsyncClient(base_url=server.http_url) as http:
+                        metrics = await get_metrics(http)
+            finally:
+                stalled.close()
+        updates = [m for m in messages if m["type"] == "genre.update"]
+        seqs = [m["seq"] for m in messages]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "healthy subscriber missed some"
+        assert len(updates) >= 50
+        latencies = sorted(u["latency_ms"] for u in updates)
+        assert latencies[len(latencies) // 2] < 1000
+        assert metrics["genrecast_subscribers_dropped_total"] == 1
+        assert metrics["genrecast_subscribers"] == 1
+
+    run(scenario())
+
+
+async def collect_until_end_after(
+    sub: ClientConnection, stream_id: str, feeder: asyncio.Task[None], ingest: ClientConnection
+) -> list[dict[str, Any]]:
+    async def finish() -> None:
+        await feeder
+        await stop_stream(ingest)
+
+    closer = asyncio.create_task(finish())
+    messages = await collect_until_end(sub, stream_id)
+    await closer
+    return messages
+
+
+# -- persistence ---------------------------------------------------------------------------
+
+
+def test_timeline_survives_a_restart(
+    make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        config = make_config()
+        async with running_server(config, model=tiny_model) as server:
+            async with ws(server, "/ws/ingest") as ingest:
+                stream_id = await start_stream(ingest, name="persisted")
+                await send_audio(ingest, music(5.0, RATE))
+                await stop_stream(ingest)
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                before = (await http.get(f"/streams/{stream_id}/timeline")).json()
+        assert before["segments"]
+        async with running_server(config, model=tiny_model) as again:
+            async with httpx.AsyncClient(base_url=again.http_url) as http:
+                after = (await http.get(f"/streams/{stream_id}/timeline")).json()
+                streams = (await http.get("/streams")).json()["streams"]
+        assert after == before
+        assert any(s["stream_id"] == stream_id and s["state"] == "ended" for s in streams)
+        assert (tmp_path / "timeline.db").is_file()
+
+    run(scenario())

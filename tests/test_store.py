@@ -1,0 +1,255 @@
+"""Tests for stream_server.store: SQLite persistence of streams and timelines."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream_server.errors import GenrecastError, StorageError
+from stream_server.store import SCHEMA_VERSION, StreamRecord, TimelineStore
+from stream_server.timeline import Segment, TimelineBuilder
+
+
+def record(stream_id: str, created_at: float = 1_700_000_000.0, **kw: object) -> StreamRecord:
+    fields: dict[str, object] = {
+        "stream_id": stream_id,
+        "name": f"stream {stream_id}",
+        "kind": "ws",
+        "source": "127.0.0.1:5000",
+        "created_at": created_at,
+    }
+    fields.update(kw)
+    return StreamRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "dir" / "timeline.sqlite"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[TimelineStore]:
+    s = TimelineStore(db_path)
+    yield s
+    s.close()
+
+
+def test_creates_parent_dirs_and_uses_wal(db_path: Path, store: TimelineStore) -> None:
+    assert db_path.is_file()
+    assert store.path == str(db_path)
+    assert store.journal_mode == "wal"
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    raw.close()
+
+
+def test_stream_round_trip(store: TimelineStore) -> None:
+    full = record(
+        "s1",
+        ended_at=None,
+        sample_rate=44_100,
+        channels=2,
+        fmt="s16le",
+    )
+    minimal = record("s2", kind="file", source="/music/a.flac")
+    store.add_stream(full)
+    store.add_stream(minimal)
+    assert store.get_stream("s1") == full
+    assert store.get_stream("s2") == minimal
+    assert store.get_stream("nope") is None
+
+
+def test_end_stream(store: TimelineStore) -> None:
+    store.add_stream(record("s1"))
+    store.end_stream("s1", 1_700_000_123.5)
+    got = store.get_stream("s1")
+    assert got is not None
+    assert got.ended_at == 1_700_000_123.5
+
+
+def test_end_unknown_stream_is_a_storage_error(store: TimelineStore) -> None:
+    with pytest.raises(StorageError, match=r"end_stream.*'ghost'"):
+        store.end_stream("ghost", 1.0)
+
+
+def test_duplicate_stream_id_is_a_storage_error(store: TimelineStore, db_path: Path) -> None:
+    store.add_stream(record("s1"))
+    with pytest.raises(StorageError, match="add_stream") as info:
+        store.add_stream(record("s1", name="again"))
+    assert str(db_path) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    assert isinstance(info.value, GenrecastError)
+    got = store.get_stream("s1")
+    assert got is not None
+    assert got.name == "stream s1"
+    store.add_stream(record("s2"))  # the connection is still usable after the failure
+
+
+def test_list_streams_newest_first_with_limit(store: TimelineStore) -> None:
+    store.add_stream(record("old", created_at=100.0))
+    store.add_stream(record("new", created_at=300.0))
+    store.add_stream(record("mid", created_at=200.0))
+    store.add_stream(record("mid2", created_at=200.0))  # same time: later insert first
+    assert [r.stream_id for r in store.list_streams()] == ["new", "mid2", "mid", "old"]
+    assert [r.stream_id for r in store.list_streams(limit=2)] == ["new", "mid2"]
+    assert store.list_streams(limit=0) == []
+    with pytest.raises(ValueError, match="limit"):
+        store.list_streams(limit=-1)
+
+
+def test_timeline_round_trip_ordered_by_index(store: TimelineStore) -> None:
+    store.add_stream(record("s1"))
+    segs = [
+        Segment(0.0, 5.0, "rock", 0.7, 3),
+        Segment(5.0, 7.0, "jazz", 0.65, 2),
+        Segment(7.0, 8.0, "rock", 0.4, 1),
+    ]
+    for i in (2, 0, 1):
+        store.upsert_segment("s1", i, segs[i])
+    assert store.timeline("s1") == segs
+    assert store.timeline("unknown") == []
+
+
+def test_upsert_rewrites_the_open_segment_in_place(store: TimelineStore, db_path: Path) -> None:
+    store.add_stream(record("s1"))
+    builder = TimelineBuilder()
+    index = 0
+    for t, genre, conf in [
+        (3.0, "rock", 0.6),
+        (4.0, "rock", 0.8),
+        (5.0, "jazz", 0.5),
+        (6.0, "jazz", 0.7),
+    ]:
+        closed = builder.add(t, genre, conf, window_start_s=0.0)
+        if closed is not None:
+            store.upsert_segment("s1", index, closed)
+            index += 1
+        open_seg = builder.open_segment
+        assert open_seg is not None
+        store.upsert_segment("s1", index, open_seg)
+    assert store.timeline("s1") == builder.segments()
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 2
+    raw.close()
+
+
+def test_segments_are_per_stream(store: TimelineStore) -> None:
+    store.add_stream(record("a"))
+    store.add_stream(record("b"))
+    store.upsert_segment("a", 0, Segment(0.0, 1.0, "rock", 0.5, 1))
+    store.upsert_segment("b", 0, Segment(0.0, 2.0, "jazz", 0.9, 2))
+    assert [s.genre for s in store.timeline("a")] == ["rock"]
+    assert [s.genre for s in store.timeline("b")] == ["jazz"]
+
+
+def test_upsert_for_unknown_stream_is_a_storage_error(store: TimelineStore) -> None:
+    with pytest.raises(StorageError, match="upsert_segment"):
+        store.upsert_segment("ghost", 0, Segment(0.0, 1.0, "rock", 0.5, 1))
+
+
+def test_upsert_rejects_negative_index(store: TimelineStore) -> None:
+    store.add_stream(record("s1"))
+    with pytest.raises(ValueError, match="index"):
+        store.upsert_segment("s1", -1, Segment(0.0, 1.0, "rock", 0.5, 1))
+
+
+def test_survives_a_restart(db_path: Path) -> None:
+    first = TimelineStore(db_path)
+    first.add_stream(record("s1", sample_rate=16_000, channels=1, fmt="f32le"))
+    first.upsert_segment("s1", 0, Segment(0.0, 3.0, "blues", 0.81, 2))
+    first.end_stream("s1", 1_700_000_050.0)
+    first.close()
+
+    second = TimelineStore(db_path)
+    try:
+        assert second.journal_mode == "wal"
+        assert second.get_stream("s1") == record(
+            "s1", ended_at=1_700_000_050.0, sample_rate=16_000, channels=1, fmt="f32le"
+        )
+        assert second.timeline("s1") == [Segment(0.0, 3.0, "blues", 0.81, 2)]
+        second.upsert_segment("s1", 1, Segment(3.0, 4.0, "jazz", 0.5, 1))
+    finally:
+        second.close()
+    with TimelineStore(db_path) as third:
+        assert len(third.timeline("s1")) == 2
+
+
+def test_garbage_file_is_a_storage_error_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.sqlite"
+    path.write_bytes(b"this is not a database, just some bytes\n" * 200)
+    with pytest.raises(StorageError, match=r"open on .*garbage\.sqlite") as info:
+        TimelineStore(path)
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="open on"):
+        TimelineStore(tmp_path)  # a directory, not a file
+
+
+def test_uncreatable_parent_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="open on") as info:
+        TimelineStore(blocker / "sub" / "db.sqlite")
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    TimelineStore(db_path).close()
+    raw = sqlite3.connect(db_path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StorageError, match="newer"):
+        TimelineStore(db_path)
+
+
+def test_closed_store_raises_and_close_is_idempotent(db_path: Path) -> None:
+    s = TimelineStore(db_path)
+    s.close()
+    s.close()
+    with pytest.raises(StorageError, match="closed"):
+        s.get_stream("s1")
+    with pytest.raises(StorageError, match="closed"):
+        s.add_stream(record("s1"))
+    with pytest.raises(StorageError, match="closed"):
+        _ = s.journal_mode
+
+
+def test_in_memory_store() -> None:
+    with TimelineStore(":memory:") as s:
+        assert s.journal_mode == "memory"
+        s.add_stream(record("m"))
+        s.upsert_segment("m", 0, Segment(0.0, 1.0, "pop", 0.5, 1))
+        assert s.timeline("m") == [Segment(0.0, 1.0, "pop", 0.5, 1)]
+
+
+def test_concurrent_writers_share_one_store(store: TimelineStore) -> None:
+    threads_n, per_thread = 8, 25
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            sid = f"t{k}"
+            store.add_stream(record(sid, created_at=float(k)))
+            for i in range(per_thread):
+                store.upsert_segment(sid, i, Segment(float(i), i + 1.0, "rock", 0.5, 1))
+                store.timeline(sid)
+        except BaseException as exc:  # pragma: no cover - only on failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.list_streams()) == threads_n
+    for k in range(threads_n):
+        assert len(store.timeline(f"t{k}")) == per_thread
