@@ -128,6 +128,8 @@ def load_model(spec: str) -> LoadedModel:
     hf_logging.disable_progress_bar()
 
     directory = Path(spec) if Path(spec).is_dir() else None
+    if directory is None and spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model directory {spec!r} does not exist")
     try:
         config = AutoConfig.from_pretrained(spec)
         if config.model_type == "vit":

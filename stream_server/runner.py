@@ -56,6 +56,8 @@ class InferenceRunner:
         self._host_out: torch.Tensor | None = None
         if device.type == "cuda":
             self.stream = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
+            # The weights were moved (and cast) on the default stream: order ours after it.
+            self.stream.wait_stream(torch.cuda.current_stream(device))
             self._host_out = torch.empty((max_batch, len(loaded.labels)), pin_memory=True)
 
     @property

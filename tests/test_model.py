@@ -182,12 +182,6 @@ def test_bad_json_beside_weights(tmp_path: Path, text: str, message: str) -> Non
     assert PREPROCESSING_FILE in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="load_model lets ValueError from LogMelImage/AudioPreprocessing.from_json escape "
-    "instead of raising ModelLoadError for a checkpoint whose preprocessing cannot be built",
-)
 @pytest.mark.parametrize(
     ("num_channels", "filename", "content"),
     [
