@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -91,6 +92,33 @@ def music(seconds: float, rate: int = 44100, channels: int = 2, seed: int = 0) -
         out[i0 : i0 + seg.size] += 0.05 * np.exp(-30 * seg) * rng.standard_normal(seg.size)
     stereo = np.stack([out * (1.0 - 0.2 * c) for c in range(channels)], axis=1)
     return np.clip(stereo, -1, 1).astype(np.float32)
+
+
+def encode_audio(
+    path: Path,
+    frames: np.ndarray,
+    rate: int,
+    *,
+    codec: str = "pcm_s16le",
+    container_format: str | None = None,
+) -> Path:
+    """Encode ``(frames, channels)`` float32 audio at ``rate`` Hz to ``path`` with PyAV."""
+    channels = frames.shape[1]
+    layout = "mono" if channels == 1 else "stereo"
+    with av.open(str(path), "w", format=container_format) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        pts = 0
+        for start in range(0, len(frames), 1024):
+            block = np.ascontiguousarray(frames[start : start + 1024], dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="flt", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = pts
+            pts += len(block)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
 
 
 def to_s16le(frames: np.ndarray) -> bytes:

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -16,7 +15,7 @@ from stream_server.config import Config
 from stream_server.model import LoadedModel
 from stream_server.runner import InferenceRunner
 from stream_server.session import SessionParams, session_params
-from tests.conftest import LABELS, music, real_clip
+from tests.conftest import LABELS, encode_audio, music, real_clip
 
 RATE = 22050  # the tiny model's rate
 WINDOW_S = 2.0
@@ -29,27 +28,6 @@ def mono(seconds: float, seed: int = 0) -> np.ndarray:
 
 def expected_windows(samples: int, params: SessionParams) -> int:
     return (samples - params.window_samples) // params.hop_samples + 1
-
-
-def write_wav(path: Path, frames: np.ndarray, rate: int) -> Path:
-    """``(frames, channels)`` float32 to a 16-bit PCM WAV with PyAV."""
-    channels = frames.shape[1]
-    layout = "mono" if channels == 1 else "stereo"
-    pcm = (np.clip(frames, -1, 1) * 32767).astype(np.int16)
-    with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=rate, layout=layout)
-        pts = 0
-        for start in range(0, len(pcm), 4096):
-            block = np.ascontiguousarray(pcm[start : start + 4096].reshape(1, -1))
-            frame = av.AudioFrame.from_ndarray(block, format="s16", layout=layout)
-            frame.sample_rate = rate
-            frame.pts = pts
-            pts += block.shape[1] // channels
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
 
 
 @pytest.fixture
@@ -226,7 +204,7 @@ def check_report(report: ClassifyReport, path: Path, tiny_model: LoadedModel) ->
 def test_classify_file_wav(
     tmp_path: Path, config: Config, tiny_model: LoadedModel, params: SessionParams
 ) -> None:
-    path = write_wav(tmp_path / "clip.wav", music(5.0, rate=44100, channels=2, seed=7), 44100)
+    path = encode_audio(tmp_path / "clip.wav", music(5.0, rate=44100, channels=2, seed=7), 44100)
     report = classify_file(str(path), config, model=tiny_model)
     assert report.duration_s == pytest.approx(5.0, abs=0.05)
     check_report(report, path, tiny_model)
@@ -242,7 +220,7 @@ def test_classify_file_wav(
 def test_classify_file_short_is_padded(
     tmp_path: Path, config: Config, tiny_model: LoadedModel
 ) -> None:
-    path = write_wav(tmp_path / "short.wav", music(1.0, rate=44100, channels=2), 44100)
+    path = encode_audio(tmp_path / "short.wav", music(1.0, rate=44100, channels=2), 44100)
     report = classify_file(str(path), config, model=tiny_model)
     assert report.padded is True
     assert len(report.windows) == 1

@@ -11,29 +11,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import httpx
-import numpy as np
 import pytest
 
-from tests.conftest import TIMEOUT_S, music
+from tests.conftest import TIMEOUT_S, encode_audio, music
 
 GENRECAST = [sys.executable, "-m", "stream_server.cli"]
 
 
-def write_wav(path: Path, seconds: float, rate: int = 44100) -> Path:
-    audio = music(seconds, rate, channels=2)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=rate, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(
-            (audio.T * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="stereo"
-        )
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+def write_wav(path: Path, seconds: float) -> Path:
+    return encode_audio(path, music(seconds, 44100, channels=2), 44100)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from stream_server.decode import DecodeStats, SourceInfo, _Converter, decode_mono, iter_pcm, probe
 from stream_server.errors import DecodeError
+from tests.conftest import encode_audio
 
 SECONDS = 3.0
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "genres"
@@ -34,23 +35,8 @@ def write_audio(
     container_format: str | None = None,
 ) -> Path:
     """Encode a sine (the same on every channel) to ``path`` with PyAV."""
-    layout = "mono" if channels == 1 else "stereo"
-    mono = tone(freq_hz, rate, seconds)
-    data = np.repeat(mono[:, None], channels, axis=1)
-    with av.open(str(path), "w", format=container_format) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        pts = 0
-        for start in range(0, len(data), 1024):
-            block = np.ascontiguousarray(data[start : start + 1024].reshape(1, -1))
-            frame = av.AudioFrame.from_ndarray(block, format="flt", layout=layout)
-            frame.sample_rate = rate
-            frame.pts = pts
-            pts += block.shape[1] // channels
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    data = np.repeat(tone(freq_hz, rate, seconds)[:, None], channels, axis=1)
+    return encode_audio(path, data, rate, codec=codec, container_format=container_format)
 
 
 def peak_hz(x: npt.NDArray[np.float32], rate: int) -> float:
