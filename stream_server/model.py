@@ -127,15 +127,17 @@ def load_model(spec: str) -> LoadedModel:
 
     hf_logging.disable_progress_bar()
 
-    directory = Path(spec) if Path(spec).is_dir() else None
+    local = Path(spec).expanduser()
+    directory = local if local.is_dir() else None
     if directory is None and spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model directory {spec!r} does not exist")
+    source = str(directory) if directory else spec
     try:
-        config = AutoConfig.from_pretrained(spec)
+        config = AutoConfig.from_pretrained(source)
         if config.model_type == "vit":
-            model = ViTForImageClassification.from_pretrained(spec)
+            model = ViTForImageClassification.from_pretrained(source)
         else:
-            model = AutoModelForImageClassification.from_pretrained(spec)
+            model = AutoModelForImageClassification.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
         where = "directory" if directory else "checkpoint (directory or hub id)"
         raise ModelLoadError(f"cannot load model {where} {spec!r}: {exc}") from None

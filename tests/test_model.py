@@ -368,3 +368,15 @@ def test_resolve_model_with_spec(tiny_checkpoint: Path, caplog: pytest.LogCaptur
     assert loaded.labels == LABELS
     assert loaded.preprocessing.window_seconds == 2.0
     assert not [r for r in caplog.records if r.name == "stream_server.model"]
+
+
+def test_home_relative_directory_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, pre = tiny_vit(LABELS, AudioPreprocessing(image_size=(64, 64)))
+    save_checkpoint(model, pre, tmp_path / "ckpt")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded = load_model("~/ckpt")
+    assert loaded.labels == LABELS
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model("~/missing")
