@@ -109,6 +109,78 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from stream_server.train import TrainOptions, main_log_setup, train, with_overrides
+
+    main_log_setup()
+    genres = tuple(g for g in args.genres.split(",") if g) if args.genres else None
+    opts = with_overrides(
+        TrainOptions(data=args.data, out=args.out),
+        arch=args.arch,
+        genres=genres,
+        min_clips=args.min_clips,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        batch_size=args.batch_size,
+        windows_per_clip=args.windows_per_clip,
+        lr=args.lr,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        cache_dir=args.cache,
+        resume=args.resume or None,
+        progress=False if args.quiet else None,
+    )
+    result = train(opts)
+    last = result.history[-1]
+    print(
+        f"model saved to {result.out} ({len(result.labels)} genres): "
+        f"validation clip accuracy {last.val_clip_accuracy:.3f}, "
+        f"window accuracy {last.val_window_accuracy:.3f}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from stream_server.dataset import SPLIT_FILE, load_split, scan
+    from stream_server.evaluate import evaluate, format_report, save_report
+    from stream_server.model import resolve_model
+    from stream_server.runner import pick_device
+
+    config = _load_config(args)
+    model = resolve_model(config.model.path)
+    if args.split == "all":
+        genres = tuple(g for g in args.genres.split(",") if g) if args.genres else None
+        clips = scan(args.data, genres)
+    else:
+        split = Path(model.source).expanduser() / SPLIT_FILE
+        if not split.is_file():
+            raise GenrecastError(
+                f"--split {args.split} needs {SPLIT_FILE} beside the model; {split} does not exist"
+            )
+        clips = load_split(split, args.split)
+    device = str(pick_device(config.engine.device))
+    report = evaluate(
+        model,
+        args.data,
+        clips,
+        device=device,
+        hop_seconds=args.hop,
+        cache_dir=args.cache,
+        progress=not args.json,
+    )
+    if args.out:
+        save_report(report, args.out)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_report(report))
+        if args.out:
+            out = Path(args.out)
+            print(f"\nwrote {out / 'evaluation.json'} and {out / 'confusion.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrecast", description="Real-time music-genre monitor.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +243,62 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=1.0, help="send at this multiple of real time (default 1)"
     )
     p.set_defaults(func=cmd_bench)
+
+    from stream_server.train import ARCHITECTURES, TrainOptions
+
+    d = TrainOptions(data="", out="")
+    p = sub.add_parser("train", help="train a genre model on a folder-per-genre dataset")
+    p.add_argument("--data", required=True, help="dataset root: one folder of clips per genre")
+    p.add_argument("--out", required=True, help="output directory for the checkpoint")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), help=f"model recipe (default {d.arch})")
+    p.add_argument("--genres", help="comma-separated genre folders (default: all large enough)")
+    p.add_argument(
+        "--min-clips",
+        type=int,
+        help=f"without --genres, skip folders with fewer clips (default {d.min_clips})",
+    )
+    p.add_argument("--epochs", type=int, help=f"student epochs (default {d.epochs})")
+    p.add_argument(
+        "--teacher-epochs", type=int, help=f"CNN teacher epochs (default {d.teacher_epochs})"
+    )
+    p.add_argument("--batch-size", type=int, help=f"windows per step (default {d.batch_size})")
+    p.add_argument(
+        "--windows-per-clip",
+        type=int,
+        help=f"random windows per training clip per epoch (default {d.windows_per_clip})",
+    )
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"share of each genre held out (default {d.val_fraction})",
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--cache", help=f"decoded-audio cache directory (default {d.cache_dir})")
+    p.add_argument("--resume", action="store_true", help="continue from the saved state in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-genre figures and confusion on a dataset")
+    p.add_argument("--data", required=True, help="dataset root: one folder of clips per genre")
+    p.add_argument("--model", help="checkpoint directory or hub id (default: config model.path)")
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument(
+        "--split",
+        choices=("all", "val", "train"),
+        default="all",
+        help="all clips in --data (default), or one side of the model's split.json",
+    )
+    p.add_argument("--genres", help="comma-separated genre folders (with --split all)")
+    p.add_argument(
+        "--hop", type=float, default=2.5, help="seconds between window starts (default 2.5)"
+    )
+    p.add_argument("--cache", help="decoded-audio cache directory (default: none)")
+    p.add_argument("--out", help="write evaluation.json and confusion.png into this directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -11,6 +11,7 @@ Every error genrecast raises on purpose derives from :class:`GenrecastError`::
     │   └── WindowNotWritten   ... because they have not been written yet
     ├── DecodeError            an audio file or URL could not be opened or decoded
     ├── ModelLoadError         a checkpoint could not be found or loaded
+    ├── DatasetError           a training / evaluation dataset is missing, empty or malformed
     └── StorageError           the timeline database could not be read or written
 """
 
@@ -67,6 +68,10 @@ class DecodeError(GenrecastError):
 
 class ModelLoadError(GenrecastError):
     """A model checkpoint could not be found or loaded."""
+
+
+class DatasetError(GenrecastError):
+    """A dataset folder, genre or split file is missing, empty or malformed."""
 
 
 class StorageError(GenrecastError):

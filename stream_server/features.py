@@ -7,6 +7,10 @@ was trained on are the features it is served.
 
 Shapes: ``wave`` is ``(batch, samples)`` float32 at ``sample_rate`` Hz; ``mel`` is
 ``(batch, n_mels, frames)``; the image is ``(batch, channels, height, width)``.
+
+Audio-spectrogram checkpoints take Kaldi filter banks instead (:mod:`stream_server.fbank`):
+:data:`Preprocessing` is either description and :func:`make_features` builds the matching module.
+Both modules name the model keyword argument their output goes to in ``input_name``.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
+
+from stream_server.fbank import FbankPreprocessing, KaldiFbank
 
 #: File beside a checkpoint that records how its audio was turned into images.
 PREPROCESSING_FILE = "audio_preprocessing.json"
@@ -138,6 +144,9 @@ def db_to_image(
 class LogMelImage(nn.Module):
     """``(batch, samples)`` audio to ``(batch, channels, height, width)`` model images."""
 
+    #: The model's keyword argument for these features.
+    input_name: ClassVar[str] = "pixel_values"
+
     window: Tensor
     fbanks: Tensor
     mean: Tensor
@@ -167,3 +176,18 @@ class LogMelImage(nn.Module):
         power = mel_power(wave, self.window, self.fbanks, self.pre.n_fft, self.pre.hop_length)
         db = power_to_db_ref_max(power, self.pre.top_db)
         return db_to_image(db, self.pre.top_db, self.pre.image_size, self.mean, self.std)
+
+
+#: How a checkpoint's audio becomes its input: log-mel images or Kaldi filter banks. Both have
+#: ``sample_rate`` (Hz), ``window_seconds`` and ``window_samples``.
+Preprocessing: TypeAlias = AudioPreprocessing | FbankPreprocessing
+
+#: A features module: ``(batch, samples)`` audio in, the model's input out.
+Features: TypeAlias = LogMelImage | KaldiFbank
+
+
+def make_features(pre: Preprocessing) -> Features:
+    """The features module that ``pre`` describes."""
+    if isinstance(pre, FbankPreprocessing):
+        return KaldiFbank(pre)
+    return LogMelImage(pre)

@@ -1,11 +1,20 @@
-"""Loading genre models: Hugging Face image-classification checkpoints over log-mel images.
+"""Loading genre models: Hugging Face image-classification checkpoints over log-mel images, and
+audio-classification checkpoints over Kaldi filter banks (Audio Spectrogram Transformer).
 
 A checkpoint is a directory (or hub id) that ``from_pretrained`` reads: ``config.json`` with
-``id2label`` and the weights. ``ViTForImageClassification`` is loaded as itself; any other
-image-classification family goes through ``AutoModelForImageClassification``. Beside the weights,
-``audio_preprocessing.json`` (see :mod:`stream_server.features`) says how audio becomes images;
-without it the ViT recipe's defaults apply, with the image size, channels and normalisation taken
-from the checkpoint's own config / ``preprocessor_config.json`` when present.
+``id2label`` and the weights. The config's ``model_type`` picks the family:
+
+- Image classification: ``ViTForImageClassification`` is loaded as itself; any other
+  image-classification family goes through ``AutoModelForImageClassification``. Beside the
+  weights, ``audio_preprocessing.json`` (see :mod:`stream_server.features`) says how audio becomes
+  images; without it the ViT recipe's defaults apply, with the image size, channels and
+  normalisation taken from the checkpoint's own config / ``preprocessor_config.json`` when present.
+- Audio classification over AST filter banks: ``audio-spectrogram-transformer`` is loaded with
+  ``ASTForAudioClassification``; another audio-classification family is accepted only when its
+  ``preprocessor_config.json`` names ``ASTFeatureExtractor``, and goes through
+  ``AutoModelForAudioClassification``. The filter-bank settings (see :mod:`stream_server.fbank`)
+  come from ``preprocessor_config.json``, else AST's defaults; an AST's ``max_length`` and
+  ``num_mel_bins`` must agree with its config.
 
 :class:`GenreClassifier` is the whole path from ``(batch, samples)`` audio to ``(batch, labels)``
 probabilities, so live serving, offline classification and evaluation share one code path.
@@ -23,7 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from stream_server.errors import ModelLoadError
-from stream_server.features import PREPROCESSING_FILE, AudioPreprocessing, LogMelImage
+from stream_server.fbank import PROCESSOR_FILE, FbankPreprocessing
+from stream_server.features import (
+    PREPROCESSING_FILE,
+    AudioPreprocessing,
+    Features,
+    LogMelImage,
+    Preprocessing,
+    make_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +63,19 @@ class GenreClassifier(nn.Module):
     """Audio windows in, genre probabilities out.
 
     ``forward(wave)``: ``(batch, samples)`` float32 at ``pre.sample_rate`` Hz ->
-    ``(batch, len(labels))`` float32 probabilities (softmax over the model's logits).
+    ``(batch, len(labels))`` float32 probabilities (softmax over the model's logits). The
+    features go to the model as its ``features.input_name`` keyword argument.
     """
 
-    def __init__(self, features: LogMelImage, model: nn.Module) -> None:
+    def __init__(self, features: Features, model: nn.Module) -> None:
         super().__init__()
         self.features = features
         self.model = model
 
     def forward(self, wave: Tensor) -> Tensor:
-        images = self.features(wave)
-        images = images.to(next(self.model.parameters()).dtype)
-        logits = self.model(pixel_values=images).logits
+        inputs = self.features(wave)
+        inputs = inputs.to(next(self.model.parameters()).dtype)
+        logits = self.model(**{self.features.input_name: inputs}).logits
         return torch.softmax(logits.float(), dim=-1)
 
 
@@ -67,7 +85,7 @@ class LoadedModel:
 
     classifier: GenreClassifier
     labels: tuple[str, ...]
-    preprocessing: AudioPreprocessing
+    preprocessing: Preprocessing
     source: str
     trained: bool = True
 
@@ -100,7 +118,7 @@ def _preprocessing_for(model_config: Any, directory: Path | None) -> AudioPrepro
             image_std=(0.5,) * channels,
         )
     if directory is not None:
-        processor = _read_json(directory / "preprocessor_config.json")
+        processor = _read_json(directory / PROCESSOR_FILE)
         if processor:
             stats: dict[str, Any] = {
                 k: processor[k] for k in ("image_mean", "image_std") if k in processor
@@ -113,13 +131,67 @@ def _preprocessing_for(model_config: Any, directory: Path | None) -> AudioPrepro
     return base
 
 
+#: The ``model_type`` of Audio Spectrogram Transformer checkpoints.
+AST_MODEL_TYPE = "audio-spectrogram-transformer"
+
+
+def _fbank_preprocessing_for(model_config: Any, directory: Path | None) -> FbankPreprocessing:
+    """Filter-bank preprocessing for an audio checkpoint.
+
+    ``preprocessor_config.json`` over AST's defaults; for an AST, the defaults take ``max_length``
+    and ``num_mel_bins`` from its config, and the file must agree with them (the model's patch
+    grid is built for exactly that many frames and bins). Raises ``ValueError`` otherwise.
+    """
+    is_ast = model_config.model_type == AST_MODEL_TYPE
+    shape = {
+        name: int(getattr(model_config, name))
+        for name in ("max_length", "num_mel_bins")
+        if is_ast and getattr(model_config, name, None) is not None
+    }
+    pre = FbankPreprocessing.from_json(shape)
+    processor = _read_json(directory / PROCESSOR_FILE) if directory is not None else None
+    if processor:
+        pre = FbankPreprocessing.from_json(processor, pre)
+    for name, expected in shape.items():
+        got = getattr(pre, name)
+        if got != expected:
+            raise ValueError(f"{PROCESSOR_FILE} has {name} {got}, the model config {expected}")
+    return pre
+
+
+def _audio_family(model_type: str) -> bool:
+    """Whether ``model_type`` is an audio-classification family rather than an image one."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    return (
+        model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES
+        and model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    )
+
+
+def _takes_fbank(model_type: str, directory: Path | None) -> bool:
+    """Whether an audio checkpoint takes AST filter banks: an AST, or its processor says so."""
+    if model_type == AST_MODEL_TYPE:
+        return True
+    processor = _read_json(directory / PROCESSOR_FILE) if directory is not None else None
+    return (
+        processor is not None and processor.get("feature_extractor_type") == "ASTFeatureExtractor"
+    )
+
+
 def load_model(spec: str) -> LoadedModel:
     """Load a checkpoint directory or hub id through ``from_pretrained``.
 
-    Raises :class:`ModelLoadError` with the reason when it cannot be found or loaded.
+    Raises :class:`ModelLoadError` with the reason when it cannot be found or loaded, or when it
+    is an audio-classification model whose inputs are not AST filter banks.
     """
     from transformers import (
+        ASTForAudioClassification,
         AutoConfig,
+        AutoModelForAudioClassification,
         AutoModelForImageClassification,
         ViTForImageClassification,
     )
@@ -132,22 +204,41 @@ def load_model(spec: str) -> LoadedModel:
     if directory is None and spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model directory {spec!r} does not exist")
     source = str(directory) if directory else spec
+    where = "directory" if directory else "checkpoint (directory or hub id)"
     try:
         config = AutoConfig.from_pretrained(source)
-        if config.model_type == "vit":
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load model {where} {spec!r}: {exc}") from None
+    model_type = str(config.model_type)
+    audio = _audio_family(model_type)
+    if audio and not _takes_fbank(model_type, directory):
+        raise ModelLoadError(
+            f"model {spec!r} is a {model_type!r} audio-classification model; only those that "
+            f"take AST filter banks ({AST_MODEL_TYPE!r}, or {PROCESSOR_FILE} naming "
+            "ASTFeatureExtractor) are supported"
+        )
+    try:
+        if model_type == "vit":
             model = ViTForImageClassification.from_pretrained(source)
+        elif model_type == AST_MODEL_TYPE:
+            model = ASTForAudioClassification.from_pretrained(source)
+        elif audio:
+            model = AutoModelForAudioClassification.from_pretrained(source)
         else:
             model = AutoModelForImageClassification.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
-        where = "directory" if directory else "checkpoint (directory or hub id)"
         raise ModelLoadError(f"cannot load model {where} {spec!r}: {exc}") from None
     id2label = getattr(config, "id2label", None) or {}
     labels = tuple(str(id2label[i]) for i in sorted(id2label, key=int))
     if not labels:
         raise ModelLoadError(f"model {spec!r} has no id2label in its config")
     try:
-        pre = _preprocessing_for(config, directory)
-        features = LogMelImage(pre)
+        pre: Preprocessing = (
+            _fbank_preprocessing_for(config, directory)
+            if audio
+            else _preprocessing_for(config, directory)
+        )
+        features = make_features(pre)
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"unusable audio preprocessing for model {spec!r}: {exc}") from None
     model.eval()
@@ -188,8 +279,8 @@ def tiny_vit(
     return ViTForImageClassification(config).eval(), pre
 
 
-def save_checkpoint(model: nn.Module, pre: AudioPreprocessing, directory: str | Path) -> Path:
-    """``save_pretrained`` plus the audio preprocessing file; returns the directory."""
+def save_checkpoint(model: nn.Module, pre: Preprocessing, directory: str | Path) -> Path:
+    """``save_pretrained`` plus the preprocessing file (``pre.save``); returns the directory."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -207,12 +298,24 @@ def untrained_model() -> LoadedModel:
     return LoadedModel(classifier, DEFAULT_GENRES, pre, source="untrained", trained=False)
 
 
+#: The model genrecast ships: trained by ``genrecast train`` on the ten benchmark genres (see the
+#: model card ``README.md`` in this directory).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+#: ``[model] path`` value that selects the untrained placeholder (plumbing tests and benchmarks).
+UNTRAINED = "untrained"
+
+
 def resolve_model(spec: str) -> LoadedModel:
-    """The configured model: ``spec`` if given, else the untrained fallback (with a warning)."""
-    if spec:
-        return load_model(spec)
-    log.warning(
-        "no model configured ([model] path in config.toml): using an UNTRAINED model; "
-        "its genre outputs are meaningless"
-    )
-    return untrained_model()
+    """The configured model.
+
+    ``spec`` is a checkpoint directory or hub id; empty means the shipped default model
+    (:data:`DEFAULT_MODEL_DIR`) and ``"untrained"`` the random placeholder, which logs a warning.
+    """
+    if spec == UNTRAINED or (not spec and not DEFAULT_MODEL_DIR.is_dir()):
+        log.warning(
+            "using an UNTRAINED model ([model] path = %r): its genre outputs are meaningless",
+            spec,
+        )
+        return untrained_model()
+    return load_model(spec or str(DEFAULT_MODEL_DIR))

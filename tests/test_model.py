@@ -15,6 +15,7 @@ from stream_server.errors import ModelLoadError
 from stream_server.features import PREPROCESSING_FILE, AudioPreprocessing, LogMelImage
 from stream_server.model import (
     DEFAULT_GENRES,
+    UNTRAINED,
     GenreClassifier,
     LoadedModel,
     _preprocessing_for,
@@ -350,9 +351,9 @@ def test_untrained_model() -> None:
     torch.testing.assert_close(untrained_model().classifier(windows(pre, batch=1)), probs)
 
 
-def test_resolve_model_empty_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_resolve_model_untrained_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="stream_server.model"):
-        loaded = resolve_model("")
+        loaded = resolve_model(UNTRAINED)
     assert loaded.trained is False
     assert loaded.labels == DEFAULT_GENRES
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

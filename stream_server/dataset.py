@@ -1,0 +1,228 @@
+"""Genre datasets on disk: a folder per genre, split by file, decoded once and cached.
+
+A dataset root holds one sub-folder per genre; the folder name is the label and every audio file
+inside (any format FFmpeg decodes) is one clip. Splits are made by *file*, stratified by genre and
+seeded, so windows of one clip never land on both sides. Clips are decoded with PyAV to mono
+float32 at the model's sample rate and cached as ``.npy`` files keyed by path, size, mtime and
+rate, so a second run starts in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from stream_server.decode import decode_mono
+from stream_server.errors import DatasetError, DecodeError
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+#: File name endings taken as audio clips.
+AUDIO_SUFFIXES = frozenset(
+    {".opus", ".ogg", ".oga", ".wav", ".flac", ".mp3", ".m4a", ".aac", ".au", ".aif", ".aiff"}
+)
+
+#: File written beside a trained model listing the files of each split (paths relative to the
+#: dataset root).
+SPLIT_FILE = "split.json"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One labelled audio file. ``path`` is relative to the dataset root."""
+
+    path: str
+    label: str
+
+
+def scan(root: str | Path, genres: Sequence[str] | None = None, min_clips: int = 1) -> list[Clip]:
+    """The clips under ``root``: every audio file in each genre folder, sorted by path.
+
+    Args:
+        genres: keep only these folders (each must exist and hold clips); default all folders.
+        min_clips: with ``genres`` unset, skip folders with fewer clips than this.
+    Raises:
+        DatasetError: ``root`` missing, a requested genre missing or empty, or no clips at all.
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DatasetError(f"dataset directory {str(root)!r} does not exist")
+    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    by_label = {
+        p.name: sorted(
+            f.relative_to(base).as_posix()
+            for f in p.rglob("*")
+            if f.is_file()
+            and f.suffix.lower() in AUDIO_SUFFIXES
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
+        for p in folders
+    }
+    if genres is not None:
+        missing = [g for g in genres if not by_label.get(g)]
+        if missing:
+            raise DatasetError(f"no clips for genre(s) {', '.join(missing)} under {base}")
+        chosen = list(dict.fromkeys(genres))
+    else:
+        chosen = [g for g, files in by_label.items() if files and len(files) >= min_clips]
+    clips = [Clip(path, label) for label in chosen for path in by_label[label]]
+    if not clips:
+        least = f" with at least {min_clips} clips" if min_clips > 1 else ""
+        raise DatasetError(f"no genre folders{least} found under {base}")
+    return sorted(clips, key=lambda c: c.path)
+
+
+def labels_of(clips: Iterable[Clip]) -> tuple[str, ...]:
+    """The sorted distinct labels of ``clips``."""
+    return tuple(sorted({c.label for c in clips}))
+
+
+def stratified_split(
+    clips: Sequence[Clip], val_fraction: float, seed: int
+) -> tuple[list[Clip], list[Clip]]:
+    """Split by file, per genre: about ``val_fraction`` of each genre's clips go to validation.
+
+    Every genre with at least two clips gets at least one validation clip and keeps at least one
+    training clip. The result depends only on the clips and ``seed``.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    rng = random.Random(seed)
+    train: list[Clip] = []
+    val: list[Clip] = []
+    for label in labels_of(clips):
+        group = sorted((c for c in clips if c.label == label), key=lambda c: c.path)
+        rng.shuffle(group)
+        n_val = round(len(group) * val_fraction)
+        n_val = min(max(n_val, 1), len(group) - 1) if len(group) >= 2 else 0
+        val.extend(group[:n_val])
+        train.extend(group[n_val:])
+    return sorted(train, key=lambda c: c.path), sorted(val, key=lambda c: c.path)
+
+
+def counts(clips: Iterable[Clip]) -> dict[str, int]:
+    """Clips per label, in label order."""
+    tally = Counter(c.label for c in clips)
+    return {label: tally[label] for label in sorted(tally)}
+
+
+def save_split(directory: str | Path, train: Sequence[Clip], val: Sequence[Clip]) -> Path:
+    """Write :data:`SPLIT_FILE` into ``directory``."""
+    path = Path(directory) / SPLIT_FILE
+    data = {
+        "train": [[c.path, c.label] for c in train],
+        "val": [[c.path, c.label] for c in val],
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def load_split(path: str | Path, part: str) -> list[Clip]:
+    """The clips of ``part`` (``"train"`` or ``"val"``) from a split file."""
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        rows = data[part]
+        if not all(
+            isinstance(row, list) and len(row) == 2 and all(isinstance(v, str) for v in row)
+            for row in rows
+        ):
+            raise ValueError("every row must be a [path, label] pair of strings")
+        return [Clip(p, label) for p, label in rows]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"cannot read split {part!r} from {file}: {exc}") from None
+
+
+def _cache_key(path: Path, sample_rate: int) -> str:
+    try:
+        stat = path.stat()
+    except OSError as exc:  # as decoding it would: a missing clip is skipped, not fatal
+        raise DecodeError(f"cannot open audio source {str(path)!r}: {exc}") from exc
+    ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sample_rate}"
+    return hashlib.sha1(ident.encode()).hexdigest()
+
+
+def load_clip(path: Path, sample_rate: int, cache_dir: Path | None) -> FloatArray:
+    """Decode one clip to ``(samples,)`` float32 mono at ``sample_rate`` Hz, through the cache."""
+    cached = cache_dir / f"{_cache_key(path, sample_rate)}.npy" if cache_dir else None
+    if cached is not None and cached.is_file():
+        try:
+            loaded: FloatArray = np.load(cached).astype(np.float32, copy=False)
+            return loaded
+        except (OSError, ValueError):
+            log.warning("ignoring unreadable cache file %s", cached)
+    audio = decode_mono(str(path), sample_rate)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npy")
+        np.save(tmp, audio)
+        tmp.replace(cached)
+    return audio
+
+
+def load_audio(
+    root: str | Path,
+    clips: Sequence[Clip],
+    sample_rate: int,
+    cache_dir: str | Path | None = None,
+    *,
+    min_samples: int = 1,
+) -> tuple[list[Clip], list[FloatArray]]:
+    """Decode ``clips``; returns the clips that decoded to at least ``min_samples`` and their audio.
+
+    A clip that fails to decode or is too short is logged and left out rather than ending the run.
+    """
+    base = Path(root).expanduser()
+    cache = Path(cache_dir).expanduser() if cache_dir else None
+    kept: list[Clip] = []
+    audio: list[FloatArray] = []
+    for clip in clips:
+        try:
+            wave = load_clip(base / clip.path, sample_rate, cache)
+        except DecodeError as exc:
+            log.warning("skipping %s: %s", clip.path, exc)
+            continue
+        if wave.size < min_samples:
+            log.warning(
+                "skipping %s: %.1f s is shorter than needed", clip.path, wave.size / sample_rate
+            )
+            continue
+        kept.append(clip)
+        audio.append(wave)
+    if not kept:
+        raise DatasetError(f"none of the {len(clips)} clips under {base} could be used")
+    return kept, audio
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start offsets (samples) of the windows covering a clip of ``n_samples``.
+
+    Windows are ``window`` samples long, ``hop`` apart, the last one flush with the clip's end so
+    no audio is left out; a clip shorter than one window gives the single start 0 (to be padded).
+    """
+    if window <= 0 or hop <= 0:
+        raise ValueError("window and hop must be positive")
+    if n_samples <= window:
+        return [0]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] != n_samples - window:
+        starts.append(n_samples - window)
+    return starts
+
+
+def windows_of(audio: FloatArray, window: int, hop: int) -> FloatArray:
+    """``(windows, window)`` float32: the windows of :func:`window_starts`, zero-padded if short."""
+    if audio.size < window:
+        audio = np.pad(audio, (0, window - audio.size))
+    return np.stack([audio[s : s + window] for s in window_starts(audio.size, window, hop)])

@@ -1,0 +1,678 @@
+"""Training genre models on a folder-per-genre dataset.
+
+The model is a Hugging Face image classifier (ViT, or DeiT with a distillation token) over the
+log-mel images that :class:`~stream_server.features.LogMelImage` makes: the very module the server
+runs, so training and serving see the same features. The result is saved with ``save_pretrained``
+plus ``audio_preprocessing.json`` and loads through :func:`~stream_server.model.load_model` like any
+other checkpoint.
+
+One run:
+
+1. Scan the dataset, split it by file, stratified by genre (``split.json`` in the output).
+2. Decode every clip once, at the model's rate (cached).
+3. Each epoch draws random windows from the training clips, genres weighted by
+   ``count ** -balance`` per clip, adds noise, computes the images, masks them (SpecAugment) and
+   mixes them (mixup).
+4. With distillation, a small CNN teacher is trained first on the same stream of windows; the
+   DeiT student then learns the labels through its class token and the teacher's hard decisions
+   through its distillation token.
+5. After each epoch the validation clips are scored window by window and clip by clip (the mean
+   of the window probabilities); the state is saved so ``--resume`` continues the run.
+
+Units: window lengths and hops in seconds at the edges, samples inside; images are
+``(batch, channels, n_mels, frames)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stream_server import augment
+from stream_server.dataset import (
+    Clip,
+    FloatArray,
+    counts,
+    labels_of,
+    load_audio,
+    save_split,
+    scan,
+    stratified_split,
+    windows_of,
+)
+from stream_server.errors import DatasetError, GenrecastError
+from stream_server.features import AudioPreprocessing, LogMelImage
+from stream_server.model import save_checkpoint
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.pt"
+REPORT_FILE = "training.json"
+TEACHER_FILE = "teacher.pt"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model recipe: transformer size, input image and window length.
+
+    ``image_size`` is (height, width) = (mel bands, time columns); with ``height == n_mels`` the
+    frequency axis is not resampled. ``family`` ``"deit"`` adds a distillation token (and trains
+    a CNN teacher first); ``"vit"`` is a plain ViT.
+    """
+
+    family: Literal["vit", "deit"]
+    hidden_size: int
+    layers: int
+    heads: int
+    patch: int
+    image_size: tuple[int, int]
+    channels: int
+    window_seconds: float
+    dropout: float = 0.1
+    about: str = ""
+
+    @property
+    def distill(self) -> bool:
+        return self.family == "deit"
+
+    def preprocessing(self) -> AudioPreprocessing:
+        """The audio preprocessing this recipe trains on."""
+        return AudioPreprocessing(
+            window_seconds=self.window_seconds,
+            image_size=self.image_size,
+            num_channels=self.channels,
+            image_mean=(0.5,) * self.channels,
+            image_std=(0.5,) * self.channels,
+        )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "deit-tiny": Architecture(
+        "deit", 192, 6, 3, 16, (128, 224), 1, 5.0,
+        about="DeiT-Ti width, 6 blocks, 16x16 patches over a 5 s mel image at its own aspect, "
+        "distilled from a CNN teacher (CPU default)",
+    ),
+    "vit-tiny": Architecture(
+        "vit", 192, 6, 3, 16, (128, 224), 1, 5.0,
+        about="the same ViT without distillation",
+    ),
+    "vit-tiny-square": Architecture(
+        "vit", 192, 6, 3, 16, (224, 224), 1, 5.0,
+        about="the same ViT on the mel image resized to 224x224",
+    ),
+    "vit-b16": Architecture(
+        "vit", 768, 12, 12, 16, (224, 224), 3, 10.0,
+        about="ViT-B/16 on 10 s mel images resized to 224x224x3 (needs a GPU)",
+    ),
+    "deit-b16": Architecture(
+        "deit", 768, 12, 12, 16, (224, 224), 3, 10.0,
+        about="DeiT-B/16 with distillation token, 10 s windows (needs a GPU)",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything that decides a training run (saved in ``training.json``)."""
+
+    data: str
+    out: str
+    arch: str = "deit-tiny"
+    genres: tuple[str, ...] | None = None
+    min_clips: int = 10
+    val_fraction: float = 0.2
+    seed: int = 0
+    epochs: int = 40
+    teacher_epochs: int = 20
+    batch_size: int = 32
+    windows_per_clip: int = 4
+    lr: float = 5e-4
+    teacher_lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    balance: float = 0.5
+    noise_prob: float = 0.5
+    noise_snr_db: tuple[float, float] = (10.0, 40.0)
+    freq_masks: int = 2
+    max_freq_mask: int = 16
+    time_masks: int = 2
+    max_time_mask: int = 24
+    mixup_alpha: float = 0.4
+    mixup_prob: float = 0.5
+    val_hop_seconds: float = 2.5
+    device: str = "cpu"
+    cache_dir: str = "~/.cache/genrecast/audio"
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EpochStats:
+    """One epoch of one phase: mean training loss and validation figures."""
+
+    phase: str
+    epoch: int
+    loss: float
+    train_accuracy: float
+    val_window_accuracy: float
+    val_clip_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    out: Path
+    labels: tuple[str, ...]
+    history: list[EpochStats] = field(default_factory=list)
+    teacher_val_clip_accuracy: float | None = None
+
+
+class ConvTeacher(nn.Module):
+    """A small CNN over the same log-mel images, used as the distillation teacher.
+
+    ``(batch, channels, height, width)`` images in, ``(batch, labels)`` logits out: a strided
+    5x5 stem, three conv-BN-ReLU-maxpool blocks, then mean+max pooling over the map.
+    """
+
+    def __init__(self, channels: int, n_labels: int, width: int = 24) -> None:
+        super().__init__()
+        w = width
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1, bias=False),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, w, 5, stride=2, padding=2, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            block(w, 2 * w),
+            block(2 * w, 4 * w),
+            block(4 * w, 8 * w),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(16 * w, n_labels))
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.body(images)
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        out: Tensor = self.head(pooled)
+        return out
+
+
+def build_model(arch: Architecture, labels: Sequence[str], seed: int = 0) -> nn.Module:
+    """A randomly initialised Hugging Face classifier for ``arch`` over ``labels``."""
+    from transformers import (
+        DeiTConfig,
+        DeiTForImageClassificationWithTeacher,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    torch.manual_seed(seed)
+    common: dict[str, Any] = {
+        "image_size": list(arch.image_size),
+        "patch_size": arch.patch,
+        "num_channels": arch.channels,
+        "hidden_size": arch.hidden_size,
+        "num_hidden_layers": arch.layers,
+        "num_attention_heads": arch.heads,
+        "intermediate_size": 4 * arch.hidden_size,
+        "hidden_dropout_prob": arch.dropout,
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    model: nn.Module
+    if arch.family == "deit":
+        model = DeiTForImageClassificationWithTeacher(DeiTConfig(**common))
+    else:
+        model = ViTForImageClassification(ViTConfig(**common))
+    return model
+
+
+def genre_weights(clips: Sequence[Clip], balance: float) -> npt.NDArray[np.float64]:
+    """Sampling probability per clip: ``count(genre) ** -balance``, normalised.
+
+    ``balance`` 0 samples clips uniformly (genres as often as they have clips); 1 samples every
+    genre equally often.
+    """
+    tally = counts(clips)
+    w = np.array([tally[c.label] ** -balance for c in clips], dtype=np.float64)
+    out: npt.NDArray[np.float64] = w / w.sum()
+    return out
+
+
+def draw_windows(
+    audio: Sequence[FloatArray],
+    weights: npt.NDArray[np.float64],
+    n: int,
+    window: int,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """``n`` random windows: clip indices ``(n,)``, audio ``(n, window)`` (short clips padded)."""
+    idx = rng.choice(len(audio), size=n, p=weights)
+    out = np.zeros((n, window), dtype=np.float32)
+    for row, i in enumerate(idx):
+        clip = audio[i]
+        if clip.size <= window:
+            out[row, : clip.size] = clip
+        else:
+            start = int(rng.integers(0, clip.size - window + 1))
+            out[row] = clip[start : start + window]
+    return idx.astype(np.int64), out
+
+
+def training_images(
+    features: LogMelImage,
+    waves: Tensor,
+    gen: torch.Generator | None = None,
+    opts: TrainOptions | None = None,
+) -> Tensor:
+    """Images for ``(batch, samples)`` windows, augmented when ``gen`` and ``opts`` are given.
+
+    Without augmentation this is exactly ``features(waves)``: what the server computes.
+    """
+    if gen is None or opts is None:
+        plain: Tensor = features(waves)
+        return plain
+    waves = augment.add_noise(waves, gen, prob=opts.noise_prob, snr_db=opts.noise_snr_db)
+    images: Tensor = features(waves)
+    return augment.spec_mask(
+        images,
+        gen,
+        freq_masks=opts.freq_masks,
+        max_freq=opts.max_freq_mask,
+        time_masks=opts.time_masks,
+        max_time=opts.max_time_mask,
+    )
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``(batch, labels)`` logits against probability targets."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def smooth(targets: Tensor, eps: float) -> Tensor:
+    """Label smoothing of ``(batch, labels)`` probability targets."""
+    return targets * (1.0 - eps) + eps / targets.shape[-1]
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class _Val:
+    images: Tensor  # (windows, C, H, W)
+    window_labels: Tensor  # (windows,)
+    clip_of: Tensor  # (windows,) clip index
+    clip_labels: Tensor  # (clips,)
+
+
+def _val_set(
+    features: LogMelImage,
+    audio: Sequence[FloatArray],
+    labels: Sequence[int],
+    window: int,
+    hop: int,
+) -> _Val:
+    images, wl, clip_of = [], [], []
+    with torch.inference_mode():
+        for i, (clip, label) in enumerate(zip(audio, labels, strict=True)):
+            wins = torch.from_numpy(windows_of(clip, window, hop))
+            images.append(features(wins))
+            wl += [label] * wins.shape[0]
+            clip_of += [i] * wins.shape[0]
+    return _Val(
+        torch.cat(images),
+        torch.tensor(wl),
+        torch.tensor(clip_of),
+        torch.tensor(list(labels)),
+    )
+
+
+def _logits(model: nn.Module, images: Tensor) -> Tensor:
+    out: Tensor = (
+        model(images) if isinstance(model, ConvTeacher) else model(pixel_values=images).logits
+    )
+    return out
+
+
+def validate(
+    model: nn.Module, val: _Val, device: torch.device, batch: int = 64
+) -> tuple[float, float]:
+    """``(window accuracy, clip accuracy)``; a clip's call is the argmax of its mean probability."""
+    if val.images.shape[0] == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    probs = []
+    with torch.inference_mode():
+        for i in range(0, val.images.shape[0], batch):
+            x = val.images[i : i + batch].to(device)
+            probs.append(torch.softmax(_logits(model, x).float(), dim=-1).cpu())
+    p = torch.cat(probs)
+    window_acc = float((p.argmax(1) == val.window_labels).float().mean())
+    n_clips = val.clip_labels.numel()
+    sums = torch.zeros(n_clips, p.shape[1]).index_add_(0, val.clip_of, p)
+    clip_acc = float((sums.argmax(1) == val.clip_labels).float().mean())
+    return window_acc, clip_acc
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="win", disable=not enabled, leave=False)
+
+
+class _Phase:
+    """One training phase (teacher or student) with resumable state."""
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        epochs: int,
+        lr: float,
+        weight_decay: float,
+        steps_per_epoch: int,
+        warmup_epochs: int,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.epochs = epochs
+        self.base_lr = lr
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for pname, p in model.named_parameters():
+            (no_decay if p.ndim <= 1 or "token" in pname or "position" in pname else decay).append(
+                p
+            )
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=lr,
+        )
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = max(1, epochs * steps_per_epoch)
+        self.warmup_steps = warmup_epochs * steps_per_epoch
+        self.epoch = 0
+
+    def step_lr(self, step: int) -> None:
+        lr = lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+
+
+def _seed_for(seed: int, phase: str, epoch: int) -> int:
+    return (seed * 1_000_003 + (0 if phase == "teacher" else 500_009) + epoch * 7919) % (2**31)
+
+
+def _run_epoch(
+    phase: _Phase,
+    opts: TrainOptions,
+    features: LogMelImage,
+    audio: Sequence[FloatArray],
+    clip_labels: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    n_labels: int,
+    device: torch.device,
+    teacher: nn.Module | None,
+) -> tuple[float, float]:
+    """Train ``phase.model`` for one epoch; returns (mean loss, training accuracy)."""
+    seed = _seed_for(opts.seed, phase.name, phase.epoch)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    window = features.pre.window_samples
+    n = phase.steps_per_epoch * opts.batch_size
+    idx, waves = draw_windows(audio, weights, n, window, rng)
+    model = phase.model
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    losses: list[float] = []
+    correct = 0
+    bar = _progress_bar(n, f"{phase.name} {phase.epoch + 1}/{phase.epochs}", opts.progress)
+    try:
+        for step in range(phase.steps_per_epoch):
+            phase.step_lr(phase.epoch * phase.steps_per_epoch + step)
+            sl = slice(step * opts.batch_size, (step + 1) * opts.batch_size)
+            wave = torch.from_numpy(waves[sl])
+            target_idx = torch.from_numpy(clip_labels[idx[sl]])
+            with torch.no_grad():
+                images = training_images(features, wave.to(device), gen, opts)
+            targets = F.one_hot(target_idx, n_labels).float().to(device)
+            images, targets = augment.mixup(
+                images, targets, gen, alpha=opts.mixup_alpha, prob=opts.mixup_prob
+            )
+            if isinstance(model, ConvTeacher):
+                logits = model(images)
+                loss = soft_cross_entropy(logits, targets)
+            else:
+                out = model(pixel_values=images)
+                logits = out.logits
+                smoothed = smooth(targets, opts.label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad():
+                        hard = _logits(teacher, images).argmax(dim=-1)
+                    loss = 0.5 * soft_cross_entropy(
+                        out.cls_logits, smoothed
+                    ) + 0.5 * F.cross_entropy(out.distillation_logits.float(), hard)
+                else:
+                    loss = soft_cross_entropy(logits, smoothed)
+            phase.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            phase.optimizer.step()
+            losses.append(float(loss.detach()))
+            correct += int((logits.argmax(-1).cpu() == target_idx).sum())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.update(wave.shape[0])
+    finally:
+        bar.close()
+    return float(np.mean(losses)), correct / n
+
+
+def _save_state(out: Path, payload: dict[str, Any]) -> None:
+    tmp = out / (STATE_FILE + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out / STATE_FILE)
+
+
+def _report(out: Path, opts: TrainOptions, result: TrainResult, extra: dict[str, Any]) -> None:
+    data = {
+        "options": asdict(opts),
+        "architecture": asdict(ARCHITECTURES[opts.arch]) if opts.arch in ARCHITECTURES else None,
+        "labels": list(result.labels),
+        "history": [asdict(h) for h in result.history],
+        "teacher_val_clip_accuracy": result.teacher_val_clip_accuracy,
+        **extra,
+    }
+    (out / REPORT_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def train(
+    opts: TrainOptions,
+    arch: Architecture | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Run a training as described in the module docstring; returns where the model went.
+
+    ``arch`` overrides ``opts.arch`` (tests use tiny recipes). Raises :class:`DatasetError` for
+    an unusable dataset and :class:`GenrecastError` for bad options.
+    """
+    if arch is None:
+        if opts.arch not in ARCHITECTURES:
+            names = ", ".join(ARCHITECTURES)
+            raise GenrecastError(f"unknown architecture {opts.arch!r} (choose from {names})")
+        arch = ARCHITECTURES[opts.arch]
+    if opts.epochs < 1 or opts.batch_size < 1 or opts.windows_per_clip < 1:
+        raise GenrecastError("epochs, batch size and windows per clip must be at least 1")
+    device = torch.device(opts.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenrecastError("--device cuda asked for, but no CUDA device is available")
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    out = Path(opts.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    clips = scan(opts.data, opts.genres, opts.min_clips)
+    labels = labels_of(clips)
+    if len(labels) < 2:
+        raise DatasetError(f"need at least two genres to train, found {list(labels)}")
+    train_clips, val_clips = stratified_split(clips, opts.val_fraction, opts.seed)
+    save_split(out, train_clips, val_clips)
+    pre = arch.preprocessing()
+    log.info(
+        "%d genres, %d training and %d validation clips; decoding at %d Hz",
+        len(labels), len(train_clips), len(val_clips), pre.sample_rate,
+    )  # fmt: skip
+    train_clips, train_audio = load_audio(opts.data, train_clips, pre.sample_rate, opts.cache_dir)
+    val_clips, val_audio = load_audio(opts.data, val_clips, pre.sample_rate, opts.cache_dir)
+    index = {label: i for i, label in enumerate(labels)}
+    train_y = np.array([index[c.label] for c in train_clips], dtype=np.int64)
+    weights = genre_weights(train_clips, opts.balance)
+    features = LogMelImage(pre).to(device)
+    hop = max(1, round(opts.val_hop_seconds * pre.sample_rate))
+    val = _val_set(
+        features, val_audio, [index[c.label] for c in val_clips], pre.window_samples, hop
+    )
+    steps = max(1, math.ceil(len(train_clips) * opts.windows_per_clip / opts.batch_size))
+
+    result = TrainResult(out, labels)
+    state: dict[str, Any] = {}
+    if opts.resume and (out / STATE_FILE).is_file():
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        if tuple(state.get("labels", ())) != labels:
+            raise GenrecastError(f"{out / STATE_FILE} was saved for other genres; drop --resume")
+        result.history = [EpochStats(**h) for h in state.get("history", [])]
+        result.teacher_val_clip_accuracy = state.get("teacher_val_clip_accuracy")
+        log.info("resuming from %s", out / STATE_FILE)
+
+    def record(phase: _Phase, loss: float, acc: float, t0: float) -> EpochStats:
+        wa, ca = validate(phase.model, val, device)
+        stats = EpochStats(phase.name, phase.epoch, loss, acc, wa, ca, time.perf_counter() - t0)
+        result.history.append(stats)
+        log.info(
+            "%s epoch %d/%d: loss %.3f, train acc %.3f, val window acc %.3f, val clip acc %.3f",
+            phase.name, phase.epoch, phase.epochs, loss, acc, wa, ca,
+        )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(stats)
+        return stats
+
+    teacher: nn.Module | None = None
+    if arch.distill:
+        torch.manual_seed(opts.seed)
+        t_model = ConvTeacher(arch.channels, len(labels)).to(device)
+        if state.get("teacher_done") and (out / TEACHER_FILE).is_file():
+            t_model.load_state_dict(torch.load(out / TEACHER_FILE, map_location=device))
+        else:
+            tphase = _Phase(
+                "teacher", t_model, opts.teacher_epochs, opts.teacher_lr, 1e-4, steps,
+                opts.warmup_epochs,
+            )  # fmt: skip
+            if "teacher" in state:
+                tphase.load(state["teacher"])
+            while tphase.epoch < tphase.epochs:
+                t0 = time.perf_counter()
+                loss, acc = _run_epoch(
+                    tphase, opts, features, train_audio, train_y, weights, len(labels), device,
+                    None,
+                )  # fmt: skip
+                tphase.epoch += 1
+                stats = record(tphase, loss, acc, t0)
+                result.teacher_val_clip_accuracy = stats.val_clip_accuracy
+                _save_state(out, {**_common_state(labels, result), "teacher": tphase.state()})
+            torch.save(t_model.state_dict(), out / TEACHER_FILE)
+        teacher = t_model.eval()
+
+    model = build_model(arch, labels, opts.seed).to(device)
+    phase = _Phase(
+        "student", model, opts.epochs, opts.lr, opts.weight_decay, steps, opts.warmup_epochs
+    )
+    if "student" in state:
+        phase.load(state["student"])
+    while phase.epoch < phase.epochs:
+        t0 = time.perf_counter()
+        loss, acc = _run_epoch(
+            phase, opts, features, train_audio, train_y, weights, len(labels), device, teacher
+        )
+        phase.epoch += 1
+        record(phase, loss, acc, t0)
+        _save_state(
+            out, {**_common_state(labels, result), "teacher_done": True, "student": phase.state()}
+        )
+
+    model.eval()
+    save_checkpoint(model.cpu(), pre, out)
+    _report(
+        out,
+        opts,
+        result,
+        {
+            "train_clips": counts(train_clips),
+            "val_clips": counts(val_clips),
+            "seconds": round(time.perf_counter() - started, 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "torch": torch.__version__,
+        },
+    )
+    return result
+
+
+def _common_state(labels: tuple[str, ...], result: TrainResult) -> dict[str, Any]:
+    return {
+        "labels": list(labels),
+        "history": [asdict(h) for h in result.history],
+        "teacher_val_clip_accuracy": result.teacher_val_clip_accuracy,
+    }
+
+
+def with_overrides(opts: TrainOptions, **values: Any) -> TrainOptions:
+    """``opts`` with the non-``None`` ``values`` replaced."""
+    return replace(opts, **{k: v for k, v in values.items() if v is not None})
+
+
+def main_log_setup() -> None:
+    """Log training progress lines to stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
