@@ -109,15 +109,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _genres(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--genres a,b`` as a tuple; ``None`` when not given."""
+    return tuple(g for g in args.genres.split(",") if g) if args.genres else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from stream_server.train import TrainOptions, main_log_setup, train, with_overrides
 
     main_log_setup()
-    genres = tuple(g for g in args.genres.split(",") if g) if args.genres else None
     opts = with_overrides(
         TrainOptions(data=args.data, out=args.out),
         arch=args.arch,
-        genres=genres,
+        genres=_genres(args),
         min_clips=args.min_clips,
         epochs=args.epochs,
         teacher_epochs=args.teacher_epochs,
@@ -150,8 +154,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _load_config(args)
     model = resolve_model(config.model.path)
     if args.split == "all":
-        genres = tuple(g for g in args.genres.split(",") if g) if args.genres else None
-        clips = scan(args.data, genres)
+        clips = scan(args.data, _genres(args))
     else:
         split = Path(model.source).expanduser() / SPLIT_FILE
         if not split.is_file():

@@ -517,10 +517,16 @@ def _save_state(out: Path, payload: dict[str, Any]) -> None:
     tmp.replace(out / STATE_FILE)
 
 
-def _report(out: Path, opts: TrainOptions, result: TrainResult, extra: dict[str, Any]) -> None:
+def _report(
+    out: Path,
+    opts: TrainOptions,
+    arch: Architecture,
+    result: TrainResult,
+    extra: dict[str, Any],
+) -> None:
     data = {
         "options": asdict(opts),
-        "architecture": asdict(ARCHITECTURES[opts.arch]) if opts.arch in ARCHITECTURES else None,
+        "architecture": asdict(arch),
         "labels": list(result.labels),
         "history": [asdict(h) for h in result.history],
         "teacher_val_clip_accuracy": result.teacher_val_clip_accuracy,
@@ -648,6 +654,7 @@ def train(
     _report(
         out,
         opts,
+        arch,
         result,
         {
             "train_clips": counts(train_clips),

@@ -231,6 +231,7 @@ def test_train_saves_a_loadable_checkpoint_and_resumes(dataset: Path, tmp_path: 
     report = json.loads((out / REPORT_FILE).read_text())
     assert [h["phase"] for h in report["history"]] == seen
     assert report["val_clips"] == {g: 2 for g in GENRES}
+    assert report["architecture"]["hidden_size"] == TINY.hidden_size  # the recipe actually used
     assert result.history[-1].val_clip_accuracy == report["history"][-1]["val_clip_accuracy"]
 
     # resume: two more student epochs; the teacher is not trained again
