@@ -116,8 +116,11 @@ async def _run(
         subscriber = asyncio.create_task(subscribe(ready))
         await ready.wait()
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(streams)))
-        await asyncio.wait_for(subscriber, 60)
+        try:
+            await asyncio.gather(*(one(i) for i in range(streams)))
+            await asyncio.wait_for(subscriber, 60)
+        finally:
+            subscriber.cancel()
         wall = time.perf_counter() - t0
         metrics = server.service.metrics
         hist = {
@@ -145,7 +148,13 @@ def run_bench(config: Config, *, streams: int, seconds: float, speed: float) -> 
     """Run the benchmark (see the module docstring) and return its figures."""
     model = resolve_model(config.model.path)
     with tempfile.TemporaryDirectory() as tmp:
-        server = replace(config.server, port=0, log_level="warning")
+        # the benchmark measures throughput: the stream limit must not turn streams away
+        server = replace(
+            config.server,
+            port=0,
+            log_level="warning",
+            max_streams=max(config.server.max_streams, streams),
+        )
         storage = replace(config.storage, database=str(Path(tmp) / "bench.db"))
         cfg = config.replace(server=server, storage=storage)
         return asyncio.run(_run(cfg, model, streams, seconds, speed))

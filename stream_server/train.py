@@ -1,8 +1,9 @@
 """Training genre models on a folder-per-genre dataset.
 
-The model is a Hugging Face image classifier (ViT, or DeiT with a distillation token) over the
-log-mel images that :class:`~stream_server.features.LogMelImage` makes: the very module the server
-runs, so training and serving see the same features. The result is saved with ``save_pretrained``
+The model is a Hugging Face image classifier (ViT; DeiT with a distillation token; LeViT, a ViT
+with a convolutional stem and a distillation head) over the log-mel images that
+:class:`~stream_server.features.LogMelImage` makes: the very module the server runs, so training
+and serving see the same features. The result is saved with ``save_pretrained``
 plus ``audio_preprocessing.json`` and loads through :func:`~stream_server.model.load_model` like any
 other checkpoint.
 
@@ -14,8 +15,8 @@ One run:
    ``count ** -balance`` per clip, adds noise, computes the images, masks them (SpecAugment) and
    mixes them (mixup).
 4. With distillation, a small CNN teacher is trained first on the same stream of windows; the
-   DeiT student then learns the labels through its class token and the teacher's hard decisions
-   through its distillation token.
+   student (DeiT or LeViT) then learns the labels through its class head and the teacher's hard
+   decisions through its distillation head.
 5. After each epoch the validation clips are scored window by window and clip by clip (the mean
    of the window probabilities); the state is saved so ``--resume`` continues the run.
 
@@ -71,10 +72,13 @@ class Architecture:
 
     ``image_size`` is (height, width) = (mel bands, time columns); with ``height == n_mels`` the
     frequency axis is not resampled. ``family`` ``"deit"`` adds a distillation token (and trains
-    a CNN teacher first); ``"vit"`` is a plain ViT.
+    a CNN teacher first); ``"vit"`` is a plain ViT. ``"levit"`` is LeViT: a convolutional stem
+    (four stride-2 3x3 convolutions, so 16x16 pixels per token) and attention stages that shrink
+    the token grid, with a distillation head; it needs a square image, and ``stages`` gives each
+    stage's (width, depth, heads), ``hidden_size``/``layers``/``heads`` then summarise them.
     """
 
-    family: Literal["vit", "deit"]
+    family: Literal["vit", "deit", "levit"]
     hidden_size: int
     layers: int
     heads: int
@@ -84,10 +88,11 @@ class Architecture:
     window_seconds: float
     dropout: float = 0.1
     about: str = ""
+    stages: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def distill(self) -> bool:
-        return self.family == "deit"
+        return self.family in ("deit", "levit")
 
     def preprocessing(self) -> AudioPreprocessing:
         """The audio preprocessing this recipe trains on."""
@@ -104,7 +109,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deit-tiny": Architecture(
         "deit", 192, 6, 3, 16, (128, 224), 1, 5.0,
         about="DeiT-Ti width, 6 blocks, 16x16 patches over a 5 s mel image at its own aspect, "
-        "distilled from a CNN teacher (CPU default)",
+        "distilled from a CNN teacher",
+    ),
+    "levit-small": Architecture(
+        "levit", 256, 9, 8, 16, (128, 128), 1, 5.0,
+        stages=((128, 2, 4), (192, 3, 6), (256, 4, 8)),
+        about="LeViT (conv stem, 3 attention stages 128/192/256 wide) on a 5 s mel image "
+        "squeezed to 128x128, distilled from a CNN teacher (the default)",
     ),
     "vit-tiny": Architecture(
         "vit", 192, 6, 3, 16, (128, 224), 1, 5.0,
@@ -131,13 +142,13 @@ class TrainOptions:
 
     data: str
     out: str
-    arch: str = "deit-tiny"
+    arch: str = "levit-small"
     genres: tuple[str, ...] | None = None
     min_clips: int = 10
     val_fraction: float = 0.2
     seed: int = 0
-    epochs: int = 40
-    teacher_epochs: int = 20
+    epochs: int = 120
+    teacher_epochs: int = 30
     batch_size: int = 32
     windows_per_clip: int = 4
     lr: float = 5e-4
@@ -230,6 +241,30 @@ def build_model(arch: Architecture, labels: Sequence[str], seed: int = 0) -> nn.
     )
 
     torch.manual_seed(seed)
+    names = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    if arch.family == "levit":
+        from transformers import LevitConfig, LevitForImageClassificationWithTeacher
+
+        height, width = arch.image_size
+        if height != width or not arch.stages:
+            raise GenrecastError("a levit recipe needs a square image and its stages")
+        widths, depths, heads = (list(x) for x in zip(*arch.stages, strict=True))
+        config = LevitConfig(
+            image_size=height,
+            num_channels=arch.channels,
+            patch_size=arch.patch,
+            hidden_sizes=widths,
+            depths=depths,
+            num_attention_heads=heads,
+            key_dim=[16] * len(widths),
+            **names,
+        )
+        levit: nn.Module = LevitForImageClassificationWithTeacher(config)
+        return levit
     common: dict[str, Any] = {
         "image_size": list(arch.image_size),
         "patch_size": arch.patch,
@@ -239,9 +274,7 @@ def build_model(arch: Architecture, labels: Sequence[str], seed: int = 0) -> nn.
         "num_attention_heads": arch.heads,
         "intermediate_size": 4 * arch.hidden_size,
         "hidden_dropout_prob": arch.dropout,
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
+        **names,
     }
     model: nn.Module
     if arch.family == "deit":
@@ -389,6 +422,9 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="win", disable=not enabled, leave=False)
 
 
+_NO_DECAY = ("token", "position", "attention_bias")
+
+
 class _Phase:
     """One training phase (teacher or student) with resumable state."""
 
@@ -409,9 +445,7 @@ class _Phase:
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for pname, p in model.named_parameters():
-            (no_decay if p.ndim <= 1 or "token" in pname or "position" in pname else decay).append(
-                p
-            )
+            (no_decay if p.ndim <= 1 or any(k in pname for k in _NO_DECAY) else decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": weight_decay},

@@ -60,7 +60,7 @@ def test_default_model_is_the_trained_one(default_model: LoadedModel) -> None:
     assert default_model.trained
     assert default_model.source == str(DEFAULT_MODEL_DIR)
     assert default_model.labels == DEFAULT_GENRES
-    assert type(default_model.classifier.model).__name__ == "DeiTForImageClassificationWithTeacher"
+    assert type(default_model.classifier.model).__name__ == "LevitForImageClassificationWithTeacher"
 
 
 def test_split_is_by_file_and_stratified() -> None:
@@ -77,7 +77,7 @@ def test_model_card_quotes_the_evaluation() -> None:
     """The card's figures are the ones ``genrecast evaluate`` wrote, per genre included."""
     card = (DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")
     report = json.loads((DEFAULT_MODEL_DIR / "evaluation.json").read_text(encoding="utf-8"))
-    assert report["clip_accuracy"] >= 0.60
+    assert report["clip_accuracy"] >= 0.70  # the bar the default model must clear
     assert f"{report['clip_accuracy']:.3f}" in card
     assert f"{report['window_accuracy']:.3f}" in card
     assert f"{report['macro_f1']:.3f}" in card
@@ -88,7 +88,8 @@ def test_model_card_quotes_the_evaluation() -> None:
 
 
 def test_held_out_clips_are_recognised(default_model: LoadedModel, held_out: list[Clip]) -> None:
-    """Through the live windowing, as ``classify`` runs it: far above chance (10 %)."""
+    """Through the live windowing, as ``classify`` runs it: far above chance (10 %), on a subset
+    that over-weights the small genres (19 of 29 right when this model was shipped)."""
     config = load_config(None)
     config = config.replace(engine=dataclasses.replace(config.engine, hop_s=2.5))
     runner = InferenceRunner(default_model, torch.device("cpu"))
@@ -100,7 +101,9 @@ def test_held_out_clips_are_recognised(default_model: LoadedModel, held_out: lis
         guess = default_model.labels[int(np.argmax(probs.mean(axis=0)))]
         right.append(guess == clip.label)
     assert len(held_out) == 29  # disco has only two validation clips
-    assert sum(right) / len(right) >= 0.4, list(zip([c.path for c in held_out], right, strict=True))
+    assert sum(right) / len(right) >= 0.55, list(
+        zip([c.path for c in held_out], right, strict=True)
+    )
 
 
 def test_classify_needs_no_configuration(held_out: list[Clip]) -> None:

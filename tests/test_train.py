@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,9 @@ GENRES = ("drone", "noise", "whistle")
 #: A recipe small enough to train in a second: 1 s windows, 32x32 images.
 TINY = Architecture("deit", 32, 1, 2, 16, (32, 32), 1, 1.0, dropout=0.0)
 TINY_VIT = Architecture("vit", 32, 1, 2, 16, (32, 32), 1, 1.0, dropout=0.0)
+TINY_LEVIT = Architecture(
+    "levit", 32, 3, 2, 16, (64, 64), 1, 1.0, stages=((16, 1, 2), (24, 1, 2), (32, 1, 2))
+)
 
 
 def _genre_audio(genre: str, seconds: float, seed: int) -> np.ndarray:
@@ -254,6 +258,27 @@ def test_training_learns_separable_genres(dataset: Path, tmp_path: Path) -> None
     assert teacher[-1].val_clip_accuracy >= 2 / 3, result.history
     assert student[-1].val_window_accuracy >= 0.5, result.history  # chance is 1/3
     assert student[-1].loss < student[0].loss
+
+
+def test_levit_trains_with_its_distillation_head(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "levit"
+    result = train(_opts(dataset, out, epochs=2, teacher_epochs=1), TINY_LEVIT)
+    assert [h.phase for h in result.history] == ["teacher", "student", "student"]
+    assert (out / TEACHER_FILE).is_file()
+    loaded = load_model(str(out))
+    assert type(loaded.classifier.model).__name__ == "LevitForImageClassificationWithTeacher"
+    assert loaded.labels == GENRES and loaded.preprocessing == TINY_LEVIT.preprocessing()
+    wave = torch.from_numpy(_genre_audio("drone", 1.0, 99)[:, 0].copy()).unsqueeze(0)
+    probs = loaded.classifier(wave)
+    assert probs.shape == (1, len(GENRES))
+    torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+
+
+def test_levit_needs_a_square_image_and_stages() -> None:
+    with pytest.raises(GenrecastError, match="square"):
+        build_model(replace(TINY_LEVIT, image_size=(64, 32)), GENRES)
+    with pytest.raises(GenrecastError, match="stages"):
+        build_model(replace(TINY_LEVIT, stages=()), GENRES)
 
 
 def test_same_seed_same_model(dataset: Path, tmp_path: Path) -> None:
