@@ -6,14 +6,20 @@ Routes:
     GET /health                    the process is alive
     GET /ready                     the model is loaded (503 until then): model, device, labels
     GET /streams                   live and stored streams
-    GET /streams/{id}/timeline     ``{"stream_id", "segments"}``; ``?format=csv`` for CSV
+    POST /streams                  ``{"url", "name"?}``: the server pulls the URL (or local path)
+    DELETE /streams/{id}           stop a live stream (a pulled one stops fetching)
+    GET /streams/{id}/timeline     ``{"stream_id", "segments", "titles"}``; ``?format=csv`` for CSV
     GET /metrics                   Prometheus text format
+    POST /classify                 one file (multipart ``file``, or an audio/* body) -> genres
+    POST /webrtc/offer             browser audio over WebRTC: SDP offer in, answer + stream_id out
+    GET /mic                       the browser microphone page
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -25,8 +31,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from stream_server.errors import ProtocolError
 from stream_server.messages import dumps, error, parse_client_message
+from stream_server.puller import local_path
 from stream_server.service import LiveStream, Service
 from stream_server.timeline import segments_to_csv
+from stream_server.upload import classify_endpoint
+from stream_server.webrtc import WebRTCGateway, mic_page, offer_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +198,48 @@ async def timeline(request: Request) -> Response:
         return PlainTextResponse(segments_to_csv(segments), media_type="text/csv")
     if fmt != "json":
         return JSONResponse({"error": "format must be 'json' or 'csv'"}, status_code=400)
-    return JSONResponse({"stream_id": stream_id, "segments": [s.to_dict() for s in segments]})
+    titles = [t.to_dict() for t in await service.titles(stream_id)]
+    return JSONResponse(
+        {"stream_id": stream_id, "segments": [s.to_dict() for s in segments], "titles": titles}
+    )
+
+
+def _bad_request(message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+async def create_stream(request: Request) -> Response:
+    """``POST /streams {"url", "name"?}``: the server pulls the source itself (201)."""
+    service: Service = request.app.state.service
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _bad_request(f"the body must be a JSON object: {exc}")
+    if not isinstance(body, dict):
+        return _bad_request('the body must be a JSON object like {"url": "http://..."}')
+    url = body.get("url")
+    if not isinstance(url, str) or not url.strip() or len(url) > 4096:
+        return _bad_request("'url' must be a non-empty string (a URL or a path on the server)")
+    name = body.get("name", "")
+    if not isinstance(name, str) or len(name) > 200:
+        return _bad_request("'name' must be a string of at most 200 characters")
+    path = local_path(url.strip())
+    if path is not None and not path.is_file():
+        return _bad_request(f"no such file on the server: {str(path)!r}")
+    try:
+        live = await service.pull(url.strip(), name=name)
+    except ProtocolError as exc:
+        return JSONResponse({"error": str(exc), "code": exc.code}, status_code=503)
+    return JSONResponse(service.describe(live), status_code=201)
+
+
+async def delete_stream(request: Request) -> Response:
+    """``DELETE /streams/{id}``: end a live stream; 404 if it is not live."""
+    service: Service = request.app.state.service
+    stream_id = request.path_params["stream_id"]
+    if not await service.stop_stream(stream_id):
+        return JSONResponse({"error": f"no live stream {stream_id!r}"}, status_code=404)
+    return JSONResponse({"stream_id": stream_id, "state": "ended"})
 
 
 async def metrics(request: Request) -> Response:
@@ -199,6 +249,7 @@ async def metrics(request: Request) -> Response:
 
 def create_app(service: Service) -> Starlette:
     """The ASGI app around ``service``; its lifespan starts and stops the service."""
+    webrtc = WebRTCGateway(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -206,6 +257,7 @@ def create_app(service: Service) -> Starlette:
         try:
             yield
         finally:
+            await webrtc.close()
             await service.stop()
 
     app = Starlette(
@@ -215,10 +267,16 @@ def create_app(service: Service) -> Starlette:
             Route("/health", health),
             Route("/ready", ready),
             Route("/streams", list_streams),
+            Route("/streams", create_stream, methods=["POST"]),
+            Route("/streams/{stream_id}", delete_stream, methods=["DELETE"]),
             Route("/streams/{stream_id}/timeline", timeline),
             Route("/metrics", metrics),
+            Route("/classify", classify_endpoint, methods=["POST"]),
+            Route("/webrtc/offer", offer_endpoint, methods=["POST"]),
+            Route("/mic", mic_page),
         ],
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.webrtc = webrtc
     return app

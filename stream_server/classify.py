@@ -4,21 +4,26 @@ The file is decoded with PyAV at the model's rate and fed hop by hop into a
 :class:`~stream_server.session.StreamSession`, exactly as a live stream would be; due windows are
 run in batches by an :class:`~stream_server.runner.InferenceRunner` and scored back in order. So a
 file gives the same windows, smoothing and timeline as the same audio arriving live.
+
+:class:`OfflineStream` is that loop without the model: batches of windows out, probabilities in.
+:func:`classify_audio` drives it with a runner here; the server's ``POST /classify`` drives it with
+its engine thread (:mod:`stream_server.upload`).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from stream_server.config import Config
 from stream_server.decode import decode_mono
 from stream_server.engine import WindowJob
-from stream_server.messages import GenreUpdate
+from stream_server.messages import ClassifiedSegment, ClassifiedWindow, ClassifyResult, GenreUpdate
 from stream_server.model import LoadedModel, resolve_model
 from stream_server.runner import InferenceRunner, pick_device
 from stream_server.session import SessionParams, StreamSession, session_params
@@ -71,6 +76,101 @@ class ClassifyReport:
             "segments": [s.to_dict() for s in self.segments],
         }
 
+    def to_result(self, *, sha256: str = "", cached: bool = False) -> ClassifyResult:
+        """The report as the ``POST /classify`` answer (``processing_ms`` from ``processing_s``)."""
+        ranking = self.ranking()
+        return ClassifyResult(
+            source=self.source,
+            sha256=sha256,
+            model=self.model,
+            device=self.device,
+            duration_s=round(self.duration_s, 3),
+            processing_ms=round(self.processing_s * 1000.0, 1),
+            cached=cached,
+            genre=ranking[0][0],
+            confidence=round(ranking[0][1], 4),
+            probabilities={label: round(p, 4) for label, p in ranking},
+            padded=self.padded,
+            windows=[
+                ClassifiedWindow(
+                    start_s=w["window_start_s"],
+                    end_s=w["stream_time_s"],
+                    top=w["top"],
+                    genre=w["genre"],
+                    confidence=w["confidence"],
+                )
+                for w in self.windows
+            ],
+            segments=[cast(ClassifiedSegment, s.to_dict()) for s in self.segments],
+        )
+
+
+class OfflineStream:
+    """Whole audio through a live session, without the model: windows out, probabilities in.
+
+    ``audio`` is ``(samples,)`` float32 at the model's rate; shorter than one window, it is padded
+    with silence to one window (``padded``). :meth:`next_batch` feeds it hop by hop until
+    ``max_batch`` windows are due (or the audio ends) and returns them as ``(n, samples)``;
+    :meth:`add_scores` takes the ``(n, labels)`` probabilities of the oldest batch not yet scored,
+    so several batches may be out at once. No I/O, no threads: one owner drives it.
+    """
+
+    def __init__(self, audio: np.ndarray, params: SessionParams, max_batch: int) -> None:
+        if max_batch <= 0:
+            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        self.padded = audio.size < params.window_samples
+        if self.padded:
+            audio = np.pad(audio, (0, params.window_samples - audio.size))
+        self._audio = audio
+        self._params = params
+        self._max_batch = max_batch
+        self._offset = 0
+        self._session = StreamSession(
+            "offline", params, sample_rate=params.model_rate, channels=1, fmt="f32le"
+        )
+        self._out: deque[list[WindowJob]] = deque()
+        self.updates: list[GenreUpdate] = []
+        self._probs: list[np.ndarray] = []
+
+    @property
+    def fraction(self) -> float:
+        """Share of the audio fed so far, 0 to 1."""
+        return min(self._offset, self._audio.size) / self._audio.size
+
+    def next_batch(self) -> np.ndarray | None:
+        """The next ``(n, samples)`` windows, ``1 <= n <= max_batch``; None once all is fed."""
+        jobs: list[WindowJob] = []
+        hop = self._params.hop_samples
+        while len(jobs) < self._max_batch and self._offset < self._audio.size:
+            chunk = self._audio[self._offset : self._offset + hop].astype("<f4", copy=False)
+            self._offset += hop
+            job = self._session.feed(chunk.tobytes())
+            if job is not None:
+                jobs.append(job)
+        if not jobs:
+            return None
+        self._out.append(jobs)
+        return np.stack([job.window for job in jobs])
+
+    def add_scores(self, probs: np.ndarray) -> None:
+        """Score the oldest outstanding batch with its ``(n, labels)`` probabilities."""
+        if not self._out:
+            raise ValueError("no batch is waiting for scores")
+        jobs = self._out[0]
+        if len(probs) != len(jobs):
+            raise ValueError(f"expected scores for {len(jobs)} windows, got {len(probs)}")
+        self._out.popleft()
+        for job, p in zip(jobs, probs, strict=True):
+            scored = self._session.on_scores(job, p)
+            self.updates.append(scored.update)
+            self._probs.append(scored.probs)
+
+    def result(self) -> tuple[list[GenreUpdate], np.ndarray, list[Segment], bool]:
+        """Updates, ``(windows, labels)`` probabilities, timeline and ``padded`` so far."""
+        labels = len(self._params.labels)
+        stacked = np.stack(self._probs) if self._probs else np.empty((0, labels), np.float32)
+        return self.updates, stacked, self._session.segments(), self.padded
+
 
 def classify_audio(
     audio: np.ndarray,
@@ -85,44 +185,15 @@ def classify_audio(
     Returns the per-window updates, their ``(windows, labels)`` probabilities, the timeline and
     whether padding was needed.
     """
-    padded = audio.size < params.window_samples
-    if padded:
-        audio = np.pad(audio, (0, params.window_samples - audio.size))
-    session = StreamSession(
-        "offline", params, sample_rate=params.model_rate, channels=1, fmt="f32le"
-    )
-    updates: list[GenreUpdate] = []
-    probs_out: list[np.ndarray] = []
-    batch: list[WindowJob] = []
-    hop = params.hop_samples
-    total = audio.size
-
-    def flush() -> None:
-        if not batch:
-            return
-        probs = runner.run(np.stack([job.window for job in batch]))
-        for job, p in zip(batch, probs, strict=True):
-            scored = session.on_scores(job, p)
-            updates.append(scored.update)
-            probs_out.append(scored.probs)
-        batch.clear()
-
-    for offset in range(0, total, hop):
-        chunk = audio[offset : offset + hop].astype("<f4", copy=False)
-        job = session.feed(chunk.tobytes())
-        if job is not None:
-            batch.append(job)
-            if len(batch) >= runner.max_batch:
-                flush()
-                if progress:
-                    _progress(min(offset + hop, total) / total)
-    flush()
+    stream = OfflineStream(audio, params, runner.max_batch)
+    while (windows := stream.next_batch()) is not None:
+        stream.add_scores(runner.run(windows))
+        if progress:
+            _progress(stream.fraction)
     if progress:
         _progress(1.0)
         sys.stderr.write("\n")
-    labels = len(params.labels)
-    stacked = np.stack(probs_out) if probs_out else np.empty((0, labels), np.float32)
-    return updates, stacked, session.segments(), padded
+    return stream.result()
 
 
 def _progress(fraction: float) -> None:
@@ -144,42 +215,74 @@ def classify_file(
     params = session_params(config, loaded)
     audio = decode_mono(path, params.model_rate)
     start = time.perf_counter()
-    updates, probs, segments, padded = classify_audio(audio, runner, params, progress=progress)
-    elapsed = time.perf_counter() - start
+    outcome = classify_audio(audio, runner, params, progress=progress)
+    return make_report(
+        path,
+        audio.size / params.model_rate,
+        params,
+        outcome,
+        time.perf_counter() - start,
+        device=str(runner.device),
+        model=loaded.source,
+    )
+
+
+def make_report(
+    source: str,
+    duration_s: float,
+    params: SessionParams,
+    outcome: tuple[list[GenreUpdate], np.ndarray, list[Segment], bool],
+    processing_s: float,
+    *,
+    device: str,
+    model: str,
+) -> ClassifyReport:
+    """The report for ``outcome`` (what :func:`classify_audio` or the engine path returned):
+    ``duration_s`` of audio classified in ``processing_s`` seconds."""
+    updates, probs, segments, padded = outcome
     return ClassifyReport(
-        source=path,
-        duration_s=audio.size / params.model_rate,
+        source=source,
+        duration_s=duration_s,
         labels=params.labels,
         mean_probs=probs.mean(axis=0),
         windows=updates,
         window_probs=probs,
         segments=segments,
-        processing_s=elapsed,
-        device=str(runner.device),
+        processing_s=processing_s,
+        device=device,
         padded=padded,
-        model=loaded.source,
+        model=model,
     )
 
 
 def format_report(report: ClassifyReport) -> str:
     """Human-readable report: top genres, then the per-window timeline."""
+    return format_result(report.to_result())
+
+
+def format_result(result: ClassifyResult) -> str:
+    """Human-readable form of a ``POST /classify`` answer, as :func:`format_report` prints it."""
+    seconds = result["processing_ms"] / 1000.0
+    cached = ", cached" if result["cached"] else ""
     lines = [
-        f"{report.source}: {report.duration_s:.1f} s, {len(report.windows)} windows, "
-        f"{report.processing_s:.2f} s on {report.device} (model: {report.model})",
+        f"{result['source']}: {result['duration_s']:.1f} s, {len(result['windows'])} windows, "
+        f"{seconds:.2f} s on {result['device']} (model: {result['model']}{cached})",
         "",
         "top genres:",
     ]
-    for label, p in report.ranking()[:5]:
+    ranking = sorted(result["probabilities"].items(), key=lambda item: -item[1])
+    for label, p in ranking[:5]:
         lines.append(f"  {label:<14} {p:6.1%}  {'#' * round(p * 40)}")
-    if report.padded:
+    if result["padded"]:
         lines.append("  (shorter than one window: padded with silence)")
     lines += ["", "timeline:"]
-    for seg in report.segments:
+    for seg in result["segments"]:
         lines.append(
-            f"  {seg.start_s:7.1f}s - {seg.end_s:7.1f}s  {seg.genre:<14} {seg.confidence:.2f}"
+            f"  {seg['start_s']:7.1f}s - {seg['end_s']:7.1f}s  {seg['genre']:<14} "
+            f"{seg['confidence']:.2f}"
         )
     lines += ["", "windows:"]
-    for w in report.windows:
+    for w in result["windows"]:
         top = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in w["top"])
-        lines.append(f"  {w['window_start_s']:7.1f}s - {w['stream_time_s']:7.1f}s  {top}")
+        lines.append(f"  {w['start_s']:7.1f}s - {w['end_s']:7.1f}s  {top}")
     return "\n".join(lines)

@@ -45,7 +45,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from stream_server.client import print_progress, push
+    from stream_server.client import http_base, print_progress, pull, push, wants_pull
+
+    if args.pull or wants_pull(args.source):
+        # A local path goes as an absolute path: the server reads it from its own file system.
+        source = args.source if "://" in args.source else str(Path(args.source).resolve())
+        stream = asyncio.run(pull(source, server=args.server, name=args.name or ""))
+        stream_id = stream["stream_id"]
+        print(stream_id)
+        if not args.quiet:
+            print(
+                f"the server is pulling {stream['source']} as stream {stream_id}; "
+                f"watch it with: genrecast watch --stream {stream_id}; "
+                f"stop it with: curl -X DELETE {http_base(args.server)}/streams/{stream_id}",
+                file=sys.stderr,
+            )
+        return 0
 
     def started(stream_id: str) -> None:
         print(f"stream {stream_id} started; watch it with: genrecast watch --stream {stream_id}")
@@ -89,8 +104,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from stream_server.classify import classify_file, format_report
+    from stream_server.classify import classify_file, format_report, format_result
 
+    if args.server:
+        from stream_server.client import classify_remote
+
+        result = classify_remote(args.file, server=args.server)
+        print(json.dumps(result, indent=2) if args.json else format_result(result))
+        return 0
     config = _load_config(args)
     report = classify_file(args.file, config, progress=not args.json)
     if args.json:
@@ -196,8 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("push", help="stream an audio file or URL to a server as PCM")
-    p.add_argument("source", help="anything PyAV can read: a file path or URL")
+    p = sub.add_parser(
+        "push",
+        help="stream an audio file to a server as PCM, or have the server pull an http(s) URL",
+    )
+    p.add_argument(
+        "source",
+        help="anything PyAV can read: a file path or URL; http(s) URLs are pulled by the server",
+    )
     p.add_argument(
         "--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER})"
     )
@@ -215,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="send as fast as the connection allows; the server skips windows it cannot keep up",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--pull",
+        action="store_true",
+        help="have the server read SOURCE itself (a path on the server, or any URL); "
+        "prints the stream id and returns",
+    )
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("watch", help="print live updates")
@@ -228,8 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-end", action="store_true", help="exit when the stream ends")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("classify", help="classify an audio file offline")
+    p = sub.add_parser("classify", help="classify an audio file, offline or on a server")
     p.add_argument("file", help="audio file (anything PyAV can read)")
+    p.add_argument(
+        "--server",
+        help="upload the file to this server's POST /classify instead of loading a model here",
+    )
     p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
     p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")

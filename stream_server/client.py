@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from stream_server.decode import iter_pcm, probe
 from stream_server.errors import GenrecastError
 from stream_server.messages import (
+    ClassifyResult,
     ServerMessage,
     StartMessage,
     StreamEnded,
@@ -37,6 +38,14 @@ PACE_TIMEOUT_S = 120.0
 
 class ClientError(GenrecastError):
     """The server refused a client or broke off the conversation."""
+
+
+def http_base(server: str) -> str:
+    """The HTTP base URL of ``server``, given as ``http(s)://`` or ``ws(s)://`` host:port."""
+    if server.startswith("http"):
+        return server.rstrip("/")
+    scheme = "https" if server.startswith("wss://") else "http"
+    return f"{scheme}://" + server.split("://")[-1].rstrip("/")
 
 
 def ws_url(server: str, path: str, **query: object) -> str:
@@ -96,7 +105,7 @@ class _ComputedUntil:
 
 
 async def _window_and_hop(server: str) -> tuple[float, float]:
-    base = server if server.startswith("http") else "http://" + server.split("://")[-1]
+    base = http_base(server)
     try:
         async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
             ready = (await http.get("/ready")).json()
@@ -215,6 +224,70 @@ async def push(
     )
 
 
+def classify_remote(path: str, *, server: str, timeout_s: float = 600.0) -> ClassifyResult:
+    """Upload the file at ``path`` to the server's ``POST /classify``; its answer.
+
+    Raises:
+        ClientError: the file cannot be read, the server cannot be reached, or it refused the
+            file (the message carries its status and its ``error`` text).
+    """
+    base = http_base(server)
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    try:
+        file = open(path, "rb")  # noqa: SIM115 -- closed below, after the upload
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        with httpx.Client(base_url=base, trust_env=False, timeout=timeout_s) as http:
+            response = http.post(
+                "/classify", files={"file": (name, file, "application/octet-stream")}
+            )
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach the server at {base}: {exc}") from None
+    finally:
+        file.close()
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict):
+        reason = body.get("error") if isinstance(body, dict) else None
+        raise ClientError(
+            f"the server refused {name} ({response.status_code}): "
+            f"{reason or response.reason_phrase or 'no reason given'}"
+        )
+    result: ClassifyResult = body  # type: ignore[assignment]
+    return result
+
+
+def wants_pull(source: str) -> bool:
+    """Whether ``genrecast push SOURCE`` asks the server to pull it (an ``http(s)://`` URL)."""
+    return source.lower().startswith(("http://", "https://"))
+
+
+async def pull(source: str, *, server: str, name: str = "") -> dict[str, Any]:
+    """Ask the server to pull ``source`` itself (``POST /streams``); returns the new stream.
+
+    ``source`` is a URL or a path on the server's own file system.
+    """
+    body: dict[str, str] = {"url": source}
+    if name:
+        body["name"] = name
+    base = http_base(server)
+    try:
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30.0) as http:
+            response = await http.post("/streams", json=body)
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach the server at {base}: {exc}") from None
+    try:
+        reply: dict[str, Any] = response.json()
+    except ValueError:
+        reply = {"error": response.text}
+    if response.status_code != 201:
+        raise ClientError(f"the server refused to pull {source!r}: {reply.get('error', reply)}")
+    return reply
+
+
 def format_message(m: ServerMessage) -> str:
     """One human-readable line for a server message."""
     if m["type"] == "genre.update":
@@ -227,6 +300,10 @@ def format_message(m: ServerMessage) -> str:
         return (
             f"[{m['seq']:>6}] {m['stream_id']}  t={m['stream_time_s']:7.1f}s  "
             f"genre change: {m['previous']} -> {m['genre']}"
+        )
+    if m["type"] == "track.change":
+        return (
+            f"[{m['seq']:>6}] {m['stream_id']}  t={m['stream_time_s']:7.1f}s  track: {m['title']}"
         )
     if m["type"] == "error":
         return f"error ({m['code']}): {m['message']}"

@@ -86,6 +86,48 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class SourcesConfig:
+    """Streams the server pulls itself (``POST /streams {"url"}``): radio, HLS, files.
+
+    ``open_timeout_s`` bounds connecting and probing; ``stall_s`` is how long a live source may
+    deliver no audio before it is dropped and reconnected; reconnects back off exponentially from
+    ``reconnect_min_s`` to ``reconnect_max_s``; ``max_reconnects`` 0 means retry for ever.
+    """
+
+    open_timeout_s: float = 10.0
+    stall_s: float = 10.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    max_reconnects: int = 0
+    chunk_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class WebRTCConfig:
+    """Browser microphones over WebRTC (``POST /webrtc/offer``, the ``/mic`` page).
+
+    ``stun_server`` empty means host candidates only (loopback included), enough on one machine or
+    a LAN; ``connect_timeout_s`` is how long a peer may take to connect before it is dropped.
+    """
+
+    stun_server: str = ""
+    connect_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """One-shot file classification (``POST /classify``).
+
+    Uploads over ``max_bytes`` or longer than ``max_duration_s`` of audio are refused (413/422);
+    the last ``cache_entries`` answers are kept, keyed by the SHA-256 of the content.
+    """
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_duration_s: float = 1800.0
+    cache_entries: int = 128
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: one frozen dataclass per TOML table."""
 
@@ -95,6 +137,9 @@ class Config:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
 
     def replace(self, **tables: Any) -> Config:
         """Return a copy with some tables swapped out."""
@@ -151,6 +196,16 @@ _CHECKS: dict[str, _Check] = {
     "smoothing.min_dwell_s": _non_negative,
     "updates.queue_size": _positive,
     "updates.history_size": _positive,
+    "sources.open_timeout_s": _positive,
+    "sources.stall_s": _positive,
+    "sources.reconnect_min_s": _positive,
+    "sources.reconnect_max_s": _positive,
+    "sources.max_reconnects": _non_negative,
+    "sources.chunk_s": _positive,
+    "webrtc.connect_timeout_s": _positive,
+    "upload.max_bytes": _positive,
+    "upload.max_duration_s": _positive,
+    "upload.cache_entries": _non_negative,
 }
 
 
@@ -243,8 +298,11 @@ __all__ = [
     "ModelConfig",
     "ServerConfig",
     "SmoothingConfig",
+    "SourcesConfig",
     "StorageConfig",
     "UpdatesConfig",
+    "UploadConfig",
+    "WebRTCConfig",
     "config_from_dict",
     "load_config",
 ]

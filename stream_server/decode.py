@@ -16,9 +16,9 @@ source.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import av
 import av.error
@@ -75,11 +75,30 @@ class DecodeStats:
     corrupt_packets: int = 0
 
 
-def _open(source: str, open_timeout_s: float) -> InputContainer:
+class Readable(Protocol):
+    """A byte source PyAV can demux from instead of a path or URL (e.g. an HTTP response body)."""
+
+    def read(self, size: int) -> bytes: ...
+
+
+def _open(
+    source: str | Readable,
+    open_timeout_s: float,
+    *,
+    format: str | None = None,
+    options: Mapping[str, str] | None = None,
+    read_timeout_s: float | None = None,
+) -> InputContainer:
+    merged = {**OPEN_OPTIONS, **(options or {})}
+    timeout = open_timeout_s if read_timeout_s is None else (open_timeout_s, read_timeout_s)
     try:
-        return av.open(source, mode="r", options=dict(OPEN_OPTIONS), timeout=open_timeout_s)
+        return av.open(source, mode="r", format=format, options=merged, timeout=timeout)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise DecodeError(f"cannot open audio source {source!r}: {exc}") from exc
+        raise DecodeError(f"cannot open audio source {_name(source)!r}: {exc}") from exc
+
+
+def _name(source: str | Readable) -> str:
+    return source if isinstance(source, str) else str(getattr(source, "name", repr(source)))
 
 
 def _audio_stream(container: InputContainer, source: str) -> AudioStream:
@@ -220,13 +239,17 @@ class _Chunker:
 
 
 def iter_pcm(
-    source: str,
+    source: str | Readable,
     *,
     sample_rate: int | None = None,
     channels: int | None = None,
     chunk_seconds: float = 0.1,
     open_timeout_s: float = 10.0,
     stats: DecodeStats | None = None,
+    format: str | None = None,
+    options: Mapping[str, str] | None = None,
+    read_timeout_s: float | None = None,
+    on_open: Callable[[InputContainer], None] | None = None,
 ) -> Generator[FloatArray, None, None]:
     """Decode the first audio stream of ``source`` into float32 blocks.
 
@@ -234,7 +257,7 @@ def iter_pcm(
     closed (``close()``, or garbage collection after the caller stops iterating).
 
     Args:
-        source: file path or URL.
+        source: file path, URL, or an object with ``read(size) -> bytes`` (e.g. an HTTP body).
         sample_rate: output rate in Hz, or ``None`` to keep the source's rate.
         channels: output channel count, or ``None`` to keep the source's channel layout.
             ``1`` averages the source channels (as :func:`stream_server.audio.downmix`); other
@@ -243,6 +266,12 @@ def iter_pcm(
             ``max(1, round(chunk_seconds * rate))`` frames except the last, which may be shorter.
         open_timeout_s: seconds to wait when opening and on each network read.
         stats: if given, its counters are updated while decoding.
+        format: FFmpeg demuxer name to use instead of probing (e.g. ``"mp3"``, ``"hls"``).
+        options: FFmpeg options added to (or overriding) :data:`OPEN_OPTIONS`, e.g.
+            ``{"icy": "1", "timeout": "5000000"}`` (that timeout is in microseconds).
+        read_timeout_s: seconds to wait on each read once open (default: ``open_timeout_s``).
+        on_open: called with the open container before the first packet is read (to look at
+            its metadata or duration).
 
     Yields:
         float32 arrays of shape ``(frames, channels)``, samples nominally in ``[-1, 1]``.
@@ -260,9 +289,14 @@ def iter_pcm(
         raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds!r}")
     counters = stats if stats is not None else DecodeStats()
 
-    container = _open(source, open_timeout_s)
+    container = _open(
+        source, open_timeout_s, format=format, options=options, read_timeout_s=read_timeout_s
+    )
+    name = _name(source)
     try:
-        stream = _audio_stream(container, source)
+        stream = _audio_stream(container, name)
+        if on_open is not None:
+            on_open(container)
         # Mono is the mean of the source channels, computed here rather than by FFmpeg (whose
         # stereo -> mono matrix sums the channels at -3 dB each).
         to_mono = channels == 1
@@ -293,7 +327,7 @@ def iter_pcm(
             tail = blocks_of(converter.flush())
         except av.FFmpegError as exc:
             raise DecodeError(
-                f"reading audio source {source!r} failed after {counters.packets} packets: {exc}"
+                f"reading audio source {name!r} failed after {counters.packets} packets: {exc}"
             ) from exc
         last = chunker.rest()
         if last is not None:
@@ -303,7 +337,7 @@ def iter_pcm(
             yield block
         if produced == 0 and counters.corrupt_packets > 0:
             raise DecodeError(
-                f"no audio could be decoded from {source!r}: "
+                f"no audio could be decoded from {name!r}: "
                 f"all {counters.corrupt_packets} packets were rejected"
             )
     finally:

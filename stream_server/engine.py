@@ -7,6 +7,10 @@ builds up lag. The engine thread waits for the first pending job, then up to ``m
 for the batch to fill to ``max_batch``, runs the batch and hands the results to ``on_results``
 (called on the engine thread; the server forwards them to its event loop with
 ``loop.call_soon_threadsafe``). A failed batch goes to ``on_error`` and the engine carries on.
+
+One-shot work (a whole uploaded file) comes in through :meth:`Engine.run_windows`, which returns a
+:class:`concurrent.futures.Future`. The same thread runs it in chunks of ``max_batch`` windows,
+taking turns with live batches, so a long file delays a live stream by at most one chunk.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from stream_server.errors import GenrecastError
 from stream_server.runner import InferenceRunner
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,31 @@ class WindowResult:
     batch_seconds: float
 
 
+class EngineStopped(GenrecastError):
+    """The engine stopped before it ran the work it was given."""
+
+
+@dataclass(eq=False)
+class _OneShot:
+    """Windows ``(n, samples)`` queued by :meth:`Engine.run_windows`; ``done`` of them are run."""
+
+    windows: np.ndarray
+    future: Future[np.ndarray]
+    done: int = 0
+    parts: list[np.ndarray] = field(default_factory=list)
+
+
+def _settle(future: Future[np.ndarray], outcome: np.ndarray | BaseException) -> None:
+    """Resolve ``future`` with a result or an exception, unless its caller cancelled it."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass
+
+
 ResultsCallback = Callable[[Sequence[WindowResult]], None]
 ErrorCallback = Callable[[Sequence[WindowJob], BaseException], None]
 
@@ -73,6 +105,8 @@ class Engine:
         self._cond = threading.Condition()
         self._pending: dict[str, WindowJob] = {}
         self._in_flight: set[str] = set()
+        self._oneshots: deque[_OneShot] = deque()
+        self._oneshot_turn = False
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="genrecast-engine", daemon=True)
         self.batches = 0
@@ -86,7 +120,11 @@ class Engine:
         with self._cond:
             self._stopping = True
             self._pending.clear()
+            shots = list(self._oneshots)
+            self._oneshots.clear()
             self._cond.notify_all()
+        for shot in shots:
+            _settle(shot.future, EngineStopped("the engine stopped"))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -99,6 +137,27 @@ class Engine:
             self._pending[job.stream_id] = job
             self._cond.notify_all()
         return replaced
+
+    def run_windows(self, windows: np.ndarray) -> Future[np.ndarray]:
+        """Run ``(n, samples)`` float32 windows on the engine thread; ``(n, labels)`` comes back.
+
+        The windows are run in chunks of ``max_batch``, taking turns with live batches. The future
+        fails with the runner's exception if a chunk fails, or with :class:`EngineStopped`; a
+        caller that cancels it before it is done stops the chunks still to run.
+        """
+        if windows.ndim != 2:
+            raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
+        future: Future[np.ndarray] = Future()
+        if len(windows) == 0:
+            future.set_result(np.empty((0, len(self.runner.labels)), dtype=np.float32))
+            return future
+        with self._cond:
+            if self._stopping:
+                future.set_exception(EngineStopped("the engine is stopped"))
+                return future
+            self._oneshots.append(_OneShot(windows, future))
+            self._cond.notify_all()
+        return future
 
     def cancel(self, stream_id: str) -> WindowJob | None:
         """Drop the stream's pending job (returned) if it has not started."""
@@ -117,15 +176,25 @@ class Engine:
         with self._cond:
             return len(self._pending)
 
-    def _take_batch(self) -> list[WindowJob] | None:
+    def _take_batch(self) -> list[WindowJob] | _OneShot | None:
+        """The next work: a live batch, or the one-shot whose next chunk is due (alternating)."""
         with self._cond:
             while True:
-                while not self._pending and not self._stopping:
+                while not self._pending and not self._oneshots and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return None
+                if self._oneshots and (self._oneshot_turn or not self._pending):
+                    self._oneshot_turn = False
+                    return self._oneshots[0]
                 deadline = min(j.enqueued for j in self._pending.values()) + self.max_wait_s
-                while self._pending and len(self._pending) < self.max_batch and not self._stopping:
+                # With one-shot work queued the thread does not idle waiting for a fuller batch.
+                while (
+                    self._pending
+                    and len(self._pending) < self.max_batch
+                    and not self._oneshots
+                    and not self._stopping
+                ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -138,10 +207,14 @@ class Engine:
             for job in jobs:
                 del self._pending[job.stream_id]
                 self._in_flight.add(job.stream_id)
+            self._oneshot_turn = True
             return jobs
 
     def _loop(self) -> None:
         while (jobs := self._take_batch()) is not None:
+            if isinstance(jobs, _OneShot):
+                self._run_chunk(jobs)
+                continue
             try:
                 windows = np.stack([job.window for job in jobs])
                 probs, timing = self.runner.timed_run(windows)
@@ -161,6 +234,31 @@ class Engine:
                 self._on_results(results)
             except Exception:  # the callback belongs to the caller; keep the engine alive
                 log.exception("result callback failed")
+
+    def _run_chunk(self, shot: _OneShot) -> None:
+        """Run the next ``max_batch`` windows of ``shot``; settle its future after the last."""
+        outcome: np.ndarray | BaseException | None = None
+        if not shot.future.cancelled():
+            chunk = shot.windows[shot.done : shot.done + self.max_batch]
+            try:
+                probs, _ = self.runner.timed_run(chunk)
+            except Exception as exc:
+                log.exception("inference failed for %d windows of a one-shot run", len(chunk))
+                outcome = exc
+            else:
+                self.batches += 1
+                self.computed += len(chunk)
+                shot.parts.append(probs)
+                shot.done += len(chunk)
+                if shot.done >= len(shot.windows):
+                    outcome = np.concatenate(shot.parts)
+        if outcome is None and not shot.future.cancelled():
+            return
+        with self._cond:
+            if self._oneshots and self._oneshots[0] is shot:
+                self._oneshots.popleft()
+        if outcome is not None:
+            _settle(shot.future, outcome)
 
     def _finish(self, jobs: Sequence[WindowJob]) -> None:
         with self._cond:

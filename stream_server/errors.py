@@ -10,9 +10,17 @@ Every error genrecast raises on purpose derives from :class:`GenrecastError`::
     │   ├── WindowOverwritten  ... because they were already overwritten (reader too slow)
     │   └── WindowNotWritten   ... because they have not been written yet
     ├── DecodeError            an audio file or URL could not be opened or decoded
+    │   └── SourceStalled      a pulled source delivered no audio for ``sources.stall_s`` (puller)
     ├── ModelLoadError         a checkpoint could not be found or loaded
     ├── DatasetError           a training / evaluation dataset is missing, empty or malformed
-    └── StorageError           the timeline database could not be read or written
+    ├── StorageError           the timeline database could not be read or written
+    ├── EngineStopped          the engine stopped before a one-shot run finished (engine)
+    ├── StreamStateError       a pulled stream was moved to a state it cannot reach (puller)
+    ├── UploadError            an uploaded file was refused; has an HTTP status (upload)
+    ├── WebRTCError            a WebRTC offer was refused; has an HTTP status (webrtc)
+    └── ClientError            the command-line client could not talk to a server (client)
+
+The classes marked with a module live there, next to the code that raises them.
 """
 
 from __future__ import annotations

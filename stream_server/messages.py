@@ -3,8 +3,8 @@
 Every WebSocket text message is a JSON object with a ``type`` field. Client to server, on
 ``/ws/ingest``: :class:`StartMessage` first, then binary PCM frames, then optionally
 :class:`StopMessage`. Server to client, on ``/ws/ingest`` and ``/ws/updates``:
-:class:`StreamStarted`, :class:`GenreUpdate`, :class:`GenreChange`, :class:`StreamEnded`,
-:class:`ErrorMessage`.
+:class:`StreamStarted`, :class:`GenreUpdate`, :class:`GenreChange`, :class:`TrackChange`,
+:class:`StreamEnded`, :class:`ErrorMessage`.
 
 Times: ``stream_time_s`` is seconds of audio since the stream started (at the model's rate);
 ``wall_time`` is unix seconds. ``seq`` is the server-wide sequence number of published messages,
@@ -83,6 +83,17 @@ class GenreChange(TypedDict):
     confidence: float
 
 
+class TrackChange(TypedDict):
+    """A pulled stream announced a new title (ICY ``StreamTitle``, or the source's own tag)."""
+
+    type: Literal["track.change"]
+    seq: int
+    stream_id: str
+    title: str
+    stream_time_s: float
+    wall_time: float
+
+
 class StreamEnded(TypedDict):
     type: Literal["stream.ended"]
     seq: int
@@ -103,11 +114,11 @@ class ErrorMessage(TypedDict):
     stream_id: NotRequired[str]
 
 
-ServerMessage = StreamStarted | GenreUpdate | GenreChange | StreamEnded | ErrorMessage
-PublishedMessage = StreamStarted | GenreUpdate | GenreChange | StreamEnded
+ServerMessage = StreamStarted | GenreUpdate | GenreChange | TrackChange | StreamEnded | ErrorMessage
+PublishedMessage = StreamStarted | GenreUpdate | GenreChange | TrackChange | StreamEnded
 
 SERVER_TYPES = frozenset(
-    {"stream.started", "genre.update", "genre.change", "stream.ended", "error"}
+    {"stream.started", "genre.update", "genre.change", "track.change", "stream.ended", "error"}
 )
 
 
@@ -176,3 +187,51 @@ def error(code: str, message: str, stream_id: str | None = None) -> ErrorMessage
     if stream_id is not None:
         msg["stream_id"] = stream_id
     return msg
+
+
+# -- one-shot file classification (HTTP, ``POST /classify``) --------------------------------------
+
+
+class ClassifiedWindow(TypedDict):
+    """One window of a classified file: its span in seconds of audio, raw top-k, smoothed genre."""
+
+    start_s: float
+    end_s: float
+    top: list[LabelProb]
+    genre: str
+    confidence: float
+
+
+class ClassifiedSegment(TypedDict):
+    """A stretch of one smoothed genre (seconds of audio); ``updates`` windows fell in it."""
+
+    start_s: float
+    end_s: float
+    genre: str
+    confidence: float
+    updates: int
+
+
+class ClassifyResult(TypedDict):
+    """The answer to ``POST /classify``: one whole file through the live windows and smoothing.
+
+    ``probabilities`` holds every display label (mean over windows, best first, summing to 1);
+    ``genre``/``confidence`` is the best of them. ``duration_s`` is seconds of decoded audio;
+    ``processing_ms`` the server's time from the whole file received to the answer, in
+    milliseconds; ``cached`` says the answer was kept from an earlier upload of the same bytes
+    (``sha256``, hex). ``padded``: shorter than one window, padded with silence.
+    """
+
+    source: str
+    sha256: str
+    model: str
+    device: str
+    duration_s: float
+    processing_ms: float
+    cached: bool
+    genre: str
+    confidence: float
+    probabilities: dict[str, float]
+    padded: bool
+    windows: list[ClassifiedWindow]
+    segments: list[ClassifiedSegment]

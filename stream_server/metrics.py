@@ -60,6 +60,18 @@ class Metrics:
             "Samples overwritten in ring buffers before they were read",
             registry=r,
         )
+        self.uploads = Counter(
+            "genrecast_uploads",
+            "Files posted to /classify, by result: classified, cached (answered from the cache), "
+            "refused (bad, too large or too long), failed (server-side error)",
+            labelnames=("result",),
+            registry=r,
+        )
+        self.upload_windows = Counter(
+            "genrecast_upload_windows",
+            "Windows of uploaded files run through the model",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,12 +22,13 @@ from stream_server.config import Config
 from stream_server.engine import Engine, WindowJob, WindowResult
 from stream_server.errors import ProtocolError
 from stream_server.hub import Subscriber, UpdateHub
-from stream_server.messages import StartMessage, StreamEnded, StreamStarted, error
+from stream_server.messages import StartMessage, StreamEnded, StreamStarted, TrackChange, error
 from stream_server.metrics import Metrics
 from stream_server.model import LoadedModel, resolve_model
+from stream_server.puller import Puller, StreamState
 from stream_server.runner import InferenceRunner, pick_device
 from stream_server.session import StreamSession, session_params, window_seconds
-from stream_server.store import StreamRecord, TimelineStore
+from stream_server.store import StreamRecord, TimelineStore, TrackTitle
 from stream_server.timeline import Segment
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,23 @@ DRAIN_TIMEOUT_S = 10.0
 
 @dataclass(eq=False)
 class LiveStream:
-    """A session plus what the service tracks around it on the event loop."""
+    """A session plus what the service tracks around it on the event loop.
+
+    ``state`` and the counters matter for pulled streams (:mod:`stream_server.puller`):
+    ``dropped`` audio chunks the loop could not take in time, ``corrupt_packets`` the decoder
+    rejected, ``reconnects`` started. Other kinds stay ``"live"`` with zero counters.
+    """
 
     session: StreamSession
     source: str
     outstanding: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
+    state: StreamState = "live"
+    dropped: int = 0
+    corrupt_packets: int = 0
+    reconnects: int = 0
+    title: str | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -71,6 +82,9 @@ class Service:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._load_task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
+        self.pullers: dict[str, Puller] = {}
+        # Pulled streams ended in this run: final state ("ended" or "failed") and counters.
+        self._final_states: dict[str, dict[str, Any]] = {}
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -132,8 +146,13 @@ class Service:
     async def stop(self) -> None:
         if self._load_task is not None:
             await asyncio.gather(self._load_task, return_exceptions=True)
+        pullers = list(self.pullers.values())
+        for puller in pullers:
+            puller.stop()
         for live in list(self.streams.values()):
             await self.end_stream(live, "server stopping", drain=False)
+        for puller in pullers:
+            await asyncio.to_thread(puller.join, DRAIN_TIMEOUT_S)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
         if self.store is not None:
@@ -235,6 +254,8 @@ class Service:
 
     def feed(self, live: LiveStream, data: bytes) -> None:
         """PCM bytes in; the due window (if any) goes to the engine (latest wins)."""
+        if live.ended:
+            return
         session = live.session
         overruns, skipped = session.buffer.overruns, session.windows_skipped
         job = session.feed(data, time.monotonic())
@@ -260,6 +281,17 @@ class Service:
             return None
         live.ended = True
         session = live.session
+        puller = self.pullers.pop(session.stream_id, None)
+        if puller is not None:
+            puller.stop()
+            if live.state not in ("ended", "failed"):
+                live.state = "ended"
+            self._final_states[session.stream_id] = {
+                "state": live.state,
+                "dropped": live.dropped,
+                "corrupt_packets": live.corrupt_packets,
+                "reconnects": live.reconnects,
+            }
         if drain:
             skipped = session.windows_skipped
             self._submit(live, session.finish())
@@ -310,6 +342,9 @@ class Service:
             live = self.streams.get(result.job.stream_id)
             if live is None:
                 continue
+            if live.session.is_stale(result.job):
+                self._resolved(live)
+                continue
             scored = live.session.on_scores(result.job, result.probs, time.monotonic())
             self.hub.publish(scored.update)
             if scored.change is not None:
@@ -340,6 +375,73 @@ class Service:
     def _on_subscriber_dropped(self, sub: Subscriber) -> None:
         self.metrics.subscribers_dropped.inc()
 
+    # -- pulled streams (stream_server.puller) -----------------------------------------------
+
+    async def pull(self, source: str, *, name: str = "") -> LiveStream:
+        """Open a stream whose audio the server fetches itself from ``source`` (URL or path).
+
+        Returns at once in state ``"connecting"``; a worker thread connects, decodes and feeds.
+
+        Raises:
+            ProtocolError: not ready, or too many streams (as :meth:`open_stream`).
+        """
+        if not self.ready or self.model is None:
+            raise ProtocolError(
+                "the model is still loading; try again", code="not_ready", close_code=1013
+            )
+        rate = self.model.preprocessing.sample_rate
+        start = StartMessage(type="start", sample_rate=rate, channels=1, format="f32le")
+        start["name"] = name or source.rstrip("/").rsplit("/", 1)[-1] or source
+        live, _ = await self.open_stream(start, kind="url", source=source)
+        live.state = "connecting"
+        assert self._loop is not None
+        puller = Puller(self, live, source, self.config.sources, self._loop)
+        self.pullers[live.session.stream_id] = puller
+        puller.start()
+        return live
+
+    async def stop_stream(self, stream_id: str, reason: str = "stopped by request") -> bool:
+        """End a live stream of any kind (a pulled one stops fetching); False if not live."""
+        live = self.streams.get(stream_id)
+        if live is None:
+            return False
+        await self.end_stream(live, reason)
+        return True
+
+    def mark_gap(self, live: LiveStream, gap_s: float) -> None:
+        """The stream's source was away for ``gap_s`` seconds and is back (on the loop)."""
+        if live.ended:
+            return
+        for index, segment in live.session.mark_gap(gap_s):
+            if self.store is not None:
+                self._db_write(self.store.upsert_segment, live.session.stream_id, index, segment)
+
+    def track_change(self, live: LiveStream, title: str) -> None:
+        """The stream announced ``title``: publish ``track.change`` and store it (on the loop)."""
+        if live.ended or title == live.title:
+            return
+        live.title = title
+        session = live.session
+        record = TrackTitle(round(session.stream_time_s, 3), time.time(), title)
+        self.hub.publish(
+            TrackChange(
+                type="track.change",
+                seq=0,
+                stream_id=session.stream_id,
+                title=title,
+                stream_time_s=record.stream_time_s,
+                wall_time=record.wall_time,
+            )
+        )
+        if self.store is not None:
+            self._db_write(self.store.add_title, session.stream_id, record)
+
+    async def titles(self, stream_id: str) -> list[TrackTitle]:
+        """Titles a stream announced, oldest first (after every queued write)."""
+        assert self.store is not None
+        titles: list[TrackTitle] = await self._in_db(self.store.titles, stream_id)
+        return titles
+
     # -- queries ----------------------------------------------------------------------------
 
     async def timeline(self, stream_id: str) -> list[Segment] | None:
@@ -361,7 +463,9 @@ class Service:
         out: list[dict[str, Any]] = [self.describe(live) for live in self.streams.values()]
         for record in records:
             if record.stream_id not in self.streams:
-                out.append(_describe_record(record))
+                described = _describe_record(record)
+                described.update(self._final_states.get(record.stream_id, {}))
+                out.append(described)
         return out
 
     def describe(self, live: LiveStream) -> dict[str, Any]:
@@ -372,7 +476,7 @@ class Service:
             "name": s.name,
             "kind": s.kind,
             "source": live.source,
-            "state": "live",
+            "state": live.state,
             "created_at": s.started_wall,
             "ended_at": None,
             "sample_rate": s.sample_rate,
@@ -383,6 +487,10 @@ class Service:
             "windows_computed": s.windows_computed,
             "windows_skipped": s.windows_skipped,
             "overrun_samples": s.buffer.overruns,
+            "dropped": live.dropped,
+            "corrupt_packets": live.corrupt_packets,
+            "reconnects": live.reconnects,
+            "title": live.title,
             "genre": update["genre"] if update else None,
             "confidence": update["confidence"] if update else None,
         }

@@ -7,6 +7,10 @@ completes several windows only the newest is returned (latest wins) and the rest
 skipped. :meth:`StreamSession.on_scores` takes the model's probabilities for a window and returns
 the messages to publish (``genre.update``, and ``genre.change`` when the smoothed genre changes)
 plus the timeline segments to store. Sample positions are absolute indices at the model's rate.
+
+:meth:`StreamSession.mark_gap` records that the source went away for a while (a pulled stream
+reconnecting): the open timeline segment is closed, stream time jumps forward by the length of
+the gap, and no window straddles it.
 """
 
 from __future__ import annotations
@@ -133,13 +137,17 @@ class StreamSession:
         self.windows_computed = 0
         self.bytes_in = 0
         self.last_update: GenreUpdate | None = None
+        # Samples (at the model's rate) of stream time spent in gaps, and the buffer position of
+        # the latest gap: windows ending at or before it were cut off by the gap.
+        self._gap_samples = 0
+        self._gap_at = -1
 
     # -- audio in ---------------------------------------------------------------------------
 
     @property
     def stream_time_s(self) -> float:
-        """Seconds of audio received so far (at the model's rate)."""
-        return self.buffer.written / self.params.model_rate
+        """Seconds of stream time so far: audio received plus any gaps (:meth:`mark_gap`)."""
+        return (self.buffer.written + self._gap_samples) / self.params.model_rate
 
     def feed(self, data: bytes, arrival: float | None = None) -> WindowJob | None:
         """Add PCM bytes; return the newest window that became due, if any.
@@ -174,6 +182,39 @@ class StreamSession:
         self.buffer.consume(self._next_end - self.params.window_samples)
         return WindowJob(self.stream_id, window, end, arrival)
 
+    def mark_gap(self, gap_s: float) -> list[tuple[int, Segment]]:
+        """The source was away for ``gap_s`` seconds and is back; call before its new audio.
+
+        Closes the open timeline segment at the current stream time, advances stream time by
+        ``gap_s``, restarts windowing so that the next window holds only new audio (a full
+        ``window`` after the gap), and resets the probability smoothing. Results for windows
+        computed before the gap that arrive later are stale (:meth:`is_stale`).
+
+        Returns:
+            The segments to store: the one the gap closed, as ``(index, segment)``.
+        """
+        if not math.isfinite(gap_s) or gap_s < 0:
+            raise ValueError(f"gap_s must be a finite number of seconds >= 0, got {gap_s!r}")
+        tail = self._resampler.flush()
+        if tail.size:
+            self.buffer.write(tail)
+        out: list[tuple[int, Segment]] = []
+        closed = self._timeline.mark_gap(self.stream_time_s)
+        if closed is not None:
+            out.append((self._closed_segments, closed))
+            self._closed_segments += 1
+        written = self.buffer.written
+        self._gap_samples += round(gap_s * self.params.model_rate)
+        self._gap_at = written
+        self._next_end = written + self.params.window_samples
+        self.buffer.consume(written)
+        self._smoother.reset()
+        return out
+
+    def is_stale(self, job: WindowJob) -> bool:
+        """Whether ``job`` was cut off by a later gap (its scores must be dropped)."""
+        return job.end_sample <= self._gap_at
+
     def skipped(self, count: int = 1) -> None:
         """Count windows that were due but dropped before inference (engine behind)."""
         self.windows_skipped += count
@@ -187,8 +228,8 @@ class StreamSession:
         """
         probs = self.params.display_probs(probs)
         rate = self.params.model_rate
-        t = job.end_sample / rate
-        window_start = (job.end_sample - self.params.window_samples) / rate
+        t = (job.end_sample + self._gap_samples) / rate
+        window_start = (job.end_sample + self._gap_samples - self.params.window_samples) / rate
         smoothed = self._smoother.update(probs, t)
         change = self._tracker.update(smoothed, t)
         current = self._tracker.current

@@ -6,7 +6,8 @@ connection is shared by all threads and guarded by a lock. Every public method i
 synchronous; the server calls them from a worker thread.
 
 Times: ``created_at`` / ``ended_at`` are wall-clock unix seconds; segment ``start_s`` / ``end_s``
-are seconds of stream time.
+are seconds of stream time, and so is a title's ``stream_time_s`` (its ``wall_time`` is unix
+seconds).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from types import TracebackType
 from stream_server.errors import StorageError
 from stream_server.timeline import Segment
 
-__all__ = ["SCHEMA_VERSION", "StreamRecord", "TimelineStore"]
+__all__ = ["SCHEMA_VERSION", "StreamRecord", "TimelineStore", "TrackTitle"]
 
 #: Schema version stored in ``PRAGMA user_version`` and in the ``schema_version`` table.
-SCHEMA_VERSION = 1
+#: Version 2 added the ``titles`` table (a version 1 file gains it when opened).
+SCHEMA_VERSION = 2
 
 _MEMORY = ":memory:"
 
@@ -56,6 +58,13 @@ CREATE TABLE IF NOT EXISTS segments (
     updates    INTEGER NOT NULL,
     PRIMARY KEY (stream_id, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS titles (
+    stream_id     TEXT NOT NULL REFERENCES streams (stream_id) ON DELETE CASCADE,
+    stream_time_s REAL NOT NULL,
+    wall_time     REAL NOT NULL,
+    title         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS titles_stream ON titles (stream_id, stream_time_s);
 """
 
 _STREAM_COLUMNS = "stream_id, name, kind, source, created_at, ended_at, sample_rate, channels, fmt"
@@ -86,6 +95,29 @@ class StreamRecord:
     sample_rate: int | None = None
     channels: int | None = None
     fmt: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackTitle:
+    """A title a stream announced (a track change).
+
+    Attributes:
+        stream_time_s: When, in seconds of stream time.
+        wall_time: When, wall-clock unix seconds.
+        title: The announced title, e.g. ``"Artist - Song"``.
+    """
+
+    stream_time_s: float
+    wall_time: float
+    title: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form; ``stream_time_s`` rounded to 3 decimals."""
+        return {
+            "stream_time_s": round(self.stream_time_s, 3),
+            "wall_time": self.wall_time,
+            "title": self.title,
+        }
 
 
 _StreamRow = tuple[str, str, str, str, float, float | None, int | None, int | None, str | None]
@@ -283,6 +315,29 @@ class TimelineStore:
                 (stream_id,),
             ).fetchall()
         return [Segment(*row) for row in rows]
+
+    def add_title(self, stream_id: str, title: TrackTitle) -> None:
+        """Record a title announced by a stream.
+
+        Raises:
+            StorageError: the stream does not exist, or the write failed.
+        """
+        with self._op("add_title") as conn, conn:
+            conn.execute(
+                "INSERT INTO titles (stream_id, stream_time_s, wall_time, title) "
+                "VALUES (?, ?, ?, ?)",
+                (stream_id, title.stream_time_s, title.wall_time, title.title),
+            )
+
+    def titles(self, stream_id: str) -> list[TrackTitle]:
+        """The titles of a stream in the order announced (empty for an unknown stream)."""
+        with self._op("titles") as conn:
+            rows = conn.execute(
+                "SELECT stream_time_s, wall_time, title FROM titles "
+                "WHERE stream_id = ? ORDER BY rowid",
+                (stream_id,),
+            ).fetchall()
+        return [TrackTitle(*row) for row in rows]
 
     def close(self) -> None:
         """Close the database; later calls raise :class:`StorageError`. Idempotent."""

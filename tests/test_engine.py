@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.engine import Engine, WindowJob, WindowResult
+from stream_server.engine import Engine, EngineStopped, WindowJob, WindowResult
 from stream_server.model import LoadedModel
 from stream_server.runner import BatchTiming, InferenceRunner
 from tests.conftest import TIMEOUT_S, music
@@ -398,3 +398,147 @@ def test_cancel_during_batch_fill_does_not_run_an_empty_batch(
     assert idle_again.wait(TIMEOUT_S)
     assert recorder.errors.empty()
     assert recorder.results.empty()
+
+
+# --------------------------------------------------------------------------- one-shot runs
+
+
+def windows_of(count: int, first_seed: int = 0) -> np.ndarray:
+    return np.stack([window(first_seed + i) for i in range(count)])
+
+
+class GatedRecordingRunner(InferenceRunner):
+    """Records every batch it runs; blocks in the first one until released."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__(loaded, torch.device("cpu"), max_batch=8)
+        self.batches: list[np.ndarray] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def timed_run(self, windows: np.ndarray) -> tuple[np.ndarray, BatchTiming]:
+        self.batches.append(np.array(windows))
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(TIMEOUT_S)
+        return super().timed_run(windows)
+
+
+def test_run_windows_runs_in_chunks_of_max_batch(
+    make_engine: Callable[..., Engine],
+    recorder: Recorder,
+    runner: InferenceRunner,
+    tiny_model: LoadedModel,
+) -> None:
+    sizes: list[int] = []
+
+    class CountingRunner(InferenceRunner):
+        def timed_run(self, windows: np.ndarray) -> tuple[np.ndarray, BatchTiming]:
+            sizes.append(len(windows))
+            return super().timed_run(windows)
+
+    counting = CountingRunner(tiny_model, torch.device("cpu"), max_batch=8)
+    engine = make_engine(max_batch=3, runner_=counting)
+    engine.start()
+    windows = windows_of(7)
+    probs = engine.run_windows(windows).result(timeout=TIMEOUT_S)
+    assert sizes == [3, 3, 1]
+    assert probs.shape == (7, len(tiny_model.labels))
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, runner.run(windows), atol=1e-5)
+    assert not np.allclose(probs[0], probs[1], atol=1e-6)  # rows differ: order is checked
+    assert engine.batches == 3
+    assert engine.computed == 7
+    assert recorder.results.empty()  # one-shot results go to the future only
+
+
+def test_live_batches_take_turns_with_a_one_shot_run(
+    tiny_model: LoadedModel, make_engine: Callable[..., Engine], recorder: Recorder
+) -> None:
+    gated = GatedRecordingRunner(tiny_model)
+    engine = make_engine(max_batch=2, max_wait_s=60.0, runner_=gated)
+    engine.start()
+    windows = windows_of(6)
+    future = engine.run_windows(windows)
+    assert gated.entered.wait(TIMEOUT_S)  # the first chunk is running
+    live = job("a", seed=40)
+    engine.submit(live)
+    gated.release.set()
+    probs = future.result(timeout=TIMEOUT_S)
+    (result,) = recorder.next_results()
+    assert result.job is live
+    assert result.batch_size == 1  # not held back 60 s waiting for a fuller batch
+    # chunk, live batch, chunk, chunk: the live window did not wait for the whole file
+    assert [len(b) for b in gated.batches] == [2, 1, 2, 2]
+    np.testing.assert_array_equal(gated.batches[1][0], live.window)
+    np.testing.assert_array_equal(np.concatenate([gated.batches[i] for i in (0, 2, 3)]), windows)
+    assert probs.shape == (6, len(tiny_model.labels))
+    assert engine.batches == 4
+    assert engine.computed == 7
+
+
+def test_a_failed_one_shot_chunk_fails_its_future_and_the_engine_carries_on(
+    tiny_model: LoadedModel, make_engine: Callable[..., Engine], recorder: Recorder
+) -> None:
+    engine = make_engine(max_batch=2, runner_=FailingRunner(tiny_model, failures=1))
+    engine.start()
+    failed = engine.run_windows(windows_of(4))
+    with pytest.raises(RuntimeError, match="device lost on a batch of 2"):
+        failed.result(timeout=TIMEOUT_S)
+    assert engine.batches == 0 and engine.computed == 0
+    engine.submit(job("a"))
+    assert [r.job.stream_id for r in recorder.next_results()] == ["a"]
+    probs = engine.run_windows(windows_of(3)).result(timeout=TIMEOUT_S)
+    assert probs.shape == (3, len(tiny_model.labels))
+    assert recorder.errors.empty()  # a one-shot failure is its caller's, not on_error's
+
+
+def test_cancelled_one_shot_runs_are_skipped(
+    make_engine: Callable[..., Engine], recorder: Recorder
+) -> None:
+    engine = make_engine(max_batch=4)
+    dropped = engine.run_windows(windows_of(3))
+    kept = engine.run_windows(windows_of(2, first_seed=5))
+    assert dropped.cancel()
+    engine.start()
+    assert kept.result(timeout=TIMEOUT_S).shape[0] == 2
+    assert engine.batches == 1
+    assert engine.computed == 2
+
+
+def test_cancelling_a_one_shot_run_stops_its_remaining_chunks(
+    tiny_model: LoadedModel, make_engine: Callable[..., Engine], recorder: Recorder
+) -> None:
+    gated = GatedRecordingRunner(tiny_model)
+    engine = make_engine(max_batch=2, runner_=gated)
+    engine.start()
+    future = engine.run_windows(windows_of(6))
+    assert gated.entered.wait(TIMEOUT_S)
+    assert future.cancel()  # not done yet: the caller went away
+    engine.submit(job("a"))
+    gated.release.set()
+    assert [r.job.stream_id for r in recorder.next_results()] == ["a"]
+    assert [len(b) for b in gated.batches] == [2, 1]
+    assert engine.computed == 3
+
+
+def test_stop_fails_queued_one_shot_runs(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(max_batch=2)
+    queued = engine.run_windows(windows_of(2))
+    engine.stop()
+    assert isinstance(queued.exception(timeout=TIMEOUT_S), EngineStopped)
+    late = engine.run_windows(windows_of(1))
+    assert late.done()
+    assert isinstance(late.exception(), EngineStopped)
+    assert engine.batches == 0
+
+
+def test_run_windows_with_no_windows_or_a_bad_shape(
+    make_engine: Callable[..., Engine], tiny_model: LoadedModel
+) -> None:
+    engine = make_engine()  # never started: nothing needs the thread
+    empty = engine.run_windows(np.empty((0, WINDOW), dtype=np.float32))
+    assert empty.done()
+    assert empty.result().shape == (0, len(tiny_model.labels))
+    with pytest.raises(ValueError, match=r"\(n, samples\)"):
+        engine.run_windows(window(0))

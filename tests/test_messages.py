@@ -196,6 +196,7 @@ def test_server_types() -> None:
         "genre.update",
         "stream.ended",
         "stream.started",
+        "track.change",
     ]
 
 

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from stream_server.config import Config
 from stream_server.features import AudioPreprocessing
 from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
-from stream_server.server import RunningServer, running_server
+from stream_server.server import RunningServer, bind, running_server
 from tests.conftest import TIMEOUT_S, music, to_s16le
 
 RATE = 44100
@@ -472,3 +472,14 @@ def test_timeline_survives_a_restart(
         assert (tmp_path / "timeline.db").is_file()
 
     run(scenario())
+
+
+def test_listening_socket_is_tcp_so_replies_are_not_delayed() -> None:
+    """asyncio turns on TCP_NODELAY for accepted connections only when the listening socket says
+    IPPROTO_TCP; without it small replies on a kept-alive connection wait out Nagle's algorithm."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockname()[1] > 0
+    finally:
+        sock.close()

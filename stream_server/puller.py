@@ -1,0 +1,639 @@
+"""Streams the server pulls itself: internet radio, HLS, any URL FFmpeg opens, local files.
+
+``POST /streams {"url": ...}`` opens a live stream of kind ``"url"`` and a :class:`Puller` whose
+worker thread connects, decodes packet by packet (:func:`stream_server.decode.iter_pcm`: corrupt
+packets are skipped and counted), resamples statefully to mono float32 at the model's rate and
+hands ``chunk_s`` blocks to :meth:`Service.feed` on the event loop with
+``loop.call_soon_threadsafe``. The loop never waits on the network or the decoder.
+
+* **HTTP(S)** is fetched with ``httpx`` asking for ICY metadata (``Icy-MetaData: 1``); the body,
+  with the metadata blocks taken out (:class:`IcyDemuxer`), is what PyAV demuxes, with a format
+  hint from the ``Content-Type`` (:func:`format_hint`). Each new ``StreamTitle`` is a track
+  change. An HLS playlist (``application/vnd.apple.mpegurl``, ``.m3u8``) is handed to FFmpeg's
+  own ``hls`` demuxer, which fetches the segments itself.
+* **Other URLs** (``rtmp://``, ``srt://``, ...) are opened by FFmpeg with its I/O timeout
+  (``rw_timeout``, in microseconds).
+* **Pacing**: a live source paces itself; a finite one (a local file, an HTTP body with a
+  ``Content-Length``, a container with a known duration) is paced at real time and ends the
+  stream at its end.
+* **Reconnects**: the end of a live source, a connection error, or no audio for ``stall_s``
+  seconds drops the connection; the puller reconnects after a capped exponential backoff
+  (:class:`ReconnectPolicy`) and keeps the stream id. The gap is marked on the timeline
+  (:meth:`StreamSession.mark_gap`): the open segment closes and stream time jumps forward by the
+  wall-clock length of the gap. After ``max_reconnects`` failed reconnects in a row (0: never)
+  the stream ends in state ``"failed"``.
+
+States (:func:`transition`): ``connecting`` → ``live`` ⇄ ``reconnecting``, and ``ended`` /
+``failed`` at the end. The pure parts (:func:`format_hint`, :class:`ReconnectPolicy`,
+:func:`transition`, :class:`IcyDemuxer`, :func:`parse_stream_title`) have no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+from av.container import InputContainer
+
+from stream_server.config import SourcesConfig
+from stream_server.decode import DecodeStats, Readable, iter_pcm
+from stream_server.errors import DecodeError, GenrecastError
+
+if TYPE_CHECKING:
+    from stream_server.service import LiveStream, Service
+
+__all__ = [
+    "HttpBody",
+    "IcyDemuxer",
+    "Puller",
+    "ReconnectPolicy",
+    "SourceStalled",
+    "StreamEvent",
+    "StreamState",
+    "StreamStateError",
+    "format_hint",
+    "is_url",
+    "parse_stream_title",
+    "transition",
+]
+
+log = logging.getLogger(__name__)
+
+StreamState = Literal["connecting", "live", "reconnecting", "ended", "failed"]
+StreamEvent = Literal["audio", "lost", "finished", "stopped", "gave_up"]
+
+#: Seconds of audio that may wait on the event loop before new chunks are dropped (and counted).
+MAX_PENDING_S: Final = 5.0
+
+_MIME_FORMATS: Final[dict[str, str]] = {
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/mpeg3": "mp3",
+    "audio/x-mpeg": "mp3",
+    "audio/aac": "aac",
+    "audio/aacp": "aac",
+    "audio/x-aac": "aac",
+    "audio/adts": "aac",
+    "application/ogg": "ogg",
+    "audio/ogg": "ogg",
+    "audio/opus": "ogg",
+    "audio/vorbis": "ogg",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/wav": "wav",
+    "audio/wave": "wav",
+    "audio/x-wav": "wav",
+    "audio/webm": "matroska",
+    "video/mp2t": "mpegts",
+    "application/vnd.apple.mpegurl": "hls",
+    "application/x-mpegurl": "hls",
+    "audio/mpegurl": "hls",
+    "audio/x-mpegurl": "hls",
+}
+
+
+class StreamStateError(GenrecastError):
+    """A pulled stream was asked to make a state change its state machine does not allow."""
+
+
+class SourceStalled(DecodeError):
+    """A pulled source delivered no audio for ``sources.stall_s`` seconds."""
+
+
+class _Stopped(GenrecastError):
+    """The puller was stopped while reading (internal)."""
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def is_url(source: str) -> bool:
+    """Whether ``source`` is a URL (``scheme://...``) rather than a local path."""
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source))
+
+
+def format_hint(content_type: str | None, url: str = "") -> str | None:
+    """The FFmpeg demuxer for an HTTP ``Content-Type`` (parameters ignored), else from the URL.
+
+    ``audio/mpeg`` → ``mp3``, ``audio/aac`` → ``aac`` (ADTS), ``audio/ogg`` and
+    ``application/ogg`` → ``ogg``, HLS ``mpegurl`` types or a ``.m3u8`` path → ``hls``; ``None``
+    when unknown (FFmpeg then probes the bytes).
+    """
+    if content_type:
+        mime = content_type.split(";", 1)[0].strip().lower()
+        if mime in _MIME_FORMATS:
+            return _MIME_FORMATS[mime]
+    if urlsplit(url).path.lower().endswith(".m3u8"):
+        return "hls"
+    return None
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Capped exponential backoff, in seconds.
+
+    Attributes:
+        min_s: delay before the first reconnect.
+        max_s: the delay doubles on each further failure up to this.
+        max_reconnects: give up after this many failed reconnects in a row; 0: never.
+    """
+
+    min_s: float
+    max_s: float
+    max_reconnects: int = 0
+
+    @classmethod
+    def from_config(cls, config: SourcesConfig) -> ReconnectPolicy:
+        return cls(config.reconnect_min_s, config.reconnect_max_s, config.max_reconnects)
+
+    def delay(self, failures: int) -> float | None:
+        """Seconds to wait before the next connection, or ``None`` to give up.
+
+        Args:
+            failures: connections in a row that ended (the latest included), counting one that
+                had been live as the first: ``1`` after a live source is lost or the first
+                connection fails, ``n + 1`` after ``n`` reconnects failed.
+        """
+        if failures < 1:
+            raise ValueError(f"failures must be >= 1, got {failures!r}")
+        if self.max_reconnects and failures > self.max_reconnects:
+            return None
+        return min(self.max_s, self.min_s * 2.0 ** min(failures - 1, 64))
+
+
+_TRANSITIONS: Final[dict[tuple[str, str], StreamState]] = {
+    ("connecting", "audio"): "live",
+    ("live", "audio"): "live",
+    ("reconnecting", "audio"): "live",
+    ("connecting", "lost"): "reconnecting",
+    ("live", "lost"): "reconnecting",
+    ("reconnecting", "lost"): "reconnecting",
+    **{(s, "finished"): "ended" for s in ("connecting", "live", "reconnecting")},
+    **{(s, "stopped"): "ended" for s in ("connecting", "live", "reconnecting")},
+    **{(s, "gave_up"): "failed" for s in ("connecting", "live", "reconnecting")},
+}
+
+
+def transition(state: StreamState, event: StreamEvent) -> StreamState:
+    """The state after ``event``; ``ended`` and ``failed`` are final.
+
+    Raises:
+        StreamStateError: the event is not allowed in ``state``.
+    """
+    try:
+        return _TRANSITIONS[(state, event)]
+    except KeyError:
+        raise StreamStateError(f"a pulled stream cannot go from {state!r} on {event!r}") from None
+
+
+_TITLE = re.compile(r"StreamTitle='(.*?)';(?=\s*$|\s*[A-Za-z]+=)", re.DOTALL)
+
+
+def parse_stream_title(block: bytes) -> str | None:
+    """The ``StreamTitle`` of one ICY metadata block (``StreamTitle='...';...``), or ``None``.
+
+    The block is UTF-8, else Latin-1; trailing NUL padding is ignored. An empty title is ``None``.
+    """
+    raw = block.rstrip(b"\0")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    match = _TITLE.search(text.strip())
+    if match is None:
+        return None
+    return match.group(1).strip() or None
+
+
+class IcyDemuxer:
+    """Splits an ICY (SHOUTcast/Icecast) body into audio bytes and metadata blocks.
+
+    After every ``metaint`` bytes of audio comes one length byte ``n`` and ``16 * n`` bytes of
+    metadata (``n == 0``: none this time). Feed the body in chunks of any size.
+    """
+
+    def __init__(self, metaint: int) -> None:
+        if metaint <= 0:
+            raise ValueError(f"metaint must be > 0 bytes, got {metaint!r}")
+        self._metaint = metaint
+        self._audio_left = metaint
+        self._meta_left: int | None = None  # None: expecting the length byte
+        self._meta = bytearray()
+
+    def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
+        """Returns the audio bytes in ``data`` and the metadata blocks it completed."""
+        audio = bytearray()
+        blocks: list[bytes] = []
+        view = memoryview(data)
+        while view:
+            if self._audio_left:
+                take = min(self._audio_left, len(view))
+                audio += view[:take]
+                view = view[take:]
+                self._audio_left -= take
+            elif self._meta_left is None:
+                self._meta_left = view[0] * 16
+                view = view[1:]
+                if self._meta_left == 0:
+                    self._meta_left = None
+                    self._audio_left = self._metaint
+            else:
+                take = min(self._meta_left, len(view))
+                self._meta += view[:take]
+                view = view[take:]
+                self._meta_left -= take
+                if self._meta_left == 0:
+                    blocks.append(bytes(self._meta))
+                    self._meta.clear()
+                    self._meta_left = None
+                    self._audio_left = self._metaint
+        return bytes(audio), blocks
+
+
+# -- I/O shell ----------------------------------------------------------------------------------
+
+
+class HttpBody:
+    """A streaming HTTP body as a file for PyAV (``read``), ICY metadata taken out.
+
+    ``check`` runs before every network read and may raise to abandon the connection (stopped,
+    stalled); ``on_title`` gets each ``StreamTitle`` found.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        *,
+        metaint: int | None,
+        on_title: Callable[[str], None],
+        check: Callable[[], None],
+        name: str = "",
+    ) -> None:
+        self._chunks = chunks
+        self._icy = IcyDemuxer(metaint) if metaint else None
+        self._on_title = on_title
+        self._check = check
+        self._buf = bytearray()
+        self.name = name
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buf:
+            self._check()
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            if self._icy is None:
+                self._buf += chunk
+                continue
+            audio, blocks = self._icy.feed(chunk)
+            self._buf += audio
+            for block in blocks:
+                title = parse_stream_title(block)
+                if title is not None:
+                    self._on_title(title)
+        n = len(self._buf) if size is None or size < 0 else size
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+
+@dataclass
+class _Opened:
+    """One connection's input for :func:`iter_pcm`."""
+
+    source: str | Readable
+    format: str | None
+    options: dict[str, str]
+    finite: bool
+    probe_duration: bool  # decide ``finite`` from the container's duration once open
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    delivered: bool
+    finished: bool
+    reason: str
+
+
+class Puller:
+    """Pulls one source into one live stream from a worker thread; see the module docstring.
+
+    Every change to the :class:`LiveStream` (state, counters, audio, titles, gaps) is posted to
+    the event loop; the worker never touches the service directly.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        live: LiveStream,
+        source: str,
+        config: SourcesConfig,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._service = service
+        self._live = live
+        self.source = source
+        self._config = config
+        self._loop = loop
+        self._policy = ReconnectPolicy.from_config(config)
+        self._rate = live.session.params.model_rate
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._max_pending = max(4, math.ceil(MAX_PENDING_S / config.chunk_s))
+        self._socket: socket.socket | None = None
+        self._state: StreamState = "connecting"
+        self._last_audio: float | None = None  # time.monotonic() of the last chunk delivered
+        self._connection_start = time.monotonic()
+        self._delivered_now = False  # this connection has delivered audio
+        stream_id = live.session.stream_id
+        self._thread = threading.Thread(
+            target=self._run, name=f"genrecast-pull-{stream_id}", daemon=True
+        )
+
+    # -- control (event loop) ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the worker to stop; a blocked network read is woken by shutting the socket."""
+        self._stop.set()
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds for the worker thread to finish."""
+        self._thread.join(timeout_s)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    # -- posting to the event loop (worker thread) ------------------------------------------
+
+    def _post(self, fn: Callable[..., object], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the server is gone
+            self._stop.set()
+
+    def _event(self, event: StreamEvent) -> None:
+        new = transition(self._state, event)
+        if new != self._state:
+            self._state = new
+            self._post(self._set_state, new)
+
+    def _set_state(self, state: StreamState) -> None:
+        if not self._live.ended:
+            self._live.state = state
+
+    def _count(self, field: str, n: int = 1) -> None:
+        if n:
+            self._post(self._add, field, n)
+
+    def _add(self, field: str, n: int) -> None:
+        setattr(self._live, field, getattr(self._live, field) + n)
+
+    def _deliver(self, block: np.ndarray) -> None:
+        """Hand one mono float32 block to the stream, or drop it if the loop is behind."""
+        with self._lock:
+            if self._pending >= self._max_pending:
+                drop = True
+            else:
+                drop = False
+                self._pending += 1
+        if drop:
+            self._count("dropped")
+            return
+        self._post(self._feed, np.ascontiguousarray(block, dtype="<f4").tobytes())
+
+    def _feed(self, data: bytes) -> None:
+        with self._lock:
+            self._pending -= 1
+        self._service.feed(self._live, data)
+
+    def _title(self, title: str) -> None:
+        self._post(self._service.track_change, self._live, title)
+
+    def _finish(self, event: StreamEvent, reason: str) -> None:
+        self._state = transition(self._state, event)
+        final = self._state
+
+        async def end() -> None:
+            self._live.state = final
+            await self._service.end_stream(self._live, reason)
+
+        try:
+            future = asyncio.run_coroutine_threadsafe(end(), self._loop)
+        except RuntimeError:
+            return
+        future.add_done_callback(_log_failure)
+
+    # -- the worker -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._connections()
+        except Exception as exc:  # never leave a stream hanging on an unexpected error
+            log.exception("pulling %s failed", self.source)
+            if not self._stop.is_set():
+                self._finish("gave_up", f"source failed: {exc}")
+
+    def _connections(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            outcome = self._connect_once()
+            if self._stop.is_set():
+                return
+            if outcome.finished:
+                self._finish("finished", "end of source")
+                return
+            failures = 1 if outcome.delivered else failures + 1
+            delay = self._policy.delay(failures)
+            if delay is None:
+                self._finish(
+                    "gave_up",
+                    f"source failed {failures} times in a row; last: {outcome.reason}",
+                )
+                return
+            log.info(
+                "source %s lost (%s); reconnecting in %.1f s", self.source, outcome.reason, delay
+            )
+            self._event("lost")
+            if self._stop.wait(delay):
+                return
+            self._count("reconnects")
+
+    def _check(self) -> None:
+        """Raise to abandon the connection: stopped, or no audio for ``stall_s`` seconds."""
+        if self._stop.is_set():
+            raise _Stopped("stopped")
+        since = self._connection_start
+        if self._delivered_now and self._last_audio is not None:
+            since = self._last_audio
+        if time.monotonic() - since > self._config.stall_s:
+            raise SourceStalled(f"no audio for {self._config.stall_s:g} s")
+
+    def _connect_once(self) -> _Outcome:
+        cfg = self._config
+        stats = DecodeStats()
+        reported = 0
+        self._delivered_now = False
+        self._connection_start = time.monotonic()
+        paced_t0 = 0.0
+        sent = 0
+        try:
+            with self._open() as opened:
+
+                def on_open(container: InputContainer) -> None:
+                    if opened.probe_duration and container.duration and container.duration > 0:
+                        opened.finite = True
+                    meta = container.metadata
+                    title = meta.get("StreamTitle") or meta.get("icy-title") or meta.get("title")
+                    if title:
+                        self._title(str(title))
+
+                blocks = iter_pcm(
+                    opened.source,
+                    sample_rate=self._rate,
+                    channels=1,
+                    chunk_seconds=cfg.chunk_s,
+                    open_timeout_s=cfg.open_timeout_s,
+                    read_timeout_s=cfg.stall_s,
+                    stats=stats,
+                    format=opened.format,
+                    options=opened.options,
+                    on_open=on_open,
+                )
+                with contextlib.closing(blocks):
+                    for block in blocks:
+                        if self._stop.is_set():
+                            break
+                        now = time.monotonic()
+                        if not self._delivered_now:
+                            self._went_live(now)
+                            paced_t0 = now
+                        self._delivered_now = True
+                        self._last_audio = now
+                        self._deliver(block)
+                        sent += block.shape[0]
+                        self._count("corrupt_packets", stats.corrupt_packets - reported)
+                        reported = stats.corrupt_packets
+                        if opened.finite:
+                            ahead = sent / self._rate - (time.monotonic() - paced_t0)
+                            if ahead > 0 and self._stop.wait(ahead):
+                                break
+                finished = opened.finite and not self._stop.is_set()
+                return _Outcome(self._delivered_now, finished, "end of stream")
+        except _Stopped:
+            return _Outcome(self._delivered_now, False, "stopped")
+        except Exception as exc:  # any failure of one connection: reconnect per the policy
+            if self._stop.is_set():
+                return _Outcome(self._delivered_now, False, "stopped")
+            return _Outcome(self._delivered_now, False, _describe(exc))
+        finally:
+            self._count("corrupt_packets", stats.corrupt_packets - reported)
+            self._socket = None
+
+    def _went_live(self, now: float) -> None:
+        """First audio of a connection: mark the gap since the last audio, if any."""
+        if self._last_audio is not None:
+            self._post(self._service.mark_gap, self._live, max(0.0, now - self._last_audio))
+        self._event("audio")
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[_Opened]:
+        source = self.source
+        path = local_path(source)
+        if path is not None:
+            yield _Opened(str(path), None, {}, finite=True, probe_duration=False)
+            return
+        scheme = urlsplit(source).scheme.lower()
+        timeout_us = str(round(self._config.stall_s * 1_000_000))
+        if scheme not in ("http", "https"):
+            options = {"rw_timeout": timeout_us}
+            yield _Opened(source, None, options, finite=False, probe_duration=True)
+            return
+        with self._open_http(source, timeout_us) as opened:
+            yield opened
+
+    @contextlib.contextmanager
+    def _open_http(self, url: str, timeout_us: str) -> Iterator[_Opened]:
+        cfg = self._config
+        timeout = httpx.Timeout(cfg.stall_s, connect=cfg.open_timeout_s)
+        headers = {"Icy-MetaData": "1", "User-Agent": "genrecast"}
+        with (
+            httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            if response.status_code >= 400:
+                raise DecodeError(f"HTTP {response.status_code} {response.reason_phrase}")
+            hint = format_hint(response.headers.get("content-type"), str(response.url))
+            if hint == "hls":
+                # FFmpeg's hls demuxer fetches the playlist and its segments itself.
+                response.close()
+                options = {"timeout": timeout_us, "rw_timeout": timeout_us}
+                yield _Opened(str(response.url), "hls", options, finite=False, probe_duration=True)
+                return
+            self._socket = _socket_of(response)
+            if self._stop.is_set():
+                raise _Stopped("stopped")
+            metaint = _int_header(response.headers.get("icy-metaint"))
+            finite = metaint is None and "content-length" in response.headers
+            body = HttpBody(
+                response.iter_bytes(),
+                metaint=metaint,
+                on_title=self._title,
+                check=self._check,
+                name=url,
+            )
+            yield _Opened(body, hint, {}, finite=finite, probe_duration=False)
+
+
+def _socket_of(response: httpx.Response) -> socket.socket | None:
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return None
+    sock = stream.get_extra_info("socket")
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _int_header(value: str | None) -> int | None:
+    try:
+        n = int(value) if value is not None else 0
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, GenrecastError) else f"{type(exc).__name__}: {text}"
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("ending a pulled stream failed: %s", future.exception())
+
+
+def local_path(source: str) -> Path | None:
+    """``source`` as a local file path (``file://`` or a plain path), else ``None`` for a URL."""
+    if source.startswith("file://"):
+        return Path(urlsplit(source).path)
+    return None if is_url(source) else Path(source)

@@ -1,0 +1,126 @@
+"""The /mic page in a real Chromium: a fake microphone playing music, a real server on loopback."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stream_server.config import Config
+from stream_server.model import LoadedModel
+from stream_server.server import running_server
+from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.test_server import run
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+try:
+    from playwright.async_api import async_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    async_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(async_playwright is None, reason="playwright is not installed"),
+    pytest.mark.skipif(
+        not CHROMIUM.is_file() and shutil.which("chromium") is None,
+        reason=f"no Chromium at {CHROMIUM}",
+    ),
+]
+
+#: Selector waits, in milliseconds (Playwright's unit).
+WAIT_MS = 2 * TIMEOUT_S * 1000
+
+
+def chromium_args(*extra: str) -> list[str]:
+    # Running as root needs --no-sandbox; /dev/shm may be small in containers.
+    return ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", *extra]
+
+
+async def launch(playwright: Any, *args: str) -> Any:
+    return await playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=chromium_args(*args)
+    )
+
+
+def test_mic_page_shows_the_live_genre_of_the_microphone(
+    make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
+) -> None:
+    wav = encode_audio(tmp_path / "music.wav", music(8.0, 48000), 48000)  # 16-bit PCM WAV
+
+    async def scenario() -> None:
+        assert async_playwright is not None
+        async with (
+            running_server(make_config(), model=tiny_model) as server,
+            httpx.AsyncClient(base_url=server.http_url) as http,
+            async_playwright() as playwright,
+        ):
+            browser = await launch(
+                playwright,
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{server.http_url}/mic")
+                assert await page.text_content("#status") is not None
+                await page.click("#start")
+                await page.wait_for_selector("#genre[data-genre]", timeout=WAIT_MS)
+                genre = (await page.text_content("#genre") or "").strip()
+                stream_id = (await page.text_content("#stream-id") or "").strip()
+                labels = (await http.get("/ready")).json()["labels"]
+                assert genre in labels
+                assert await page.locator("#timeline span").count() >= 1
+                assert await page.locator("#changes li").count() >= 1
+                assert not await page.is_visible("#error")
+
+                streams = (await http.get("/streams")).json()["streams"]
+                [mine] = [s for s in streams if s["stream_id"] == stream_id]
+                assert mine["kind"] == "webrtc" and mine["state"] == "live"
+                assert mine["windows_computed"] >= 1
+                assert mine["genre"] in labels
+
+                await page.click("#stop")
+                await page.wait_for_selector(
+                    "#status[data-state=ended]:has-text('Stream ended')", timeout=WAIT_MS
+                )
+            finally:
+                await browser.close()
+            streams = (await http.get("/streams")).json()["streams"]
+            [mine] = [s for s in streams if s["stream_id"] == stream_id]
+            assert mine["state"] == "ended"
+            assert not server.service.streams
+
+    run(scenario())
+
+
+def test_mic_page_explains_a_refused_microphone(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        assert async_playwright is not None
+        async with (
+            running_server(make_config(), model=tiny_model) as server,
+            async_playwright() as playwright,
+        ):
+            browser = await launch(
+                playwright, "--use-fake-device-for-media-stream", "--deny-permission-prompts"
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{server.http_url}/mic")
+                await page.click("#start")
+                await page.wait_for_selector("#error.shown", timeout=WAIT_MS)
+                text = await page.text_content("#error") or ""
+                assert "Microphone access was refused" in text
+                assert await page.get_attribute("#status", "data-state") == "error"
+                assert await page.is_enabled("#start")
+            finally:
+                await browser.close()
+            assert not server.service.streams
+
+    run(scenario())

@@ -1,0 +1,448 @@
+"""WebRTC ingest: the pure parts directly, then a real server and a real aiortc peer on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aioice.ice
+import av
+import httpx
+import numpy as np
+import pytest
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from websockets.asyncio.client import ClientConnection
+
+from stream_server.config import Config
+from stream_server.model import LoadedModel
+from stream_server.server import running_server
+from stream_server.webrtc import (
+    MAX_OFFER_BYTES,
+    Offer,
+    WebRTCError,
+    frame_to_pcm,
+    ice_servers,
+    include_loopback_candidates,
+    parse_offer,
+    with_loopback,
+)
+from tests.conftest import TIMEOUT_S, music
+from tests.test_server import (
+    RATE,
+    expected_windows,
+    get_metrics,
+    recv_json,
+    run,
+    send_audio,
+    start_stream,
+    stop_stream,
+)
+from tests.test_server import ws as ws_connect
+
+WEBRTC_RATE = 48000
+FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def test_parse_offer_accepts_an_offer_with_or_without_a_name() -> None:
+    assert parse_offer(b'{"sdp": "v=0\\r\\n", "type": "offer"}') == Offer("v=0\r\n", "")
+    assert parse_offer('{"sdp": "v=0", "type": "offer", "name": "desk mic"}') == Offer(
+        "v=0", "desk mic"
+    )
+    assert parse_offer('{"sdp": "v=0", "type": "offer", "name": null}').name == ""
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"type": "offer"}', "'sdp'"),
+        (b'{"type": "offer", "sdp": "   "}', "'sdp'"),
+        (b'{"type": "offer", "sdp": 5}', "'sdp'"),
+        (b'{"sdp": "v=0"}', "no 'type'"),
+        (b'{"sdp": "v=0", "type": "answer"}', "'type' must be 'offer', got 'answer'"),
+        (b'{"sdp": "v=0", "type": "offer", "name": 3}', "'name'"),
+        (json.dumps({"sdp": "v=0", "type": "offer", "name": "x" * 201}).encode(), "'name'"),
+    ],
+)
+def test_parse_offer_names_what_is_wrong(body: bytes, needle: str) -> None:
+    with pytest.raises(WebRTCError) as caught:
+        parse_offer(body)
+    assert needle in str(caught.value)
+    assert caught.value.status == 400
+
+
+def audio_frame(samples: np.ndarray, fmt: str, layout: str, rate: int = WEBRTC_RATE) -> Any:
+    """An ``av.AudioFrame`` holding ``samples`` as PyAV lays them out for ``fmt``."""
+    frame = av.AudioFrame.from_ndarray(samples, format=fmt, layout=layout)
+    frame.sample_rate = rate
+    return frame
+
+
+def test_frame_to_pcm_packed_s16_stereo_is_passed_through() -> None:
+    pcm = np.arange(-FRAME_SAMPLES, FRAME_SAMPLES, dtype=np.int16).reshape(-1, 2) * 16
+    data = frame_to_pcm(audio_frame(pcm.reshape(1, -1), "s16", "stereo"))
+    assert len(data) == FRAME_SAMPLES * 4
+    np.testing.assert_array_equal(np.frombuffer(data, "<i2").reshape(-1, 2), pcm)
+
+
+def test_frame_to_pcm_converts_planar_float_and_mono() -> None:
+    t = np.arange(FRAME_SAMPLES) / WEBRTC_RATE
+    left = 0.5 * np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    right = np.full(FRAME_SAMPLES, -0.25, dtype=np.float32)
+    planar = frame_to_pcm(audio_frame(np.stack([left, right]), "fltp", "stereo"))
+    got = np.frombuffer(planar, "<i2").reshape(-1, 2)
+    np.testing.assert_allclose(got[:, 0], left * 32767, atol=1)
+    np.testing.assert_array_equal(got[:, 1], np.full(FRAME_SAMPLES, round(-0.25 * 32767)))
+
+    mono = frame_to_pcm(audio_frame(left.reshape(1, -1), "flt", "mono"))
+    got = np.frombuffer(mono, "<i2").reshape(-1, 2)
+    np.testing.assert_array_equal(got[:, 0], got[:, 1])
+    np.testing.assert_allclose(got[:, 0], left * 32767, atol=1)
+
+
+def test_frame_to_pcm_clips_floats_and_scales_wider_integers() -> None:
+    loud = np.array([[2.0, -3.0, np.nan, 0.5]], dtype=np.float32)
+    got = np.frombuffer(frame_to_pcm(audio_frame(loud, "flt", "stereo")), "<i2")
+    np.testing.assert_array_equal(got, [32767, -32767, 0, 16384])
+    wide = np.array([[1 << 30, -(1 << 30)]], dtype=np.int32)
+    got = np.frombuffer(frame_to_pcm(audio_frame(wide, "s32", "stereo")), "<i2")
+    np.testing.assert_array_equal(got, [1 << 14, -(1 << 14)])
+
+
+def test_frame_to_pcm_refuses_another_rate() -> None:
+    frame = audio_frame(np.zeros((1, 160), dtype=np.int16), "s16", "mono", rate=8000)
+    with pytest.raises(WebRTCError, match="8000 Hz; expected 48000 Hz"):
+        frame_to_pcm(frame)
+
+
+def test_with_loopback_adds_each_family_once() -> None:
+    assert with_loopback(["192.0.2.2"], use_ipv4=True, use_ipv6=False) == ["192.0.2.2", "127.0.0.1"]
+    assert with_loopback(["fd00::2"], use_ipv4=False, use_ipv6=True) == ["fd00::2", "::1"]
+    assert with_loopback(["127.0.0.1"], use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]
+    assert with_loopback([], use_ipv4=False, use_ipv6=False) == []
+
+
+def test_loopback_candidates_are_gathered_once_included() -> None:
+    include_loopback_candidates()
+    include_loopback_candidates()
+    addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+    assert addresses.count("127.0.0.1") == 1
+
+
+def test_ice_servers_are_empty_without_stun() -> None:
+    assert ice_servers("") == []
+    [server] = ice_servers("stun:stun.example.org:3478")
+    assert server.urls == "stun:stun.example.org:3478"
+
+
+# -- a real peer --------------------------------------------------------------------------------
+
+
+class MusicTrack(MediaStreamTrack):  # type: ignore[misc]
+    """Audio from a numpy array, paced in real time: 20 ms s16 stereo frames at 48 kHz, looped."""
+
+    kind = "audio"
+
+    def __init__(self, audio: np.ndarray) -> None:
+        super().__init__()
+        self._pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+        self._pts = 0
+        self._t0: float | None = None
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        wait = self._t0 + self._pts / WEBRTC_RATE - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        rows = np.arange(self._pts, self._pts + FRAME_SAMPLES) % len(self._pcm)
+        frame = av.AudioFrame.from_ndarray(
+            self._pcm[rows].reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate = WEBRTC_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, WEBRTC_RATE)
+        self._pts += FRAME_SAMPLES
+        return frame
+
+
+def client_peer(*, codecs: str = "audio/opus") -> RTCPeerConnection:
+    """A sending peer with music on one audio transceiver limited to ``codecs`` (a MIME type)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    transceiver = pc.addTransceiver(MusicTrack(music(6.0, WEBRTC_RATE)), direction="sendonly")
+    capabilities = RTCRtpSender.getCapabilities("audio")
+    assert capabilities is not None
+    transceiver.setCodecPreferences([c for c in capabilities.codecs if c.mimeType == codecs])
+    return pc
+
+
+def only_loopback(sdp: str) -> str:
+    """``sdp`` without the ICE candidates that are not on 127.0.0.1."""
+    kept = [
+        line
+        for line in sdp.split("\r\n")
+        if not line.startswith("a=candidate:") or line.split()[4] == "127.0.0.1"
+    ]
+    return "\r\n".join(kept)
+
+
+async def offer_json(pc: RTCPeerConnection, name: str = "") -> dict[str, str]:
+    """Gather (non-trickle) and return the offer body for POST /webrtc/offer."""
+    await pc.setLocalDescription(await pc.createOffer())
+    return {"sdp": pc.localDescription.sdp, "type": "offer", "name": name}
+
+
+async def connect(
+    http: httpx.AsyncClient, pc: RTCPeerConnection, *, name: str = "", loopback_only: bool = False
+) -> str:
+    """Offer, apply the answer; returns the stream id."""
+    body = await offer_json(pc, name)
+    if loopback_only:
+        body["sdp"] = only_loopback(body["sdp"])
+    reply = await http.post("/webrtc/offer", json=body)
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["type"] == "answer"
+    assert "a=candidate:" in answer["sdp"] and " 127.0.0.1 " in answer["sdp"]
+    sdp = only_loopback(answer["sdp"]) if loopback_only else answer["sdp"]
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+    stream_id: str = answer["stream_id"]
+    return stream_id
+
+
+async def messages_until(
+    sub: ClientConnection, done: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """Messages from ``sub`` up to and including the first one ``done`` accepts."""
+    out = []
+    while True:
+        message = await recv_json(sub)
+        out.append(message)
+        if done(message):
+            return out
+
+
+def is_ended(stream_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m["type"] == "stream.ended" and m["stream_id"] == stream_id
+
+
+async def wait_for_state(pc: RTCPeerConnection, states: set[str]) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while pc.connectionState not in states:
+        assert time.monotonic() < deadline, f"peer still {pc.connectionState}"
+        await asyncio.sleep(0.05)
+
+
+def test_webrtc_peer_feeds_a_stream_until_it_closes(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        async with (
+            running_server(make_config(), model=tiny_model) as server,
+            httpx.AsyncClient(base_url=server.http_url) as http,
+            ws_connect(server, "/ws/updates") as sub,
+        ):
+            client = client_peer()
+            try:
+                stream_id = await connect(http, client, name="desk mic")
+                started = await messages_until(sub, lambda m: m["type"] == "stream.started")
+                assert started[-1]["stream_id"] == stream_id
+                assert started[-1]["kind"] == "webrtc"
+                updates: list[dict[str, Any]] = []
+                while len(updates) < 3:
+                    message = await recv_json(sub)
+                    if message["type"] == "genre.update" and message["stream_id"] == stream_id:
+                        updates.append(message)
+                assert client.connectionState == "connected"
+                for update in updates:
+                    assert update["genre"] in tiny_model.labels
+                    assert 0.0 <= update["confidence"] <= 1.0
+                times = [u["stream_time_s"] for u in updates]
+                assert times == sorted(times) and times[0] >= 2.0  # a full 2 s window first
+
+                streams = (await http.get("/streams")).json()["streams"]
+                [mine] = [s for s in streams if s["stream_id"] == stream_id]
+                assert mine["kind"] == "webrtc" and mine["state"] == "live"
+                assert mine["name"] == "desk mic"
+                assert (mine["sample_rate"], mine["channels"]) == (48000, 2)
+                assert mine["stream_time_s"] >= times[-1]
+            finally:
+                await client.close()
+
+            rest = await messages_until(sub, is_ended(stream_id))
+            ended = rest[-1]
+            assert ended["reason"] in {"WebRTC connection closed", "the microphone track ended"}
+            assert ended["windows_computed"] >= len(updates)
+            assert stream_id not in server.service.streams
+            streams = (await http.get("/streams")).json()["streams"]
+            [mine] = [s for s in streams if s["stream_id"] == stream_id]
+            assert mine["state"] == "ended" and mine["kind"] == "webrtc"
+            metrics = await get_metrics(http)
+            assert metrics["genrecast_active_streams"] == 0
+
+    run(scenario())
+
+
+def test_webrtc_connects_over_loopback_alone(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    """Both sides see only 127.0.0.1 candidates: ICE must succeed on loopback with no STUN."""
+
+    async def scenario() -> None:
+        include_loopback_candidates()  # for the client peer, gathered in this process too
+        async with (
+            running_server(make_config(), model=tiny_model) as server,
+            httpx.AsyncClient(base_url=server.http_url) as http,
+            ws_connect(server, "/ws/updates") as sub,
+        ):
+            client = client_peer()
+            try:
+                stream_id = await connect(http, client, loopback_only=True)
+                await messages_until(
+                    sub, lambda m: m["type"] == "genre.update" and m["stream_id"] == stream_id
+                )
+                assert client.connectionState == "connected"
+            finally:
+                await client.close()
+            await messages_until(sub, is_ended(stream_id))
+
+    run(scenario())
+
+
+def test_bad_offers_get_400_and_other_streams_carry_on(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        async with (
+            running_server(make_config(), model=tiny_model) as server,
+            httpx.AsyncClient(base_url=server.http_url) as http,
+            ws_connect(server, "/ws/ingest") as ingest,
+        ):
+            audio = music(5.0, RATE)
+            healthy = await start_stream(ingest, name="healthy")
+            await send_audio(ingest, audio[: len(audio) // 2])
+
+            async def refused(content: bytes, needle: str, status: int = 400) -> None:
+                reply = await http.post(
+                    "/webrtc/offer", content=content, headers={"content-type": "application/json"}
+                )
+                assert reply.status_code == status, reply.text
+                assert needle in reply.json()["error"]
+
+            def body(**fields: Any) -> bytes:
+                return json.dumps({"type": "offer", **fields}).encode()
+
+            await refused(b"{not json", "not valid JSON")
+            await refused(b'"offer"', "JSON object")
+            await refused(body(), "'sdp'")
+            await refused(json.dumps({"sdp": "v=0"}).encode(), "no 'type'")
+            await refused(body(sdp="v=0", type="answer"), "'type' must be 'offer'")
+            await refused(body(sdp="garbage"), "no audio section")
+            no_ice = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n" + (
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
+                "a=rtpmap:111 opus/48000/2\r\n"
+            )
+            await refused(body(sdp=no_ice), "SDP offer was rejected")
+            await refused(body(sdp="v=0", pad="x" * MAX_OFFER_BYTES), "larger than", 413)
+
+            video = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pcmu = client_peer(codecs="audio/PCMU")
+            try:
+                video.addTransceiver("video", direction="sendonly")
+                await refused(json.dumps(await offer_json(video)).encode(), "no audio section")
+                await refused(json.dumps(await offer_json(pcmu)).encode(), "no Opus audio")
+            finally:
+                await video.close()
+                await pcmu.close()
+
+            await send_audio(ingest, audio[len(audio) // 2 :])
+            ended = await stop_stream(ingest)
+            assert ended["stream_id"] == healthy
+            assert ended["windows_computed"] + ended["windows_skipped"] == expected_windows(
+                5.0, 2.0, 0.5
+            )
+            assert ended["windows_computed"] >= 1
+
+            # Nothing was left open by the refused offers, and a good offer is still answered.
+            assert not server.service.streams
+            client = client_peer()
+            try:
+                stream_id = await connect(http, client)
+                assert stream_id in server.service.streams
+            finally:
+                await client.close()
+            metrics = await get_metrics(http)
+            assert metrics["genrecast_errors_total{kind=webrtc_offer}"] == 10
+
+    run(scenario())
+
+
+def test_a_peer_that_never_connects_is_dropped(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        config = make_config(webrtc={"connect_timeout_s": 1.0})
+        async with (
+            running_server(config, model=tiny_model) as server,
+            httpx.AsyncClient(base_url=server.http_url) as http,
+            ws_connect(server, "/ws/updates") as sub,
+        ):
+            client = client_peer()
+            try:
+                reply = await http.post("/webrtc/offer", json=await offer_json(client))
+                stream_id = reply.json()["stream_id"]  # the answer is never applied
+                t0 = time.monotonic()
+                ended = (await messages_until(sub, is_ended(stream_id)))[-1]
+                assert 0.8 <= time.monotonic() - t0 <= 5.0
+            finally:
+                await client.close()
+            assert ended["reason"] == "WebRTC peer did not connect within 1 s"
+            assert ended["windows_computed"] == 0
+            assert not server.service.streams
+            metrics = await get_metrics(http)
+            assert metrics["genrecast_errors_total{kind=webrtc_timeout}"] == 1
+
+    run(scenario())
+
+
+def test_stopping_the_server_closes_its_peers(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        client = client_peer()
+        try:
+            async with running_server(make_config(), model=tiny_model) as server:
+                async with httpx.AsyncClient(base_url=server.http_url) as http:
+                    stream_id = await connect(http, client)
+                await wait_for_state(client, {"connected"})
+                watcher = server.service.hub.subscribe(stream_id)
+            # The server has stopped: the stream ended with it and the peer was closed.
+            published = [
+                json.loads(watcher.queue.get_nowait()) for _ in range(watcher.queue.qsize())
+            ]
+            ended = [m for m in published if m["type"] == "stream.ended"]
+            assert [m["reason"] for m in ended] == ["server stopping"]
+            assert not server.service.streams
+            await wait_for_state(client, {"closed", "failed"})
+        finally:
+            await client.close()
+
+    run(scenario())
