@@ -30,7 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from stream_server.errors import ProtocolError
-from stream_server.messages import dumps, error, parse_client_message
+from stream_server.messages import StreamEnded, dumps, error, parse_client_message
 from stream_server.puller import local_path
 from stream_server.service import LiveStream, Service
 from stream_server.timeline import segments_to_csv
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds allowed for a close handshake with a client that may have stopped reading.
 CLOSE_TIMEOUT_S = 2.0
+
+#: Closes of ingest sockets whose stream was ended elsewhere, kept until they finish.
+_FINISHING: set[asyncio.Task[None]] = set()
 
 
 async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
@@ -55,6 +58,23 @@ async def _reject(ws: WebSocket, exc: ProtocolError) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.send_text(dumps(error(exc.code, str(exc)))), CLOSE_TIMEOUT_S)
     await _close(ws, exc.close_code, str(exc))
+
+
+def _close_when_ended_elsewhere(ws: WebSocket, live: LiveStream) -> None:
+    """When ``live`` is ended by someone else (``DELETE /streams/{id}``, server stop), tell the
+    pushing client with ``stream.ended`` and close its socket instead of leaving it waiting."""
+
+    async def finish(ended: StreamEnded) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.send_text(dumps(ended)), CLOSE_TIMEOUT_S)
+        await _close(ws, 1000, f"stream ended: {ended['reason']}")
+
+    def on_end(ended: StreamEnded) -> None:
+        task = asyncio.get_running_loop().create_task(finish(ended))
+        _FINISHING.add(task)
+        task.add_done_callback(_FINISHING.discard)
+
+    live.on_end = on_end
 
 
 async def ingest(ws: WebSocket) -> None:
@@ -93,9 +113,11 @@ async def ingest(ws: WebSocket) -> None:
                     raise ProtocolError("the stream was already started")
                 live, started = await service.open_stream(parsed, kind="ws", source="websocket")
                 await ws.send_text(started)
+                _close_when_ended_elsewhere(ws, live)
             else:
                 if live is None:
                     raise ProtocolError("'stop' before 'start'")
+                live.on_end = None
                 ended = await service.end_stream(live, "stopped by client")
                 if ended is not None:
                     await ws.send_text(dumps(ended))
@@ -110,6 +132,7 @@ async def ingest(ws: WebSocket) -> None:
         pass
     finally:
         if live is not None and not live.ended:
+            live.on_end = None
             await service.end_stream(live, end_reason)
 
 

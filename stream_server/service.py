@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +56,9 @@ class LiveStream:
     corrupt_packets: int = 0
     reconnects: int = 0
     title: str | None = None
+    #: Called on the loop with the ``stream.ended`` message when the stream ends, whoever ended
+    #: it (the ingest connection uses it to close its socket after a ``DELETE``).
+    on_end: Callable[[StreamEnded], None] | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -320,6 +323,8 @@ class Service:
             windows_skipped=session.windows_skipped,
         )
         self.hub.publish(message)
+        if live.on_end is not None:
+            live.on_end(message)
         return message
 
     # -- engine results ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +427,76 @@ def test_endless_http_mp3_goes_live_via_the_cli_and_delete_stops_it(
                 assert (await http.delete(f"/streams/{stream_id}")).status_code == 404
                 timeline = (await http.get(f"/streams/{stream_id}/timeline")).json()
                 assert timeline["segments"] and timeline["titles"] == []
+
+    run(scenario())
+
+
+class HlsFolder:
+    """An HLS playlist of AAC segments (made by ffmpeg) served by a plain ``http.server``."""
+
+    def __init__(self, tmp_path: Path, seconds: float) -> None:
+        need(FFMPEG)
+        folder = tmp_path / "hls"
+        folder.mkdir()
+        subprocess.run(
+            [
+                *(FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
+                *("-i", str(music_source(tmp_path)), "-t", str(seconds), "-ac", "2"),
+                *("-c:a", "aac", "-b:a", "96k", "-f", "hls", "-hls_time", "1"),
+                *("-hls_list_size", "0", "-hls_playlist_type", "vod"),
+                str(folder / "index.m3u8"),
+            ],
+            check=True,
+            timeout=TIMEOUT_S,
+        )
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/index.m3u8"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HlsFolder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hls_playlist_goes_live_and_produces_updates(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """An HLS playlist over HTTP is read by FFmpeg's HLS client: the stream goes live and its
+    windows are computed like any other stream's."""
+
+    async def scenario() -> None:
+        with HlsFolder(tmp_path, 6.0) as hls:
+            async with (
+                running_server(pull_config(make_config)) as server,
+                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
+            ):
+                reply = await http.post("/streams", json={"url": hls.url, "name": "hls"})
+                assert reply.status_code == 201, reply.text
+                stream_id = reply.json()["stream_id"]
+                async with updates(server, stream_id) as conn:
+                    update = await next_message(conn, of_type("genre.update"))
+                    ready = (await http.get("/ready")).json()
+                    assert update["genre"] in ready["labels"]
+                    assert update["stream_time_s"] >= 2.0  # a full window of decoded audio
+                    info = await stream_info(http, stream_id)
+                    assert info["kind"] == "url" and info["source"] == hls.url
+                    assert info["corrupt_packets"] == 0
+                    assert info["windows_computed"] >= 1
+                    await http.delete(f"/streams/{stream_id}")
+                    await next_message(conn, of_type("stream.ended"))
 
     run(scenario())
 

@@ -483,3 +483,33 @@ def test_listening_socket_is_tcp_so_replies_are_not_delayed() -> None:
         assert sock.getsockname()[1] > 0
     finally:
         sock.close()
+
+
+def test_deleting_a_pushed_stream_tells_and_disconnects_its_client(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    """``DELETE /streams/{id}`` on a stream pushed over ``/ws/ingest``: the pusher gets
+    ``stream.ended`` and its socket is closed at once, and another stream carries on."""
+
+    async def scenario() -> None:
+        async with running_server(make_config(), model=tiny_model) as server:
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                async with ws(server, "/ws/ingest") as doomed, ws(server, "/ws/ingest") as other:
+                    doomed_id = await start_stream(doomed, name="doomed")
+                    other_id = await start_stream(other, name="other")
+                    await send_audio(doomed, music(1.0, RATE))
+                    assert (await http.delete(f"/streams/{doomed_id}")).status_code == 200
+                    ended = await recv_json(doomed)
+                    assert ended["type"] == "stream.ended", ended
+                    assert ended["stream_id"] == doomed_id
+                    assert ended["reason"] == "stopped by request"
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await asyncio.wait_for(doomed.recv(), TIMEOUT_S)
+                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+                    await send_audio(other, music(3.0, RATE))
+                    assert (await stop_stream(other))["windows_computed"] >= 1
+                streams = (await http.get("/streams")).json()["streams"]
+                assert {s["stream_id"] for s in streams} >= {doomed_id, other_id}
+                assert all(s["state"] == "ended" for s in streams)
+
+    run(scenario())
