@@ -77,6 +77,11 @@ def test_mic_page_shows_the_live_genre_of_the_microphone(
                 assert await page.locator("#timeline span").count() >= 1
                 assert await page.locator("#changes li").count() >= 1
                 assert not await page.is_visible("#error")
+                # music is sent as captured: no voice processing carving it up
+                settings = await page.evaluate("media.getAudioTracks()[0].getSettings()")
+                assert settings["echoCancellation"] is False, settings
+                assert settings["noiseSuppression"] is False, settings
+                assert settings["autoGainControl"] is False, settings
 
                 streams = (await http.get("/streams")).json()["streams"]
                 [mine] = [s for s in streams if s["stream_id"] == stream_id]
