@@ -80,8 +80,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     ended = result.ended
     computed = ended["windows_computed"] if ended else 0
     skipped = ended["windows_skipped"] if ended else 0
+    reason = ended["reason"] if ended else ""
+    why = f" ({reason})" if reason and reason != "stopped by client" else ""
     print(
-        f"stream {result.stream_id} ended: {result.seconds_sent:.1f} s of audio sent, "
+        f"stream {result.stream_id} ended{why}: {result.seconds_sent:.1f} s of audio sent, "
         f"{computed} windows computed, {skipped} skipped"
     )
     return 0

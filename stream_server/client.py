@@ -7,6 +7,7 @@ tests. PCM is sent uncompressed (``compression=None``): deflate only burns CPU o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -172,13 +173,26 @@ async def push_frames(
             await ws.send(dumps({"type": "stop"}))
             ended = await _expect(ws, "stream.ended", end_timeout)
         except ConnectionClosed as exc:
-            raise ClientError(f"the server closed the stream: {exc}") from None
+            stopped = await _ended_before_close(ws)
+            if stopped is None:
+                raise ClientError(f"the server closed the stream: {exc}") from None
+            ended = stopped  # ended elsewhere (DELETE /streams/{id}, server stopping)
         finally:
             if follower is not None:
                 follower.cancel()
                 await asyncio.gather(follower, return_exceptions=True)
         assert ended["type"] == "stream.ended"
         return PushResult(stream_id, sent / sample_rate, ended)
+
+
+async def _ended_before_close(ws: ClientConnection) -> StreamEnded | None:
+    """The ``stream.ended`` the server sent before it closed the connection, if any."""
+    with contextlib.suppress(ConnectionClosed, TimeoutError):
+        while True:
+            message = parse_server_message(await asyncio.wait_for(ws.recv(), 1.0))
+            if message["type"] == "stream.ended":
+                return message
+    return None
 
 
 async def _wait_or_fail(waiting: Coroutine[Any, Any, None], follower: asyncio.Task[None]) -> None:

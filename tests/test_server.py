@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from stream_server.client import push_frames
 from stream_server.config import Config
 from stream_server.features import AudioPreprocessing
 from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
@@ -511,5 +512,34 @@ def test_deleting_a_pushed_stream_tells_and_disconnects_its_client(
                 streams = (await http.get("/streams")).json()["streams"]
                 assert {s["stream_id"] for s in streams} >= {doomed_id, other_id}
                 assert all(s["state"] == "ended" for s in streams)
+
+    run(scenario())
+
+
+def test_push_returns_cleanly_when_its_stream_is_deleted(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    async def scenario() -> None:
+        async with running_server(make_config(), model=tiny_model) as server:
+            started: asyncio.Queue[str] = asyncio.Queue()
+            audio = music(20.0, RATE).astype(np.float32)
+            step = round(FRAME_S * RATE)
+            push = asyncio.create_task(
+                push_frames(
+                    (audio[i : i + step] for i in range(0, len(audio), step)),
+                    server=server.ws_url,
+                    sample_rate=RATE,
+                    channels=2,
+                    pace="realtime",
+                    on_started=started.put_nowait,
+                )
+            )
+            stream_id = await asyncio.wait_for(started.get(), TIMEOUT_S)
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                assert (await http.delete(f"/streams/{stream_id}")).status_code == 200
+            result = await asyncio.wait_for(push, TIMEOUT_S)
+            assert result.stream_id == stream_id
+            assert result.ended is not None and result.ended["reason"] == "stopped by request"
+            assert result.seconds_sent < 10.0
 
     run(scenario())
