@@ -578,10 +578,20 @@ class Puller:
         cfg = self._config
         timeout = httpx.Timeout(cfg.stall_s, connect=cfg.open_timeout_s)
         headers = {"Icy-MetaData": "1", "User-Agent": "genrecast"}
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client,
-            client.stream("GET", url, headers=headers) as response,
-        ):
+        stack = contextlib.ExitStack()
+        try:
+            client = stack.enter_context(
+                httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False)
+            )
+            response = stack.enter_context(client.stream("GET", url, headers=headers))
+        except httpx.RemoteProtocolError:
+            stack.close()
+            # Old SHOUTcast servers answer "ICY 200 OK", which is not HTTP; FFmpeg's own HTTP
+            # client accepts it (titles are then not read: FFmpeg reports them only on open).
+            options = {"rw_timeout": timeout_us, "icy": "0"}
+            yield _Opened(url, None, options, finite=False, probe_duration=True)
+            return
+        with stack:
             if response.status_code >= 400:
                 raise DecodeError(f"HTTP {response.status_code} {response.reason_phrase}")
             hint = format_hint(response.headers.get("content-type"), str(response.url))

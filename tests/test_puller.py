@@ -8,6 +8,7 @@ import itertools
 import json
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -495,6 +496,67 @@ def test_hls_playlist_goes_live_and_produces_updates(
                     assert info["kind"] == "url" and info["source"] == hls.url
                     assert info["corrupt_packets"] == 0
                     assert info["windows_computed"] >= 1
+                    await http.delete(f"/streams/{stream_id}")
+                    await next_message(conn, of_type("stream.ended"))
+
+    run(scenario())
+
+
+class ShoutcastV1:
+    """An old SHOUTcast-style server: it answers ``ICY 200 OK`` (not HTTP) and sends MP3."""
+
+    def __init__(self, mp3: bytes) -> None:
+        owner = self
+        self.stop = threading.Event()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while self.rfile.readline().strip():
+                    pass  # the request's lines, up to the blank one
+                with contextlib.suppress(OSError):
+                    self.wfile.write(b"ICY 200 OK\r\nicy-name: old radio\r\n")
+                    self.wfile.write(b"content-type: audio/mpeg\r\n\r\n")
+                    t0, sent = time.monotonic(), 0
+                    while not owner.stop.is_set():
+                        chunk = mp3[sent % len(mp3) :][:4000]
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                        ahead = sent / MP3_BYTES_PER_S - (time.monotonic() - t0)
+                        owner.stop.wait(max(0.0, ahead - 0.5))
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ShoutcastV1:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_icy_200_ok_server_is_read_through_ffmpeg(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    mp3 = mp3_file(tmp_path, 4.0).read_bytes()
+
+    async def scenario() -> None:
+        with ShoutcastV1(mp3) as radio:
+            async with (
+                running_server(pull_config(make_config)) as server,
+                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
+            ):
+                reply = await http.post("/streams", json={"url": radio.url})
+                assert reply.status_code == 201, reply.text
+                stream_id = reply.json()["stream_id"]
+                async with updates(server, stream_id) as conn:
+                    await next_message(conn, of_type("genre.update"))
+                    info = await stream_info(http, stream_id)
+                    assert info["state"] == "live" and info["reconnects"] == 0
                     await http.delete(f"/streams/{stream_id}")
                     await next_message(conn, of_type("stream.ended"))
 
