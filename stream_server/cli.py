@@ -207,6 +207,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", args.host,
+        "--server.port", str(args.port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--", "--server", args.server,
+    ]  # fmt: skip
+    os.execv(sys.executable, command)  # Streamlit takes over this process (and its signals)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrecast", description="Real-time music-genre monitor.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -341,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write evaluation.json and confusion.png into this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("dashboard", help="the live dashboard (Streamlit) for a running server")
+    p.add_argument(
+        "--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER})"
+    )
+    p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

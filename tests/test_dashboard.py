@@ -1,0 +1,242 @@
+"""The Streamlit dashboard in a real Chromium, against a real server fed with real music.
+
+Processes: ``genrecast serve`` (default model, SQLite in a temp dir), ``genrecast push
+--realtime`` of a real clip, ``genrecast dashboard``; Playwright drives Debian's Chromium.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SHARED_GENRES, TIMEOUT_S
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+TITLE = "genrecast live dashboard"
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed"),
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+#: Selector waits, in milliseconds (Playwright's unit).
+WAIT_MS = 2 * TIMEOUT_S * 1000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clips(genre: str, count: int) -> list[Path]:
+    folder = SHARED_GENRES / genre
+    found = sorted(folder.glob("*.opus"))[:count] if folder.is_dir() else []
+    if len(found) < count:
+        pytest.skip(f"shared data set not found at {SHARED_GENRES}")
+    return found
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stream_server.cli", *args]
+
+
+class Proc:
+    """A child process whose output lines are read by a thread (so its pipe never fills)."""
+
+    def __init__(self, command: list[str]) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.popen = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._reader.join(5)
+        assert self.popen.stdout is not None
+        if not self._reader.is_alive():  # closing under a blocked reader would wait for it
+            self.popen.stdout.close()
+
+
+@contextlib.contextmanager
+def genrecast_server(tmp_path: Path) -> Iterator[str]:
+    """``genrecast serve`` on a free port with the default model; yields its http URL."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[server]\nport = 0\nlog_level = "warning"\n'
+        '[engine]\ndevice = "cpu"\n'
+        f'[storage]\ndatabase = "{tmp_path / "timeline.db"}"\n'
+    )
+    proc = Proc(cli("serve", "--config", str(config)))
+    lines = proc.lines
+    try:
+        deadline = time.monotonic() + 3 * TIMEOUT_S
+        seen: list[str] = []
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                pytest.fail(f"the server did not get ready: {''.join(seen)[-2000:]}")
+            seen.append(line)
+            match = re.search(r"genrecast ready on (http://\S+)", line)
+            if match:
+                break
+        yield match.group(1).rstrip("/")
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def dashboard(server: str) -> Iterator[str]:
+    """``genrecast dashboard`` on a free port; yields its URL once Streamlit answers."""
+    port = free_port()
+    proc = Proc(cli("dashboard", "--server", server, "--port", str(port)))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 3 * TIMEOUT_S
+        while True:
+            assert proc.popen.poll() is None, "the dashboard exited"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/_stcore/health", timeout=1.0, trust_env=False).is_success:
+                    break
+            assert time.monotonic() < deadline, "the dashboard did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator[Any]:
+    assert sync_playwright is not None
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(WAIT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def streams_of(server: str) -> list[dict[str, Any]]:
+    streams: list[dict[str, Any]] = httpx.get(f"{server}/streams", trust_env=False).json()[
+        "streams"
+    ]
+    return streams
+
+
+def until(check: Any, what: str, timeout_s: float = 2 * TIMEOUT_S) -> Any:
+    """Call ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
+    tmp_path: Path,
+) -> None:
+    pushed, radio = clips("jazz", 2)
+    [upload] = clips("classical", 1)
+    with genrecast_server(tmp_path) as server, dashboard(server) as url:
+        labels = httpx.get(f"{server}/ready", trust_env=False).json()["labels"]
+        push = Proc(
+            cli("push", str(pushed), "--server", server, "--realtime", "--name", "live jazz")
+        )
+        try:
+            with browser_page() as page:
+                page.goto(url)
+                page.get_by_text(TITLE).first.wait_for()
+                page.wait_for_selector("#server-status[data-state=up]")
+
+                # the pushed stream appears, with a timeline of at least one segment
+                row = page.wait_for_selector("#streams tr[data-stream-id]")
+                stream_id = row.get_attribute("data-stream-id")
+                [mine] = [s for s in streams_of(server) if s["stream_id"] == stream_id]
+                assert mine["kind"] == "ws" and mine["name"] == "live jazz"
+                page.wait_for_selector(f"#current-genre[data-stream-id='{stream_id}']")
+                page.wait_for_selector("#timeline:not([data-segments='0'])")
+                page.wait_for_selector(".vega-embed")
+
+                # the genre shown is the server's latest one for that stream
+                def same_genre() -> bool:
+                    shown = page.get_attribute("#current-genre", "data-genre")
+                    [now] = [s for s in streams_of(server) if s["stream_id"] == stream_id]
+                    return bool(shown) and shown == now["genre"] and shown in labels
+
+                until(same_genre, "the dashboard's genre to match GET /streams")
+                assert page.locator("#changes li").count() >= 1
+
+                # an upload is classified by the server and shown
+                page.set_input_files("input[type=file]", str(upload))
+                result = page.wait_for_selector("#upload-result[data-genre]")
+                assert result.get_attribute("data-genre") in labels
+                assert "processed in" in (result.text_content() or "")
+
+                # a path added in the form becomes a stream the server pulls
+                page.get_by_label("URL or a path on the server").fill(str(radio))
+                page.get_by_label("name (optional)").fill("dashboard radio")
+                page.get_by_role("button", name="Add stream").click()
+                added = page.wait_for_selector("#add-result[data-stream-id]")
+                added_id = added.get_attribute("data-stream-id")
+                [pulled] = [s for s in streams_of(server) if s["stream_id"] == added_id]
+                assert pulled["kind"] == "url" and pulled["name"] == "dashboard radio"
+                page.wait_for_selector(f"#streams tr[data-stream-id='{added_id}']")
+                assert not page.get_by_text("Traceback").count()
+        finally:
+            push.stop()
+
+
+def test_dashboard_says_when_the_server_is_down() -> None:
+    server = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with dashboard(server) as url, browser_page() as page:
+        page.goto(url)
+        page.get_by_text(TITLE).first.wait_for()
+        status = page.wait_for_selector("#server-status[data-state=down]")
+        assert status is not None
+        assert page.get_by_text("is not reachable").count() >= 1
+        assert page.get_by_text("Retrying").count() >= 1
+        assert not page.get_by_text("Traceback").count()
