@@ -204,7 +204,7 @@ def selected_stream(api: Api, streams: list[dict[str, Any]], state: DashboardSta
             key="json",
         )
     with right:
-        st.caption("recent probabilities (smoothed over ~4 s)")
+        st.caption("smoothed probabilities")
         if view and view.probabilities:
             st.altair_chart(probability_chart(view.probabilities))
         else:

@@ -18,8 +18,6 @@ from typing import Any, cast
 from stream_server.messages import GenreChange, GenreUpdate, ServerMessage, TrackChange
 from stream_server.timeline import Segment, TimelineBuilder
 
-#: Seconds of stream time over which :attr:`StreamView.probabilities` are smoothed.
-PROBABILITY_TIME_CONSTANT_S = 4.0
 #: Genre changes kept in the change log (all streams together).
 MAX_CHANGES = 500
 #: Track titles kept per stream.
@@ -44,8 +42,8 @@ class StreamView:
         latency_ms: Latency of the latest update, milliseconds.
         last_update_wall: Unix seconds of the latest update.
         updates: ``genre.update`` messages seen.
-        probabilities: Raw top-k probabilities averaged exponentially over the last
-            :data:`PROBABILITY_TIME_CONSTANT_S` seconds of stream time, label to ``0..1``.
+        probabilities: The server's smoothed probability of every label, best first, label to
+            ``0..1``.
         titles: ``(stream_time_s, title)`` announced by the source, oldest first.
     """
 
@@ -177,11 +175,7 @@ class DashboardState:
         view.timeline.add(
             t, m["genre"], float(m["confidence"]), window_start_s=float(m["window_start_s"])
         )
-        view.probabilities = smooth_probabilities(
-            view.probabilities,
-            {p["label"]: float(p["prob"]) for p in m["top"]},
-            dt_s=t - view.stream_time_s if view.updates else math.inf,
-        )
+        view.probabilities = {p["label"]: float(p["prob"]) for p in m["smoothed"]}
         view.genre = m["genre"]
         view.confidence = float(m["confidence"])
         view.stream_time_s = t
@@ -215,26 +209,6 @@ class DashboardState:
     def snapshot(self) -> DashboardState:
         """A deep copy, safe to read while the original keeps changing."""
         return copy.deepcopy(self)
-
-
-def smooth_probabilities(
-    previous: dict[str, float], top: dict[str, float], *, dt_s: float
-) -> dict[str, float]:
-    """Exponential average of top-k probabilities; ``dt_s`` seconds of stream time since the last.
-
-    Labels missing from ``top`` count as probability 0. Returns label to probability (``0..1``),
-    best first, without labels whose weight fell below 0.001.
-    """
-    if not math.isfinite(dt_s) or not previous:
-        keep = 0.0
-    else:
-        keep = math.exp(-max(dt_s, 0.0) / PROBABILITY_TIME_CONSTANT_S)
-    labels = set(previous) | set(top)
-    mixed = {
-        label: keep * previous.get(label, 0.0) + (1.0 - keep) * top.get(label, 0.0)
-        for label in labels
-    }
-    return dict(sorted(((k, v) for k, v in mixed.items() if v >= 0.001), key=lambda kv: -kv[1]))
 
 
 def merge_segments(history: list[Segment], live: list[Segment]) -> list[Segment]:

@@ -56,7 +56,8 @@ class StreamStarted(TypedDict):
 
 
 class GenreUpdate(TypedDict):
-    """One computed window: raw top-k and the smoothed current genre."""
+    """One computed window: its raw top-k, every label's smoothed probability (best first) and
+    the current genre decided from them."""
 
     type: Literal["genre.update"]
     seq: int
@@ -65,6 +66,7 @@ class GenreUpdate(TypedDict):
     window_start_s: float
     wall_time: float
     top: list[LabelProb]
+    smoothed: list[LabelProb]
     genre: str
     confidence: float
     latency_ms: float

@@ -250,6 +250,8 @@ class StreamSession:
         k = min(self.params.top_k, len(self.params.labels))
         order = np.argsort(-probs, kind="stable")[:k]
         top = [LabelProb(label=self.params.labels[i], prob=_round(probs[i])) for i in order]
+        ranked = np.argsort(-smoothed, kind="stable")
+        smooth = [LabelProb(label=self.params.labels[i], prob=_round(smoothed[i])) for i in ranked]
         sent = time.monotonic() if now is None else now
         wall = time.time()
         update = GenreUpdate(
@@ -260,6 +262,7 @@ class StreamSession:
             window_start_s=round(window_start, 3),
             wall_time=wall,
             top=top,
+            smoothed=smooth,
             genre=genre,
             confidence=_round(confidence),
             latency_ms=round(max(0.0, sent - job.arrival) * 1000.0, 2),

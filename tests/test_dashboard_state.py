@@ -33,6 +33,7 @@ def update(seq: int, t: float, genre: str, conf: float, sid: str = "s1") -> Genr
         window_start_s=t - 5.0,
         wall_time=100.0 + t,
         top=[{"label": genre, "prob": conf}, {"label": "other", "prob": 1.0 - conf}],
+        smoothed=[{"label": genre, "prob": conf}, {"label": "other", "prob": 1.0 - conf}],
         genre=genre,
         confidence=conf,
         latency_ms=12.5,
@@ -103,8 +104,9 @@ def test_state_follows_a_stream_from_start_to_end() -> None:
     ]
     assert state.last_seq == 8
     # recent probabilities: blues rising, jazz fading, both still present
-    assert set(view.probabilities) >= {"jazz", "blues"}
-    assert 0 < view.probabilities["blues"] < 0.7
+    # the bars are the server's smoothed probabilities of the latest update, best first
+    assert view.probabilities == pytest.approx({"blues": 0.7, "other": 0.3})
+    assert list(view.probabilities) == ["blues", "other"]
 
 
 def test_state_ignores_duplicates_unknown_types_and_malformed_messages() -> None:

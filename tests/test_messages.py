@@ -227,6 +227,7 @@ def update(confidence: float = 0.75) -> GenreUpdate:
         window_start_s=2.5,
         wall_time=1700000000.25,
         top=[LabelProb(label="jazz", prob=0.75), LabelProb(label="rock", prob=0.125)],
+        smoothed=[LabelProb(label="jazz", prob=0.625), LabelProb(label="rock", prob=0.375)],
         genre="jazz",
         confidence=confidence,
         latency_ms=31.5,

@@ -284,6 +284,9 @@ def test_first_update_fields_and_change() -> None:
     ]
     assert update["genre"] == "jazz"
     assert update["confidence"] == 0.6
+    # every label's smoothed probability, best first (the first update is its own smoothing)
+    assert [p["label"] for p in update["smoothed"]] == ["jazz", "classical", "blues", "rock"]
+    assert [p["prob"] for p in update["smoothed"]] == [0.6, 0.2, 0.1, 0.1]
     assert update["latency_ms"] == 250.0
     assert session.last_update is update
     assert session.windows_computed == 1
