@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import SHARED_GENRES, TIMEOUT_S
+from tests.test_puller import EndlessMp3, mp3_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,9 +180,14 @@ def until(check: Any, what: str, timeout_s: float = 2 * TIMEOUT_S) -> Any:
 def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
     tmp_path: Path,
 ) -> None:
-    pushed, radio = clips("jazz", 2)
+    [pushed] = clips("jazz", 1)
     [upload] = clips("classical", 1)
-    with genrecast_server(tmp_path) as server, dashboard(server) as url:
+    mp3 = mp3_file(tmp_path, 6.0).read_bytes()
+    with (
+        EndlessMp3(mp3) as radio_station,
+        genrecast_server(tmp_path) as server,
+        dashboard(server) as url,
+    ):
         labels = httpx.get(f"{server}/ready", trust_env=False).json()["labels"]
         push = Proc(
             cli("push", str(pushed), "--server", server, "--realtime", "--name", "live jazz")
@@ -216,15 +222,16 @@ def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
                 assert result.get_attribute("data-genre") in labels
                 assert "processed in" in (result.text_content() or "")
 
-                # a path added in the form becomes a stream the server pulls
-                page.get_by_label("URL or a path on the server").fill(str(radio))
+                # a radio URL added in the form becomes a stream the server pulls
+                page.get_by_label("URL or a path on the server").fill(radio_station.url)
                 page.get_by_label("name (optional)").fill("dashboard radio")
                 page.get_by_role("button", name="Add stream").click()
                 added = page.wait_for_selector("#add-result[data-stream-id]")
                 added_id = added.get_attribute("data-stream-id")
                 [pulled] = [s for s in streams_of(server) if s["stream_id"] == added_id]
                 assert pulled["kind"] == "url" and pulled["name"] == "dashboard radio"
-                page.wait_for_selector(f"#streams tr[data-stream-id='{added_id}']")
+                assert pulled["source"] == radio_station.url
+                page.wait_for_selector(f"#streams tr[data-stream-id='{added_id}'][data-genre]")
                 assert not page.get_by_text("Traceback").count()
         finally:
             push.stop()
