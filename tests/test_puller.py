@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import numpy as np
@@ -288,38 +288,18 @@ def mp3_file(tmp_path: Path, seconds: float) -> Path:
     return out
 
 
-class EndlessMp3:
-    """A plain HTTP server (``http.server``) sending an MP3 for ever at real time."""
+class LoopbackServer:
+    """A ``socketserver`` server on a free loopback port, served by a background thread while
+    the ``with`` block runs; ``stop`` is set on exit so endless handlers return."""
 
-    def __init__(self, mp3: bytes) -> None:
-        self.mp3 = mp3
+    def __init__(self, server: socketserver.TCPServer, path: str) -> None:
         self.stop = threading.Event()
-        owner = self
+        self.server = server
+        self.server.daemon_threads = True  # type: ignore[attr-defined]
+        self.url = f"http://127.0.0.1:{server.server_address[1]}{path}"
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "audio/mpeg")
-                self.end_headers()
-                t0, sent, step = time.monotonic(), 0, 4000
-                with contextlib.suppress(OSError):
-                    while not owner.stop.is_set():
-                        pos = sent % len(owner.mp3)
-                        chunk = (owner.mp3 + owner.mp3)[pos : pos + step]
-                        self.wfile.write(chunk)
-                        sent += len(chunk)
-                        ahead = sent / MP3_BYTES_PER_S - (time.monotonic() - t0)
-                        owner.stop.wait(max(0.0, ahead - 0.5))  # pacing: half a second ahead
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/endless.mp3"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> EndlessMp3:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -327,6 +307,38 @@ class EndlessMp3:
         self.stop.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def send_paced_mp3(write: Callable[[bytes], object], mp3: bytes, stop: threading.Event) -> None:
+    """Write ``mp3`` in a loop at real time (half a second ahead) until ``stop`` is set."""
+    t0, sent, step = time.monotonic(), 0, 4000
+    with contextlib.suppress(OSError):
+        while not stop.is_set():
+            pos = sent % len(mp3)
+            chunk = (mp3 + mp3)[pos : pos + step]
+            write(chunk)
+            sent += len(chunk)
+            ahead = sent / MP3_BYTES_PER_S - (time.monotonic() - t0)
+            stop.wait(max(0.0, ahead - 0.5))
+
+
+class EndlessMp3(LoopbackServer):
+    """A plain HTTP server (``http.server``) sending an MP3 for ever at real time."""
+
+    def __init__(self, mp3: bytes) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/mpeg")
+                self.end_headers()
+                send_paced_mp3(self.wfile.write, mp3, owner.stop)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler), "/endless.mp3")
 
 
 @contextlib.asynccontextmanager
@@ -432,7 +444,7 @@ def test_endless_http_mp3_goes_live_via_the_cli_and_delete_stops_it(
     run(scenario())
 
 
-class HlsFolder:
+class HlsFolder(LoopbackServer):
     """An HLS playlist of AAC segments (made by ffmpeg) served by a plain ``http.server``."""
 
     def __init__(self, tmp_path: Path, seconds: float) -> None:
@@ -458,18 +470,7 @@ class HlsFolder:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/index.m3u8"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> HlsFolder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler), "/index.m3u8")
 
 
 def test_hls_playlist_goes_live_and_produces_updates(
@@ -502,12 +503,11 @@ def test_hls_playlist_goes_live_and_produces_updates(
     run(scenario())
 
 
-class ShoutcastV1:
+class ShoutcastV1(LoopbackServer):
     """An old SHOUTcast-style server: it answers ``ICY 200 OK`` (not HTTP) and sends MP3."""
 
     def __init__(self, mp3: bytes) -> None:
         owner = self
-        self.stop = threading.Event()
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
@@ -516,27 +516,9 @@ class ShoutcastV1:
                 with contextlib.suppress(OSError):
                     self.wfile.write(b"ICY 200 OK\r\nicy-name: old radio\r\n")
                     self.wfile.write(b"content-type: audio/mpeg\r\n\r\n")
-                    t0, sent = time.monotonic(), 0
-                    while not owner.stop.is_set():
-                        chunk = mp3[sent % len(mp3) :][:4000]
-                        self.wfile.write(chunk)
-                        sent += len(chunk)
-                        ahead = sent / MP3_BYTES_PER_S - (time.monotonic() - t0)
-                        owner.stop.wait(max(0.0, ahead - 0.5))
+                send_paced_mp3(self.wfile.write, mp3, owner.stop)
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> ShoutcastV1:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler), "/")
 
 
 def test_an_icy_200_ok_server_is_read_through_ffmpeg(
