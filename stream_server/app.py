@@ -12,6 +12,7 @@ Routes:
     GET /metrics                   Prometheus text format
     POST /classify                 one file (multipart ``file``, or an audio/* body) -> genres
     POST /webrtc/offer             browser audio over WebRTC: SDP offer in, answer + stream_id out
+                                   (501 without the ``webrtc`` extra)
     GET /mic                       the browser microphone page
 """
 
@@ -21,21 +22,31 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from stream_server.errors import ProtocolError
+from stream_server.extras import EXTRAS
 from stream_server.messages import StreamEnded, dumps, error, parse_client_message
 from stream_server.puller import local_path
 from stream_server.service import LiveStream, Service
 from stream_server.timeline import segments_to_csv
 from stream_server.upload import classify_endpoint
-from stream_server.webrtc import WebRTCGateway, mic_page, offer_endpoint
+
+if TYPE_CHECKING:
+    from stream_server.webrtc import WebRTCGateway
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+#: An HTTP route's handler.
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger(__name__)
 
@@ -265,14 +276,33 @@ async def delete_stream(request: Request) -> Response:
     return JSONResponse({"stream_id": stream_id, "state": "ended"})
 
 
+async def mic_page(request: Request) -> Response:
+    """``GET /mic``: the browser microphone page."""
+    return FileResponse(STATIC_DIR / "mic.html", media_type="text/html; charset=utf-8")
+
+
+async def webrtc_not_installed(request: Request) -> Response:
+    """``POST /webrtc/offer`` on a server installed without the ``webrtc`` extra: 501."""
+    return JSONResponse({"error": EXTRAS["webrtc"].missing}, status_code=501)
+
+
 async def metrics(request: Request) -> Response:
     service: Service = request.app.state.service
     return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
 
+def _webrtc(service: Service) -> tuple[WebRTCGateway | None, Endpoint]:
+    """The WebRTC gateway and its offer endpoint; ``None`` and a 501 without the extra."""
+    if not EXTRAS["webrtc"].installed():
+        return None, webrtc_not_installed
+    from stream_server.webrtc import WebRTCGateway, offer_endpoint
+
+    return WebRTCGateway(service), offer_endpoint
+
+
 def create_app(service: Service) -> Starlette:
     """The ASGI app around ``service``; its lifespan starts and stops the service."""
-    webrtc = WebRTCGateway(service)
+    webrtc, offer = _webrtc(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -280,7 +310,8 @@ def create_app(service: Service) -> Starlette:
         try:
             yield
         finally:
-            await webrtc.close()
+            if webrtc is not None:
+                await webrtc.close()
             await service.stop()
 
     app = Starlette(
@@ -295,7 +326,11 @@ def create_app(service: Service) -> Starlette:
             Route("/streams/{stream_id}/timeline", timeline),
             Route("/metrics", metrics),
             Route("/classify", classify_endpoint, methods=["POST"]),
-            Route("/webrtc/offer", offer_endpoint, methods=["POST"]),
+            Route(
+                "/webrtc/offer",
+                offer,
+                methods=["POST"],
+            ),
             Route("/mic", mic_page),
         ],
         lifespan=lifespan,

@@ -22,10 +22,11 @@ import numpy as np
 
 from stream_server.config import Config
 from stream_server.decode import decode_mono
+from stream_server.device import pick_device
 from stream_server.engine import WindowJob
 from stream_server.messages import ClassifiedSegment, ClassifiedWindow, ClassifyResult, GenreUpdate
 from stream_server.model import LoadedModel, resolve_model
-from stream_server.runner import InferenceRunner, pick_device
+from stream_server.runner import InferenceRunner
 from stream_server.session import SessionParams, StreamSession, session_params
 from stream_server.timeline import Segment
 

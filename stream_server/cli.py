@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -11,8 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stream_server import version
 from stream_server.config import Config, load_config
 from stream_server.errors import GenrecastError
+from stream_server.extras import require as require_extra
+from stream_server.recipes import ARCHITECTURES, TrainOptions, with_overrides
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -45,6 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    import asyncio
+
     from stream_server.client import http_base, print_progress, pull, push, wants_pull
 
     if args.pull or wants_pull(args.source):
@@ -90,6 +94,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
     from stream_server.client import watch
 
     asyncio.run(
@@ -138,7 +144,8 @@ def _genres(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from stream_server.train import TrainOptions, main_log_setup, train, with_overrides
+    require_extra("train")
+    from stream_server.train import main_log_setup, train
 
     main_log_setup()
     opts = with_overrides(
@@ -169,10 +176,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    require_extra("train")
     from stream_server.dataset import SPLIT_FILE, load_split, scan
+    from stream_server.device import pick_device
     from stream_server.evaluate import evaluate, format_report, save_report
     from stream_server.model import resolve_model
-    from stream_server.runner import pick_device
 
     config = _load_config(args)
     model = resolve_model(config.model.path)
@@ -210,6 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import os
 
+    require_extra("dashboard")
     app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
     command = [
         sys.executable, "-m", "streamlit", "run", str(app),
@@ -222,8 +231,34 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)  # Streamlit takes over this process (and its signals)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from stream_server.config import PROJECT_CONFIG
+    from stream_server.doctor import doctor
+    from stream_server.errors import ConfigError
+
+    try:
+        config = _load_config(args)
+    except ConfigError as exc:
+        return doctor(None, str(exc), as_json=args.json)
+    path = args.config or (PROJECT_CONFIG if PROJECT_CONFIG.is_file() else None)
+    return doctor(config, f"{path}" if path else "no config.toml: the defaults", as_json=args.json)
+
+
+class _Version(argparse.Action):
+    """``--version``: looks the version up only when asked (the lookup reads package metadata)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"genrecast {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Builds without importing torch, PyAV or any server library."""
     parser = argparse.ArgumentParser(prog="genrecast", description="Real-time music-genre monitor.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the server")
@@ -301,8 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
-    from stream_server.train import ARCHITECTURES, TrainOptions
-
     d = TrainOptions(data="", out="")
     p = sub.add_parser("train", help="train a genre model on a folder-per-genre dataset")
     p.add_argument("--data", required=True, help="dataset root: one folder of clips per genre")
@@ -364,6 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check this installation: versions, CUDA, codecs, the model, the port, the database",
+    )
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--host", help="listen address to check (config: server.host)")
+    p.add_argument("--port", type=int, help="listen port to check (config: server.port)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -12,6 +12,7 @@ Every error genrecast raises on purpose derives from :class:`GenrecastError`::
     ├── DecodeError            an audio file or URL could not be opened or decoded
     │   └── SourceStalled      a pulled source delivered no audio for ``sources.stall_s`` (puller)
     ├── ModelLoadError         a checkpoint could not be found or loaded
+    ├── MissingExtraError      a command needs an optional extra that is not installed
     ├── DatasetError           a training / evaluation dataset is missing, empty or malformed
     ├── StorageError           the timeline database could not be read or written
     ├── EngineStopped          the engine stopped before a one-shot run finished (engine)
@@ -76,6 +77,13 @@ class DecodeError(GenrecastError):
 
 class ModelLoadError(GenrecastError):
     """A model checkpoint could not be found or loaded."""
+
+
+class MissingExtraError(GenrecastError):
+    """A feature needs an optional extra (``webrtc``, ``dashboard``, ``train``) not installed.
+
+    The message names the feature, the extra and the command that installs it.
+    """
 
 
 class DatasetError(GenrecastError):

@@ -15,10 +15,7 @@ Both modules name the model keyword argument their output goes to in ``input_nam
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, ClassVar, TypeAlias
+from typing import ClassVar, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -26,68 +23,7 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from stream_server.fbank import FbankPreprocessing, KaldiFbank
-
-#: File beside a checkpoint that records how its audio was turned into images.
-PREPROCESSING_FILE = "audio_preprocessing.json"
-
-
-@dataclass(frozen=True)
-class AudioPreprocessing:
-    """How a window of audio becomes a model input.
-
-    Defaults follow the mel-spectrogram ViT recipe: 22050 Hz, ``n_fft`` 2048, hop 512 samples,
-    128 mel bands up to 8000 Hz, power in dB against the window's maximum with an 80 dB floor,
-    resized to a 224x224 three-channel image normalised with mean 0.5 / std 0.5.
-    """
-
-    sample_rate: int = 22050
-    n_fft: int = 2048
-    hop_length: int = 512
-    n_mels: int = 128
-    f_min: float = 0.0
-    f_max: float = 8000.0
-    top_db: float = 80.0
-    window_seconds: float = 10.0
-    image_size: tuple[int, int] = (224, 224)
-    num_channels: int = 3
-    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-
-    @property
-    def window_samples(self) -> int:
-        """Samples in one window at ``sample_rate``."""
-        return round(self.window_seconds * self.sample_rate)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["image_size"] = list(self.image_size)
-        data["image_mean"] = list(self.image_mean)
-        data["image_std"] = list(self.image_std)
-        return data
-
-    @classmethod
-    def from_json(
-        cls, data: dict[str, Any], base: AudioPreprocessing | None = None
-    ) -> AudioPreprocessing:
-        """Values from ``data`` over ``base`` (default: the defaults); unknown keys ignored."""
-        values = asdict(base or cls())
-        names = {f.name for f in fields(cls)}
-        for key, value in data.items():
-            if key in names:
-                values[key] = value
-        size = values["image_size"]
-        values["image_size"] = (
-            (int(size), int(size)) if isinstance(size, int | float) else tuple(int(s) for s in size)
-        )
-        for key in ("image_mean", "image_std"):
-            val = values[key]
-            values[key] = tuple(float(v) for v in (val if isinstance(val, list | tuple) else [val]))
-        return cls(**values)
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / PREPROCESSING_FILE
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        return path
+from stream_server.preprocessing import AudioPreprocessing
 
 
 def mel_power(wave: Tensor, window: Tensor, fbanks: Tensor, n_fft: int, hop_length: int) -> Tensor:

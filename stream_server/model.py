@@ -33,14 +33,8 @@ from torch import Tensor, nn
 
 from stream_server.errors import ModelLoadError
 from stream_server.fbank import PROCESSOR_FILE, FbankPreprocessing
-from stream_server.features import (
-    PREPROCESSING_FILE,
-    AudioPreprocessing,
-    Features,
-    LogMelImage,
-    Preprocessing,
-    make_features,
-)
+from stream_server.features import Features, LogMelImage, Preprocessing, make_features
+from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
 
 log = logging.getLogger(__name__)
 

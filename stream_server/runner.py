@@ -17,18 +17,6 @@ import torch
 from stream_server.model import LoadedModel
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from stream_server.errors import ConfigError
-
-        raise ConfigError("engine.device", f"{name!r} asked for, but no CUDA device is available")
-    return device
-
-
 @dataclass(frozen=True)
 class BatchTiming:
     """Seconds spent on one batch: host staging + device work + copy back."""

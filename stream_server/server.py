@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,29 +17,12 @@ import uvicorn
 
 from stream_server.app import create_app
 from stream_server.config import Config
+from stream_server.listen import bind
 from stream_server.model import LoadedModel
 from stream_server.service import Service
 
 #: Room above ``server.max_frame_bytes`` before the protocol layer itself refuses a frame.
 _FRAME_HEADROOM_BYTES = 64 * 1024
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (``port`` 0: any free port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only then,
-    # and without it small responses on a kept-alive connection wait out Nagle's algorithm.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        if os.name == "posix":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 def uvicorn_config(service: Service) -> uvicorn.Config:

@@ -19,6 +19,7 @@ from typing import Any
 
 from stream_server.audio import validate_format
 from stream_server.config import Config
+from stream_server.device import pick_device
 from stream_server.engine import Engine, WindowJob, WindowResult
 from stream_server.errors import ProtocolError
 from stream_server.hub import Subscriber, UpdateHub
@@ -26,7 +27,7 @@ from stream_server.messages import StartMessage, StreamEnded, StreamStarted, Tra
 from stream_server.metrics import Metrics
 from stream_server.model import LoadedModel, resolve_model
 from stream_server.puller import Puller, StreamState
-from stream_server.runner import InferenceRunner, pick_device
+from stream_server.runner import InferenceRunner
 from stream_server.session import StreamSession, session_params, window_seconds
 from stream_server.store import StreamRecord, TimelineStore, TrackTitle
 from stream_server.timeline import Segment

@@ -26,7 +26,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import aioice.ice
@@ -41,7 +40,7 @@ from aiortc import (
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from stream_server.errors import GenrecastError, ProtocolError
 from stream_server.messages import StartMessage
@@ -63,8 +62,6 @@ MAX_NAME_CHARS: Final = 200
 #: Loopback addresses added to aioice's host addresses, by IP version.
 LOOPBACK_V4: Final = "127.0.0.1"
 LOOPBACK_V6: Final = "::1"
-
-STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 
 _FULL_SCALE: Final = 32767.0
 
@@ -414,8 +411,3 @@ async def offer_endpoint(request: Request) -> Response:
         log.info("WebRTC offer refused (%d): %s", exc.status, exc)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     return JSONResponse(answer)
-
-
-async def mic_page(request: Request) -> Response:
-    """``GET /mic``: the browser microphone page."""
-    return FileResponse(STATIC_DIR / "mic.html", media_type="text/html; charset=utf-8")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from stream_server.config import Config, config_from_dict
-from stream_server.features import AudioPreprocessing
 from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
+from stream_server.preprocessing import AudioPreprocessing
 
 LABELS = ("blues", "classical", "jazz", "rock")
 SHARED_GENRES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "genres"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Installs genrecast with its development tools into .venv, then runs every check:
-# ruff (format + lint), mypy (strict), pytest (warnings are errors) with branch coverage.
+# Installs genrecast with every extra and the development tools into .venv from the lock, then
+# runs every check: the lock agrees with pyproject.toml, ruff (format + lint), mypy (strict),
+# pytest (warnings are errors) with branch coverage.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k server`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+bash tools/install.sh --all-extras --group dev
+# uv.lock must be what pyproject.toml resolves to: a changed dependency needs `.uv/bin/uv lock`.
+.uv/bin/uv lock --check --offline
 
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +13,14 @@ import httpx
 import pytest
 
 from tests.conftest import TIMEOUT_S, encode_audio, music
-
-GENRECAST = [sys.executable, "-m", "stream_server.cli"]
+from tests.helpers.cli import (
+    GENRECAST,
+    free_port,
+    genrecast,
+    start_server,
+    stop_server,
+    write_config,
+)
 
 
 def write_wav(path: Path, seconds: float) -> Path:
@@ -25,53 +29,7 @@ def write_wav(path: Path, seconds: float) -> Path:
 
 @pytest.fixture
 def cli_config(tmp_path: Path, tiny_checkpoint: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[server]
-port = 0
-log_level = "warning"
-
-[model]
-path = "{tiny_checkpoint}"
-
-[engine]
-device = "cpu"
-hop_s = 0.5
-
-[storage]
-database = "{tmp_path / "cli.db"}"
-""",
-        encoding="utf-8",
-    )
-    return path
-
-
-def start_server(config: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [*GENRECAST, "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:  # blocks until the server says it is ready
-        match = re.search(r"ready on (http://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    raise AssertionError(f"server exited with {proc.wait()} before it was ready")
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    return write_config(tmp_path / "config.toml", tiny_checkpoint, database=tmp_path / "cli.db")
 
 
 @pytest.fixture
@@ -81,13 +39,6 @@ def server(cli_config: Path) -> Iterator[str]:
         yield url
     finally:
         stop_server(proc)
-
-
-def genrecast(*args: str, timeout: float = 3 * TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [*GENRECAST, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
 
 
 def test_serve_push_watch_and_timeline_across_restart(cli_config: Path, tmp_path: Path) -> None:
@@ -159,14 +110,69 @@ def test_errors_are_reported_without_tracebacks(cli_config: Path, tmp_path: Path
     assert config_error.returncode == 2
     assert "engine.max_batch" in config_error.stderr and "Traceback" not in config_error.stderr
 
-    # Nothing listens on a port we just bound and closed.
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     wav = write_wav(tmp_path / "x.wav", 1.0)
     unreachable = genrecast("push", str(wav), "--server", f"http://127.0.0.1:{port}", "--quiet")
     assert unreachable.returncode == 2
     assert "cannot reach the server" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+def test_the_parser_builds_without_torch_or_any_server_library() -> None:
+    heavy = ["torch", "torchaudio", "transformers", "av", "aiortc", "streamlit", "numpy"]
+    heavy += ["starlette", "uvicorn", "websockets", "httpx", "matplotlib", "asyncio"]
+    probe = (
+        "import sys\n"
+        "from stream_server.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "assert parser.parse_args(['doctor', '--json']).json\n"
+        f"print(','.join(sorted(set({heavy!r}) & set(sys.modules))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""  # none of them was imported
+
+    helped = genrecast("--help")
+    assert helped.returncode == 0, helped.stderr
+    for command in ("serve", "push", "watch", "classify", "train", "evaluate", "doctor"):
+        assert command in helped.stdout
+    train_help = genrecast("train", "--help")
+    assert "levit-small" in train_help.stdout and "default 120" in train_help.stdout
+
+
+def test_version_is_the_installed_package_version() -> None:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    expected = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    result = genrecast("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"genrecast {expected}"
+
+
+def test_a_lean_install_serves_and_names_the_missing_extras(
+    cli_config: Path, tmp_path: Path
+) -> None:
+    lean = "aiortc,streamlit,matplotlib"
+    proc, url = start_server(cli_config, without=lean)
+    try:
+        assert httpx.get(f"{url}/ready", timeout=TIMEOUT_S).status_code == 200
+        offer = httpx.post(f"{url}/webrtc/offer", json={"sdp": "v=0", "type": "offer"})
+        assert offer.status_code == 501
+        assert "'webrtc' extra" in offer.json()["error"]
+        assert "--extra webrtc" in offer.json()["error"]
+        assert httpx.get(f"{url}/mic", timeout=TIMEOUT_S).status_code == 200  # shows the error
+        wav = write_wav(tmp_path / "lean.wav", 3.0)
+        pushed = genrecast("push", str(wav), "--server", url, "--quiet", without=lean)
+        assert pushed.returncode == 0, pushed.stderr
+        assert re.search(r"[1-9]\d* windows computed", pushed.stdout), pushed.stdout
+    finally:
+        stop_server(proc)
+
+    for command, extra in (("dashboard", "dashboard"), ("evaluate --data x", "train")):
+        refused = genrecast(*command.split(), without=lean)
+        assert refused.returncode == 2
+        assert f"needs the {extra!r} extra" in refused.stderr
+        assert f"--extra {extra}" in refused.stderr and "Traceback" not in refused.stderr

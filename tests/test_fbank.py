@@ -25,8 +25,9 @@ from stream_server.fbank import (
     normalize,
     pad_or_truncate,
 )
-from stream_server.features import AudioPreprocessing, LogMelImage, make_features
+from stream_server.features import LogMelImage, make_features
 from stream_server.model import GenreClassifier, LoadedModel, load_model, save_checkpoint
+from stream_server.preprocessing import AudioPreprocessing
 from stream_server.runner import InferenceRunner
 from stream_server.session import session_params
 from tests.conftest import DEVICES, cuda_param, encode_audio, music

@@ -11,14 +11,8 @@ import pytest
 import torch
 import torchaudio
 
-from stream_server.features import (
-    PREPROCESSING_FILE,
-    AudioPreprocessing,
-    LogMelImage,
-    db_to_image,
-    mel_power,
-    power_to_db_ref_max,
-)
+from stream_server.features import LogMelImage, db_to_image, mel_power, power_to_db_ref_max
+from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
 from tests.conftest import DEVICES, music
 
 SHORT = AudioPreprocessing(window_seconds=2.0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stream_server.errors import ModelLoadError
-from stream_server.features import PREPROCESSING_FILE, AudioPreprocessing, LogMelImage
+from stream_server.features import LogMelImage
 from stream_server.model import (
     DEFAULT_GENRES,
     UNTRAINED,
@@ -25,6 +25,7 @@ from stream_server.model import (
     tiny_vit,
     untrained_model,
 )
+from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
 from tests.conftest import LABELS, music
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

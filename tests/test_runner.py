@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from stream_server.device import pick_device
 from stream_server.errors import ConfigError
 from stream_server.model import LoadedModel, load_model
-from stream_server.runner import BatchTiming, InferenceRunner, pick_device
+from stream_server.runner import BatchTiming, InferenceRunner
 from tests.conftest import DEVICES, LABELS, cuda_param, music
 
 

@@ -22,9 +22,10 @@ from websockets.exceptions import ConnectionClosed
 
 from stream_server.client import push_frames
 from stream_server.config import Config
-from stream_server.features import AudioPreprocessing
+from stream_server.listen import bind
 from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
-from stream_server.server import RunningServer, bind, running_server
+from stream_server.preprocessing import AudioPreprocessing
+from stream_server.server import RunningServer, running_server
 from tests.conftest import TIMEOUT_S, music, to_s16le
 
 RATE = 44100

@@ -22,15 +22,13 @@ from stream_server.dataset import SPLIT_FILE, Clip, load_split
 from stream_server.errors import DatasetError, GenrecastError
 from stream_server.features import LogMelImage
 from stream_server.model import load_model, save_checkpoint
+from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
 from stream_server.session import StreamSession, session_params
 from stream_server.train import (
-    ARCHITECTURES,
     REPORT_FILE,
     STATE_FILE,
     TEACHER_FILE,
-    Architecture,
     ConvTeacher,
-    TrainOptions,
     build_model,
     draw_windows,
     genre_weights,
