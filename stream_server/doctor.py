@@ -76,6 +76,13 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from ...`` chain (a loader's real reason)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def _public(version: str) -> str:
     """``2.11.0+cu130`` -> ``2.11.0``: the release without the local build label."""
     return version.split("+", 1)[0]
@@ -162,7 +169,7 @@ def check_torchaudio() -> Check:
         return Check(
             "torchaudio",
             "fail",
-            f"does not load with torch {torch.__version__}: {_first_line(exc)}",
+            f"does not load with torch {torch.__version__}: {_first_line(_root_cause(exc))}",
             f"torchaudio must be the release built for this torch; {REINSTALL}",
         )
     from stream_server.fbank import FbankPreprocessing, KaldiFbank
