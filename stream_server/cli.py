@@ -175,6 +175,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_speech(args: argparse.Namespace) -> int:
+    from stream_server.train import main_log_setup
+    from stream_server.train_speech import SpeechTrainOptions, format_speech_report, train_speech
+
+    main_log_setup()
+    defaults = SpeechTrainOptions(speech="", music="", out="")
+    opts = dataclasses.replace(
+        defaults,
+        speech=args.speech,
+        music=args.music,
+        out=args.out,
+        genres=_genres(args),
+        epochs=args.epochs or defaults.epochs,
+        seed=defaults.seed if args.seed is None else args.seed,
+    )
+    report = train_speech(opts)
+    print(format_speech_report(report))
+    print(f"speech detector saved to {opts.out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     require_extra("train")
     from stream_server.dataset import SPLIT_FILE, load_split, scan
@@ -369,6 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the saved state in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "train-speech", help="train the speech detector that gates music from speech"
+    )
+    p.add_argument(
+        "--speech", required=True, help="speech set: speech/ and music/ with MANIFEST.tsv"
+    )
+    p.add_argument("--music", required=True, help="the genre dataset (music with vocals)")
+    p.add_argument("--out", required=True, help="output directory for the detector")
+    p.add_argument("--genres", help="the genre model's genres (so both use the same split)")
+    p.add_argument("--epochs", type=int, help="epochs (default 12)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.set_defaults(func=cmd_train_speech)
 
     p = sub.add_parser("evaluate", help="accuracy, per-genre figures and confusion on a dataset")
     p.add_argument("--data", required=True, help="dataset root: one folder of clips per genre")

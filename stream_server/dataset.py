@@ -1,8 +1,10 @@
-"""Genre datasets on disk: a folder per genre, split by file, decoded once and cached.
+"""Genre datasets on disk: a folder per genre, split by artist, decoded once and cached.
 
 A dataset root holds one sub-folder per genre; the folder name is the label and every audio file
-inside (any format FFmpeg decodes) is one clip. Splits are made by *file*, stratified by genre and
-seeded, so windows of one clip never land on both sides. Clips are decoded with PyAV to mono
+inside (any format FFmpeg decodes) is one clip. Splits keep each artist group on one side
+(:mod:`stream_server.provenance`; by file where the dataset names no sources), stratified by
+genre and source and seeded, so windows of one clip, or clips of one artist, never land on both
+sides. Clips are decoded with PyAV to mono
 float32 at the model's sample rate and cached as ``.npy`` files keyed by path, size, mtime and
 rate, so a second run starts in seconds.
 """
@@ -21,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from stream_server.decode import decode_mono
+from stream_server.decode import codec_round_trip, decode_mono
 from stream_server.errors import DatasetError, DecodeError
+from stream_server.provenance import Provenance, provenance_of
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +92,64 @@ def labels_of(clips: Iterable[Clip]) -> tuple[str, ...]:
 
 
 def stratified_split(
-    clips: Sequence[Clip], val_fraction: float, seed: int
+    clips: Sequence[Clip],
+    val_fraction: float,
+    seed: int,
+    provenance: Sequence[Provenance] | None = None,
 ) -> tuple[list[Clip], list[Clip]]:
-    """Split by file, per genre: about ``val_fraction`` of each genre's clips go to validation.
+    """Split by group, stratified by genre and source.
 
-    Every genre with at least two clips gets at least one validation clip and keeps at least one
-    training clip. The result depends only on the clips and ``seed``.
+    Within each (genre, source) stratum, whole groups (clips of one artist, see
+    :mod:`stream_server.provenance`) go to validation in a seeded random order, each one that
+    brings the stratum's validation count closer to ``round(clips * val_fraction)``; a group
+    seen in an earlier stratum keeps its side. Every genre with at least two groups then has at
+    least one validation group and keeps at least one training group. Without ``provenance``
+    every clip is its own group and the split is by file. The result depends only on the
+    clips, their provenance and ``seed``.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    prov = (
+        list(provenance) if provenance is not None else provenance_of((c.path for c in clips), {})
+    )
+    if len(prov) != len(clips):
+        raise ValueError("one provenance per clip")
+    group_of = {c.path: p.group for c, p in zip(clips, prov, strict=True)}
     rng = random.Random(seed)
-    train: list[Clip] = []
-    val: list[Clip] = []
+    in_val: dict[str, bool] = {}
+    for label, source in sorted({(c.label, p.source) for c, p in zip(clips, prov, strict=True)}):
+        members = [
+            c.path
+            for c, p in zip(clips, prov, strict=True)
+            if (c.label, p.source) == (label, source)
+        ]
+        size = Counter(group_of[path] for path in members)
+        groups = sorted(size)
+        rng.shuffle(groups)
+        target = round(len(members) * val_fraction)
+        taken = sum(n for g, n in size.items() if in_val.get(g))
+        for group in groups:
+            if group in in_val:
+                continue
+            closer = abs(taken + size[group] - target) < abs(taken - target)
+            in_val[group] = closer and len(groups) > 1
+            taken += size[group] if in_val[group] else 0
     for label in labels_of(clips):
-        group = sorted((c for c in clips if c.label == label), key=lambda c: c.path)
-        rng.shuffle(group)
-        n_val = round(len(group) * val_fraction)
-        n_val = min(max(n_val, 1), len(group) - 1) if len(group) >= 2 else 0
-        val.extend(group[:n_val])
-        train.extend(group[n_val:])
+        groups = sorted({group_of[c.path] for c in clips if c.label == label})
+        if len(groups) < 2:
+            continue
+        sides = {in_val[g] for g in groups}
+        if sides == {False}:
+            in_val[min(groups, key=lambda g: (_group_size(clips, group_of, g), g))] = True
+        elif sides == {True}:
+            in_val[min(groups, key=lambda g: (_group_size(clips, group_of, g), g))] = False
+    train = [c for c in clips if not in_val[group_of[c.path]]]
+    val = [c for c in clips if in_val[group_of[c.path]]]
     return sorted(train, key=lambda c: c.path), sorted(val, key=lambda c: c.path)
+
+
+def _group_size(clips: Sequence[Clip], group_of: dict[str, str], group: str) -> int:
+    return sum(1 for c in clips if group_of[c.path] == group)
 
 
 def counts(clips: Iterable[Clip]) -> dict[str, int]:
@@ -144,25 +185,48 @@ def load_split(path: str | Path, part: str) -> list[Clip]:
         raise DatasetError(f"cannot read split {part!r} from {file}: {exc}") from None
 
 
-def _cache_key(path: Path, sample_rate: int) -> str:
+#: A lossy codec and its bit rate (bit/s), e.g. ``("mp3", 32000)``.
+Codec = tuple[str, int]
+
+#: The codec round trips training draws from: each clip gets one, picked by its path.
+TRAINING_CODECS: tuple[Codec, ...] = (("mp3", 32000), ("aac", 32000), ("mp3", 64000))
+
+
+def codec_for(path: str) -> Codec:
+    """The clip's codec from :data:`TRAINING_CODECS`: fixed by its path, spread evenly."""
+    digest = hashlib.sha1(path.encode()).digest()
+    return TRAINING_CODECS[digest[0] % len(TRAINING_CODECS)]
+
+
+def _cache_key(path: Path, sample_rate: int, codec: Codec | None = None) -> str:
     try:
         stat = path.stat()
     except OSError as exc:  # as decoding it would: a missing clip is skipped, not fatal
         raise DecodeError(f"cannot open audio source {str(path)!r}: {exc}") from exc
     ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sample_rate}"
+    if codec is not None:
+        ident += f"|{codec[0]}@{codec[1]}"
     return hashlib.sha1(ident.encode()).hexdigest()
 
 
-def load_clip(path: Path, sample_rate: int, cache_dir: Path | None) -> FloatArray:
-    """Decode one clip to ``(samples,)`` float32 mono at ``sample_rate`` Hz, through the cache."""
-    cached = cache_dir / f"{_cache_key(path, sample_rate)}.npy" if cache_dir else None
+def load_clip(
+    path: Path, sample_rate: int, cache_dir: Path | None, codec: Codec | None = None
+) -> FloatArray:
+    """Decode one clip to ``(samples,)`` float32 mono at ``sample_rate`` Hz, through the cache.
+
+    With ``codec``, the clip as that codec delivers it (:func:`codec_round_trip`), same length.
+    """
+    cached = cache_dir / f"{_cache_key(path, sample_rate, codec)}.npy" if cache_dir else None
     if cached is not None and cached.is_file():
         try:
             loaded: FloatArray = np.load(cached).astype(np.float32, copy=False)
             return loaded
         except (OSError, ValueError):
             log.warning("ignoring unreadable cache file %s", cached)
-    audio = decode_mono(str(path), sample_rate)
+    if codec is None:
+        audio = decode_mono(str(path), sample_rate)
+    else:
+        audio = codec_round_trip(load_clip(path, sample_rate, cache_dir), sample_rate, *codec)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npy")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from stream_server.augment import add_noise, beta_quantile, mixup, spec_mask
+from stream_server.augment import add_noise, beta_quantile, colour, mixup, spec_mask
 from tests.conftest import DEVICES
 
 RATE = 22050
@@ -327,3 +327,52 @@ def test_augmentations_keep_the_device(device: str) -> None:
     torch.testing.assert_close(
         noisy.cpu(), add_noise(wave.cpu(), gen(40), prob=1.0, snr_db=(10.0, 10.0))
     )
+
+
+# -- colour --------------------------------------------------------------------------------------
+
+NO_COLOUR = {
+    "lowpass_prob": 0.0,
+    "lowpass_hz": (4000.0,),
+    "tilt_prob": 0.0,
+    "tilt_db_per_octave": 0.0,
+    "reverb_prob": 0.0,
+    "reverb_rt60_s": (0.2, 0.5),
+}
+
+
+def band_energy(wave: Tensor, lo: float, hi: float) -> Tensor:
+    spectrum = torch.fft.rfft(wave.double()).abs().square()
+    freqs = torch.fft.rfftfreq(wave.shape[1], 1 / RATE)
+    band = (freqs >= lo) & (freqs < hi)
+    return spectrum[:, band].sum(1) / spectrum.sum(1)
+
+
+def test_colour_with_nothing_drawn_is_the_identity() -> None:
+    wave = torch.randn(4, RATE, generator=gen(1))
+    assert torch.allclose(colour(wave, gen(), RATE, **NO_COLOUR), wave, atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_colour_lowpass_removes_what_lies_above_the_rolloff() -> None:
+    wave = torch.randn(4, RATE, generator=gen(1))
+    kw = {**NO_COLOUR, "lowpass_prob": 1.0, "lowpass_hz": (4000.0,)}
+    out = colour(wave, gen(), RATE, **kw)  # type: ignore[arg-type]
+    assert float(band_energy(out, 4000 * 2**0.5 + 1, RATE / 2).max()) < 1e-9
+    assert float(band_energy(out, 100, 3000).min()) > 0.3  # the band below stays
+    # the level is kept: each window's RMS is its original one
+    assert torch.allclose(out.square().mean(1), wave.square().mean(1), rtol=1e-4)
+
+
+def test_colour_tilt_and_reverb_change_the_sound_within_bounds() -> None:
+    wave = sines(6)
+    kw = {**NO_COLOUR, "tilt_prob": 1.0, "tilt_db_per_octave": 6.0}
+    tilted = colour(wave, gen(2), RATE, **kw)  # type: ignore[arg-type]
+    # a pure tone keeps its frequency under a tilt (only its level changes, and that is restored)
+    assert torch.allclose(tilted, wave, atol=1e-3)
+    kw = {**NO_COLOUR, "reverb_prob": 1.0, "reverb_rt60_s": (0.3, 0.5)}
+    click = torch.zeros(2, RATE)
+    click[:, 100] = 1.0
+    wet = colour(click, gen(3), RATE, **kw)  # type: ignore[arg-type]
+    tail = wet[:, 2000:].abs().sum(1)
+    assert bool((tail > 0.01).all())  # the click now rings on
+    assert torch.equal(colour(click, gen(3), RATE, **kw), wet)  # type: ignore[arg-type]

@@ -10,7 +10,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from stream_server.decode import DecodeStats, SourceInfo, _Converter, decode_mono, iter_pcm, probe
+from stream_server.decode import (
+    DecodeStats,
+    SourceInfo,
+    _Converter,
+    codec_round_trip,
+    decode_mono,
+    iter_pcm,
+    probe,
+)
 from stream_server.errors import DecodeError
 from tests.conftest import encode_audio
 
@@ -295,3 +303,23 @@ def test_corrupt_packets_are_skipped(mp3_stereo: Path, tmp_path: Path) -> None:
     # The undamaged first third decodes exactly as before.
     head = clean.shape[0] // 4
     np.testing.assert_array_equal(audio[:head], clean[:head])
+
+
+@pytest.mark.parametrize(("codec", "bitrate"), [("mp3", 32000), ("aac", 32000), ("mp3", 64000)])
+def test_codec_round_trip_is_aligned_same_length_and_lossy(codec: str, bitrate: int) -> None:
+    rate = 22050
+    t = np.arange(rate * 3) / rate
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3000 * t)).astype(
+        np.float32
+    )
+    out = codec_round_trip(audio, rate, codec, bitrate)
+    assert out.shape == audio.shape and out.dtype == np.float32
+    middle = slice(rate // 2, -rate // 2)
+    err = out[middle] - audio[middle]
+    snr = 10 * np.log10(np.sum(audio[middle] ** 2) / np.sum(err**2))
+    assert 10 < snr < 80  # close to the input (aligned), but not a copy
+
+
+def test_codec_round_trip_refuses_other_codecs() -> None:
+    with pytest.raises(ValueError, match="codec must be one of"):
+        codec_round_trip(np.zeros(100, dtype=np.float32), 22050, "flac", 0)

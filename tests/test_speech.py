@@ -1,0 +1,113 @@
+"""The speech detector: shapes, rates, saving and loading, and a training run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stream_server.errors import ModelLoadError
+from stream_server.speech import (
+    CONFIG_FILE,
+    N_MELS,
+    RATE,
+    SpeechDetector,
+    load_detector,
+    save_detector,
+)
+from stream_server.train_speech import SpeechTrainOptions, format_speech_report, train_speech
+from tests.conftest import encode_audio, music
+
+
+def test_detector_gives_one_probability_per_window_at_any_rate() -> None:
+    torch.manual_seed(0)
+    model = SpeechDetector(RATE).eval()
+    wave = torch.randn(3, RATE * 5) * 0.1
+    with torch.inference_mode():
+        probs = model(wave)
+        maps = model.features(wave)
+    assert probs.shape == (3,) and bool(((probs >= 0) & (probs <= 1)).all())
+    assert maps.shape == (3, 1, N_MELS, 501)  # 10 ms frames, centred
+    # loudness hardly changes the map (each is normalised; only the log floor is absolute)
+    with torch.inference_mode():
+        assert torch.allclose(model.features(wave * 0.25), maps, atol=0.02)
+    # fed at 22050 Hz, the detector resamples: the same sound gives about the same map
+    t = torch.arange(RATE * 5) / RATE
+    tone = torch.sin(2 * torch.pi * 440 * t).unsqueeze(0)
+    t22 = torch.arange(22050 * 5) / 22050
+    tone22 = torch.sin(2 * torch.pi * 440 * t22).unsqueeze(0)
+    with torch.inference_mode():
+        here = model.features(tone)
+        there = model.for_rate(22050).features(tone22)
+    assert there.shape == here.shape
+    strongest = here[0, 0, :, 5:-5].argmax(dim=0)  # the band holding 440 Hz, frame by frame
+    assert torch.equal(there[0, 0, :, 5:-5].argmax(dim=0), strongest)
+    assert int(strongest.unique().numel()) == 1
+
+
+def test_save_and_load_give_the_same_detector(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = SpeechDetector(RATE, width=8).eval()
+    save_detector(model, tmp_path, {"note": "x"})
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["width"] == 8
+    loaded = load_detector(tmp_path, sample_rate=RATE)
+    wave = torch.randn(2, RATE * 2)
+    with torch.inference_mode():
+        assert torch.equal(loaded(wave), model(wave))
+    with pytest.raises(ModelLoadError, match="speech detector"):
+        load_detector(tmp_path / "missing")
+
+
+def _voice(seconds: float, seed: int) -> np.ndarray:
+    """A crude voice: a harmonic buzz at a wandering pitch, cut into 4 Hz syllables."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    pitch = 120 + 40 * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(pitch) / RATE
+    buzz = sum(np.sin(k * phase) / k for k in range(1, 15))
+    syllables = (np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)) > 0).astype(np.float64)
+    return (0.2 * buzz * syllables).astype(np.float32)[:, None]
+
+
+def _speech_set(root: Path) -> None:
+    rows = ["file\tlabel\tsource_repo\tsource_path\tspeaker_or_artist"]
+    for i in range(4):
+        name = f"speech/s{i}.wav"
+        (root / "speech").mkdir(parents=True, exist_ok=True)
+        encode_audio(root / name, _voice(6.0, i), RATE)
+        rows.append(f"{name}\tspeech\tsynthetic\t-\tspeaker {i}")
+        name = f"music/m{i}.wav"
+        (root / "music").mkdir(parents=True, exist_ok=True)
+        encode_audio(root / name, music(6.0, RATE, channels=1, seed=i), RATE)
+        rows.append(f"{name}\tmusic\tsynthetic\t-\tband {i}")
+    (root / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_training_measures_and_saves_a_detector(tmp_path: Path) -> None:
+    speech_root, genres = tmp_path / "speech", tmp_path / "genres"
+    _speech_set(speech_root)
+    for genre in ("jazz", "rock"):
+        for i in range(3):
+            (genres / genre).mkdir(parents=True, exist_ok=True)
+            encode_audio(genres / genre / f"{i}.wav", music(6.0, RATE, 1, seed=10 + i), RATE)
+    opts = SpeechTrainOptions(
+        speech=str(speech_root),
+        music=str(genres),
+        out=str(tmp_path / "out"),
+        epochs=2,
+        steps_per_epoch=3,
+        batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    report = train_speech(opts)
+    assert report.windows["speech"] > 0 and report.windows["genre_music"] > 0
+    for share in (report.speech_called_speech, report.genre_music_called_speech):
+        assert 0.0 <= share <= 1.0
+    assert [h["epoch"] for h in report.history] == [1, 2]
+    assert "speech windows called speech" in format_speech_report(report)
+    saved = json.loads((tmp_path / "out" / CONFIG_FILE).read_text())
+    assert saved["validation"]["windows"] == report.windows
+    load_detector(tmp_path / "out")
