@@ -115,7 +115,7 @@ def colour(
 ) -> Tensor:
     """Imitate how sources differ: band-limiting, spectral tilt and room reverberation.
 
-    One FFT per batch applies, each to a random share of the windows:
+    Each applies to a random share of the windows, all in one FFT of the windows concerned:
 
     - a low-pass at a cutoff drawn from ``lowpass_hz`` (a half-octave raised-cosine roll-off), as
       an old recording or a narrow-band stream sounds (e.g. 4000 Hz: an 8 kHz file);
@@ -124,40 +124,45 @@ def colour(
       (seconds), mixed in at a random wet share of up to 50 %.
 
     ``wave`` is ``(batch, samples)`` at ``sample_rate`` Hz; the result has the same shape and
-    each window's original RMS (so levels do not drift).
+    each window's original RMS (so levels do not drift). The draws do not depend on the data.
     """
     batch, samples = wave.shape
-    rt_lo, rt_hi = reverb_rt60_s
-    ir_len = int(rt_hi * sample_rate) if reverb_prob > 0 else 0
-    n_fft = samples + ir_len
-    freqs = torch.fft.rfftfreq(n_fft, d=1.0 / sample_rate)  # (bins,)
-    gain = torch.ones(batch, freqs.numel())
-
     lowpass = torch.rand(batch, generator=gen) < lowpass_prob
-    if lowpass_hz and bool(lowpass.any()):
-        pick = torch.randint(0, len(lowpass_hz), (batch,), generator=gen)
-        cutoff = torch.tensor(lowpass_hz)[pick].unsqueeze(1)  # (batch, 1)
-        octaves = torch.log2(freqs.clamp_min(1.0).unsqueeze(0) / cutoff)  # 0 at the cutoff
-        ramp = 0.5 * (1 + torch.cos(torch.pi * (octaves / 0.5).clamp(0.0, 1.0)))
-        gain = torch.where(lowpass.unsqueeze(1), gain * ramp, gain)
-
-    tilt = (torch.rand(batch, generator=gen) < tilt_prob).float()
-    slope = tilt * tilt_db_per_octave * (2 * torch.rand(batch, generator=gen) - 1)
-    octaves_1k = torch.log2(freqs.clamp_min(20.0) / 1000.0).unsqueeze(0)
-    gain = gain * torch.pow(10.0, slope.unsqueeze(1) * octaves_1k / 20.0)
-
-    spectrum = torch.fft.rfft(wave.float().cpu(), n=n_fft) * gain
+    pick = torch.randint(0, max(1, len(lowpass_hz)), (batch,), generator=gen)
+    tilt = torch.rand(batch, generator=gen) < tilt_prob
+    slope = tilt_db_per_octave * (2 * torch.rand(batch, generator=gen) - 1)
     reverb = torch.rand(batch, generator=gen) < reverb_prob
-    if ir_len and bool(reverb.any()):
-        rt60 = rt_lo + (rt_hi - rt_lo) * torch.rand(batch, 1, generator=gen)
+    rt_lo, rt_hi = reverb_rt60_s
+    rt60 = rt_lo + (rt_hi - rt_lo) * torch.rand(batch, 1, generator=gen)
+    wet = 0.5 * torch.rand(batch, 1, generator=gen)
+    lowpass &= len(lowpass_hz) > 0
+    rows = (lowpass | tilt | reverb).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return wave
+    ir_len = int(rt_hi * sample_rate) if bool(reverb[rows].any()) else 0
+    n_fft = samples + ir_len
+    freqs = torch.fft.rfftfreq(n_fft, d=1.0 / sample_rate).unsqueeze(0)  # (1, bins)
+    gain = torch.ones(rows.numel(), freqs.shape[1])
+    if bool(lowpass[rows].any()):
+        cutoff = torch.tensor(lowpass_hz)[pick[rows]].unsqueeze(1)
+        octaves = torch.log2(freqs.clamp_min(1.0) / cutoff)  # 0 at the cutoff
+        ramp = 0.5 * (1 + torch.cos(torch.pi * (octaves / 0.5).clamp(0.0, 1.0)))
+        gain = torch.where(lowpass[rows].unsqueeze(1), ramp, gain)
+    dbs = (slope * tilt.float())[rows].unsqueeze(1) * torch.log2(freqs.clamp_min(20.0) / 1000.0)
+    gain = gain * torch.pow(10.0, dbs / 20.0)
+    chosen = wave[rows].float().cpu()
+    spectrum = torch.fft.rfft(chosen, n=n_fft) * gain
+    if ir_len:
         t = torch.arange(ir_len).unsqueeze(0) / sample_rate
-        ir = torch.randn(batch, ir_len, generator=gen) * torch.pow(10.0, -3.0 * t / rt60)
+        ir = torch.randn(rows.numel(), ir_len, generator=gen) * torch.pow(
+            10.0, -3.0 * t / rt60[rows]
+        )
         ir = ir / ir.square().sum(dim=1, keepdim=True).sqrt()
-        wet = 0.5 * torch.rand(batch, 1, generator=gen) * reverb.unsqueeze(1).float()
-        ir_spectrum = torch.fft.rfft(ir, n=n_fft)
-        spectrum = spectrum * (1 - wet) + spectrum * ir_spectrum * wet
+        mix = wet[rows] * reverb[rows].unsqueeze(1).float()
+        spectrum = spectrum * (1 - mix + mix * torch.fft.rfft(ir, n=n_fft))
     out = torch.fft.irfft(spectrum, n=n_fft)[:, :samples]
-    before = wave.float().cpu().square().mean(dim=1, keepdim=True).sqrt()
+    before = chosen.square().mean(dim=1, keepdim=True).sqrt()
     after = out.square().mean(dim=1, keepdim=True).sqrt().clamp_min(1e-8)
-    scaled: Tensor = (out * (before / after)).to(wave.device, wave.dtype)
-    return scaled
+    result = wave.clone()
+    result[rows.to(wave.device)] = (out * (before / after)).to(wave.device, wave.dtype)
+    return result

@@ -155,6 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_clips=args.min_clips,
         epochs=args.epochs,
         teacher_epochs=args.teacher_epochs,
+        teacher=args.teacher,
         batch_size=args.batch_size,
         windows_per_clip=args.windows_per_clip,
         lr=args.lr,
@@ -371,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"student epochs (default {d.epochs})")
     p.add_argument(
         "--teacher-epochs", type=int, help=f"CNN teacher epochs (default {d.teacher_epochs})"
+    )
+    p.add_argument(
+        "--teacher",
+        choices=("musicnn", "cnn"),
+        help="distillation teacher: a classifier on the pretrained musicnn's embeddings, or a "
+        f"small CNN trained first (default {d.teacher})",
     )
     p.add_argument("--batch-size", type=int, help=f"windows per step (default {d.batch_size})")
     p.add_argument(

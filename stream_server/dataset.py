@@ -198,7 +198,7 @@ def codec_for(path: str) -> Codec:
     return TRAINING_CODECS[digest[0] % len(TRAINING_CODECS)]
 
 
-def _cache_key(path: Path, sample_rate: int, codec: Codec | None = None) -> str:
+def cache_key(path: Path, sample_rate: int, codec: Codec | None = None) -> str:
     try:
         stat = path.stat()
     except OSError as exc:  # as decoding it would: a missing clip is skipped, not fatal
@@ -216,7 +216,7 @@ def load_clip(
 
     With ``codec``, the clip as that codec delivers it (:func:`codec_round_trip`), same length.
     """
-    cached = cache_dir / f"{_cache_key(path, sample_rate, codec)}.npy" if cache_dir else None
+    cached = cache_dir / f"{cache_key(path, sample_rate, codec)}.npy" if cache_dir else None
     if cached is not None and cached.is_file():
         try:
             loaded: FloatArray = np.load(cached).astype(np.float32, copy=False)

@@ -6,7 +6,9 @@ with the clip's end), the windows go through the model's own
 
 * window accuracy counts every window's argmax,
 * clip accuracy counts each clip's argmax of the *mean* window probability,
-* precision, recall and F1 per genre, their macro mean and the confusion matrix are clip-level.
+* precision, recall and F1 per genre, their macro mean and the confusion matrix are clip-level,
+* clip accuracy per recording source, where the dataset's manifest names the sources
+  (:mod:`stream_server.provenance`), so a model that learnt one collection's sound shows it.
 
 Folders whose name is not one of the model's labels are reported as skipped, and clips that cannot
 be decoded as unreadable; neither is scored.
@@ -29,6 +31,7 @@ import torch
 from stream_server.dataset import Clip, load_audio, windows_of
 from stream_server.errors import DatasetError
 from stream_server.model import LoadedModel
+from stream_server.provenance import provenance_of, read_provenance
 
 IntMatrix = npt.NDArray[np.int64]
 
@@ -85,6 +88,7 @@ class EvalReport:
     skipped: dict[str, int] = field(default_factory=dict)
     clip_predictions: list[tuple[str, str, str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    per_source: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,10 @@ class EvalReport:
                     "clips": f.clips,
                 }
                 for label, f in self.per_genre.items()
+            },
+            "per_source": {
+                source: {"clip_accuracy": round(right / total, 4), "clips": total}
+                for source, (right, total) in self.per_source.items()
             },
             "confusion": {"labels": list(self.labels), "matrix": self.confusion.tolist()},
             "skipped_genres": self.skipped,
@@ -176,6 +184,7 @@ def evaluate(
         raise DatasetError(f"none of the {len(scored)} clips under {root} could be decoded")
     confusion = confusion_matrix(true_clip, pred_clip, len(model.labels))
     figures = per_genre_figures(confusion, model.labels)
+    sources = provenance_of((c for c, _, _ in predictions), read_provenance(root))
     present = [f.f1 for f in figures.values() if f.clips > 0]
     return EvalReport(
         model=model.source,
@@ -191,7 +200,17 @@ def evaluate(
         skipped=skipped,
         clip_predictions=predictions,
         unreadable=unreadable,
+        per_source=accuracy_by([p.source for p in sources], [t == g for _, t, g in predictions]),
     )
+
+
+def accuracy_by(keys: Sequence[str], right: Sequence[bool]) -> dict[str, tuple[int, int]]:
+    """``key -> (right, total)`` over paired ``keys`` and outcomes, keys sorted."""
+    out: dict[str, tuple[int, int]] = {}
+    for key, ok in zip(keys, right, strict=True):
+        hits, total = out.get(key, (0, 0))
+        out[key] = (hits + int(ok), total + 1)
+    return dict(sorted(out.items()))
 
 
 def format_report(report: EvalReport) -> str:
@@ -207,6 +226,10 @@ def format_report(report: EvalReport) -> str:
     ]
     for label, f in report.per_genre.items():
         lines.append(f"{label:<14}{f.clips:>6}{f.precision:>11.3f}{f.recall:>8.3f}{f.f1:>7.3f}")
+    if set(report.per_source) - {"unknown"}:
+        lines += ["", f"{'source':<14}{'clips':>6}{'clip accuracy':>15}"]
+        for source, (right, total) in report.per_source.items():
+            lines.append(f"{source:<14}{total:>6}{right / total:>15.3f}")
     width = max(5, *(len(label) for label in report.labels))
     lines += ["", "confusion (rows: true, columns: predicted)"]
     lines.append(" " * (width + 1) + " ".join(f"{label[:5]:>5}" for label in report.labels))

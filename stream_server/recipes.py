@@ -114,6 +114,20 @@ class TrainOptions:
     mixup_alpha: float = 0.4
     mixup_prob: float = 0.5
     val_hop_seconds: float = 2.5
+    #: The distillation teacher of ``deit``/``levit`` students: ``"musicnn"`` (a classifier on
+    #: the pretrained musicnn's embeddings) or ``"cnn"`` (a small CNN trained here first).
+    teacher: str = "musicnn"
+    teacher_temperature: float = 2.0
+    #: Seconds between the starts of the windows training draws (the teacher scores each).
+    grid_seconds: float = 1.0
+    #: Shares of training windows taken through a lossy codec, low-passed, tilted, reverberated.
+    codec_prob: float = 0.3
+    lowpass_prob: float = 0.25
+    lowpass_hz: tuple[float, ...] = (4000.0, 5500.0, 8000.0)
+    tilt_prob: float = 0.5
+    tilt_db_per_octave: float = 3.0
+    reverb_prob: float = 0.2
+    reverb_rt60_s: tuple[float, float] = (0.2, 1.0)
     device: str = "cpu"
     cache_dir: str = "~/.cache/genrecast/audio"
     resume: bool = False

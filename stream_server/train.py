@@ -9,16 +9,21 @@ other checkpoint.
 
 One run:
 
-1. Scan the dataset, split it by file, stratified by genre (``split.json`` in the output).
-2. Decode every clip once, at the model's rate (cached).
-3. Each epoch draws random windows from the training clips, genres weighted by
-   ``count ** -balance`` per clip, adds noise, computes the images, masks them (SpecAugment) and
-   mixes them (mixup).
-4. With distillation, a small CNN teacher is trained first on the same stream of windows; the
-   student (DeiT or LeViT) then learns the labels through its class head and the teacher's hard
-   decisions through its distillation head.
-5. After each epoch the validation clips are scored window by window and clip by clip (the mean
-   of the window probabilities); the state is saved so ``--resume`` continues the run.
+1. Scan the dataset and split it by artist group, stratified by genre and source
+   (:mod:`stream_server.provenance`; ``split.json`` in the output).
+2. Decode every clip once, at the model's rate, and once more through a lossy codec (cached).
+3. With distillation (DeiT, LeViT), the teacher comes first: by default a classifier on the
+   pretrained musicnn's embeddings (:mod:`stream_server.teacher`), whose probabilities for
+   every window of the clean training audio become soft targets; or a small CNN trained on the
+   same stream of windows (``teacher="cnn"``), whose hard decisions become targets.
+4. Each epoch draws windows at random starts on a ``grid_seconds`` grid, genres weighted by
+   ``count ** -balance`` per clip; some come through the codec, and all are band-limited,
+   tilted, reverberated and noised at random (sources differ in exactly these ways), then
+   turned into images, masked (SpecAugment) and mixed (mixup, targets alike).
+5. The student learns the labels through its class head and the teacher through its
+   distillation head. After each epoch the validation clips are scored window by window and
+   clip by clip (the mean of the window probabilities); the state is saved so ``--resume``
+   continues the run.
 
 Units: window lengths and hops in seconds at the edges, samples inside; images are
 ``(batch, channels, n_mels, frames)``.
@@ -47,9 +52,12 @@ from stream_server import augment
 from stream_server.dataset import (
     Clip,
     FloatArray,
+    cache_key,
+    codec_for,
     counts,
     labels_of,
     load_audio,
+    load_clip,
     save_split,
     scan,
     stratified_split,
@@ -58,7 +66,9 @@ from stream_server.dataset import (
 from stream_server.errors import DatasetError, GenrecastError
 from stream_server.features import LogMelImage
 from stream_server.model import save_checkpoint
+from stream_server.provenance import provenance_of, read_provenance
 from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
+from stream_server.teacher import HeadOptions, TeacherFit, fit_teacher, grid_starts
 
 log = logging.getLogger(__name__)
 
@@ -191,24 +201,33 @@ def genre_weights(clips: Sequence[Clip], balance: float) -> npt.NDArray[np.float
     return out
 
 
-def draw_windows(
+def draw_grid_windows(
     audio: Sequence[FloatArray],
+    variants: Sequence[FloatArray] | None,
     weights: npt.NDArray[np.float64],
     n: int,
     window: int,
+    grid: int,
+    variant_prob: float,
     rng: np.random.Generator,
-) -> tuple[npt.NDArray[np.int64], FloatArray]:
-    """``n`` random windows: clip indices ``(n,)``, audio ``(n, window)`` (short clips padded)."""
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], FloatArray]:
+    """``n`` windows at random grid starts (:func:`~stream_server.teacher.grid_starts`).
+
+    Returns clip indices ``(n,)``, grid positions ``(n,)`` and the audio ``(n, window)`` (short
+    clips padded); with ``variants`` (each clip through a codec, same length) a ``variant_prob``
+    share of the windows comes from the variant instead.
+    """
     idx = rng.choice(len(audio), size=n, p=weights)
+    pos = np.zeros(n, dtype=np.int64)
     out = np.zeros((n, window), dtype=np.float32)
+    use_variant = rng.random(n) < variant_prob
     for row, i in enumerate(idx):
-        clip = audio[i]
-        if clip.size <= window:
-            out[row, : clip.size] = clip
-        else:
-            start = int(rng.integers(0, clip.size - window + 1))
-            out[row] = clip[start : start + window]
-    return idx.astype(np.int64), out
+        clip = variants[i] if variants is not None and use_variant[row] else audio[i]
+        starts = grid_starts(clip.size, window, grid)
+        pos[row] = int(rng.integers(0, len(starts)))
+        piece = clip[starts[pos[row]] : starts[pos[row]] + window]
+        out[row, : piece.size] = piece
+    return idx.astype(np.int64), pos, out
 
 
 def training_images(
@@ -224,6 +243,17 @@ def training_images(
     if gen is None or opts is None:
         plain: Tensor = features(waves)
         return plain
+    waves = augment.colour(
+        waves,
+        gen,
+        features.pre.sample_rate,
+        lowpass_prob=opts.lowpass_prob,
+        lowpass_hz=opts.lowpass_hz,
+        tilt_prob=opts.tilt_prob,
+        tilt_db_per_octave=opts.tilt_db_per_octave,
+        reverb_prob=opts.reverb_prob,
+        reverb_rt60_s=opts.reverb_rt60_s,
+    )
     waves = augment.add_noise(waves, gen, prob=opts.noise_prob, snr_db=opts.noise_snr_db)
     images: Tensor = features(waves)
     return augment.spec_mask(
@@ -375,28 +405,46 @@ def _seed_for(seed: int, phase: str, epoch: int) -> int:
     return (seed * 1_000_003 + (0 if phase == "teacher" else 500_009) + epoch * 7919) % (2**31)
 
 
+@dataclass
+class _TrainData:
+    """The training side: clips' audio, their codec variants, labels, sampling weights, and
+    the teacher's distillation targets per clip and grid window (musicnn teacher only)."""
+
+    audio: list[FloatArray]
+    variants: list[FloatArray] | None
+    labels: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float64]
+    targets: list[npt.NDArray[np.float32]] | None = None
+
+
 def _run_epoch(
     phase: _Phase,
     opts: TrainOptions,
     features: LogMelImage,
-    audio: Sequence[FloatArray],
-    clip_labels: npt.NDArray[np.int64],
-    weights: npt.NDArray[np.float64],
+    data: _TrainData,
     n_labels: int,
     device: torch.device,
-    teacher: nn.Module | None,
+    cnn_teacher: nn.Module | None,
 ) -> tuple[float, float]:
-    """Train ``phase.model`` for one epoch; returns (mean loss, training accuracy)."""
+    """Train ``phase.model`` for one epoch; returns (mean loss, training accuracy).
+
+    A student with a distillation head learns the labels through its class head and the
+    teacher through its distillation head: the musicnn teacher's soft targets for the same
+    (clean) window, or the CNN teacher's hard decision on the augmented one.
+    """
     seed = _seed_for(opts.seed, phase.name, phase.epoch)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     window = features.pre.window_samples
+    grid = max(1, round(opts.grid_seconds * features.pre.sample_rate))
     n = phase.steps_per_epoch * opts.batch_size
-    idx, waves = draw_windows(audio, weights, n, window, rng)
+    idx, pos, waves = draw_grid_windows(
+        data.audio, data.variants, data.weights, n, window, grid, opts.codec_prob, rng
+    )
     model = phase.model
     model.train()
-    if teacher is not None:
-        teacher.eval()
+    if cnn_teacher is not None:
+        cnn_teacher.eval()
     losses: list[float] = []
     correct = 0
     bar = _progress_bar(n, f"{phase.name} {phase.epoch + 1}/{phase.epochs}", opts.progress)
@@ -405,28 +453,25 @@ def _run_epoch(
             phase.step_lr(phase.epoch * phase.steps_per_epoch + step)
             sl = slice(step * opts.batch_size, (step + 1) * opts.batch_size)
             wave = torch.from_numpy(waves[sl])
-            target_idx = torch.from_numpy(clip_labels[idx[sl]])
+            target_idx = torch.from_numpy(data.labels[idx[sl]])
             with torch.no_grad():
                 images = training_images(features, wave.to(device), gen, opts)
             targets = F.one_hot(target_idx, n_labels).float().to(device)
-            images, targets = augment.mixup(
-                images, targets, gen, alpha=opts.mixup_alpha, prob=opts.mixup_prob
-            )
-            if isinstance(model, ConvTeacher):
-                logits = model(images)
-                loss = soft_cross_entropy(logits, targets)
+            taught = None
+            if data.targets is not None:
+                taught = torch.from_numpy(
+                    np.stack([data.targets[c][p] for c, p in zip(idx[sl], pos[sl], strict=True)])
+                ).to(device)
+                both = torch.cat([targets, taught], dim=1)
+                images, both = augment.mixup(
+                    images, both, gen, alpha=opts.mixup_alpha, prob=opts.mixup_prob
+                )
+                targets, taught = both[:, :n_labels], both[:, n_labels:]
             else:
-                out = model(pixel_values=images)
-                logits = out.logits
-                smoothed = smooth(targets, opts.label_smoothing)
-                if teacher is not None:
-                    with torch.no_grad():
-                        hard = _logits(teacher, images).argmax(dim=-1)
-                    loss = 0.5 * soft_cross_entropy(
-                        out.cls_logits, smoothed
-                    ) + 0.5 * F.cross_entropy(out.distillation_logits.float(), hard)
-                else:
-                    loss = soft_cross_entropy(logits, smoothed)
+                images, targets = augment.mixup(
+                    images, targets, gen, alpha=opts.mixup_alpha, prob=opts.mixup_prob
+                )
+            loss, logits = _loss(model, images, targets, taught, cnn_teacher, opts)
             phase.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -438,6 +483,37 @@ def _run_epoch(
     finally:
         bar.close()
     return float(np.mean(losses)), correct / n
+
+
+def _loss(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    taught: Tensor | None,
+    cnn_teacher: nn.Module | None,
+    opts: TrainOptions,
+) -> tuple[Tensor, Tensor]:
+    """The training loss and the logits it scored (see :func:`_run_epoch`)."""
+    if isinstance(model, ConvTeacher):
+        logits = model(images)
+        return soft_cross_entropy(logits, targets), logits
+    out = model(pixel_values=images)
+    smoothed = smooth(targets, opts.label_smoothing)
+    distill = getattr(out, "distillation_logits", None)
+    if distill is None:  # a plain ViT: the teacher's targets blend into its one head
+        loss = soft_cross_entropy(out.logits, smoothed)
+        if taught is not None:
+            loss = 0.5 * loss + 0.5 * soft_cross_entropy(out.logits, taught)
+        return loss, out.logits
+    if taught is not None:
+        teacher_loss = soft_cross_entropy(distill, taught)
+    elif cnn_teacher is not None:
+        with torch.no_grad():
+            hard = _logits(cnn_teacher, images).argmax(dim=-1)
+        teacher_loss = F.cross_entropy(distill.float(), hard)
+    else:
+        teacher_loss = soft_cross_entropy(distill, smoothed)
+    return 0.5 * soft_cross_entropy(out.cls_logits, smoothed) + 0.5 * teacher_loss, out.logits
 
 
 def _save_state(out: Path, payload: dict[str, Any]) -> None:
@@ -494,7 +570,8 @@ def train(
     labels = labels_of(clips)
     if len(labels) < 2:
         raise DatasetError(f"need at least two genres to train, found {list(labels)}")
-    train_clips, val_clips = stratified_split(clips, opts.val_fraction, opts.seed)
+    provenance = provenance_of((c.path for c in clips), read_provenance(opts.data))
+    train_clips, val_clips = stratified_split(clips, opts.val_fraction, opts.seed, provenance)
     save_split(out, train_clips, val_clips)
     pre = arch.preprocessing()
     log.info(
@@ -504,8 +581,12 @@ def train(
     train_clips, train_audio = load_audio(opts.data, train_clips, pre.sample_rate, opts.cache_dir)
     val_clips, val_audio = load_audio(opts.data, val_clips, pre.sample_rate, opts.cache_dir)
     index = {label: i for i, label in enumerate(labels)}
-    train_y = np.array([index[c.label] for c in train_clips], dtype=np.int64)
-    weights = genre_weights(train_clips, opts.balance)
+    data = _TrainData(
+        audio=train_audio,
+        variants=_codec_variants(opts, train_clips, pre.sample_rate),
+        labels=np.array([index[c.label] for c in train_clips], dtype=np.int64),
+        weights=genre_weights(train_clips, opts.balance),
+    )
     features = LogMelImage(pre).to(device)
     hop = max(1, round(opts.val_hop_seconds * pre.sample_rate))
     val = _val_set(
@@ -536,7 +617,15 @@ def train(
         return stats
 
     teacher: nn.Module | None = None
-    if arch.distill:
+    if arch.distill and opts.teacher == "musicnn":
+        fit = _musicnn_teacher(opts, arch, train_clips, val_clips, index)
+        data.targets = fit.targets
+        result.teacher_val_clip_accuracy = fit.val_clip_accuracy
+        log.info(
+            "musicnn teacher: val window acc %.3f, val clip acc %.3f",
+            fit.val_window_accuracy, fit.val_clip_accuracy,
+        )  # fmt: skip
+    elif arch.distill:
         torch.manual_seed(opts.seed)
         t_model = ConvTeacher(arch.channels, len(labels)).to(device)
         if state.get("teacher_done") and (out / TEACHER_FILE).is_file():
@@ -550,10 +639,7 @@ def train(
                 tphase.load(state["teacher"])
             while tphase.epoch < tphase.epochs:
                 t0 = time.perf_counter()
-                loss, acc = _run_epoch(
-                    tphase, opts, features, train_audio, train_y, weights, len(labels), device,
-                    None,
-                )  # fmt: skip
+                loss, acc = _run_epoch(tphase, opts, features, data, len(labels), device, None)
                 tphase.epoch += 1
                 stats = record(tphase, loss, acc, t0)
                 result.teacher_val_clip_accuracy = stats.val_clip_accuracy
@@ -569,9 +655,7 @@ def train(
         phase.load(state["student"])
     while phase.epoch < phase.epochs:
         t0 = time.perf_counter()
-        loss, acc = _run_epoch(
-            phase, opts, features, train_audio, train_y, weights, len(labels), device, teacher
-        )
+        loss, acc = _run_epoch(phase, opts, features, data, len(labels), device, teacher)
         phase.epoch += 1
         record(phase, loss, acc, t0)
         _save_state(
@@ -588,12 +672,65 @@ def train(
         {
             "train_clips": counts(train_clips),
             "val_clips": counts(val_clips),
+            "split": "artist groups, stratified by genre and source (provenance.py)",
             "seconds": round(time.perf_counter() - started, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
             "torch": torch.__version__,
         },
     )
     return result
+
+
+def _codec_variants(
+    opts: TrainOptions, clips: Sequence[Clip], sample_rate: int
+) -> list[FloatArray] | None:
+    """Each training clip through its codec (:func:`~stream_server.dataset.codec_for`), cached;
+    ``None`` when ``codec_prob`` is 0."""
+    if opts.codec_prob <= 0:
+        return None
+    root = Path(opts.data).expanduser()
+    cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else None
+    log.info("codec variants of %d clips (cached after the first run)", len(clips))
+    return [load_clip(root / c.path, sample_rate, cache, codec_for(c.path)) for c in clips]
+
+
+def _musicnn_teacher(
+    opts: TrainOptions,
+    arch: Architecture,
+    train_clips: Sequence[Clip],
+    val_clips: Sequence[Clip],
+    index: dict[str, int],
+) -> TeacherFit:
+    """The musicnn teacher (:mod:`stream_server.teacher`) fitted on the training clips."""
+    from stream_server.musicnn import SAMPLE_RATE, load_musicnn
+
+    root = Path(opts.data).expanduser()
+    cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else None
+    log.info(
+        "musicnn teacher: embedding %d clips (cached after the first run)",
+        len(train_clips) + len(val_clips),
+    )
+    train_clips, train_audio = load_audio(root, train_clips, SAMPLE_RATE, cache)
+    val_clips, val_audio = load_audio(root, val_clips, SAMPLE_RATE, cache)
+    return fit_teacher(
+        load_musicnn("msd"),
+        train_audio,
+        [_clip_key(root, c, SAMPLE_RATE) for c in train_clips],
+        [index[c.label] for c in train_clips],
+        val_audio,
+        [_clip_key(root, c, SAMPLE_RATE) for c in val_clips],
+        [index[c.label] for c in val_clips],
+        len(index),
+        window_s=arch.window_seconds,
+        grid_s=opts.grid_seconds,
+        temperature=opts.teacher_temperature,
+        cache_dir=cache,
+        opts=HeadOptions(seed=opts.seed, balance=opts.balance),
+    )
+
+
+def _clip_key(root: Path, clip: Clip, sample_rate: int) -> str:
+    return cache_key(root / clip.path, sample_rate)
 
 
 def _common_state(labels: tuple[str, ...], result: TrainResult) -> dict[str, Any]:

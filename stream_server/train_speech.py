@@ -65,7 +65,7 @@ class SpeechTrainOptions:
     steps_per_epoch: int = 60
     batch_size: int = 32
     lr: float = 2e-3
-    threshold: float = 0.5
+    threshold: float = 0.8
     cache_dir: str = "~/.cache/genrecast/audio"
 
 

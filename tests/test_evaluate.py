@@ -350,3 +350,25 @@ def test_undecodable_clip_is_reported_not_fatal(tmp_path: Path, tiny_model: Load
     assert report.unreadable == ["jazz/broken.wav"]
     assert report.to_json()["unreadable_clips"] == ["jazz/broken.wav"]
     assert "could not be decoded" in format_report(report)
+
+
+def test_accuracy_per_source_follows_the_manifest(tiny_model: LoadedModel, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write(root / "blues" / "a.wav", music(2.0, rate=RATE, channels=1, seed=1))
+    write(root / "blues" / "b.wav", music(2.0, rate=RATE, channels=1, seed=2))
+    write(root / "jazz" / "c.wav", noise(2.0, seed=3))
+    (root / "MANIFEST.tsv").write_text(
+        "file\tgenre\tsource_repo\tsource_path\n"
+        "blues/a.wav\tblues\tx\tgenres/blues/blues.00001.au\n"
+        "jazz/c.wav\tjazz\ty\tdata/emotifymusic/jazz/3.mp3\n",
+        encoding="utf-8",
+    )
+    report = evaluate(tiny_model, root, scan(root), hop_seconds=1.0)
+    right = {path: true == guess for path, true, guess in report.clip_predictions}
+    assert report.per_source == {
+        "emotify": (int(right["jazz/c.wav"]), 1),
+        "gtzan": (int(right["blues/a.wav"]), 1),
+        "unknown": (int(right["blues/b.wav"]), 1),  # not in the manifest
+    }
+    assert report.to_json()["per_source"]["gtzan"]["clips"] == 1
+    assert "source" in format_report(report)

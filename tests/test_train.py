@@ -30,7 +30,7 @@ from stream_server.train import (
     TEACHER_FILE,
     ConvTeacher,
     build_model,
-    draw_windows,
+    draw_grid_windows,
     genre_weights,
     lr_at,
     soft_cross_entropy,
@@ -152,17 +152,24 @@ def test_genre_weights_balance() -> None:
     assert 0.5 < sqrt[:8].sum() < 0.8  # between the two
 
 
-def test_draw_windows_crops_and_pads() -> None:
-    audio = [np.arange(100, dtype=np.float32), np.ones(10, dtype=np.float32)]
+def test_draw_grid_windows_crops_pads_and_takes_variants() -> None:
+    ramp = np.arange(100, dtype=np.float32)
+    audio = [ramp, np.ones(10, dtype=np.float32)]
+    variants = [-ramp, -np.ones(10, dtype=np.float32)]
     rng = np.random.default_rng(0)
-    idx, waves = draw_windows(audio, np.array([0.5, 0.5]), 64, 20, rng)
-    assert waves.shape == (64, 20) and waves.dtype == np.float32
+    idx, pos, waves = draw_grid_windows(audio, variants, np.array([0.5, 0.5]), 200, 20, 5, 0.3, rng)
+    assert waves.shape == (200, 20) and waves.dtype == np.float32
     assert set(idx.tolist()) == {0, 1}
-    for i, row in zip(idx, waves, strict=True):
-        if i == 0:  # a contiguous slice of the ramp
-            assert np.array_equal(row, np.arange(row[0], row[0] + 20, dtype=np.float32))
-        else:  # the short clip, zero-padded
-            assert np.array_equal(row, np.r_[np.ones(10), np.zeros(10)].astype(np.float32))
+    flipped = 0
+    for i, p, row in zip(idx, pos, waves, strict=True):
+        if i == 0:  # a slice of the ramp at a grid start (0, 5, ..., 80), or of its variant
+            sign = -1 if row[1] < row[0] else 1
+            flipped += sign < 0
+            assert np.array_equal(sign * row, np.arange(5 * p, 5 * p + 20, dtype=np.float32))
+        else:  # the short clip, zero-padded, at its only start
+            assert p == 0 and np.array_equal(np.abs(row), np.r_[np.ones(10), np.zeros(10)])
+    assert set(pos[idx == 0].tolist()) == set(range(17))
+    assert 0.15 < flipped / int((idx == 0).sum()) < 0.45  # about the variant share
 
 
 def test_lr_schedule() -> None:
@@ -212,7 +219,9 @@ def test_every_recipe_builds_and_round_trips(name: str, tmp_path: Path) -> None:
 def test_train_saves_a_loadable_checkpoint_and_resumes(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     seen: list[str] = []
-    result = train(_opts(dataset, out), TINY, on_epoch=lambda s: seen.append(s.phase))
+    result = train(
+        _opts(dataset, out, teacher="cnn"), TINY, on_epoch=lambda s: seen.append(s.phase)
+    )
     assert seen == ["teacher", "teacher", "student", "student"]
     for name in ("config.json", "model.safetensors", "audio_preprocessing.json", SPLIT_FILE):
         assert (out / name).is_file(), name
@@ -238,7 +247,7 @@ def test_train_saves_a_loadable_checkpoint_and_resumes(dataset: Path, tmp_path: 
 
     # resume: two more student epochs; the teacher is not trained again
     weights = load_file(str(out / "model.safetensors"))
-    again = train(_opts(dataset, out, epochs=4, resume=True), TINY)
+    again = train(_opts(dataset, out, epochs=4, resume=True, teacher="cnn"), TINY)
     assert [h.phase for h in again.history] == [*seen, "student", "student"]
     assert [h.epoch for h in again.history if h.phase == "student"] == [1, 2, 3, 4]
     resumed = load_file(str(out / "model.safetensors"))
@@ -248,7 +257,15 @@ def test_train_saves_a_loadable_checkpoint_and_resumes(dataset: Path, tmp_path: 
 
 def test_training_learns_separable_genres(dataset: Path, tmp_path: Path) -> None:
     result = train(
-        _opts(dataset, tmp_path / "m", epochs=6, teacher_epochs=4, lr=3e-3, mixup_prob=0.0),
+        _opts(
+            dataset,
+            tmp_path / "m",
+            epochs=6,
+            teacher_epochs=4,
+            lr=3e-3,
+            mixup_prob=0.0,
+            teacher="cnn",
+        ),
         TINY,
     )
     teacher = [h for h in result.history if h.phase == "teacher"]
@@ -260,7 +277,7 @@ def test_training_learns_separable_genres(dataset: Path, tmp_path: Path) -> None
 
 def test_levit_trains_with_its_distillation_head(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "levit"
-    result = train(_opts(dataset, out, epochs=2, teacher_epochs=1), TINY_LEVIT)
+    result = train(_opts(dataset, out, epochs=2, teacher_epochs=1, teacher="cnn"), TINY_LEVIT)
     assert [h.phase for h in result.history] == ["teacher", "student", "student"]
     assert (out / TEACHER_FILE).is_file()
     loaded = load_model(str(out))
@@ -270,6 +287,21 @@ def test_levit_trains_with_its_distillation_head(dataset: Path, tmp_path: Path) 
     probs = loaded.classifier(wave)
     assert probs.shape == (1, len(GENRES))
     torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+
+
+def test_the_musicnn_teacher_scores_the_clips_and_teaches_the_student(
+    dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "taught"
+    result = train(_opts(dataset, out, epochs=2, teacher="musicnn"), TINY_LEVIT)
+    assert [h.phase for h in result.history] == ["student", "student"]  # no teacher epochs
+    assert result.teacher_val_clip_accuracy is not None
+    assert result.teacher_val_clip_accuracy >= 2 / 3  # drone, noise and whistle are easy
+    assert not (out / TEACHER_FILE).exists()
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["options"]["teacher"] == "musicnn"
+    assert report["teacher_val_clip_accuracy"] == result.teacher_val_clip_accuracy
+    assert load_model(str(out)).labels == GENRES
 
 
 def test_levit_needs_a_square_image_and_stages() -> None:
