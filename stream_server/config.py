@@ -72,8 +72,8 @@ class SmoothingConfig:
     """
 
     time_constant_s: float = 4.0
-    switch_margin: float = 0.1
-    min_dwell_s: float = 3.0
+    switch_margin: float = 0.3
+    min_dwell_s: float = 1.0
     stale_margin: float = 0.3
     backdate_max_s: float = 30.0
 
@@ -112,7 +112,7 @@ class OfflineConfig:
     """
 
     decoding: str = "viterbi"
-    switch_cost: float = 6.0
+    switch_cost: float = 16.0
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,8 @@ class SmoothingParams:
     """
 
     time_constant_s: float = 4.0
-    switch_margin: float = 0.1
-    min_dwell_s: float = 3.0
+    switch_margin: float = 0.3
+    min_dwell_s: float = 1.0
     stale_margin: float = 0.3
 
     def __post_init__(self) -> None:

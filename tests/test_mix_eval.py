@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -202,3 +203,46 @@ def test_evaluate_mixes_on_the_command_line(
     assert text.returncode == 0, text.stderr
     assert "live (a stream through the server's session, causal):" in text.stdout
     assert "offline (genrecast classify; decoding: viterbi):" in text.stdout
+
+
+def test_tune_smoothing_on_validation_mixes(
+    data_root: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream_server import tune_smoothing
+    from stream_server.dataset import SPLIT_FILE, save_split
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model_dir)
+    clips = scan(data_root)
+    save_split(model_dir, [], clips)  # every clip on the validation side
+    args = ["--data", str(data_root), "--model", str(model_dir), "--device", "cpu"]
+    assert tune_smoothing.main([*args, "--mixes", "2", "--quick", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    quick = tune_smoothing.QUICK
+    grid = 1
+    for key in ("time_constants", "switch_margins", "min_dwells", "stale_margins"):
+        grid *= len(quick[key])
+    assert len(result["live"]) == grid
+    assert len(result["offline"]) == len(quick["switch_costs"])
+    costs = [t["cost"] for t in result["live"]]
+    assert costs == sorted(costs)
+    best = result["live"][0]
+    f = best["figures"]
+    assert best["cost"] == pytest.approx(
+        tune_smoothing.live_cost(f["seconds_right"], f["shown_right"], f["false_changes_per_hour"]),
+        abs=1.0,
+    )
+    assert tune_smoothing.main([*args, "--mixes", "1", "--quick"]) == 0
+    text = capsys.readouterr().out
+    assert "[smoothing]" in text and "switch_cost = " in text
+    (model_dir / SPLIT_FILE).unlink()
+    assert tune_smoothing.main([*args, "--mixes", "1", "--quick"]) == 2
+    assert "split.json" in capsys.readouterr().err
+
+
+def test_tuning_costs() -> None:
+    from stream_server.tune_smoothing import FALSE_CHANGE_COST_S, live_cost, offline_cost
+
+    assert live_cost(1.0, 1.0, 0.0) == 0.0
+    assert live_cost(0.9, 0.8, 2.0) == pytest.approx(360 + 720 + 2 * FALSE_CHANGE_COST_S)
+    assert offline_cost(0.9, 1.0) == pytest.approx(720 + FALSE_CHANGE_COST_S)

@@ -38,7 +38,12 @@ def rounded(change: GenreChange | None) -> GenreChange | None:
 
 def test_params_defaults() -> None:
     p = SmoothingParams()
-    assert (p.time_constant_s, p.switch_margin, p.min_dwell_s) == (4.0, 0.1, 3.0)
+    assert (p.time_constant_s, p.switch_margin, p.min_dwell_s, p.stale_margin) == (
+        4.0,
+        0.3,
+        1.0,
+        0.3,
+    )
 
 
 @pytest.mark.parametrize("field", ["time_constant_s", "switch_margin", "min_dwell_s"])
