@@ -100,7 +100,7 @@ class TimelineBuilder:
         self._open_joined = False
         self._open_confidence_sum = 0.0
         # (stream time, confidence) of the open segment's newest updates, oldest first.
-        self._recent: deque[tuple[float, float]] = deque(maxlen=history or None)
+        self._recent: deque[tuple[float, float]] = deque(maxlen=history)
         # Index of the first segment changed since take_changes(), or None.
         self._dirty: int | None = None
         # Stream time (s) of the last gap: no later update may precede it, and the segment
