@@ -17,7 +17,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.api import Api, Reply
-from dashboard.charts import probability_chart, timeline_chart
+from dashboard.charts import NEUTRAL, probability_chart, timeline_chart
 from dashboard.feed import Feed
 from dashboard.metrics import MetricsSample, key_metrics, parse_metrics
 from dashboard.state import (
@@ -27,6 +27,7 @@ from dashboard.state import (
     recent,
     segments_from_json,
 )
+from stream_server.messages import NON_MUSIC_LABELS
 from stream_server.timeline import segments_to_csv
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -51,6 +52,15 @@ def marker(element_id: str, text: str, **data: object) -> None:
     """A ``<div id=... data-...>`` that tests and scripts can wait on."""
     attrs = "".join(f' data-{k.replace("_", "-")}="{html.escape(str(v))}"' for k, v in data.items())
     st.markdown(f'<div id="{element_id}"{attrs}>{html.escape(text)}</div>', unsafe_allow_html=True)
+
+
+def label_html(label: str) -> str:
+    """``label`` as HTML: speech and silence in the neutral grey of the charts, genres as
+    they are."""
+    text = html.escape(label)
+    if label in NON_MUSIC_LABELS:
+        return f'<span class="neutral" style="color:{NEUTRAL}">{text}</span>'
+    return text
 
 
 def show_error(where: str, reply: Reply) -> None:
@@ -109,7 +119,7 @@ def streams_table(streams: list[dict[str, Any]], state: DashboardState) -> None:
             html.escape(str(s.get("name") or sid)),
             html.escape(str(s.get("kind", ""))),
             html.escape(str(s.get("state", ""))),
-            html.escape(str(genre)) + ("" if conf is None else f" ({float(conf):.0%})"),
+            label_html(str(genre)) + ("" if conf is None else f" ({float(conf):.0%})"),
             "-" if lag is None else f"{float(lag):.1f} s",
             format_age(age),
         ]
@@ -157,12 +167,13 @@ def selected_stream(api: Api, streams: list[dict[str, Any]], state: DashboardSta
     left, right = st.columns([2, 1])
     with left:
         if genre:
-            st.markdown(f"### {html.escape(str(genre))} · {float(conf):.0%}")
+            st.markdown(f"### {label_html(str(genre))} · {float(conf):.0%}", unsafe_allow_html=True)
         marker(
             "current-genre",
             f"current genre: {genre or 'waiting for the first window'}",
             genre=genre or "",
             stream_id=sid,
+            neutral=str(genre) in NON_MUSIC_LABELS,
         )
         if title:
             marker("current-title", f"now playing: {title}", title=title)
@@ -183,6 +194,7 @@ def selected_stream(api: Api, streams: list[dict[str, Any]], state: DashboardSta
                     shown,
                     [c for c in state.changes_of(sid) if c.stream_time_s >= lo],
                     [t for t in titles if t[0] >= lo],
+                    labels=view.probabilities if view else (),
                 )
             )
         exports = st.columns(2)
@@ -212,8 +224,8 @@ def selected_stream(api: Api, streams: list[dict[str, Any]], state: DashboardSta
     st.subheader("genre changes")
     changes = list(reversed(state.changes_of(sid)))[:20]
     items = "".join(
-        f"<li>t={c.stream_time_s:.1f} s: {html.escape(c.previous or 'start')} → "
-        f"<b>{html.escape(c.genre)}</b> ({c.confidence:.0%})</li>"
+        f"<li>t={c.stream_time_s:.1f} s: {label_html(c.previous or 'start')} → "
+        f"<b>{label_html(c.genre)}</b> ({c.confidence:.0%})</li>"
         for c in changes
     )
     st.markdown(f'<ul id="changes">{items or "<li>none yet</li>"}</ul>', unsafe_allow_html=True)
@@ -294,12 +306,22 @@ def upload(server: str) -> None:
             genre=result["genre"],
         )
         cols = st.columns([1, 2])
+        segments = segments_from_json(result.get("segments"))
+        labels = [*result["probabilities"], *(s.genre for s in segments)]
         with cols[0]:
-            st.altair_chart(probability_chart(dict(result["probabilities"]), bar_px=26))
+            st.altair_chart(
+                probability_chart(dict(result["probabilities"]), bar_px=26, labels=labels)
+            )
         with cols[1]:
-            segments = segments_from_json(result.get("segments"))
             if segments:
-                st.altair_chart(timeline_chart(segments))
+                marker(
+                    "upload-timeline",
+                    f"timeline ({result.get('decoding', 'live')} decoding): "
+                    + ", ".join(dict.fromkeys(s.genre for s in segments)),
+                    labels=" ".join(dict.fromkeys(s.genre for s in segments)),
+                    decoding=result.get("decoding", ""),
+                )
+                st.altair_chart(timeline_chart(segments, labels=labels))
             st.dataframe(
                 [
                     {

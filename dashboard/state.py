@@ -9,6 +9,7 @@ messages (``stream_time_s`` in seconds of audio, ``wall_time`` in unix seconds).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -212,16 +213,27 @@ class DashboardState:
 
 
 def merge_segments(history: list[Segment], live: list[Segment]) -> list[Segment]:
-    """The stored timeline (``GET /streams/{id}/timeline``) up to where the live one begins,
-    then the live one. Times are seconds of stream time; either list may be empty."""
-    if not live:
-        return list(history)
-    start = live[0].start_s
-    kept = [s for s in history if s.start_s < start]
-    if kept and kept[-1].end_s > start:
-        last = kept[-1]
-        kept[-1] = Segment(last.start_s, start, last.genre, last.confidence, last.updates)
-    return [*kept, *live]
+    """The stored timeline (``GET /streams/{id}/timeline``), then what the live one adds after
+    its end. Times are seconds of stream time; either list may be empty.
+
+    The stored timeline wins where both exist: it dates confirmed changes back to where they
+    began, while the live one (built from ``genre.update`` messages) shows each label from when it
+    was shown. A live segment that continues the last stored one's label extends it.
+    """
+    if not history:
+        return list(live)
+    out = [dataclasses.replace(s) for s in history]
+    end = out[-1].end_s
+    for seg in live:
+        if seg.end_s <= end:
+            continue
+        start = max(seg.start_s, end)
+        last = out[-1]
+        if last.genre == seg.genre and last.end_s == start:
+            last.end_s = seg.end_s
+        else:
+            out.append(Segment(start, seg.end_s, seg.genre, seg.confidence, seg.updates))
+    return out
 
 
 def segments_from_json(rows: object) -> list[Segment]:

@@ -3,7 +3,11 @@
 The file is decoded with PyAV at the model's rate and fed hop by hop into a
 :class:`~stream_server.session.StreamSession`, exactly as a live stream would be; due windows are
 run in batches by an :class:`~stream_server.runner.InferenceRunner` and scored back in order. So a
-file gives the same windows, smoothing and timeline as the same audio arriving live.
+file gives the same windows, gate and smoothing as the same audio arriving live. The timeline is
+then decoded as ``[offline] decoding`` says: ``"viterbi"`` (the default) decodes the whole file at
+once, looking ahead (:mod:`stream_server.decoding`), and each window's ``genre`` and
+``confidence`` are the decoded ones; ``"live"`` keeps the live session's timeline and labels. The
+report says which (``decoding``).
 
 :class:`OfflineStream` is that loop without the model: batches of windows out, probabilities in.
 :func:`classify_audio` drives it with a runner here; the server's ``POST /classify`` drives it with
@@ -12,6 +16,7 @@ its engine thread (:mod:`stream_server.upload`).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
@@ -20,20 +25,29 @@ from typing import Any, cast
 
 import numpy as np
 
-from stream_server.config import Config
+from stream_server.config import OFFLINE_DECODINGS, Config
 from stream_server.decode import decode_mono
+from stream_server.decoding import Decoded, decode
 from stream_server.device import pick_device
 from stream_server.engine import WindowJob
-from stream_server.messages import ClassifiedSegment, ClassifiedWindow, ClassifyResult, GenreUpdate
+from stream_server.gate import LEVEL_FLOOR_DBFS
+from stream_server.messages import (
+    NON_MUSIC_LABELS,
+    ClassifiedSegment,
+    ClassifiedWindow,
+    ClassifyResult,
+    GenreUpdate,
+)
 from stream_server.model import LoadedModel, resolve_model
-from stream_server.runner import InferenceRunner
+from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import SessionParams, StreamSession, session_params
 from stream_server.timeline import Segment
 
 
 @dataclass
 class ClassifyReport:
-    """Result of classifying one file. ``mean_probs`` is ``(labels,)``, the mean over windows."""
+    """Result of classifying one file. ``mean_probs`` is ``(labels,)``, the mean over the windows
+    labelled music (speech and silence do not count; all windows when none is music)."""
 
     source: str
     duration_s: float
@@ -46,6 +60,7 @@ class ClassifyReport:
     device: str
     padded: bool = False
     model: str = ""
+    decoding: str = "live"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def ranking(self) -> list[tuple[str, float]]:
@@ -64,6 +79,7 @@ class ClassifyReport:
             "confidence": round(ranking[0][1], 4),
             "probabilities": {label: round(p, 4) for label, p in ranking},
             "padded": self.padded,
+            "decoding": self.decoding,
             "windows": [
                 {
                     "start_s": w["window_start_s"],
@@ -92,6 +108,7 @@ class ClassifyReport:
             confidence=round(ranking[0][1], 4),
             probabilities={label: round(p, 4) for label, p in ranking},
             padded=self.padded,
+            decoding=self.decoding,
             windows=[
                 ClassifiedWindow(
                     start_s=w["window_start_s"],
@@ -110,17 +127,20 @@ class OfflineStream:
     """Whole audio through a live session, without the model: windows out, probabilities in.
 
     ``audio`` is ``(samples,)`` float32 at the model's rate; shorter than one window, it is padded
-    with silence to one window (``padded``). :meth:`next_batch` feeds it hop by hop until
-    ``max_batch`` windows are due (or the audio ends) and returns them as ``(n, samples)``;
-    :meth:`add_scores` takes the ``(n, labels)`` probabilities of the oldest batch not yet scored,
-    so several batches may be out at once. No I/O, no threads: one owner drives it.
+    with silence to one window (``padded``; its level is then the level of the audio itself).
+    :meth:`next_batch` feeds it hop by hop until ``max_batch`` windows are due (or the audio ends)
+    and returns them as ``(n, samples)``; :meth:`add_scores` takes the scores of the oldest batch
+    not yet scored, so several batches may be out at once. :meth:`result` decodes the timeline
+    as ``params.offline`` says. No I/O, no threads: one owner drives it.
     """
 
     def __init__(self, audio: np.ndarray, params: SessionParams, max_batch: int) -> None:
         if max_batch <= 0:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         self.padded = audio.size < params.window_samples
+        self._padded_level: float | None = None
         if self.padded:
+            self._padded_level = _level_of(audio)
             audio = np.pad(audio, (0, params.window_samples - audio.size))
         self._audio = audio
         self._params = params
@@ -132,6 +152,9 @@ class OfflineStream:
         self._out: deque[list[WindowJob]] = deque()
         self.updates: list[GenreUpdate] = []
         self._probs: list[np.ndarray] = []
+        self._levels: list[float] = []
+        self._speech: list[float] = []
+        self._times: list[float] = []
 
     @property
     def fraction(self) -> float:
@@ -153,24 +176,88 @@ class OfflineStream:
         self._out.append(jobs)
         return np.stack([job.window for job in jobs])
 
-    def add_scores(self, probs: np.ndarray) -> None:
-        """Score the oldest outstanding batch with its ``(n, labels)`` probabilities."""
+    def add_scores(self, scores: WindowScores) -> None:
+        """Score the oldest outstanding batch with its scores (``n`` windows)."""
         if not self._out:
             raise ValueError("no batch is waiting for scores")
         jobs = self._out[0]
-        if len(probs) != len(jobs):
-            raise ValueError(f"expected scores for {len(jobs)} windows, got {len(probs)}")
+        if len(scores) != len(jobs):
+            raise ValueError(f"expected scores for {len(jobs)} windows, got {len(scores)}")
         self._out.popleft()
-        for job, p in zip(jobs, probs, strict=True):
-            scored = self._session.on_scores(job, p)
+        rate = self._params.model_rate
+        for i, job in enumerate(jobs):
+            level = float(scores.level_dbfs[i])
+            if self._padded_level is not None:
+                level = self._padded_level
+            speech = float(scores.speech[i])
+            scored = self._session.on_scores(
+                job, scores.probs[i], level_dbfs=level, speech_prob=speech
+            )
             self.updates.append(scored.update)
             self._probs.append(scored.probs)
+            self._levels.append(level)
+            self._speech.append(speech)
+            self._times.append(job.end_sample / rate)
 
     def result(self) -> tuple[list[GenreUpdate], np.ndarray, list[Segment], bool]:
-        """Updates, ``(windows, labels)`` probabilities, timeline and ``padded`` so far."""
-        labels = len(self._params.labels)
+        """Updates, ``(windows, labels)`` probabilities, timeline and ``padded`` so far.
+
+        With ``params.offline.decoding == "viterbi"`` the timeline and each update's ``genre``
+        and ``confidence`` are those of :func:`~stream_server.decoding.decode` over every window
+        so far; with ``"live"`` they are the live session's.
+        """
+        params = self._params
+        labels = len(params.labels)
         stacked = np.stack(self._probs) if self._probs else np.empty((0, labels), np.float32)
-        return self.updates, stacked, self._session.segments(), self.padded
+        if params.offline.decoding == "live" or not self.updates:
+            return self.updates, stacked, self._session.segments(), self.padded
+        decoded = decode_whole(
+            params, stacked, np.array(self._times), np.array(self._levels), np.array(self._speech)
+        )
+        updates: list[GenreUpdate] = []
+        for update, label, confidence in zip(
+            self.updates, decoded.labels, decoded.confidences, strict=True
+        ):
+            copy = update.copy()
+            copy["genre"] = label
+            copy["confidence"] = round(float(confidence), 4)
+            updates.append(copy)
+        return updates, stacked, decoded.segments, self.padded
+
+
+def decode_whole(
+    params: SessionParams,
+    probs: np.ndarray,
+    times_s: np.ndarray,
+    level_dbfs: np.ndarray,
+    speech: np.ndarray,
+) -> Decoded:
+    """The ``"viterbi"`` decoding of a whole file's windows under ``params``.
+
+    ``probs`` is ``(T, labels)`` display probabilities; ``times_s``, ``level_dbfs`` and
+    ``speech`` are ``(T,)``: each window's end (stream time, s), newest hop's level (dBFS) and
+    speech probability.
+    """
+    return decode(
+        params.labels,
+        probs,
+        times_s,
+        times_s - params.window_s,
+        level_dbfs=level_dbfs,
+        speech=speech,
+        gate=params.gate,
+        hop_s=params.hop_s,
+        switch_cost=params.offline.switch_cost,
+    )
+
+
+def _level_of(audio: np.ndarray) -> float:
+    """RMS level of ``(samples,)`` audio in dBFS (:data:`~stream_server.gate.LEVEL_FLOOR_DBFS`
+    when empty)."""
+    if audio.size == 0:
+        return LEVEL_FLOOR_DBFS
+    power = float(np.mean(np.square(audio, dtype=np.float64)))
+    return max(LEVEL_FLOOR_DBFS, 10.0 * math.log10(max(power, 1e-30)))
 
 
 def classify_audio(
@@ -188,7 +275,7 @@ def classify_audio(
     """
     stream = OfflineStream(audio, params, runner.max_batch)
     while (windows := stream.next_batch()) is not None:
-        stream.add_scores(runner.run(windows))
+        stream.add_scores(runner.score(windows))
         if progress:
             _progress(stream.fraction)
     if progress:
@@ -210,10 +297,14 @@ def classify_file(
     """Decode ``path`` and classify it with the configured (or given) model."""
     loaded = model or resolve_model(config.model.path)
     eng = config.engine
-    runner = InferenceRunner(
-        loaded, pick_device(eng.device), half=eng.half_precision, max_batch=eng.max_batch
-    )
     params = session_params(config, loaded)
+    runner = InferenceRunner(
+        loaded,
+        pick_device(eng.device),
+        half=eng.half_precision,
+        max_batch=eng.max_batch,
+        level_samples=params.hop_samples,
+    )
     audio = decode_mono(path, params.model_rate)
     start = time.perf_counter()
     outcome = classify_audio(audio, runner, params, progress=progress)
@@ -239,13 +330,15 @@ def make_report(
     model: str,
 ) -> ClassifyReport:
     """The report for ``outcome`` (what :func:`classify_audio` or the engine path returned):
-    ``duration_s`` of audio classified in ``processing_s`` seconds."""
+    ``duration_s`` of audio classified in ``processing_s`` seconds. The file's probabilities are
+    the mean over its windows labelled music (over all of them when none is)."""
     updates, probs, segments, padded = outcome
+    music = np.array([u["genre"] not in NON_MUSIC_LABELS for u in updates], dtype=bool)
     return ClassifyReport(
         source=source,
         duration_s=duration_s,
         labels=params.labels,
-        mean_probs=probs.mean(axis=0),
+        mean_probs=probs[music].mean(axis=0) if music.any() else probs.mean(axis=0),
         windows=updates,
         window_probs=probs,
         segments=segments,
@@ -253,6 +346,7 @@ def make_report(
         device=device,
         padded=padded,
         model=model,
+        decoding=params.offline.decoding,
     )
 
 
@@ -276,6 +370,10 @@ def format_result(result: ClassifyResult) -> str:
         lines.append(f"  {label:<14} {p:6.1%}  {'#' * round(p * 40)}")
     if result["padded"]:
         lines.append("  (shorter than one window: padded with silence)")
+    decoding = result.get("decoding")
+    if decoding:
+        text = OFFLINE_DECODINGS.get(decoding)
+        lines += ["", f"decoding: {decoding}" + (f" ({text})" if text else "")]
     lines += ["", "timeline:"]
     for seg in result["segments"]:
         lines.append(

@@ -225,12 +225,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         progress=not args.json,
     )
+    extra = {}
+    mix_text = ""
+    if args.mixes:
+        from stream_server.mix_eval import MixOptions, figures, format_figures, prepare
+        from stream_server.runner import InferenceRunner
+        from stream_server.session import session_params
+
+        options = MixOptions(
+            mixes=args.mixes,
+            seed=args.mix_seed,
+            parts=args.mix_parts,
+            min_s=args.mix_min_s,
+            max_s=args.mix_max_s,
+        )
+        runner = InferenceRunner(
+            model,
+            pick_device(config.engine.device),
+            half=config.engine.half_precision,
+            max_batch=config.engine.max_batch,
+            level_samples=session_params(config, model).hop_samples,
+        )
+        prepared = prepare(
+            model, args.data, clips, config, runner, options, cache_dir=args.cache,
+            progress=not args.json,
+        )  # fmt: skip
+        mixed = figures(prepared, session_params(config, model))
+        extra["mixes"] = mixed.to_json()
+        mix_text = format_figures(mixed)
     if args.out:
-        save_report(report, args.out)
+        save_report(report, args.out, extra)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({**report.to_json(), **extra}, indent=2))
     else:
         print(format_report(report))
+        if mix_text:
+            print("\n" + mix_text)
         if args.out:
             out = Path(args.out)
             print(f"\nwrote {out / 'evaluation.json'} and {out / 'confusion.png'}")
@@ -429,6 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="decoded-audio cache directory (default: none)")
     p.add_argument("--out", help="write evaluation.json and confusion.png into this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--mixes",
+        type=int,
+        default=0,
+        help="also build N mixes of the clips and measure how the live and offline timelines "
+        "follow them (default 0: none)",
+    )
+    p.add_argument("--mix-seed", type=int, default=0, help="seed of the mixes (default 0)")
+    p.add_argument("--mix-parts", type=int, default=6, help="parts per mix (default 6)")
+    p.add_argument(
+        "--mix-min-s", type=float, default=10.0, help="shortest part, seconds (default 10)"
+    )
+    p.add_argument(
+        "--mix-max-s", type=float, default=40.0, help="longest part, seconds (default 40)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("dashboard", help="the live dashboard (Streamlit) for a running server")

@@ -63,11 +63,56 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    """Probability smoothing and the genre-change hysteresis (seconds of stream time)."""
+    """Probability smoothing and the genre-change hysteresis (seconds of stream time).
+
+    A challenger leading the current genre by ``switch_margin`` for ``min_dwell_s`` takes over;
+    one leading by ``stale_margin`` takes over at once (1: never at once). The stored timeline
+    dates a confirmed change back to where the new genre took the lead, at most
+    ``backdate_max_s`` (0: not at all).
+    """
 
     time_constant_s: float = 4.0
-    switch_margin: float = 0.1
-    min_dwell_s: float = 3.0
+    switch_margin: float = 0.3
+    min_dwell_s: float = 1.0
+    stale_margin: float = 0.3
+    backdate_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The music / speech / silence gate (:mod:`stream_server.gate`).
+
+    A window whose newest hop is below ``silence_dbfs`` (RMS, dBFS) is silence; else one whose
+    speech probability is at least ``speech_threshold`` is speech; else music. A new kind shows
+    once its run of windows spans ``min_run_s``. ``enabled`` off: every window is music.
+    """
+
+    enabled: bool = True
+    silence_dbfs: float = -65.0
+    speech_threshold: float = 0.5
+    min_run_s: float = 1.0
+
+
+#: The decodings ``[offline] decoding`` may name (see :mod:`stream_server.decoding`), each with
+#: the words reports use for it.
+OFFLINE_DECODINGS: dict[str, str] = {
+    "viterbi": "the whole file at once, looking ahead (Viterbi over the window probabilities); "
+    "a live stream decodes causally",
+    "live": "causal, as a live stream of the same audio shows it",
+}
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """How whole files are decoded: ``genrecast classify``, ``POST /classify``, ``evaluate``.
+
+    ``decoding = "viterbi"``: the best label path over every window of the file at once (it may
+    look ahead), each switch between genres costing ``switch_cost`` nats; ``"live"``: the causal
+    live path, exactly as a stream of the same audio would show it.
+    """
+
+    decoding: str = "viterbi"
+    switch_cost: float = 16.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +180,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
@@ -171,6 +218,14 @@ def _unit_interval(v: Any) -> str | None:
     return None if 0 <= v <= 1 else "must be in [0, 1]"
 
 
+def _level_dbfs(v: Any) -> str | None:
+    return None if -math.inf < v <= 0 else "must be a finite level in dBFS <= 0"
+
+
+def _decoding(v: Any) -> str | None:
+    return None if v in OFFLINE_DECODINGS else f"must be one of {', '.join(OFFLINE_DECODINGS)}"
+
+
 def _log_level(v: Any) -> str | None:
     levels = ("critical", "error", "warning", "info", "debug")
     return None if v in levels else f"must be one of {', '.join(levels)}"
@@ -194,6 +249,13 @@ _CHECKS: dict[str, _Check] = {
     "smoothing.time_constant_s": _non_negative,
     "smoothing.switch_margin": _unit_interval,
     "smoothing.min_dwell_s": _non_negative,
+    "smoothing.stale_margin": _unit_interval,
+    "smoothing.backdate_max_s": _non_negative,
+    "gate.silence_dbfs": _level_dbfs,
+    "gate.speech_threshold": _unit_interval,
+    "gate.min_run_s": _non_negative,
+    "offline.decoding": _decoding,
+    "offline.switch_cost": _non_negative,
     "updates.queue_size": _positive,
     "updates.history_size": _positive,
     "sources.open_timeout_s": _positive,
@@ -292,10 +354,13 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 __all__ = [
+    "OFFLINE_DECODINGS",
     "PROJECT_CONFIG",
     "Config",
     "EngineConfig",
+    "GateConfig",
     "ModelConfig",
+    "OfflineConfig",
     "ServerConfig",
     "SmoothingConfig",
     "SourcesConfig",

@@ -9,8 +9,9 @@ for the batch to fill to ``max_batch``, runs the batch and hands the results to 
 ``loop.call_soon_threadsafe``). A failed batch goes to ``on_error`` and the engine carries on.
 
 One-shot work (a whole uploaded file) comes in through :meth:`Engine.run_windows`, which returns a
-:class:`concurrent.futures.Future`. The same thread runs it in chunks of ``max_batch`` windows,
-taking turns with live batches, so a long file delays a live stream by at most one chunk.
+:class:`concurrent.futures.Future` of :class:`~stream_server.runner.WindowScores`. The same thread
+runs it in chunks of ``max_batch`` windows, taking turns with live batches, so a long file delays a
+live stream by at most one chunk.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stream_server.errors import GenrecastError
-from stream_server.runner import InferenceRunner
+from stream_server.runner import InferenceRunner, WindowScores
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,19 @@ class WindowJob:
 
 @dataclass(frozen=True, eq=False)
 class WindowResult:
-    """Probabilities ``(labels,)`` for a job, with the batch it ran in."""
+    """What the engine computed for a job, with the batch it ran in.
+
+    ``probs`` is ``(labels,)``; ``level_dbfs`` the level of the window's newest hop (dBFS) and
+    ``speech_prob`` its speech probability (``0`` without a speech detector): the gate's inputs
+    (:mod:`stream_server.gate`).
+    """
 
     job: WindowJob
     probs: np.ndarray
     batch_size: int
     batch_seconds: float
+    level_dbfs: float = 0.0
+    speech_prob: float = 0.0
 
 
 class EngineStopped(GenrecastError):
@@ -65,12 +73,12 @@ class _OneShot:
     """Windows ``(n, samples)`` queued by :meth:`Engine.run_windows`; ``done`` of them are run."""
 
     windows: np.ndarray
-    future: Future[np.ndarray]
+    future: Future[WindowScores]
     done: int = 0
-    parts: list[np.ndarray] = field(default_factory=list)
+    parts: list[WindowScores] = field(default_factory=list)
 
 
-def _settle(future: Future[np.ndarray], outcome: np.ndarray | BaseException) -> None:
+def _settle(future: Future[WindowScores], outcome: WindowScores | BaseException) -> None:
     """Resolve ``future`` with a result or an exception, unless its caller cancelled it."""
     try:
         if isinstance(outcome, BaseException):
@@ -138,8 +146,8 @@ class Engine:
             self._cond.notify_all()
         return replaced
 
-    def run_windows(self, windows: np.ndarray) -> Future[np.ndarray]:
-        """Run ``(n, samples)`` float32 windows on the engine thread; ``(n, labels)`` comes back.
+    def run_windows(self, windows: np.ndarray) -> Future[WindowScores]:
+        """Run ``(n, samples)`` float32 windows on the engine thread; their scores come back.
 
         The windows are run in chunks of ``max_batch``, taking turns with live batches. The future
         fails with the runner's exception if a chunk fails, or with :class:`EngineStopped`; a
@@ -147,9 +155,9 @@ class Engine:
         """
         if windows.ndim != 2:
             raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
-        future: Future[np.ndarray] = Future()
+        future: Future[WindowScores] = Future()
         if len(windows) == 0:
-            future.set_result(np.empty((0, len(self.runner.labels)), dtype=np.float32))
+            future.set_result(WindowScores.empty(len(self.runner.labels)))
             return future
         with self._cond:
             if self._stopping:
@@ -217,7 +225,7 @@ class Engine:
                 continue
             try:
                 windows = np.stack([job.window for job in jobs])
-                probs, timing = self.runner.timed_run(windows)
+                scores, timing = self.runner.timed_score(windows)
             except Exception as exc:
                 log.exception("inference failed for a batch of %d windows", len(jobs))
                 self._finish(jobs)
@@ -226,7 +234,14 @@ class Engine:
             self.batches += 1
             self.computed += len(jobs)
             results = [
-                WindowResult(job, probs[i], timing.batch_size, timing.seconds)
+                WindowResult(
+                    job,
+                    scores.probs[i],
+                    timing.batch_size,
+                    timing.seconds,
+                    float(scores.level_dbfs[i]),
+                    float(scores.speech[i]),
+                )
                 for i, job in enumerate(jobs)
             ]
             self._finish(jobs)
@@ -237,21 +252,21 @@ class Engine:
 
     def _run_chunk(self, shot: _OneShot) -> None:
         """Run the next ``max_batch`` windows of ``shot``; settle its future after the last."""
-        outcome: np.ndarray | BaseException | None = None
+        outcome: WindowScores | BaseException | None = None
         if not shot.future.cancelled():
             chunk = shot.windows[shot.done : shot.done + self.max_batch]
             try:
-                probs, _ = self.runner.timed_run(chunk)
+                scores, _ = self.runner.timed_score(chunk)
             except Exception as exc:
                 log.exception("inference failed for %d windows of a one-shot run", len(chunk))
                 outcome = exc
             else:
                 self.batches += 1
                 self.computed += len(chunk)
-                shot.parts.append(probs)
+                shot.parts.append(scores)
                 shot.done += len(chunk)
                 if shot.done >= len(shot.windows):
-                    outcome = np.concatenate(shot.parts)
+                    outcome = WindowScores.concat(shot.parts)
         if outcome is None and not shot.future.cancelled():
             return
         with self._cond:

@@ -273,10 +273,14 @@ def save_confusion_png(report: EvalReport, path: str | Path) -> Path:
     return out
 
 
-def save_report(report: EvalReport, directory: str | Path) -> tuple[Path, Path]:
-    """Write ``evaluation.json`` and ``confusion.png`` into ``directory``."""
+def save_report(
+    report: EvalReport, directory: str | Path, extra: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write ``evaluation.json`` (the report's figures, plus ``extra``'s keys beside them, e.g.
+    ``mixes``) and ``confusion.png`` into ``directory``."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     js = folder / "evaluation.json"
-    js.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+    data = {**report.to_json(), **(extra or {})}
+    js.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     return js, save_confusion_png(report, folder / "confusion.png")

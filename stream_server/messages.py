@@ -14,12 +14,18 @@ strictly increasing; ``/ws/updates?since=SEQ`` replays everything after ``SEQ``.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypedDict
 
 from stream_server.audio import SampleFormat
 from stream_server.errors import AudioFormatError, ProtocolError
 
 SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("s16le", "f32le")
+
+#: The ``genre`` of an update, a change or a timeline segment while the audio is speech or
+#: silence rather than music (:mod:`stream_server.gate`); every other value is a genre label.
+SPEECH: Final = "speech"
+SILENCE: Final = "silence"
+NON_MUSIC_LABELS: frozenset[str] = frozenset({SPEECH, SILENCE})
 
 
 class StartMessage(TypedDict):
@@ -57,7 +63,12 @@ class StreamStarted(TypedDict):
 
 class GenreUpdate(TypedDict):
     """One computed window: its raw top-k, every label's smoothed probability (best first) and
-    the current genre decided from them."""
+    the current genre decided from them.
+
+    ``genre`` is :data:`SPEECH` or :data:`SILENCE` while the audio is judged speech or silence
+    (``confidence`` is then the window's speech probability, or 1 for silence); ``top`` and
+    ``smoothed`` stay the genre model's, and the smoothed genres are not moved by such windows.
+    """
 
     type: Literal["genre.update"]
     seq: int
@@ -73,7 +84,12 @@ class GenreUpdate(TypedDict):
 
 
 class GenreChange(TypedDict):
-    """The smoothed genre changed (``previous`` is None for the first genre of a stream)."""
+    """The smoothed genre changed (``previous`` is None for the first genre of a stream).
+
+    ``previous`` and ``genre`` may be :data:`SPEECH` or :data:`SILENCE`, as in
+    :class:`GenreUpdate`; ``stream_time_s`` is when the change was confirmed (the stored timeline
+    dates it back to where the new label took over).
+    """
 
     type: Literal["genre.change"]
     seq: int
@@ -217,11 +233,15 @@ class ClassifiedSegment(TypedDict):
 class ClassifyResult(TypedDict):
     """The answer to ``POST /classify``: one whole file through the live windows and smoothing.
 
-    ``probabilities`` holds every display label (mean over windows, best first, summing to 1);
+    ``probabilities`` holds every display label (mean over the windows labelled music -- all
+    windows when none is -- best first, summing to 1);
     ``genre``/``confidence`` is the best of them. ``duration_s`` is seconds of decoded audio;
     ``processing_ms`` the server's time from the whole file received to the answer, in
     milliseconds; ``cached`` says the answer was kept from an earlier upload of the same bytes
-    (``sha256``, hex). ``padded``: shorter than one window, padded with silence.
+    (``sha256``, hex). ``padded``: shorter than one window, padded with silence. ``decoding``
+    says how the timeline was decoded (``"viterbi"``: the whole file at once, looking ahead;
+    ``"live"``: causally, as a live stream); ``windows[].genre`` is the decoded label of each
+    window. A ``genre`` of a window or segment may be :data:`SPEECH` or :data:`SILENCE`.
     """
 
     source: str
@@ -235,5 +255,6 @@ class ClassifyResult(TypedDict):
     confidence: float
     probabilities: dict[str, float]
     padded: bool
+    decoding: str
     windows: list[ClassifiedWindow]
     segments: list[ClassifiedSegment]

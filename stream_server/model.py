@@ -75,13 +75,19 @@ class GenreClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A classifier ready to run, with what the server needs to know about it."""
+    """A classifier ready to run, with what the server needs to know about it.
+
+    ``speech_detector``, when set, is run beside the classifier on every batch: ``forward(wave)``
+    takes the same ``(batch, samples)`` windows and returns ``(batch,)`` speech probabilities
+    (see :mod:`stream_server.gate`). ``None``: no window is judged speech.
+    """
 
     classifier: GenreClassifier
     labels: tuple[str, ...]
     preprocessing: Preprocessing
     source: str
     trained: bool = True
+    speech_detector: nn.Module | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -126,7 +126,13 @@ class Service:
         cfg = self.config.engine
         loaded = self.model if self.model is not None else resolve_model(self.config.model.path)
         device = pick_device(cfg.device)
-        runner = InferenceRunner(loaded, device, half=cfg.half_precision, max_batch=cfg.max_batch)
+        runner = InferenceRunner(
+            loaded,
+            device,
+            half=cfg.half_precision,
+            max_batch=cfg.max_batch,
+            level_samples=session_params(self.config, loaded).hop_samples,
+        )
         self.model = loaded
         self.runner = runner
         engine = Engine(
@@ -351,17 +357,29 @@ class Service:
             if live.session.is_stale(result.job):
                 self._resolved(live)
                 continue
-            scored = live.session.on_scores(result.job, result.probs, time.monotonic())
+            scored = live.session.on_scores(
+                result.job,
+                result.probs,
+                time.monotonic(),
+                level_dbfs=result.level_dbfs,
+                speech_prob=result.speech_prob,
+            )
             self.hub.publish(scored.update)
             if scored.change is not None:
                 self.hub.publish(scored.change)
             m.latency_seconds.observe(scored.update["latency_ms"] / 1000.0)
-            if self.store is not None:
-                for index, segment in scored.segments:
-                    self._db_write(
-                        self.store.upsert_segment, live.session.stream_id, index, segment
-                    )
+            self._store_segments(live, scored.segments)
             self._resolved(live)
+
+    def _store_segments(self, live: LiveStream, segments: list[tuple[int, Segment]]) -> None:
+        """Queue the write of a timeline tail (``(index, segment)``, consecutive indices)."""
+        if self.store is not None and segments:
+            self._db_write(
+                self.store.write_tail,
+                live.session.stream_id,
+                segments[0][0],
+                [segment for _, segment in segments],
+            )
 
     def _deliver_error(self, jobs: Sequence[WindowJob], reason: str) -> None:
         self.metrics.errors.labels(kind="inference").inc()
@@ -418,9 +436,7 @@ class Service:
         """The stream's source was away for ``gap_s`` seconds and is back (on the loop)."""
         if live.ended:
             return
-        for index, segment in live.session.mark_gap(gap_s):
-            if self.store is not None:
-                self._db_write(self.store.upsert_segment, live.session.stream_id, index, segment)
+        self._store_segments(live, live.session.mark_gap(gap_s))
 
     def track_change(self, live: LiveStream, title: str) -> None:
         """The stream announced ``title``: publish ``track.change`` and store it (on the loop)."""

@@ -4,9 +4,11 @@
 rate, writes them to the stream's :class:`~ring_buffer.RingBuffer` and returns the window that is
 due, if any. Windows end every ``hop`` samples once a full ``window`` has arrived; when one feed
 completes several windows only the newest is returned (latest wins) and the rest are counted as
-skipped. :meth:`StreamSession.on_scores` takes the model's probabilities for a window and returns
-the messages to publish (``genre.update``, and ``genre.change`` when the smoothed genre changes)
-plus the timeline segments to store. Sample positions are absolute indices at the model's rate.
+skipped. :meth:`StreamSession.on_scores` takes the model's probabilities for a window (with its
+level and speech probability, the gate's inputs) and returns the messages to publish
+(``genre.update``, and ``genre.change`` when the label shown changes) plus the tail of the
+timeline to store; the decisions are a :class:`~stream_server.labelling.Labeller`'s. Sample
+positions are absolute indices at the model's rate.
 
 :meth:`StreamSession.mark_gap` records that the source went away for a while (a pulled stream
 reconnecting): the open timeline segment is closed, stream time jumps forward by the length of
@@ -25,11 +27,14 @@ import numpy as np
 from ring_buffer import RingBuffer
 from stream_server.audio import PcmDecoder, SampleFormat, StreamingResampler
 from stream_server.config import Config
+from stream_server.decoding import OfflineParams
 from stream_server.engine import WindowJob
+from stream_server.gate import GateParams
+from stream_server.labelling import Labeller, LabelParams
 from stream_server.messages import GenreChange, GenreUpdate, LabelProb
 from stream_server.model import LoadedModel
-from stream_server.smoothing import GenreTracker, ProbabilitySmoother, SmoothingParams
-from stream_server.timeline import Segment, TimelineBuilder
+from stream_server.smoothing import SmoothingParams
+from stream_server.timeline import Segment
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class SessionParams:
 
     ``labels`` are the displayed genres. ``label_map`` maps each model output index to its index
     in ``labels`` when several model labels are merged into one; empty means one to one.
+    ``smoothing``, ``gate`` and ``backdate_max_s`` govern the live labels and the stored timeline
+    (:mod:`stream_server.labelling`); ``offline`` how whole files are decoded
+    (:mod:`stream_server.decoding`).
     """
 
     model_rate: int
@@ -48,6 +56,9 @@ class SessionParams:
     top_k: int = 3
     smoothing: SmoothingParams = field(default_factory=SmoothingParams)
     label_map: tuple[int, ...] = ()
+    gate: GateParams = field(default_factory=GateParams)
+    backdate_max_s: float = 30.0
+    offline: OfflineParams = field(default_factory=OfflineParams)
 
     def __post_init__(self) -> None:
         if self.window_samples <= 0 or self.hop_samples <= 0:
@@ -56,6 +67,20 @@ class SessionParams:
             raise ValueError("the buffer must hold at least one window plus one hop")
         if self.label_map and not all(0 <= i < len(self.labels) for i in self.label_map):
             raise ValueError("label_map must index into labels")
+
+    @property
+    def hop_s(self) -> float:
+        """Seconds of stream time between two windows."""
+        return self.hop_samples / self.model_rate
+
+    @property
+    def window_s(self) -> float:
+        """Seconds of audio in a window."""
+        return self.window_samples / self.model_rate
+
+    def label_params(self) -> LabelParams:
+        """What a :class:`~stream_server.labelling.Labeller` for these windows needs."""
+        return LabelParams(self.smoothing, self.gate, self.hop_s, self.backdate_max_s)
 
     def display_probs(self, probs: np.ndarray) -> np.ndarray:
         """Model probabilities ``(model labels,)`` to ``(labels,)``, summing merged labels."""
@@ -69,12 +94,19 @@ class SessionParams:
 
 @dataclass(frozen=True)
 class Scored:
-    """What one scored window produced: messages to publish and segments to store."""
+    """What one scored window produced: messages to publish and segments to store.
+
+    ``segments`` is the tail of the stream's timeline that changed, as ``(index, segment)`` with
+    consecutive indices: store them and drop any stored segment after them
+    (:meth:`~stream_server.store.TimelineStore.write_tail`). ``probs`` are the window's display
+    probabilities ``(labels,)``; ``kind`` is the gate's judgement of it.
+    """
 
     update: GenreUpdate
     change: GenreChange | None
     segments: list[tuple[int, Segment]]
     probs: np.ndarray
+    kind: int = 0
 
 
 def window_seconds(config: Config, model: LoadedModel) -> float:
@@ -84,7 +116,7 @@ def window_seconds(config: Config, model: LoadedModel) -> float:
 
 def session_params(config: Config, model: LoadedModel) -> SessionParams:
     """Windowing, labels and smoothing for ``model`` under ``config``."""
-    pre, eng, sm = model.preprocessing, config.engine, config.smoothing
+    pre, eng, sm, gate = model.preprocessing, config.engine, config.smoothing, config.gate
     rate = pre.sample_rate
     window = round(window_seconds(config, model) * rate)
     hop = round(eng.hop_s * rate)
@@ -97,8 +129,13 @@ def session_params(config: Config, model: LoadedModel) -> SessionParams:
         buffer_samples=max(round(eng.buffer_s * rate), window + hop),
         labels=labels,
         top_k=eng.top_k,
-        smoothing=SmoothingParams(sm.time_constant_s, sm.switch_margin, sm.min_dwell_s),
+        smoothing=SmoothingParams(
+            sm.time_constant_s, sm.switch_margin, sm.min_dwell_s, sm.stale_margin
+        ),
         label_map=tuple(labels.index(d) for d in display) if len(labels) < len(display) else (),
+        gate=GateParams(gate.enabled, gate.silence_dbfs, gate.speech_threshold, gate.min_run_s),
+        backdate_max_s=sm.backdate_max_s,
+        offline=OfflineParams(config.offline.decoding, config.offline.switch_cost),
     )
 
 
@@ -128,10 +165,7 @@ class StreamSession:
         self._resampler = StreamingResampler(sample_rate, params.model_rate)
         self.buffer = RingBuffer(params.buffer_samples)
         self._next_end = params.window_samples
-        self._smoother = ProbabilitySmoother(len(params.labels), params.smoothing.time_constant_s)
-        self._tracker = GenreTracker(params.smoothing)
-        self._timeline = TimelineBuilder()
-        self._closed_segments = 0
+        self._labeller = Labeller(params.labels, params.label_params())
         self.windows_due = 0
         self.windows_skipped = 0
         self.windows_computed = 0
@@ -191,24 +225,19 @@ class StreamSession:
         computed before the gap that arrive later are stale (:meth:`is_stale`).
 
         Returns:
-            The segments to store: the one the gap closed, as ``(index, segment)``.
+            The segments to store (the one the gap closed), as in :attr:`Scored.segments`.
         """
         if not math.isfinite(gap_s) or gap_s < 0:
             raise ValueError(f"gap_s must be a finite number of seconds >= 0, got {gap_s!r}")
         tail = self._resampler.flush()
         if tail.size:
             self.buffer.write(tail)
-        out: list[tuple[int, Segment]] = []
-        closed = self._timeline.mark_gap(self.stream_time_s)
-        if closed is not None:
-            out.append((self._closed_segments, closed))
-            self._closed_segments += 1
+        out = self._labeller.mark_gap(self.stream_time_s)
         written = self.buffer.written
         self._gap_samples += round(gap_s * self.params.model_rate)
         self._gap_at = written
         self._next_end = written + self.params.window_samples
         self.buffer.consume(written)
-        self._smoother.reset()
         return out
 
     def is_stale(self, job: WindowJob) -> bool:
@@ -221,31 +250,30 @@ class StreamSession:
 
     # -- scores in, messages out ------------------------------------------------------------
 
-    def on_scores(self, job: WindowJob, probs: np.ndarray, now: float | None = None) -> Scored:
+    def on_scores(
+        self,
+        job: WindowJob,
+        probs: np.ndarray,
+        now: float | None = None,
+        *,
+        level_dbfs: float | None = None,
+        speech_prob: float = 0.0,
+    ) -> Scored:
         """Turn the model's ``(model labels,)`` probabilities for ``job`` into messages, segments.
 
         ``now`` is ``time.monotonic()`` when the update is about to be sent (for latency).
+        ``level_dbfs`` (the level of the window's newest hop; ``None``: not measured) and
+        ``speech_prob`` are the gate's inputs (:class:`~stream_server.engine.WindowResult`).
         """
         probs = self.params.display_probs(probs)
         rate = self.params.model_rate
         t = (job.end_sample + self._gap_samples) / rate
         window_start = (job.end_sample + self._gap_samples - self.params.window_samples) / rate
-        smoothed = self._smoother.update(probs, t)
-        change = self._tracker.update(smoothed, t)
-        current = self._tracker.current
-        assert current is not None  # set by the first update
-        genre = self.params.labels[current]
-        confidence = float(smoothed[current])
+        step = self._labeller.step(t, window_start, probs, level_dbfs, speech_prob)
+        smoothed = step.smoothed
+        genre = step.label
+        confidence = step.confidence
         self.windows_computed += 1
-
-        segments: list[tuple[int, Segment]] = []
-        closed = self._timeline.add(t, genre, confidence, window_start_s=window_start)
-        if closed is not None:
-            segments.append((self._closed_segments, closed))
-            self._closed_segments += 1
-        open_segment = self._timeline.open_segment
-        if open_segment is not None:
-            segments.append((self._closed_segments, open_segment))
 
         k = min(self.params.top_k, len(self.params.labels))
         order = np.argsort(-probs, kind="stable")[:k]
@@ -269,22 +297,22 @@ class StreamSession:
         )
         self.last_update = update
         change_msg = None
-        if change is not None:
+        if step.changed:
             change_msg = GenreChange(
                 type="genre.change",
                 seq=0,
                 stream_id=self.stream_id,
-                stream_time_s=round(change.stream_time_s, 3),
+                stream_time_s=round(t, 3),
                 wall_time=wall,
-                previous=None if change.previous is None else self.params.labels[change.previous],
-                genre=self.params.labels[change.current],
-                confidence=_round(change.confidence),
+                previous=step.previous,
+                genre=genre,
+                confidence=_round(confidence),
             )
-        return Scored(update, change_msg, segments, probs)
+        return Scored(update, change_msg, step.segments, probs, step.kind)
 
     def segments(self) -> list[Segment]:
         """The stream's timeline so far (closed segments and the open one)."""
-        return self._timeline.segments()
+        return self._labeller.segments()
 
 
 def _round(x: float | np.floating[Any]) -> float:

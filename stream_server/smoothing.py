@@ -6,7 +6,8 @@ where ``C`` is the number of genre labels; label indices refer to positions in t
 
 :class:`ProbabilitySmoother` turns the noisy per-hop classifier output into a smoothed vector;
 :class:`GenreTracker` decides, from the smoothed vector, which single genre is current, switching
-only when a challenger stays clearly ahead for long enough, so the live timeline does not flicker.
+only when a challenger stays clearly ahead for long enough, so the live timeline does not flicker,
+and at once when a challenger leads by far, so the current genre is never stale.
 """
 
 from __future__ import annotations
@@ -69,16 +70,23 @@ class SmoothingParams:
             must exceed the current genre's for the challenger to count as ahead.
         min_dwell_s: How long, in seconds of stream time, a challenger must stay ahead by at
             least ``switch_margin`` without interruption before the current genre switches.
+        stale_margin: A challenger whose smoothed probability exceeds the current genre's by at
+            least this much (``0..1``) takes over at once, without dwell: the current genre
+            never stays this far below a clear leader. ``1`` turns the rule off.
     """
 
     time_constant_s: float = 4.0
-    switch_margin: float = 0.1
-    min_dwell_s: float = 3.0
+    switch_margin: float = 0.3
+    min_dwell_s: float = 1.0
+    stale_margin: float = 0.3
 
     def __post_init__(self) -> None:
         _check_non_negative("time_constant_s", self.time_constant_s)
         _check_non_negative("switch_margin", self.switch_margin)
         _check_non_negative("min_dwell_s", self.min_dwell_s)
+        _check_non_negative("stale_margin", self.stale_margin)
+        if self.stale_margin > 1:
+            raise ValueError(f"stale_margin must be in [0, 1], got {self.stale_margin!r}")
 
 
 class ProbabilitySmoother:
@@ -183,15 +191,18 @@ class GenreChange:
 class GenreTracker:
     """Hysteresis rule deciding the current genre from smoothed probability vectors.
 
-    The current genre (a label index) changes only when a challenger -- the argmax of the
-    smoothed vector -- beats the current genre's smoothed probability by at least
-    ``switch_margin``, continuously, for at least ``min_dwell_s`` seconds of stream time
-    (measured from the first update at which that challenger was ahead). The first update sets
-    the current genre immediately (a change with ``previous=None``). A challenger that drops
-    below the margin resets the dwell clock; a different challenger restarts it.
+    The current genre (a label index) changes when a challenger -- the argmax of the smoothed
+    vector -- beats the current genre's smoothed probability
 
-    As a consequence, two changes after the first are never closer than ``min_dwell_s`` apart
-    in stream time.
+    * by at least ``switch_margin``, continuously, for at least ``min_dwell_s`` seconds of stream
+      time (measured from the first update at which that challenger was ahead); a challenger that
+      drops below the margin resets the dwell clock, a different challenger restarts it; or
+    * by at least ``stale_margin`` (when below 1), at once: after any update the current genre's
+      smoothed probability is less than ``stale_margin`` below the leader's (no stale genre).
+
+    The first update sets the current genre immediately (a change with ``previous=None``).
+    Without the ``stale_margin`` rule, two changes after the first are never closer than
+    ``min_dwell_s`` apart in stream time.
     """
 
     def __init__(self, params: SmoothingParams) -> None:
@@ -251,19 +262,26 @@ class GenreTracker:
             return GenreChange(float(stream_time_s), None, leader, self._confidence)
 
         lead = float(arr[leader] - arr[self._current])
+        params = self._params
         ahead = (
             leader != self._current
             and lead > 0
-            and lead >= self._params.switch_margin - _MARGIN_TOLERANCE
+            and lead >= params.switch_margin - _MARGIN_TOLERANCE
+        )
+        stale = (
+            leader != self._current
+            and lead > 0
+            and params.stale_margin < 1
+            and lead >= params.stale_margin - _MARGIN_TOLERANCE
         )
         change: GenreChange | None = None
-        if not ahead:
+        if not (ahead or stale):
             self._challenger = None
         else:
             if leader != self._challenger:
                 self._challenger = leader
                 self._challenger_since_s = float(stream_time_s)
-            if stream_time_s - self._challenger_since_s >= self._params.min_dwell_s:
+            if stale or stream_time_s - self._challenger_since_s >= params.min_dwell_s:
                 change = GenreChange(
                     float(stream_time_s), self._current, leader, float(arr[leader])
                 )

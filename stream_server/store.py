@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +304,42 @@ class TimelineStore:
                     segment.confidence,
                     segment.updates,
                 ),
+            )
+
+    def write_tail(self, stream_id: str, index: int, segments: Sequence[Segment]) -> None:
+        """Make ``segments`` the stream's timeline from segment number ``index`` on.
+
+        In one transaction: every stored segment at ``index`` or after is dropped, then
+        ``segments`` are written at ``index``, ``index + 1``, ... So a live timeline whose tail
+        was rewritten (a change dated back, two segments merged) is stored exactly, and a crash
+        leaves either the old tail or the new one.
+
+        Raises:
+            ValueError: ``index`` is negative.
+            StorageError: the stream does not exist, or the write failed.
+        """
+        if index < 0:
+            raise ValueError(f"index must be >= 0, got {index!r}")
+        with self._op("write_tail") as conn, conn:
+            conn.execute(
+                "DELETE FROM segments WHERE stream_id = ? AND idx >= ?", (stream_id, index)
+            )
+            conn.executemany(
+                "INSERT INTO segments "
+                "(stream_id, idx, start_s, end_s, genre, confidence, updates) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        stream_id,
+                        index + i,
+                        segment.start_s,
+                        segment.end_s,
+                        segment.genre,
+                        segment.confidence,
+                        segment.updates,
+                    )
+                    for i, segment in enumerate(segments)
+                ],
             )
 
     def timeline(self, stream_id: str) -> list[Segment]:

@@ -50,6 +50,7 @@ from stream_server.decode import iter_pcm, probe
 from stream_server.engine import Engine, EngineStopped
 from stream_server.errors import DecodeError, GenrecastError
 from stream_server.messages import ClassifyResult, GenreUpdate
+from stream_server.runner import WindowScores
 from stream_server.service import Service
 from stream_server.session import SessionParams, session_params
 from stream_server.timeline import Segment
@@ -335,7 +336,7 @@ async def classify_on_engine(
     batches of ``engine.max_batch`` at a time; the event loop only awaits them.
     """
     stream = OfflineStream(audio, params, engine.max_batch)
-    pending: deque[asyncio.Future[np.ndarray]] = deque()
+    pending: deque[asyncio.Future[WindowScores]] = deque()
     try:
         while True:
             while len(pending) < PIPELINE_DEPTH:
@@ -344,7 +345,7 @@ async def classify_on_engine(
                     break
                 pending.append(asyncio.wrap_future(engine.run_windows(windows)))
             if not pending:
-                return stream.result()
+                return await asyncio.to_thread(stream.result)
             stream.add_scores(await pending.popleft())
     finally:
         for future in pending:

@@ -12,10 +12,15 @@ import torch
 
 from stream_server.classify import ClassifyReport, classify_audio, classify_file, format_report
 from stream_server.config import Config
-from stream_server.model import LoadedModel
-from stream_server.runner import InferenceRunner
+from stream_server.decode import decode_mono
+from stream_server.gate import with_speech_detector
+from stream_server.mixes import label_at
+from stream_server.model import LoadedModel, resolve_model
+from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import SessionParams, session_params
+from stream_server.timeline import Segment
 from tests.conftest import LABELS, encode_audio, music, real_clip
+from tests.helpers.speech import ToneSpeech, marker
 
 RATE = 22050  # the tiny model's rate
 WINDOW_S = 2.0
@@ -141,9 +146,9 @@ def test_batches_follow_max_batch(
     calls: list[int] = []
 
     class CountingRunner(InferenceRunner):
-        def run(self, windows: np.ndarray) -> np.ndarray:
+        def score(self, windows: np.ndarray) -> WindowScores:
             calls.append(len(windows))
-            return super().run(windows)
+            return super().score(windows)
 
     counting = CountingRunner(tiny_model, torch.device("cpu"), max_batch=3)
     _, probs, _, _ = classify_audio(audio, counting, params, progress=True)
@@ -209,8 +214,6 @@ def test_classify_file_wav(
     assert report.duration_s == pytest.approx(5.0, abs=0.05)
     check_report(report, path, tiny_model)
     # the same audio, decoded by hand, gives the same windows
-    from stream_server.decode import decode_mono
-
     audio = decode_mono(str(path), RATE)
     runner = InferenceRunner(tiny_model, torch.device("cpu"))
     _, probs, _, _ = classify_audio(audio, runner, params)
@@ -235,3 +238,77 @@ def test_classify_file_real_clip(config: Config, tiny_model: LoadedModel) -> Non
     data = check_report(report, path, tiny_model)
     assert np.isfinite(report.window_probs).all()
     assert data["windows"][-1]["end_s"] <= report.duration_s + 1e-3
+
+
+# -- the gate and the decoding ---------------------------------------------------------------------
+
+
+def seconds_labelled(segments: list[Segment], start: float, end: float) -> set[str | None]:
+    """The labels of the whole seconds from ``start`` to ``end`` (at their midpoints)."""
+    return {label_at(segments, k + 0.5) for k in range(math.ceil(start), math.floor(end))}
+
+
+@pytest.mark.parametrize("decoding", ["viterbi", "live"])
+def test_real_music_around_silence_keeps_its_genre_and_silence_is_silence(
+    make_config: Callable[..., Config], decoding: str
+) -> None:
+    """A real classical clip, 6 s of digital silence, 4 s of low noise (-80 dBFS), the clip again:
+    every second of the silence is ``silence``, the music on both sides keeps its genre."""
+    clip = real_clip("classical")
+    model = resolve_model("")
+    config = make_config(engine={"hop_s": 1.0}, offline={"decoding": decoding})
+    params = session_params(config, model)
+    rate = params.model_rate
+    audio = decode_mono(str(clip), rate)[: 24 * rate]
+    noise = np.random.default_rng(0).standard_normal(4 * rate).astype(np.float32) * 1e-4
+    joined = np.concatenate([audio[: 12 * rate], np.zeros(6 * rate, np.float32), noise, audio])
+    runner = InferenceRunner(model, torch.device("cpu"), level_samples=params.hop_samples)
+    updates, _, segments, _ = classify_audio(joined, runner, params)
+    assert [s.genre for s in segments] == ["classical", "silence", "classical"], segments
+    assert seconds_labelled(segments, 12.0, 22.0) == {"silence"}
+    assert segments[1].start_s == pytest.approx(12.0)
+    assert segments[1].end_s == pytest.approx(22.0)
+    assert any(u["genre"] == "silence" for u in updates)
+
+
+def test_zeros_alone_are_one_silence(runner: InferenceRunner, params: SessionParams) -> None:
+    silent = InferenceRunner(runner.loaded, runner.device, level_samples=params.hop_samples)
+    updates, _, segments, _ = classify_audio(np.zeros(5 * RATE, np.float32), silent, params)
+    assert [s.genre for s in segments] == ["silence"]
+    assert {u["genre"] for u in updates} == {"silence"}
+    assert (segments[0].start_s, segments[0].end_s) == (0.0, 5.0)
+
+
+def test_a_speech_detector_marks_its_stretch_as_speech(
+    tiny_model: LoadedModel, params: SessionParams
+) -> None:
+    detector = ToneSpeech(RATE)
+    runner = InferenceRunner(
+        with_speech_detector(tiny_model, detector),
+        torch.device("cpu"),
+        level_samples=params.hop_samples,
+    )
+    audio = np.concatenate([mono(4.0, seed=1), marker(4.0, RATE, channels=1)[:, 0], mono(4.0)])
+    updates, _, segments, _ = classify_audio(audio, runner, params)
+    assert "speech" in [s.genre for s in segments]
+    assert seconds_labelled(segments, 5.0, 7.0) == {"speech"}
+    labels = [s.genre for s in segments]
+    before, after = labels[: labels.index("speech")], labels[labels.index("speech") + 1 :]
+    assert before and after and "speech" not in before + after
+    assert {u["genre"] for u in updates} >= {"speech"}
+
+
+def test_reports_say_how_they_were_decoded(
+    tmp_path: Path, make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    path = encode_audio(tmp_path / "clip.wav", music(4.0, rate=44100, channels=2), 44100)
+    viterbi = classify_file(str(path), make_config(), model=tiny_model)
+    assert viterbi.to_json()["decoding"] == "viterbi"
+    assert viterbi.to_result()["decoding"] == "viterbi"
+    assert "decoding: viterbi (the whole file at once, looking ahead" in format_report(viterbi)
+    live = classify_file(str(path), make_config(offline={"decoding": "live"}), model=tiny_model)
+    assert live.to_json()["decoding"] == "live"
+    assert "decoding: live (causal" in format_report(live)
+    # same windows and probabilities either way; the JSON keeps its shape
+    np.testing.assert_allclose(viterbi.window_probs, live.window_probs)
+    assert set(viterbi.to_json()) == set(live.to_json())

@@ -16,7 +16,9 @@ from stream_server.config import (
     PROJECT_CONFIG,
     Config,
     EngineConfig,
+    GateConfig,
     ModelConfig,
+    OfflineConfig,
     ServerConfig,
     SmoothingConfig,
     StorageConfig,
@@ -77,7 +79,9 @@ def test_defaults_of_each_table() -> None:
     assert c.server == ServerConfig("127.0.0.1", 8000, 1 << 20, 8000, 384_000, 8, 64, "info")
     assert c.model == ModelConfig("", {})
     assert c.engine == EngineConfig("auto", True, 32, 20.0, 1.0, 0.0, 30.0, 3)
-    assert c.smoothing == SmoothingConfig(4.0, 0.1, 3.0)
+    assert c.smoothing == SmoothingConfig(4.0, 0.3, 1.0, 0.3, 30.0)
+    assert c.gate == GateConfig(True, -65.0, 0.5, 1.0)
+    assert c.offline == OfflineConfig("viterbi", 16.0)
     assert c.updates == UpdatesConfig(256, 4096)
     assert c.storage == StorageConfig("genrecast.db")
 
@@ -210,6 +214,19 @@ def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
     assert c.smoothing.min_dwell_s == 0.0 and isinstance(c.smoothing.min_dwell_s, float)
 
 
+def test_gate_and_offline_tables(tmp_path: Path) -> None:
+    text = (
+        "[gate]\nenabled = false\nsilence_dbfs = -70\n"
+        '[offline]\ndecoding = "live"\nswitch_cost = 3\n'
+    )
+    c = load_config(write(tmp_path, text))
+    assert c.gate == GateConfig(False, -70.0, 0.5, 1.0)
+    assert c.offline == OfflineConfig("live", 3.0)
+    err = config_error(tmp_path, "[gate]\nenabled = 1\n")
+    assert err.key == "gate.enabled"
+    assert "true or false" in str(err)
+
+
 def test_model_labels_table_of_strings(tmp_path: Path) -> None:
     text = '[model.labels]\njazz = "Jazz"\n"hip hop" = "hip-hop"\n'
     c = load_config(write(tmp_path, text))
@@ -245,6 +262,14 @@ def test_model_labels_table_of_strings(tmp_path: Path) -> None:
         ("smoothing", "time_constant_s", -1.0, ">= 0"),
         ("smoothing", "time_constant_s", math.nan, ">= 0"),
         ("smoothing", "min_dwell_s", -2.0, ">= 0"),
+        ("smoothing", "stale_margin", 1.2, "[0, 1]"),
+        ("smoothing", "backdate_max_s", -1.0, ">= 0"),
+        ("gate", "silence_dbfs", 3.0, "dBFS <= 0"),
+        ("gate", "silence_dbfs", -math.inf, "dBFS <= 0"),
+        ("gate", "speech_threshold", 1.01, "[0, 1]"),
+        ("gate", "min_run_s", -0.5, ">= 0"),
+        ("offline", "decoding", "forward", "viterbi, live"),
+        ("offline", "switch_cost", -1.0, ">= 0"),
         ("updates", "queue_size", 0, "> 0"),
         ("updates", "history_size", 0, "> 0"),
     ],

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from tests.conftest import SHARED_GENRES, TIMEOUT_S
+from stream_server.decode import decode_mono
+from tests.conftest import SHARED_GENRES, TIMEOUT_S, encode_audio
 from tests.test_puller import EndlessMp3, mp3_file
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -181,7 +183,15 @@ def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
     tmp_path: Path,
 ) -> None:
     [pushed] = clips("jazz", 1)
-    [upload] = clips("classical", 1)
+    [classical] = clips("classical", 1)
+    # an upload with music then silence, and a live stream of silence alone
+    song = decode_mono(str(classical), 22050)[: 8 * 22050]
+    upload = encode_audio(
+        tmp_path / "classical-then-silence.wav",
+        np.concatenate([song, np.zeros(6 * 22050, np.float32)])[:, None],
+        22050,
+    )
+    quiet = encode_audio(tmp_path / "quiet.wav", np.zeros((22050 * 12, 1), np.float32), 22050)
     mp3 = mp3_file(tmp_path, 6.0).read_bytes()
     with (
         EndlessMp3(mp3) as radio_station,
@@ -192,6 +202,7 @@ def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
         push = Proc(
             cli("push", str(pushed), "--server", server, "--realtime", "--name", "live jazz")
         )
+        hush: Proc | None = None
         try:
             with browser_page() as page:
                 page.goto(url)
@@ -216,11 +227,23 @@ def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
                 until(same_genre, "the dashboard's genre to match GET /streams")
                 assert page.locator("#changes li").count() >= 1
 
-                # an upload is classified by the server and shown
+                # a silent stream shows "silence", in the neutral grey, not as a genre
+                hush = Proc(
+                    cli("push", str(quiet), "--server", server, "--realtime", "--name", "quiet")
+                )
+                cell = page.wait_for_selector(
+                    "#streams tr[data-genre=silence] span.neutral", timeout=3 * WAIT_MS
+                )
+                assert cell.text_content() == "silence"
+                assert cell.evaluate("e => getComputedStyle(e).color") == "rgb(158, 158, 158)"
+
+                # an upload is classified by the server and shown, its silence too
                 page.set_input_files("input[type=file]", str(upload))
                 result = page.wait_for_selector("#upload-result[data-genre]")
                 assert result.get_attribute("data-genre") in labels
                 assert "processed in" in (result.text_content() or "")
+                timeline = page.wait_for_selector("#upload-timeline[data-decoding=viterbi]")
+                assert "silence" in (timeline.get_attribute("data-labels") or "").split()
 
                 # a radio URL added in the form becomes a stream the server pulls
                 page.get_by_label("URL or a path on the server").fill(radio_station.url)
@@ -235,6 +258,8 @@ def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
                 assert not page.get_by_text("Traceback").count()
         finally:
             push.stop()
+            if hush is not None:
+                hush.stop()
 
 
 def test_dashboard_says_when_the_server_is_down() -> None:
@@ -244,6 +269,7 @@ def test_dashboard_says_when_the_server_is_down() -> None:
         page.get_by_text(TITLE).first.wait_for()
         status = page.wait_for_selector("#server-status[data-state=down]")
         assert status is not None
-        assert page.get_by_text("is not reachable").count() >= 1
+        # the message is drawn just after the status marker: wait for it rather than race it
+        page.get_by_text("is not reachable").first.wait_for()
         assert page.get_by_text("Retrying").count() >= 1
         assert not page.get_by_text("Traceback").count()

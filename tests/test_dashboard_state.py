@@ -149,17 +149,25 @@ def test_snapshot_is_independent_of_later_messages() -> None:
     assert snap.streams["s1"].genre == "jazz" and state.streams["s1"].genre == "rock"
 
 
-def test_merge_keeps_stored_history_before_the_live_part() -> None:
+def test_merge_keeps_the_stored_timeline_and_adds_the_live_part_after_it() -> None:
+    # the stored timeline dated the change to rock back to 10 s; live showed it from 15 s
     stored = [Segment(0.0, 10.0, "jazz", 0.8, 6), Segment(10.0, 20.0, "rock", 0.6, 10)]
-    live = [Segment(15.0, 30.0, "rock", 0.7, 15)]
+    live = [Segment(0.0, 15.0, "jazz", 0.8, 9), Segment(15.0, 30.0, "silence", 1.0, 15)]
     merged = merge_segments(stored, live)
     assert [(s.start_s, s.end_s, s.genre) for s in merged] == [
         (0.0, 10.0, "jazz"),
-        (10.0, 15.0, "rock"),
-        (15.0, 30.0, "rock"),
+        (10.0, 20.0, "rock"),
+        (20.0, 30.0, "silence"),
     ]
     assert merge_segments(stored, []) == stored
-    assert [s.genre for s in recent(merged, 0.25)] == ["rock", "rock"]  # last 15 s
+    assert merge_segments([], live) == live
+    longer = merge_segments(stored, [Segment(15.0, 30.0, "rock", 0.7, 15)])
+    assert [(s.start_s, s.end_s, s.genre) for s in longer] == [
+        (0.0, 10.0, "jazz"),
+        (10.0, 30.0, "rock"),
+    ]
+    assert stored[1].end_s == 20.0  # the stored list is not changed
+    assert [s.genre for s in recent(merged, 0.25)] == ["rock", "silence"]  # last 15 s
     assert format_age(None) == "-" and format_age(59.9) == "59s"
     assert format_age(125) == "2m 05s" and format_age(3700) == "1h 01m"
 
@@ -192,3 +200,25 @@ def test_key_metrics_from_prometheus_text() -> None:
     assert km.p99_latency_ms == pytest.approx(0.99 * 50 / 50 * 50.0)  # all 50 new ones < 50 ms
     assert quantile_from_buckets({}, 0.99) is None
     assert quantile_from_buckets({0.1: 0.0, float("inf"): 4.0}, 0.5) == pytest.approx(0.1)
+
+
+def test_speech_and_silence_are_neutral_grey_in_the_charts() -> None:
+    from dashboard.charts import GENRE_COLOURS, NEUTRAL, colour_scale, timeline_chart
+
+    scale = colour_scale(["rock", "silence", "jazz", "speech", "blues"]).to_dict()
+    colours = dict(zip(scale["domain"], scale["range"], strict=True))
+    assert colours["speech"] == colours["silence"] == NEUTRAL
+    genres = [colours[g] for g in ("blues", "jazz", "rock")]
+    assert genres == list(GENRE_COLOURS[:3])  # sorted genres, distinct, never the grey
+    assert NEUTRAL not in GENRE_COLOURS
+    chart = timeline_chart(
+        [Segment(0.0, 5.0, "rock", 0.8, 3), Segment(5.0, 9.0, "silence", 1.0, 4)],
+        labels=["blues", "jazz", "rock"],
+    ).to_dict()
+    encoded = chart["layer"][0]["encoding"]["color"]["scale"]
+    assert dict(zip(encoded["domain"], encoded["range"], strict=True)) == {
+        "blues": GENRE_COLOURS[0],
+        "jazz": GENRE_COLOURS[1],
+        "rock": GENRE_COLOURS[2],
+        "silence": NEUTRAL,
+    }

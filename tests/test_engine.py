@@ -17,7 +17,7 @@ import torch
 
 from stream_server.engine import Engine, EngineStopped, WindowJob, WindowResult
 from stream_server.model import LoadedModel
-from stream_server.runner import BatchTiming, InferenceRunner
+from stream_server.runner import BatchTiming, InferenceRunner, WindowScores
 from tests.conftest import TIMEOUT_S, music
 
 WINDOW = 44100  # 2 s at 22050 Hz, the tiny model's window
@@ -203,11 +203,11 @@ def test_job_in_flight_is_not_replaced(
             self.entered = threading.Event()
             self.release = threading.Event()
 
-        def timed_run(self, windows: np.ndarray) -> tuple[np.ndarray, BatchTiming]:
+        def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
             if not self.entered.is_set():
                 self.entered.set()
                 assert self.release.wait(TIMEOUT_S)
-            return super().timed_run(windows)
+            return super().timed_score(windows)
 
     gated = GatedRunner()
     engine = make_engine(max_batch=4, max_wait_s=0.0, runner_=gated)
@@ -301,11 +301,11 @@ class FailingRunner(InferenceRunner):
         super().__init__(loaded, torch.device("cpu"), max_batch=4)
         self.failures = failures
 
-    def timed_run(self, windows: np.ndarray) -> tuple[np.ndarray, BatchTiming]:
+    def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
         if self.failures > 0:
             self.failures -= 1
             raise RuntimeError(f"device lost on a batch of {len(windows)}")
-        return super().timed_run(windows)
+        return super().timed_score(windows)
 
 
 def test_failed_batch_goes_to_on_error_and_the_engine_carries_on(
@@ -416,12 +416,12 @@ class GatedRecordingRunner(InferenceRunner):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def timed_run(self, windows: np.ndarray) -> tuple[np.ndarray, BatchTiming]:
+    def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
         self.batches.append(np.array(windows))
         if not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(TIMEOUT_S)
-        return super().timed_run(windows)
+        return super().timed_score(windows)
 
 
 def test_run_windows_runs_in_chunks_of_max_batch(
@@ -433,16 +433,18 @@ def test_run_windows_runs_in_chunks_of_max_batch(
     sizes: list[int] = []
 
     class CountingRunner(InferenceRunner):
-        def timed_run(self, windows: np.ndarray) -> tuple[np.ndarray, BatchTiming]:
+        def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
             sizes.append(len(windows))
-            return super().timed_run(windows)
+            return super().timed_score(windows)
 
     counting = CountingRunner(tiny_model, torch.device("cpu"), max_batch=8)
     engine = make_engine(max_batch=3, runner_=counting)
     engine.start()
     windows = windows_of(7)
-    probs = engine.run_windows(windows).result(timeout=TIMEOUT_S)
+    scores = engine.run_windows(windows).result(timeout=TIMEOUT_S)
+    probs = scores.probs
     assert sizes == [3, 3, 1]
+    assert scores.level_dbfs.shape == scores.speech.shape == (7,)
     assert probs.shape == (7, len(tiny_model.labels))
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs, runner.run(windows), atol=1e-5)
@@ -464,7 +466,7 @@ def test_live_batches_take_turns_with_a_one_shot_run(
     live = job("a", seed=40)
     engine.submit(live)
     gated.release.set()
-    probs = future.result(timeout=TIMEOUT_S)
+    probs = future.result(timeout=TIMEOUT_S).probs
     (result,) = recorder.next_results()
     assert result.job is live
     assert result.batch_size == 1  # not held back 60 s waiting for a fuller batch
@@ -488,7 +490,7 @@ def test_a_failed_one_shot_chunk_fails_its_future_and_the_engine_carries_on(
     assert engine.batches == 0 and engine.computed == 0
     engine.submit(job("a"))
     assert [r.job.stream_id for r in recorder.next_results()] == ["a"]
-    probs = engine.run_windows(windows_of(3)).result(timeout=TIMEOUT_S)
+    probs = engine.run_windows(windows_of(3)).result(timeout=TIMEOUT_S).probs
     assert probs.shape == (3, len(tiny_model.labels))
     assert recorder.errors.empty()  # a one-shot failure is its caller's, not on_error's
 
@@ -501,7 +503,7 @@ def test_cancelled_one_shot_runs_are_skipped(
     kept = engine.run_windows(windows_of(2, first_seed=5))
     assert dropped.cancel()
     engine.start()
-    assert kept.result(timeout=TIMEOUT_S).shape[0] == 2
+    assert len(kept.result(timeout=TIMEOUT_S)) == 2
     assert engine.batches == 1
     assert engine.computed == 2
 
@@ -539,6 +541,7 @@ def test_run_windows_with_no_windows_or_a_bad_shape(
     engine = make_engine()  # never started: nothing needs the thread
     empty = engine.run_windows(np.empty((0, WINDOW), dtype=np.float32))
     assert empty.done()
-    assert empty.result().shape == (0, len(tiny_model.labels))
+    assert empty.result().probs.shape == (0, len(tiny_model.labels))
+    assert empty.result().level_dbfs.shape == (0,)
     with pytest.raises(ValueError, match=r"\(n, samples\)"):
         engine.run_windows(window(0))

@@ -10,9 +10,11 @@ import torch
 
 from stream_server.device import pick_device
 from stream_server.errors import ConfigError
+from stream_server.gate import LEVEL_FLOOR_DBFS, levels_dbfs, with_speech_detector
 from stream_server.model import LoadedModel, load_model
 from stream_server.runner import BatchTiming, InferenceRunner
 from tests.conftest import DEVICES, LABELS, cuda_param, music
+from tests.helpers.speech import ToneSpeech, marker
 
 
 def make_windows(model: LoadedModel, count: int) -> np.ndarray:
@@ -97,15 +99,15 @@ def test_runner_properties(tiny_model: LoadedModel) -> None:
     assert next(runner.classifier.model.parameters()).dtype == torch.float32
 
 
-def test_timed_run(tiny_model: LoadedModel) -> None:
+def test_timed_score(tiny_model: LoadedModel) -> None:
     runner = InferenceRunner(tiny_model, torch.device("cpu"), max_batch=2)
     windows = make_windows(tiny_model, 3)
-    probs, timing = runner.timed_run(windows)
+    scores, timing = runner.timed_score(windows)
     assert isinstance(timing, BatchTiming)
     assert timing.batch_size == 3
     assert timing.seconds > 0
-    np.testing.assert_allclose(probs, runner.run(windows), atol=1e-6)
-    _, empty = runner.timed_run(np.zeros((0, windows.shape[1]), dtype=np.float32))
+    np.testing.assert_allclose(scores.probs, runner.run(windows), atol=1e-6)
+    _, empty = runner.timed_score(np.zeros((0, windows.shape[1]), dtype=np.float32))
     assert empty.batch_size == 0
 
 
@@ -159,3 +161,46 @@ def test_cuda_runner_stream(fresh_model: LoadedModel, device: str) -> None:
     assert next(runner.classifier.parameters()).device.type == "cuda"
     assert pick_device(device).type == "cuda"
     assert pick_device("auto").type == "cuda"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_score_carries_levels_and_speech_next_to_the_probabilities(
+    fresh_model: LoadedModel, device: str
+) -> None:
+    pre = fresh_model.preprocessing
+    rate, n = pre.sample_rate, pre.window_samples
+    windows = make_windows(fresh_model, 4)
+    windows[1] = 0.0  # digital silence
+    windows[2, -rate // 2 :] = 0.0  # music, then its newest half second silent
+    windows[3] = marker(pre.window_seconds, rate, channels=1)[:n, 0]  # "speech"
+    plain = InferenceRunner(fresh_model, torch.device(device), max_batch=3, level_samples=rate // 2)
+    scores = plain.score(windows)
+    assert scores.probs.shape == (4, len(LABELS))
+    assert scores.level_dbfs.dtype == scores.speech.dtype == np.float32
+    expected = levels_dbfs(torch.from_numpy(windows), rate // 2).numpy()
+    np.testing.assert_allclose(scores.level_dbfs, expected, atol=1e-4)
+    assert scores.level_dbfs[1] == scores.level_dbfs[2] == LEVEL_FLOOR_DBFS
+    assert scores.level_dbfs[0] > -40
+    assert scores.speech.tolist() == [0.0] * 4  # no detector: nothing is speech
+    np.testing.assert_allclose(scores.probs, plain.run(windows), atol=1e-6)
+
+    detector = ToneSpeech(rate)
+    with_detector = with_speech_detector(fresh_model, detector)
+    runner = InferenceRunner(with_detector, torch.device(device), max_batch=3)
+    speech = runner.score(windows).speech
+    assert speech[3] > 0.99
+    assert speech[0] < 0.05
+    np.testing.assert_allclose(speech, detector(torch.from_numpy(windows)).numpy(), atol=1e-5)
+    # batched equals one by one
+    singles = np.concatenate([runner.score(windows[i : i + 1]).speech for i in range(4)])
+    np.testing.assert_allclose(speech, singles, atol=1e-6)
+
+
+def test_a_speech_detector_of_the_wrong_shape_is_refused(fresh_model: LoadedModel) -> None:
+    class Wrong(torch.nn.Module):
+        def forward(self, wave: torch.Tensor) -> torch.Tensor:
+            return wave[:, :2]
+
+    runner = InferenceRunner(with_speech_detector(fresh_model, Wrong()), torch.device("cpu"))
+    with pytest.raises(ValueError, match="speech detector"):
+        runner.score(make_windows(fresh_model, 2))

@@ -544,3 +544,93 @@ def test_push_returns_cleanly_when_its_stream_is_deleted(
             assert result.seconds_sent < 10.0
 
     run(scenario())
+
+
+# -- music, speech, silence ------------------------------------------------------------------
+
+
+async def push_mono(server: RunningServer, audio: np.ndarray, rate: int, name: str) -> str:
+    """Stream ``(samples,)`` mono float32 as s16le at ``rate``, paced; returns the stream id."""
+    async with ws(server, "/ws/ingest") as ingest:
+        start = {"type": "start", "name": name, "sample_rate": rate, "channels": 1}
+        await ingest.send(json.dumps({**start, "format": "s16le"}))
+        reply = await recv_json(ingest)
+        stream_id: str = reply["stream_id"]
+        step = round(FRAME_S * rate)
+        for i in range(0, audio.size, step):
+            await ingest.send(to_s16le(audio[i : i + step]))
+            await asyncio.sleep(0.01)
+        await stop_stream(ingest)
+    return stream_id
+
+
+def test_real_music_around_silence_on_a_live_stream(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """A real clip, digital silence, low noise, the clip again, pushed live: the updates and
+    changes say ``silence``, the stored timeline has the silence where it was and the music's
+    genre on both sides, and it is the same after a restart."""
+    from stream_server.decode import decode_mono
+    from stream_server.model import resolve_model
+    from tests.conftest import real_clip
+
+    model = resolve_model("")
+    rate = model.preprocessing.sample_rate
+    clip = decode_mono(str(real_clip("classical")), rate)
+    noise = np.random.default_rng(1).standard_normal(3 * rate).astype(np.float32) * 1e-4
+    audio = np.concatenate([clip[: 10 * rate], np.zeros(5 * rate, np.float32), noise, clip])
+    audio = audio[: 30 * rate]
+    config = make_config(engine={"hop_s": 1.0})
+
+    async def scenario() -> None:
+        async with running_server(config, model=model) as server:
+            async with ws(server, "/ws/updates") as sub:
+                stream_id = await push_mono(server, audio, rate, "silence")
+                messages = await collect_until_end(sub, stream_id)
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                stored = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
+        updates = [m for m in messages if m["type"] == "genre.update"]
+        changes = [(m["previous"], m["genre"]) for m in messages if m["type"] == "genre.change"]
+        assert changes == [(None, "classical"), ("classical", "silence"), ("silence", "classical")]
+        assert any(u["genre"] == "silence" and u["confidence"] == 1.0 for u in updates)
+        assert [s["genre"] for s in stored] == ["classical", "silence", "classical"]
+        assert stored[1]["start_s"] == pytest.approx(10.0, abs=1.0)
+        assert stored[1]["end_s"] == pytest.approx(18.0, abs=1.0)
+        for a, b in itertools.pairwise(stored):
+            assert a["end_s"] == b["start_s"]
+        async with running_server(config, model=model) as again:
+            async with httpx.AsyncClient(base_url=again.http_url) as http:
+                after = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
+        assert after == stored
+
+    run(scenario())
+
+
+def test_a_plugged_in_speech_detector_shows_speech_live_and_stored(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    from stream_server.gate import with_speech_detector
+    from tests.helpers.speech import ToneSpeech, marker
+
+    rate = tiny_model.preprocessing.sample_rate
+    model = with_speech_detector(tiny_model, ToneSpeech(rate))
+    song = music(4.0, rate=rate, channels=1)[:, 0]
+    audio = np.concatenate([song, marker(4.0, rate, channels=1)[:, 0], song])
+
+    async def scenario() -> None:
+        async with running_server(make_config(), model=model) as server:
+            async with ws(server, "/ws/updates") as sub:
+                stream_id = await push_mono(server, audio, rate, "speech")
+                messages = await collect_until_end(sub, stream_id)
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                stored = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
+        updates = [m for m in messages if m["type"] == "genre.update"]
+        assert "speech" in {u["genre"] for u in updates}
+        changes = [m for m in messages if m["type"] == "genre.change"]
+        assert any(c["genre"] == "speech" for c in changes)
+        speech = [s for s in stored if s["genre"] == "speech"]
+        assert len(speech) == 1
+        assert speech[0]["start_s"] <= 5.0 and speech[0]["end_s"] >= 7.0
+        assert all(s["genre"] in tiny_model.labels for s in stored if s is not speech[0])
+
+    run(scenario())

@@ -10,7 +10,9 @@ import pytest
 
 from stream_server.audio import SampleFormat, downmix, pcm_to_float, resample_once
 from stream_server.config import Config
+from stream_server.decoding import OfflineParams
 from stream_server.engine import WindowJob
+from stream_server.gate import MUSIC, SILENCE, SPEECH, GateParams
 from stream_server.model import LoadedModel
 from stream_server.session import SessionParams, StreamSession, session_params, window_seconds
 from stream_server.smoothing import SmoothingParams
@@ -30,7 +32,11 @@ def make_params(**changes: object) -> SessionParams:
         "buffer_samples": 4 * RATE,
         "labels": LABELS,
         "top_k": 3,
-        "smoothing": SmoothingParams(time_constant_s=0.0, switch_margin=0.1, min_dwell_s=1.0),
+        # the classic hysteresis, changes stored where they were confirmed
+        "smoothing": SmoothingParams(
+            time_constant_s=0.0, switch_margin=0.1, min_dwell_s=1.0, stale_margin=1.0
+        ),
+        "backdate_max_s": 0.0,
     }
     fields.update(changes)
     return SessionParams(**fields)  # type: ignore[arg-type]
@@ -343,7 +349,7 @@ def test_probabilities_are_rounded_to_four_decimals() -> None:
 
 
 def test_genre_and_confidence_come_from_the_smoothed_tracker() -> None:
-    params = make_params(smoothing=SmoothingParams(1.0, 0.1, 1.0))
+    params = make_params(smoothing=SmoothingParams(1.0, 0.1, 1.0, 1.0))
     session = make_session(params)
     p1, p2 = probs(0.1, 0.2, 0.6, 0.1), probs(0.1, 0.1, 0.1, 0.7)
     session.on_scores(job_at(WINDOW), p1, 100.0)
@@ -378,10 +384,11 @@ def test_change_only_after_hysteresis_with_indexed_contiguous_segments() -> None
     assert change["stream_time_s"] == 3.5
     assert change["confidence"] == 0.6
     assert t35.update["genre"] == "rock"
-    # the closed segment first, then the open one, indexed and contiguous
-    assert indexed(t35.segments) == [
-        (0, (0.0, 3.0, "jazz", round((0.6 + 0.2 + 0.2) / 3, 6), 3)),
-        (1, (3.0, 3.5, "rock", 0.6, 1)),
+    # the tail that changed: the new segment (the closed one was stored as it is)
+    assert indexed(t35.segments) == [(1, (3.0, 3.5, "rock", 0.6, 1))]
+    assert [fields(s) for s in session.segments()] == [
+        (0.0, 3.0, "jazz", round((0.6 + 0.2 + 0.2) / 3, 6), 3),
+        (3.0, 3.5, "rock", 0.6, 1),
     ]
 
     later = session.on_scores(job_at(WINDOW + 4 * HOP), rock, 100.0)
@@ -409,6 +416,45 @@ def test_challenger_dropping_back_resets_the_dwell() -> None:
     assert [s.genre for s in session.segments()] == ["jazz"]
 
 
+def test_a_confirmed_change_is_stored_from_where_the_new_genre_took_the_lead() -> None:
+    session = make_session(make_params(backdate_max_s=30.0))
+    jazz, rock = probs(0.1, 0.2, 0.6, 0.1), probs(0.1, 0.1, 0.2, 0.6)
+    session.on_scores(job_at(WINDOW), jazz, 100.0)  # t = 2.0, window centred at 1.0
+    steps = [session.on_scores(job_at(WINDOW + k * HOP), rock, 100.0) for k in (1, 2, 3)]
+    change = steps[-1].change
+    assert change is not None
+    # the live change comes when it is confirmed...
+    assert (change["previous"], change["genre"], change["stream_time_s"]) == ("jazz", "rock", 3.5)
+    # ...the stored timeline has rock from midway between the centres of the last jazz window
+    # (1.0 s) and the first rock window (1.5 s), and rewrites the tail from the jazz segment
+    assert indexed(steps[-1].segments) == [
+        (0, (0.0, 1.25, "jazz", 0.6, 1)),
+        (1, (1.25, 3.5, "rock", 0.6, 3)),
+    ]
+    assert [(s.start_s, s.end_s, s.genre) for s in session.segments()] == [
+        (0.0, 1.25, "jazz"),
+        (1.25, 3.5, "rock"),
+    ]
+
+
+def test_gate_inputs_give_silence_and_speech_updates() -> None:
+    session = make_session(make_params(gate=GateParams(min_run_s=0.0)))
+    jazz = probs(0.1, 0.2, 0.6, 0.1)
+    first = session.on_scores(job_at(WINDOW), jazz, 100.0, level_dbfs=-20.0)
+    assert first.update["genre"] == "jazz"
+    assert first.kind == MUSIC
+    quiet = session.on_scores(job_at(WINDOW + HOP), jazz, 100.0, level_dbfs=-90.0)
+    assert quiet.kind == SILENCE
+    assert (quiet.update["genre"], quiet.update["confidence"]) == ("silence", 1.0)
+    assert quiet.change is not None
+    assert (quiet.change["previous"], quiet.change["genre"]) == ("jazz", "silence")
+    talk = session.on_scores(job_at(WINDOW + 2 * HOP), jazz, 100.0, speech_prob=0.8)
+    assert talk.kind == SPEECH
+    assert (talk.update["genre"], talk.update["confidence"]) == ("speech", 0.8)
+    assert talk.update["top"][0]["label"] == "jazz"  # the genre model's own view stays
+    assert [s.genre for s in session.segments()] == ["jazz", "silence", "speech"]
+
+
 def test_segments_are_copies() -> None:
     session = make_session()
     session.on_scores(job_at(WINDOW), probs(1, 0, 0, 0), 100.0)
@@ -433,8 +479,19 @@ def test_session_params_from_config_and_model(
         buffer_samples=220500,
         labels=LABELS,
         top_k=2,
-        smoothing=SmoothingParams(1.0, 0.1, 1.0),
+        smoothing=SmoothingParams(1.0, 0.3, 1.0, 0.3),
     )
+    tuned = make_config(
+        smoothing={"stale_margin": 0.5, "backdate_max_s": 12.0},
+        gate={"enabled": False, "silence_dbfs": -50.0, "speech_threshold": 0.7, "min_run_s": 2.0},
+        offline={"decoding": "live", "switch_cost": 3.0},
+    )
+    params = session_params(tuned, tiny_model)
+    assert params.smoothing.stale_margin == 0.5
+    assert params.backdate_max_s == 12.0
+    assert params.gate == GateParams(False, -50.0, 0.7, 2.0)
+    assert params.offline == OfflineParams("live", 3.0)
+    assert params.label_params().hop_s == 0.5
 
 
 def test_session_params_with_its_own_window(

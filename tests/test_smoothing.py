@@ -38,7 +38,12 @@ def rounded(change: GenreChange | None) -> GenreChange | None:
 
 def test_params_defaults() -> None:
     p = SmoothingParams()
-    assert (p.time_constant_s, p.switch_margin, p.min_dwell_s) == (4.0, 0.1, 3.0)
+    assert (p.time_constant_s, p.switch_margin, p.min_dwell_s, p.stale_margin) == (
+        4.0,
+        0.3,
+        1.0,
+        0.3,
+    )
 
 
 @pytest.mark.parametrize("field", ["time_constant_s", "switch_margin", "min_dwell_s"])
@@ -190,7 +195,7 @@ def test_first_update_sets_current_immediately() -> None:
 
 
 def boundary_tracker(margin: float = 0.25, dwell: float = 3.0) -> GenreTracker:
-    tr = GenreTracker(SmoothingParams(switch_margin=margin, min_dwell_s=dwell))
+    tr = GenreTracker(SmoothingParams(switch_margin=margin, min_dwell_s=dwell, stale_margin=1.0))
     tr.update(vec(0.625, 0.375), 0.0)
     return tr
 
@@ -243,7 +248,7 @@ def test_dropping_below_margin_resets_the_dwell_clock() -> None:
 
 
 def test_a_different_challenger_restarts_the_dwell_clock() -> None:
-    tr = GenreTracker(SmoothingParams(switch_margin=0.1, min_dwell_s=3.0))
+    tr = GenreTracker(SmoothingParams(switch_margin=0.1, min_dwell_s=3.0, stale_margin=1.0))
     tr.update(vec(0.6, 0.2, 0.2), 0.0)
     one, two = vec(0.2, 0.6, 0.2), vec(0.2, 0.25, 0.55)
     assert tr.update(one, 1.0) is None
@@ -296,10 +301,16 @@ def test_tracker_rejects_bad_input() -> None:
         tr.update(vec(0.5, 0.3, 0.2), math.inf)
 
 
+#: The classic hysteresis, without the stale-genre rule.
+HYSTERESIS = SmoothingParams(
+    time_constant_s=4.0, switch_margin=0.1, min_dwell_s=3.0, stale_margin=1.0
+)
+
+
 def run_pipeline(
     raw: Array, hop_s: float = 1.0, params: SmoothingParams | None = None
 ) -> list[GenreChange]:
-    params = params or SmoothingParams()
+    params = params or HYSTERESIS
     smoother = ProbabilitySmoother(raw.shape[1], params.time_constant_s)
     tracker = GenreTracker(params)
     changes = []
@@ -331,7 +342,7 @@ def test_no_flicker_on_alternating_noisy_input() -> None:
     assert len(changes) == 1  # only the initial assignment
     assert changes[0].previous is None
     # Control: with smoothing and hysteresis disabled the same input flickers.
-    assert len(run_pipeline(raw, params=SmoothingParams(0.0, 0.0, 0.0))) == flips(raw) + 1
+    assert len(run_pipeline(raw, params=SmoothingParams(0.0, 0.0, 0.0, 1.0))) == flips(raw) + 1
 
 
 def test_noisy_real_switch_is_reported_once() -> None:
@@ -351,6 +362,7 @@ def update_sequences(draw: st.DrawFn) -> tuple[SmoothingParams, list[tuple[float
         time_constant_s=draw(st.sampled_from([0.0, 0.5, 2.0])),
         switch_margin=draw(st.sampled_from([0.0, 0.05, 0.2])),
         min_dwell_s=draw(st.floats(0.0, 5.0, allow_nan=False)),
+        stale_margin=draw(st.sampled_from([0.0, 0.3, 0.6, 1.0])),
     )
     labels = draw(st.integers(2, 4))
     n = draw(st.integers(1, 60))
@@ -384,6 +396,7 @@ def test_changes_are_never_closer_than_min_dwell(
     case: tuple[SmoothingParams, list[tuple[float, list[float]]]],
 ) -> None:
     params, seq = case
+    params = dataclasses.replace(params, stale_margin=1.0)  # the rule that may cut the dwell
     smoother = ProbabilitySmoother(len(seq[0][1]), params.time_constant_s)
     tracker = GenreTracker(params)
     times = []
@@ -395,3 +408,51 @@ def test_changes_are_never_closer_than_min_dwell(
     assert times[0] == seq[0][0]
     for earlier, later in itertools.pairwise(times):
         assert later - earlier >= params.min_dwell_s
+
+
+@settings(max_examples=300, deadline=None)
+@given(update_sequences())
+def test_the_current_genre_is_never_stale(
+    case: tuple[SmoothingParams, list[tuple[float, list[float]]]],
+) -> None:
+    """After every update the current genre is less than ``stale_margin`` below the leader."""
+    params, seq = case
+    smoother = ProbabilitySmoother(len(seq[0][1]), params.time_constant_s)
+    tracker = GenreTracker(params)
+    for t, v in seq:
+        smoothed = smoother.update(np.array(v, dtype=np.float32), t)
+        tracker.update(smoothed, t)
+        assert tracker.current is not None
+        lead = float(smoothed.max() - smoothed[tracker.current])
+        if params.stale_margin < 1:
+            assert lead < params.stale_margin + 1e-6
+
+
+def test_stale_rock_at_008_while_country_leads_at_058_switches_at_once() -> None:
+    """The case seen on a rock clip: "rock" stayed current at 0.08 while country led at 0.58."""
+    labels = ("country", "jazz", "rock")
+    params = SmoothingParams(time_constant_s=0.0, switch_margin=0.1, min_dwell_s=3.0)
+    assert params.stale_margin <= 0.5
+    tr = GenreTracker(params)
+    tr.update(vec(0.1, 0.1, 0.8), 0.0)
+    assert labels[tr.current or 0] == "rock"
+    change = tr.update(vec(0.58, 0.34, 0.08), 1.0)
+    assert change is not None
+    assert (labels[change.previous or 0], labels[change.current]) == ("rock", "country")
+    assert change.confidence == pytest.approx(0.58)
+    # the classic rule alone keeps "rock" for the 3 s of dwell
+    old = GenreTracker(dataclasses.replace(params, stale_margin=1.0))
+    old.update(vec(0.1, 0.1, 0.8), 0.0)
+    for t in (1.0, 2.0, 3.0):
+        assert old.update(vec(0.58, 0.34, 0.08), t) is None
+    assert old.update(vec(0.58, 0.34, 0.08), 4.0) is not None
+
+
+def test_a_lead_just_below_the_stale_margin_waits_for_the_dwell() -> None:
+    tr = GenreTracker(SmoothingParams(0.0, switch_margin=0.1, min_dwell_s=2.0, stale_margin=0.3))
+    tr.update(vec(0.6, 0.4), 0.0)
+    assert tr.update(vec(0.36, 0.64), 1.0) is None  # lead 0.28
+    assert tr.update(vec(0.36, 0.64), 2.0) is None
+    assert tr.update(vec(0.36, 0.64), 3.0) is not None  # after 2 s of dwell
+    with pytest.raises(ValueError, match="stale_margin"):
+        SmoothingParams(stale_margin=1.5)

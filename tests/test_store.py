@@ -139,6 +139,40 @@ def test_upsert_rewrites_the_open_segment_in_place(store: TimelineStore, db_path
     raw.close()
 
 
+def test_write_tail_stores_a_rewritten_tail_exactly(store: TimelineStore, db_path: Path) -> None:
+    """Changes dated back rewrite earlier segments and merges drop some: the tails a builder
+    gives, written with write_tail, hold its timeline exactly, across a reopen."""
+    store.add_stream(record("s1"))
+    store.add_stream(record("other"))
+    store.write_tail("other", 0, [Segment(0.0, 9.0, "pop", 0.5, 9)])
+    builder = TimelineBuilder(history=8)
+
+    def write() -> None:
+        tail = builder.take_changes()
+        store.write_tail("s1", tail[0][0], [s for _, s in tail])
+
+    for t in (5.0, 6.0, 7.0, 8.0):
+        builder.add(t, "rock", 0.8, window_start_s=0.0)
+        write()
+    builder.add(9.0, "jazz", 0.6, since_s=6.5, carried=[0.6, 0.6])  # rock ends at 6.5
+    write()
+    assert [(s.start_s, s.end_s) for s in store.timeline("s1")] == [(0.0, 6.5), (6.5, 9.0)]
+    builder.add(10.0, "rock", 0.8, since_s=6.5, carried=[0.7, 0.7, 0.7])  # jazz was rock
+    write()
+    assert store.timeline("s1") == builder.segments()
+    assert [(s.start_s, s.end_s, s.genre) for s in store.timeline("s1")] == [(0.0, 10.0, "rock")]
+    store.close()
+    with TimelineStore(db_path) as again:
+        assert again.timeline("s1") == builder.segments()
+        assert again.timeline("other") == [Segment(0.0, 9.0, "pop", 0.5, 9)]
+        again.write_tail("s1", 1, [])  # nothing after the first: unchanged
+        assert len(again.timeline("s1")) == 1
+        with pytest.raises(ValueError, match="index"):
+            again.write_tail("s1", -1, [])
+        with pytest.raises(StorageError):
+            again.write_tail("unknown", 0, [Segment(0.0, 1.0, "rock", 0.5, 1)])
+
+
 def test_segments_are_per_stream(store: TimelineStore) -> None:
     store.add_stream(record("a"))
     store.add_stream(record("b"))

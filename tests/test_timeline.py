@@ -229,3 +229,99 @@ def test_builder_segments_export_round_trip() -> None:
         ("5.0", "6.0", "a"),
     ]
     assert rows[1]["confidence"] == "0.6"
+
+
+# -- dating changes back ------------------------------------------------------------------------
+
+
+def test_a_change_dated_back_moves_the_later_updates_to_the_new_segment() -> None:
+    b = TimelineBuilder(history=10)
+    for t, c in [(5.0, 0.9), (6.0, 0.8), (7.0, 0.7), (8.0, 0.6), (9.0, 0.5)]:
+        b.add(t, "rock", c, window_start_s=0.0)
+    b.take_changes()
+    assert b.open_times() == [5.0, 6.0, 7.0, 8.0, 9.0]
+    closed = b.add(10.0, "jazz", 0.7, since_s=6.5, carried=[0.4, 0.5, 0.6])
+    assert rounded(closed) == Segment(0.0, 6.5, "rock", 0.85, 2)
+    segs = [rounded(s) for s in b.segments()]
+    assert segs == [Segment(0.0, 6.5, "rock", 0.85, 2), Segment(6.5, 10.0, "jazz", 0.55, 4)]
+    assert [(i, rounded(s)) for i, s in b.take_changes()] == list(enumerate(segs))
+    assert b.take_changes() == []
+    assert b.open_times() == [7.0, 8.0, 9.0, 10.0]
+
+
+def test_a_change_dated_back_to_the_segment_start_relabels_it_whole() -> None:
+    b = TimelineBuilder(history=10)
+    b.add(5.0, "rock", 0.6, window_start_s=0.0)
+    b.add(6.0, "rock", 0.6)
+    assert b.add(7.0, "jazz", 0.9, since_s=-3.0, carried=[0.5, 0.7]) is None
+    assert [rounded(s) for s in b.segments()] == [Segment(0.0, 7.0, "jazz", 0.7, 3)]
+
+
+def test_a_relabelled_segment_merges_into_the_same_genre_before_it() -> None:
+    b = TimelineBuilder(history=10)
+    b.add(5.0, "rock", 0.8, window_start_s=0.0)
+    b.add(6.0, "rock", 0.8)
+    b.add(7.0, "jazz", 0.6)  # a change stored where it was confirmed: jazz from 6.0
+    b.add(8.0, "jazz", 0.6)
+    b.take_changes()
+    # ...then rock is back, and it had been rock all along: the jazz segment goes
+    assert b.add(9.0, "rock", 0.8, since_s=6.0, carried=[0.7, 0.7]) is None
+    segs = [rounded(s) for s in b.segments()]
+    assert segs == [Segment(0.0, 9.0, "rock", 0.76, 5)]
+    # the store rewrites from the merged segment on and drops the one after it
+    assert [(i, rounded(s)) for i, s in b.take_changes()] == [(0, segs[0])]
+
+
+def test_no_merge_across_a_gap() -> None:
+    b = TimelineBuilder(history=10)
+    b.add(3.0, "rock", 0.8, window_start_s=0.0)
+    b.mark_gap(3.0)
+    b.add(8.0, "jazz", 0.6, window_start_s=3.0)
+    b.add(9.0, "rock", 0.8, since_s=0.0, carried=[0.7])
+    assert [(s.start_s, s.end_s, s.genre) for s in b.segments()] == [
+        (0.0, 3.0, "rock"),
+        (3.0, 9.0, "rock"),
+    ]
+
+
+def test_a_change_cannot_take_more_than_the_kept_updates() -> None:
+    b = TimelineBuilder(history=2)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        b.add(t, "rock", 0.5, window_start_s=0.0)
+    assert b.open_times() == [3.0, 4.0]
+    with pytest.raises(ValueError, match="kept updates"):
+        b.add(5.0, "jazz", 0.5, since_s=2.5, carried=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="after stream_time_s"):
+        b.add(5.0, "jazz", 0.5, since_s=6.0, carried=[])
+    # the newest kept update moves; the segment ends at since_s, never before its start
+    b.add(5.0, "jazz", 0.5, since_s=3.5, carried=[0.5])
+    assert [(s.start_s, s.end_s, s.updates) for s in b.segments()] == [
+        (0.0, 3.5, 3),
+        (3.5, 5.0, 2),
+    ]
+    b.add(6.0, "rock", 0.5, since_s=-1.0, carried=[])
+    assert [(s.start_s, s.end_s, s.genre) for s in b.segments()][1:] == [
+        (3.5, 3.5, "jazz"),
+        (3.5, 6.0, "rock"),
+    ]
+
+
+def test_without_history_since_is_ignored() -> None:
+    b = TimelineBuilder()
+    b.add(1.0, "rock", 0.5, window_start_s=0.0)
+    b.add(2.0, "jazz", 0.5, since_s=0.5, carried=[0.5])
+    assert [(s.start_s, s.end_s) for s in b.segments()] == [(0.0, 1.0), (1.0, 2.0)]
+    assert b.open_times() == []
+
+
+def test_take_changes_after_a_gap_is_the_closed_segment() -> None:
+    b = TimelineBuilder(history=4)
+    b.add(1.0, "rock", 0.5, window_start_s=0.0)
+    b.add(2.0, "jazz", 0.5)
+    assert [i for i, _ in b.take_changes()] == [0, 1]
+    b.mark_gap(2.5)
+    assert [(i, s.genre) for i, s in b.take_changes()] == [(1, "jazz")]
+    assert b.mark_gap(3.0) is None
+    assert b.take_changes() == []
+    with pytest.raises(ValueError, match="history"):
+        TimelineBuilder(history=-1)

@@ -74,8 +74,9 @@ def refused(response: httpx.Response, status: int, words: str) -> None:
 def check_result(result: dict[str, Any], labels: tuple[str, ...], data: bytes) -> None:
     assert set(result) == {
         "source", "sha256", "model", "device", "duration_s", "processing_ms", "cached",
-        "genre", "confidence", "probabilities", "padded", "windows", "segments",
+        "genre", "confidence", "probabilities", "padded", "decoding", "windows", "segments",
     }  # fmt: skip
+    assert result["decoding"] == "viterbi"
     assert list(result["probabilities"]) and set(result["probabilities"]) == set(labels)
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=2e-3)
     best = max(result["probabilities"], key=result["probabilities"].get)
@@ -468,3 +469,37 @@ def test_format_result_matches_the_offline_report(
     ranked = [line.split()[0] for line in lines[3 : 3 + len(LABELS)]]
     assert ranked == [label for label, _ in report.ranking()]
     assert np.isclose(sum(report.to_result()["probabilities"].values()), 1.0, atol=1e-3)
+
+
+def test_an_upload_with_silence_and_speech_is_gated_as_offline(
+    tmp_path: Path, make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    """The server's engine computes the gate's inputs for uploads too: silence and (with a
+    speech detector plugged in) speech show in the answer exactly as offline."""
+    from stream_server.gate import with_speech_detector
+    from tests.helpers.speech import ToneSpeech, marker
+
+    model = with_speech_detector(tiny_model, ToneSpeech(RATE))
+    audio = np.concatenate(
+        [
+            music(4.0, RATE, channels=1),
+            np.zeros((4 * RATE, 1), np.float32),
+            marker(4.0, RATE, channels=1),
+            music(4.0, RATE, channels=1, seed=2),
+        ]
+    )
+    path = encode_audio(tmp_path / "mixed.wav", audio, RATE)
+    config = make_config()
+
+    async def scenario() -> None:
+        async with running_server(config, model=model) as server, client(server) as http:
+            result = await ok(await upload(http, path.read_bytes(), "mixed.wav"))
+        genres = [s["genre"] for s in result["segments"]]
+        assert "silence" in genres and "speech" in genres
+        assert genres.index("silence") < genres.index("speech")
+        assert result["genre"] in LABELS  # the file's genre: from its music windows
+        offline = classify_file(str(path), config, model=model).to_result()
+        for key in ("probabilities", "windows", "segments", "genre", "decoding"):
+            assert result[key] == offline[key], key
+
+    run(scenario())

@@ -1,0 +1,440 @@
+"""``genrecast evaluate --mixes N``: how well timelines follow the music, on mixes of clips.
+
+Mixes are built from the given clips (normally the validation side of the model's
+``split.json``) by :func:`stream_server.mixes.build_mixes`: consecutive parts of different
+genres, each a random 10-40 s stretch of a clip. Both paths a user sees are measured:
+
+* **live** -- each mix goes window by window through a
+  :class:`~stream_server.session.StreamSession`, exactly as a live stream does in the server (gate,
+  smoothing, hysteresis, dating back). Figures: the share of seconds right in the *stored*
+  timeline and as *shown* live at that second, the median and 90th percentile delay of the live
+  label after each true change, the changes never shown, and the false changes per hour on
+  single-genre clips (every clip alone);
+* **offline** -- the same windows decoded as ``genrecast classify`` decodes a file
+  (``[offline] decoding``, :mod:`stream_server.decoding`): seconds right, changes missed, false
+  changes per hour.
+
+The model runs once per window that exists: every clip's windows on its own hop grid are scored
+once in batches (:func:`prepare`), a mix window inside one part reuses its clip's scores, and only
+the windows that straddle two parts are computed again (batched across all mixes). So
+:func:`figures` can be run again for other settings without the model
+(:mod:`stream_server.tune_smoothing`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_server.classify import decode_whole
+from stream_server.config import Config
+from stream_server.dataset import Clip, load_audio
+from stream_server.engine import WindowJob
+from stream_server.errors import DatasetError
+from stream_server.mixes import (
+    Mix,
+    MixPart,
+    build_mixes,
+    change_delays,
+    changes_missed,
+    label_changes,
+    mix_window,
+    percentile,
+    seconds_right,
+    window_ends,
+    window_source,
+)
+from stream_server.model import LoadedModel
+from stream_server.runner import InferenceRunner, WindowScores
+from stream_server.session import SessionParams, StreamSession, session_params
+from stream_server.timeline import Segment
+
+__all__ = [
+    "MixFigures",
+    "MixOptions",
+    "PathFigures",
+    "Prepared",
+    "figures",
+    "format_figures",
+    "live_run",
+    "offline_run",
+    "prepare",
+]
+
+
+@dataclass(frozen=True)
+class MixOptions:
+    """How the mixes are built: ``mixes`` of ``parts`` parts, each ``min_s``-``max_s`` seconds,
+    drawn with ``seed``."""
+
+    mixes: int = 20
+    seed: int = 0
+    parts: int = 6
+    min_s: float = 10.0
+    max_s: float = 40.0
+
+
+@dataclass
+class Prepared:
+    """What the model computed for the clips and the mixes, ready for any labelling settings.
+
+    ``clip_scores[c]`` holds clip ``c``'s windows on its own hop grid, ``mix_scores[m]`` mix
+    ``m``'s windows in the order a live session computes them; probabilities are the model's
+    (``(n, model labels)``). ``truth`` is each clip's display label.
+    """
+
+    clips: list[Clip]
+    truth: list[str]
+    lengths: list[int]
+    clip_scores: list[WindowScores]
+    mixes: list[Mix]
+    mix_scores: list[WindowScores]
+    options: MixOptions
+    windows_computed: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class LiveRun:
+    """One stream through a session: every update's ``(time_s, label)`` and the stored
+    timeline."""
+
+    shown: list[tuple[float, str]]
+    segments: list[Segment]
+
+
+def live_run(params: SessionParams, scores: WindowScores) -> LiveRun:
+    """Feed ``scores`` (one row per window, in the session's order) through a
+    :class:`~stream_server.session.StreamSession`, as the server does with engine results."""
+    session = StreamSession(
+        "evaluate", params, sample_rate=params.model_rate, channels=1, fmt="f32le"
+    )
+    empty = np.zeros(0, dtype=np.float32)
+    shown: list[tuple[float, str]] = []
+    for k in range(len(scores)):
+        end = params.window_samples + k * params.hop_samples
+        scored = session.on_scores(
+            WindowJob("evaluate", empty, end, 0.0),
+            scores.probs[k],
+            0.0,
+            level_dbfs=float(scores.level_dbfs[k]),
+            speech_prob=float(scores.speech[k]),
+        )
+        shown.append((end / params.model_rate, scored.update["genre"]))
+    return LiveRun(shown, session.segments())
+
+
+def offline_run(params: SessionParams, scores: WindowScores) -> list[Segment]:
+    """The timeline ``genrecast classify`` gives for these windows (``[offline] decoding``)."""
+    if params.offline.decoding == "live":
+        return live_run(params, scores).segments
+    if len(scores) == 0:
+        return []
+    probs = np.stack([params.display_probs(p) for p in scores.probs])
+    ends = params.window_samples + np.arange(len(scores)) * params.hop_samples
+    times = ends / params.model_rate
+    return decode_whole(params, probs, times, scores.level_dbfs, scores.speech).segments
+
+
+def _progress(text: str, enabled: bool) -> None:
+    if enabled:
+        sys.stderr.write(f"\r{text}")
+        sys.stderr.flush()
+
+
+def prepare(
+    model: LoadedModel,
+    root: str | Path,
+    clips: Sequence[Clip],
+    config: Config,
+    runner: InferenceRunner,
+    options: MixOptions,
+    *,
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> Prepared:
+    """Decode ``clips``, score each clip's windows once, build the mixes and score the windows
+    that straddle two parts (see the module docstring)."""
+    started = time.perf_counter()
+    params = session_params(config, model)
+    known = set(model.labels)
+    usable = [c for c in clips if c.label in known]
+    if not usable:
+        raise DatasetError(
+            f"none of the clips' genres are the model's labels ({', '.join(model.labels)})"
+        )
+    kept, audio = load_audio(root, usable, params.model_rate, cache_dir)
+    window, hop = params.window_samples, params.hop_samples
+    computed = 0
+    clip_scores: list[WindowScores] = []
+    for n, wave in enumerate(audio):
+        ends = window_ends(wave.size, window, hop)
+        if not ends:
+            clip_scores.append(WindowScores.empty(len(model.labels)))
+            continue
+        windows = np.stack([wave[e - window : e] for e in ends])
+        clip_scores.append(runner.score(windows))
+        computed += len(ends)
+        _progress(f"scoring clips: {n + 1}/{len(audio)}", progress)
+    _progress("\n", progress)
+    truth = [config.model.labels.get(c.label, c.label) for c in kept]
+    lengths = [a.size for a in audio]
+    mixes = build_mixes(
+        list(zip(truth, lengths, strict=True)),
+        options.mixes,
+        seed=options.seed,
+        rate=params.model_rate,
+        hop=hop,
+        parts=options.parts,
+        min_s=options.min_s,
+        max_s=options.max_s,
+    )
+    # Each mix window: a clip window's row, or a straddling window computed below.
+    sources: list[list[tuple[int, int] | int]] = []
+    straddling: list[np.ndarray] = []
+    for mix in mixes:
+        rows: list[tuple[int, int] | int] = []
+        for end in window_ends(mix.length, window, hop):
+            source = window_source(mix, end, window, hop)
+            if source is None:
+                rows.append(len(straddling))
+                straddling.append(mix_window(mix, audio, end, window))
+            else:
+                part, k = source
+                rows.append((mix.parts[part].clip, k))
+        sources.append(rows)
+    extra = WindowScores.empty(len(model.labels))
+    if straddling:
+        _progress(f"scoring {len(straddling)} windows across parts", progress)
+        extra = runner.score(np.stack(straddling))
+        computed += len(straddling)
+        _progress("\n", progress)
+    mix_scores = []
+    for rows in sources:
+        picked = [
+            clip_scores[r[0]][r[1] : r[1] + 1] if isinstance(r, tuple) else extra[r : r + 1]
+            for r in rows
+        ]
+        mix_scores.append(
+            WindowScores.concat(picked) if picked else WindowScores.empty(len(model.labels))
+        )
+    return Prepared(
+        clips=kept,
+        truth=truth,
+        lengths=lengths,
+        clip_scores=clip_scores,
+        mixes=mixes,
+        mix_scores=mix_scores,
+        options=options,
+        windows_computed=computed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass
+class PathFigures:
+    """How one path's timelines follow the music.
+
+    ``seconds_right`` is the share of mix seconds the stored timeline labels right
+    (``shown_right``: as the live label showed them at that second; live path only).
+    ``delays_s`` are the live delays of the changes shown (live path only); ``missed`` the
+    changes never shown (live) or never in the timeline (offline). ``false_changes`` counts
+    label changes on the single-genre clips, ``single_hours`` their hours of audio.
+    """
+
+    seconds_right: float
+    seconds: int
+    changes: int
+    missed: int
+    false_changes: int
+    single_hours: float
+    clip_seconds_right: float
+    shown_right: float | None = None
+    delays_s: list[float] = field(default_factory=list)
+
+    @property
+    def false_per_hour(self) -> float:
+        return self.false_changes / self.single_hours if self.single_hours else 0.0
+
+    @property
+    def median_delay_s(self) -> float | None:
+        return percentile(self.delays_s, 50)
+
+    @property
+    def p90_delay_s(self) -> float | None:
+        return percentile(self.delays_s, 90)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "seconds_right": round(self.seconds_right, 4),
+            "seconds": self.seconds,
+            "changes": self.changes,
+            "changes_missed": self.missed,
+            "false_changes": self.false_changes,
+            "false_changes_per_hour": round(self.false_per_hour, 2),
+            "single_clip_hours": round(self.single_hours, 3),
+            "single_clip_seconds_right": round(self.clip_seconds_right, 4),
+        }
+        if self.shown_right is not None:
+            median, p90 = self.median_delay_s, self.p90_delay_s
+            out["shown_right"] = round(self.shown_right, 4)
+            out["change_delay_s"] = {
+                "median": None if median is None else round(median, 2),
+                "p90": None if p90 is None else round(p90, 2),
+                "shown": len(self.delays_s),
+            }
+        return out
+
+
+@dataclass
+class MixFigures:
+    """The live and offline figures for one setting."""
+
+    live: PathFigures
+    offline: PathFigures
+    decoding: str
+    mixes: int
+    options: MixOptions
+    settings: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "mixes": self.mixes,
+            "seed": o.seed,
+            "parts_per_mix": o.parts,
+            "part_s": [o.min_s, o.max_s],
+            "settings": self.settings,
+            "live": self.live.to_json(),
+            "offline": {"decoding": self.decoding, **self.offline.to_json()},
+        }
+
+
+def _shown_right(shown: Sequence[tuple[float, str]], mix: Mix) -> tuple[int, int]:
+    """Seconds whose midpoint the live label (the latest update's) had right."""
+    total = int(mix.duration_s + 1e-9)
+    times = [t for t, _ in shown]
+    right = 0
+    for k in range(total):
+        i = bisect.bisect_right(times, k + 0.5) - 1
+        right += i >= 0 and shown[i][1] == mix.truth_at(k + 0.5)
+    return right, total
+
+
+def _settings(params: SessionParams) -> dict[str, Any]:
+    sm, gate, off = params.smoothing, params.gate, params.offline
+    return {
+        "smoothing": {
+            "time_constant_s": sm.time_constant_s,
+            "switch_margin": sm.switch_margin,
+            "min_dwell_s": sm.min_dwell_s,
+            "stale_margin": sm.stale_margin,
+            "backdate_max_s": params.backdate_max_s,
+        },
+        "gate": {
+            "enabled": gate.enabled,
+            "silence_dbfs": gate.silence_dbfs,
+            "speech_threshold": gate.speech_threshold,
+            "min_run_s": gate.min_run_s,
+        },
+        "offline": {"decoding": off.decoding, "switch_cost": off.switch_cost},
+        "hop_s": params.hop_s,
+        "window_s": params.window_s,
+    }
+
+
+def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) -> MixFigures:
+    """Run every mix and every clip through the live (and offline) path under ``params``."""
+    live_right = live_total = shown_right = 0
+    off_right = 0
+    changes = live_missed = off_missed = 0
+    delays: list[float] = []
+    for mix, scores in zip(prepared.mixes, prepared.mix_scores, strict=True):
+        run = live_run(params, scores)
+        r, total = seconds_right(run.segments, mix)
+        live_right += r
+        live_total += total
+        shown_right += _shown_right(run.shown, mix)[0]
+        found = change_delays(run.shown, mix)
+        changes += len(found)
+        live_missed += sum(d is None for d in found)
+        delays += [d for d in found if d is not None]
+        if offline:
+            segments = offline_run(params, scores)
+            off_right += seconds_right(segments, mix)[0]
+            off_missed += changes_missed(segments, mix)
+    live_false = off_false = 0
+    clip_right = off_clip_right = clip_total = 0
+    samples = 0
+    for label, length, scores in zip(
+        prepared.truth, prepared.lengths, prepared.clip_scores, strict=True
+    ):
+        if len(scores) == 0:
+            continue
+        run = live_run(params, scores)
+        live_false += label_changes([lab for _, lab in run.shown])
+        single = Mix((MixPart(0, label, 0, length),), params.model_rate)
+        clip_right += seconds_right(run.segments, single)[0]
+        clip_total += int(single.duration_s + 1e-9)
+        samples += length
+        if offline:
+            segments = offline_run(params, scores)
+            off_false += label_changes([s.genre for s in segments])
+            off_clip_right += seconds_right(segments, single)[0]
+    hours = samples / params.model_rate / 3600.0
+    live = PathFigures(
+        seconds_right=live_right / max(live_total, 1),
+        seconds=live_total,
+        changes=changes,
+        missed=live_missed,
+        false_changes=live_false,
+        single_hours=hours,
+        clip_seconds_right=clip_right / max(clip_total, 1),
+        shown_right=shown_right / max(live_total, 1),
+        delays_s=delays,
+    )
+    off = PathFigures(
+        seconds_right=off_right / max(live_total, 1),
+        seconds=live_total,
+        changes=changes,
+        missed=off_missed,
+        false_changes=off_false,
+        single_hours=hours,
+        clip_seconds_right=off_clip_right / max(clip_total, 1),
+    )
+    return MixFigures(
+        live, off, params.offline.decoding, len(prepared.mixes), prepared.options, _settings(params)
+    )
+
+
+def format_figures(fig: MixFigures) -> str:
+    """A human-readable summary of :class:`MixFigures`."""
+    live, off, o = fig.live, fig.offline, fig.options
+
+    def delay(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f} s"
+
+    lines = [
+        f"mixes: {fig.mixes} of {o.parts} parts ({o.min_s:g}-{o.max_s:g} s each, seed {o.seed}): "
+        f"{live.seconds} s, {live.changes} changes; single-genre clips: "
+        f"{live.single_hours * 60:.1f} min",
+        "live (a stream through the server's session, causal):",
+        f"  seconds right, stored timeline: {live.seconds_right:.1%}   "
+        f"(as shown live: {live.shown_right or 0.0:.1%})",
+        f"  change shown after: median {delay(live.median_delay_s)}, "
+        f"p90 {delay(live.p90_delay_s)}; never shown: {live.missed} of {live.changes}",
+        f"  false changes on single-genre clips: {live.false_per_hour:.1f} per hour "
+        f"({live.false_changes}); seconds right there: {live.clip_seconds_right:.1%}",
+        f"offline (genrecast classify; decoding: {fig.decoding}):",
+        f"  seconds right: {off.seconds_right:.1%}; changes missed: {off.missed} of {off.changes}",
+        f"  false changes on single-genre clips: {off.false_per_hour:.1f} per hour "
+        f"({off.false_changes}); seconds right there: {off.clip_seconds_right:.1%}",
+    ]
+    return "\n".join(lines)
