@@ -110,8 +110,8 @@ def pcm_to_float(data: bytes, fmt: SampleFormat, channels: int) -> FloatArray:
     Args:
         data: interleaved samples; ``len(data)`` must be a multiple of
             ``bytes_per_sample(fmt) * channels`` (one frame).
-        fmt: ``"s16le"`` (scaled by 1/32768 into ``[-1, 1)``) or ``"f32le"`` (values kept,
-            NaN and +-inf replaced by 0).
+        fmt: ``"s16le"`` (scaled by 1/32768 into ``[-1, 1)``) or ``"f32le"`` (NaN and +-inf
+            replaced by 0, then clipped to full scale ``[-1, 1]``).
         channels: number of interleaved channels (>= 1).
 
     Returns:
@@ -135,6 +135,7 @@ def pcm_to_float(data: bytes, fmt: SampleFormat, channels: int) -> FloatArray:
         out *= np.float32(1.0 / 32768.0)
     else:
         out = np.nan_to_num(raw.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(out, -1.0, 1.0, out=out)  # full scale: louder samples would only overflow features
     return out.reshape(-1, channels)
 
 

@@ -22,7 +22,8 @@ from websockets.asyncio.client import connect
 
 from stream_server.client import push_frames, ws_url
 from stream_server.config import Config
-from stream_server.model import LoadedModel, resolve_model
+from stream_server.loading import load_configured_model
+from stream_server.model import LoadedModel
 from stream_server.server import running_server
 
 FRAME_S = 0.1
@@ -146,7 +147,7 @@ async def _run(
 
 def run_bench(config: Config, *, streams: int, seconds: float, speed: float) -> BenchResult:
     """Run the benchmark (see the module docstring) and return its figures."""
-    model = resolve_model(config.model.path)
+    model = load_configured_model(config)
     with tempfile.TemporaryDirectory() as tmp:
         # the benchmark measures throughput: the stream limit must not turn streams away
         server = replace(

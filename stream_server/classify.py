@@ -16,7 +16,6 @@ its engine thread (:mod:`stream_server.upload`).
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections import deque
@@ -24,13 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
+import torch
 
 from stream_server.config import OFFLINE_DECODINGS, Config
 from stream_server.decode import decode_mono
 from stream_server.decoding import Decoded, decode
 from stream_server.device import pick_device
 from stream_server.engine import WindowJob
-from stream_server.gate import LEVEL_FLOOR_DBFS
+from stream_server.gate import levels_dbfs
+from stream_server.loading import load_configured_model
 from stream_server.messages import (
     NON_MUSIC_LABELS,
     ClassifiedSegment,
@@ -38,7 +39,7 @@ from stream_server.messages import (
     ClassifyResult,
     GenreUpdate,
 )
-from stream_server.model import LoadedModel, resolve_model
+from stream_server.model import LoadedModel
 from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import SessionParams, StreamSession, session_params
 from stream_server.timeline import Segment
@@ -140,7 +141,7 @@ class OfflineStream:
         self.padded = audio.size < params.window_samples
         self._padded_level: float | None = None
         if self.padded:
-            self._padded_level = _level_of(audio)
+            self._padded_level = float(levels_dbfs(torch.from_numpy(audio).unsqueeze(0))[0])
             audio = np.pad(audio, (0, params.window_samples - audio.size))
         self._audio = audio
         self._params = params
@@ -251,15 +252,6 @@ def decode_whole(
     )
 
 
-def _level_of(audio: np.ndarray) -> float:
-    """RMS level of ``(samples,)`` audio in dBFS (:data:`~stream_server.gate.LEVEL_FLOOR_DBFS`
-    when empty)."""
-    if audio.size == 0:
-        return LEVEL_FLOOR_DBFS
-    power = float(np.mean(np.square(audio, dtype=np.float64)))
-    return max(LEVEL_FLOOR_DBFS, 10.0 * math.log10(max(power, 1e-30)))
-
-
 def classify_audio(
     audio: np.ndarray,
     runner: InferenceRunner,
@@ -295,7 +287,7 @@ def classify_file(
     path: str, config: Config, *, model: LoadedModel | None = None, progress: bool = False
 ) -> ClassifyReport:
     """Decode ``path`` and classify it with the configured (or given) model."""
-    loaded = model or resolve_model(config.model.path)
+    loaded = model or load_configured_model(config)
     eng = config.engine
     params = session_params(config, loaded)
     runner = InferenceRunner(

@@ -36,12 +36,12 @@ def _load_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from stream_server.model import resolve_model
+    from stream_server.loading import load_configured_model
     from stream_server.server import serve
 
     config = _load_config(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
-    model = resolve_model(config.model.path)  # fail fast on a bad checkpoint, before listening
+    model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
     serve(config, model=model)
     return 0
 
@@ -187,7 +187,7 @@ def cmd_train_speech(args: argparse.Namespace) -> int:
         speech=args.speech,
         music=args.music,
         out=args.out,
-        genres=_genres(args),
+        genre_split=args.genre_split or defaults.genre_split,
         epochs=args.epochs or defaults.epochs,
         seed=defaults.seed if args.seed is None else args.seed,
     )
@@ -202,10 +202,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream_server.dataset import SPLIT_FILE, load_split, scan
     from stream_server.device import pick_device
     from stream_server.evaluate import evaluate, format_report, save_report
-    from stream_server.model import resolve_model
+    from stream_server.loading import load_configured_model
 
+    if args.speech and not args.mixes:
+        raise GenrecastError("--speech measures timelines: it needs --mixes N")
     config = _load_config(args)
-    model = resolve_model(config.model.path)
+    model = load_configured_model(config)
     if args.split == "all":
         clips = scan(args.data, _genres(args))
     else:
@@ -228,7 +230,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra = {}
     mix_text = ""
     if args.mixes:
-        from stream_server.mix_eval import MixOptions, figures, format_figures, prepare
+        from stream_server.mix_eval import (
+            MixOptions,
+            figures,
+            format_figures,
+            prepare,
+            quiet_clips,
+            speech_clips,
+        )
         from stream_server.runner import InferenceRunner
         from stream_server.session import session_params
 
@@ -246,9 +255,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             max_batch=config.engine.max_batch,
             level_samples=session_params(config, model).hop_samples,
         )
+        rate = model.preprocessing.sample_rate
+        others = (
+            speech_clips(args.speech, rate, args.cache) + quiet_clips(rate) if args.speech else []
+        )
         prepared = prepare(
-            model, args.data, clips, config, runner, options, cache_dir=args.cache,
-            progress=not args.json,
+            model, args.data, clips, config, runner, options, others=others,
+            cache_dir=args.cache, progress=not args.json,
         )  # fmt: skip
         mixed = figures(prepared, session_params(config, model))
         extra["mixes"] = mixed.to_json()
@@ -401,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, help=f"student epochs (default {d.epochs})")
     p.add_argument(
-        "--teacher-epochs", type=int, help=f"CNN teacher epochs (default {d.teacher_epochs})"
+        "--teacher-epochs",
+        type=int,
+        help=f"CNN teacher epochs, with --teacher cnn (default {d.teacher_epochs})",
     )
     p.add_argument(
         "--teacher",
@@ -436,7 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--music", required=True, help="the genre dataset (music with vocals)")
     p.add_argument("--out", required=True, help="output directory for the detector")
-    p.add_argument("--genres", help="the genre model's genres (so both use the same split)")
+    p.add_argument(
+        "--genre-split",
+        help="the genre model's split.json: its training music trains the detector, its "
+        "validation music measures it (default: the shipped model's)",
+    )
     p.add_argument("--epochs", type=int, help="epochs (default 12)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.set_defaults(func=cmd_train_speech)
@@ -467,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
         "follow them (default 0: none)",
     )
     p.add_argument("--mix-seed", type=int, default=0, help="seed of the mixes (default 0)")
+    p.add_argument(
+        "--speech",
+        help="with --mixes: a speech set (speech/, music/, MANIFEST.tsv); its validation speech "
+        "and three quiet clips join the mixes as 'speech' and 'silence', and the figures say "
+        "what each kind of second was labelled",
+    )
     p.add_argument("--mix-parts", type=int, default=6, help="parts per mix (default 6)")
     p.add_argument(
         "--mix-min-s", type=float, default=10.0, help="shortest part, seconds (default 10)"

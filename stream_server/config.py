@@ -71,9 +71,9 @@ class SmoothingConfig:
     ``backdate_max_s`` (0: not at all).
     """
 
-    time_constant_s: float = 4.0
-    switch_margin: float = 0.3
-    min_dwell_s: float = 1.0
+    time_constant_s: float = 3.0
+    switch_margin: float = 0.2
+    min_dwell_s: float = 4.0
     stale_margin: float = 0.3
     backdate_max_s: float = 30.0
 
@@ -85,12 +85,15 @@ class GateConfig:
     A window whose newest hop is below ``silence_dbfs`` (RMS, dBFS) is silence; else one whose
     speech probability is at least ``speech_threshold`` is speech; else music. A new kind shows
     once its run of windows spans ``min_run_s``. ``enabled`` off: every window is music.
+    ``speech_model`` is the speech detector's directory: empty for the shipped one
+    (:data:`stream_server.speech.DEFAULT_SPEECH_DIR`), ``"none"`` for none (nothing is speech).
     """
 
     enabled: bool = True
     silence_dbfs: float = -65.0
-    speech_threshold: float = 0.5
+    speech_threshold: float = 0.8
     min_run_s: float = 1.0
+    speech_model: str = ""
 
 
 #: The decodings ``[offline] decoding`` may name (see :mod:`stream_server.decoding`), each with
@@ -112,7 +115,7 @@ class OfflineConfig:
     """
 
     decoding: str = "viterbi"
-    switch_cost: float = 16.0
+    switch_cost: float = 8.0
 
 
 @dataclass(frozen=True)

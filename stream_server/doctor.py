@@ -291,13 +291,15 @@ def check_model(config: Config) -> Check:
 
     from stream_server.device import pick_device
     from stream_server.errors import GenrecastError
-    from stream_server.model import resolve_model
+    from stream_server.loading import load_configured_model
 
-    spec = config.model.path
-    fix = 'set [model] path in config.toml to a checkpoint directory, or "" for the shipped model'
+    fix = (
+        "set [model] path (or [gate] speech_model) in config.toml to a checkpoint directory, "
+        'or "" for the shipped one'
+    )
     start = time.perf_counter()
     try:
-        model = resolve_model(spec)
+        model = load_configured_model(config)
     except GenrecastError as exc:
         return Check("model", "fail", str(exc), fix)
     loaded_s = time.perf_counter() - start
@@ -319,7 +321,9 @@ def check_model(config: Config) -> Check:
         )
     kind = type(model.classifier.model).__name__
     detail = (
-        f"{model.source} ({kind}, {len(model.labels)} labels): loaded in {loaded_s:.1f} s, "
+        f"{model.source} ({kind}, {len(model.labels)} labels"
+        f"{', speech detector' if model.speech_detector is not None else ''}): "
+        f"loaded in {loaded_s:.1f} s, "
         f"one window in {run_ms:.0f} ms on {device}"
     )
     if not model.trained:

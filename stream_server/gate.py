@@ -18,14 +18,13 @@ square wave is 0 dBFS and a full-scale sine about -3 dBFS; all-zero audio is
 The speech detector is any ``torch.nn.Module`` whose ``forward(wave)`` takes ``(batch, samples)``
 float32 windows at the genre model's sample rate and returns ``(batch,)`` speech probabilities in
 ``[0, 1]``. It is plugged in as :attr:`stream_server.model.LoadedModel.speech_detector`
-(:func:`with_speech_detector`); without one no window is judged speech.
+(:func:`stream_server.loading.with_speech_detector`); without one no window is judged speech.
 
 Pure functions on tensors and arrays, with a batch axis; no I/O.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -33,9 +32,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor, nn
-
-from stream_server.model import LoadedModel
+from torch import Tensor
 
 __all__ = [
     "KIND_NAMES",
@@ -47,7 +44,6 @@ __all__ = [
     "Kind",
     "judge",
     "levels_dbfs",
-    "with_speech_detector",
 ]
 
 #: The kind codes :func:`judge` returns (int8).
@@ -79,7 +75,7 @@ class GateParams:
 
     enabled: bool = True
     silence_dbfs: float = -65.0
-    speech_threshold: float = 0.5
+    speech_threshold: float = 0.8
     min_run_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -139,13 +135,3 @@ def judge(
     kinds[np.broadcast_to(speech >= params.speech_threshold, shape)] = SPEECH
     kinds[np.broadcast_to(level < params.silence_dbfs, shape)] = SILENCE
     return kinds
-
-
-def with_speech_detector(loaded: LoadedModel, detector: nn.Module | None) -> LoadedModel:
-    """``loaded`` with ``detector`` as its speech detector (``None``: without one).
-
-    This is where a speech model is plugged in: the runner computes its ``(batch,)`` speech
-    probabilities next to the genre probabilities of every batch (see the module docstring for
-    the interface).
-    """
-    return dataclasses.replace(loaded, speech_detector=detector)

@@ -331,8 +331,10 @@ class Labeller:
             moved = candidates[k:-1]
             if first + k > 0:
                 since_s = (entries[first + k - 1].centre_s + candidates[k].centre_s) / 2
-            else:
+            elif kept == segment.updates:  # every window of the segment moves: all of it
                 since_s = segment.start_s
+            else:  # the segment holds older windows not kept here: start at the first moved one
+                since_s = candidates[k].centre_s - self.params.hop_s / 2
         since_s = min(max(since_s, earliest, segment.start_s), time_s)
         return since_s, moved
 

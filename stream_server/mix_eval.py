@@ -14,6 +14,13 @@ genres, each a random 10-40 s stretch of a clip. Both paths a user sees are meas
   (``[offline] decoding``, :mod:`stream_server.decoding`): seconds right, changes missed, false
   changes per hour.
 
+With a speech set (``genrecast evaluate --speech DIR``) the validation speakers' speech clips and
+three synthetic quiet clips (digital silence, white noise at -75 dBFS, a 50 Hz hum at -70 dBFS
+over noise) join the clips as the labels ``speech`` and ``silence``: they appear in the mixes
+like a genre (a talk break, a gap) and are measured alone like any clip. Then every path also
+reports what each kind of second was labelled (:attr:`PathFigures.kinds`: music, speech or
+silence against the genre, ``speech``, ``silence`` or nothing).
+
 The model runs once per window that exists: every clip's windows on its own hop grid are scored
 once in batches (:func:`prepare`), a mix window inside one part reuses its clip's scores, and only
 the windows that straddle two parts are computed again (batched across all mixes). So
@@ -35,15 +42,17 @@ import numpy as np
 
 from stream_server.classify import decode_whole
 from stream_server.config import Config
-from stream_server.dataset import Clip, load_audio
+from stream_server.dataset import Clip, FloatArray, load_audio
 from stream_server.engine import WindowJob
 from stream_server.errors import DatasetError
+from stream_server.messages import SILENCE, SPEECH
 from stream_server.mixes import (
     Mix,
     MixPart,
     build_mixes,
     change_delays,
     changes_missed,
+    label_at,
     label_changes,
     mix_window,
     percentile,
@@ -66,7 +75,56 @@ __all__ = [
     "live_run",
     "offline_run",
     "prepare",
+    "quiet_clips",
+    "speech_clips",
 ]
+
+#: The kinds of second :attr:`PathFigures.kinds` counts; ``"none"``: no label (not covered).
+KINDS = ("music", SPEECH, SILENCE)
+
+
+def kind_of(label: str | None) -> str:
+    """``"speech"``, ``"silence"``, ``"music"`` (any genre) or ``"none"`` (no label)."""
+    if label is None:
+        return "none"
+    return label if label in (SPEECH, SILENCE) else "music"
+
+
+def quiet_clips(rate: int, seconds: float = 40.0, seed: int = 0) -> list[tuple[str, FloatArray]]:
+    """Three ``silence`` clips of ``seconds`` at ``rate`` Hz: digital silence, white noise at
+    -75 dBFS RMS, and a 50 Hz hum at -70 dBFS over white noise at -85 dBFS."""
+    n = int(seconds * rate)
+    rng = np.random.default_rng(seed)
+
+    def noise(dbfs: float) -> FloatArray:
+        out: FloatArray = (rng.standard_normal(n) * 10 ** (dbfs / 20)).astype(np.float32)
+        return out
+
+    t = np.arange(n) / rate
+    hum = (np.sqrt(2) * 10 ** (-70 / 20) * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+    return [
+        ("silence/digital", np.zeros(n, dtype=np.float32)),
+        ("silence/noise-75dBFS", noise(-75.0)),
+        ("silence/hum-70dBFS", hum + noise(-85.0)),
+    ]
+
+
+def speech_clips(
+    root: str | Path, rate: int, cache_dir: str | None = None
+) -> list[tuple[str, FloatArray]]:
+    """The speech clips on the validation side of the speech set at ``root`` (split by speaker
+    as the shipped detector's training split them), decoded at ``rate`` Hz.
+
+    Raises:
+        DatasetError: the set has no manifest or no validation speech.
+    """
+    from stream_server.train_speech import speech_split
+
+    _, val = speech_split(root)
+    kept, audio = load_audio(root, [c for c in val if c.label == SPEECH], rate, cache_dir)
+    if not kept:
+        raise DatasetError(f"{root} has no validation speech clips")
+    return [(c.path, a) for c, a in zip(kept, audio, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -157,11 +215,16 @@ def prepare(
     runner: InferenceRunner,
     options: MixOptions,
     *,
+    others: Sequence[tuple[str, FloatArray]] = (),
     cache_dir: str | None = None,
     progress: bool = False,
 ) -> Prepared:
     """Decode ``clips``, score each clip's windows once, build the mixes and score the windows
-    that straddle two parts (see the module docstring)."""
+    that straddle two parts (see the module docstring).
+
+    ``others`` are more clips as ``(name, audio at the model's rate)``, e.g. ``speech`` and
+    ``silence`` (:func:`speech_clips`, :func:`quiet_clips`); the first part of the name
+    (``speech/...``) is the label, and their truth."""
     started = time.perf_counter()
     params = session_params(config, model)
     known = set(model.labels)
@@ -171,6 +234,12 @@ def prepare(
             f"none of the clips' genres are the model's labels ({', '.join(model.labels)})"
         )
     kept, audio = load_audio(root, usable, params.model_rate, cache_dir)
+    truth = [config.model.labels.get(c.label, c.label) for c in kept]
+    for name, wave in others:
+        label = name.split("/", 1)[0]
+        kept.append(Clip(name, label))
+        truth.append(label)
+        audio.append(wave)
     window, hop = params.window_samples, params.hop_samples
     computed = 0
     clip_scores: list[WindowScores] = []
@@ -184,7 +253,6 @@ def prepare(
         computed += len(ends)
         _progress(f"scoring clips: {n + 1}/{len(audio)}", progress)
     _progress("\n", progress)
-    truth = [config.model.labels.get(c.label, c.label) for c in kept]
     lengths = [a.size for a in audio]
     mixes = build_mixes(
         list(zip(truth, lengths, strict=True)),
@@ -247,6 +315,8 @@ class PathFigures:
     ``delays_s`` are the live delays of the changes shown (live path only); ``missed`` the
     changes never shown (live) or never in the timeline (offline). ``false_changes`` counts
     label changes on the single-genre clips, ``single_hours`` their hours of audio.
+    ``kinds[truth][labelled]`` counts the seconds of the single clips whose truth is the kind
+    ``truth`` (:data:`KINDS`) that the timeline labels as kind ``labelled`` (:func:`kind_of`).
     """
 
     seconds_right: float
@@ -258,6 +328,13 @@ class PathFigures:
     clip_seconds_right: float
     shown_right: float | None = None
     delays_s: list[float] = field(default_factory=list)
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def kind_share(self, truth: str, labelled: str) -> float | None:
+        """Share of ``truth`` seconds labelled ``labelled`` (``None``: no such seconds)."""
+        row = self.kinds.get(truth, {})
+        total = sum(row.values())
+        return row.get(labelled, 0) / total if total else None
 
     @property
     def false_per_hour(self) -> float:
@@ -282,6 +359,14 @@ class PathFigures:
             "single_clip_hours": round(self.single_hours, 3),
             "single_clip_seconds_right": round(self.clip_seconds_right, 4),
         }
+        if set(self.kinds) - {"music"}:
+            out["kinds"] = {
+                truth: {
+                    "seconds": sum(row.values()),
+                    **{k: round(v / max(sum(row.values()), 1), 4) for k, v in sorted(row.items())},
+                }
+                for truth, row in self.kinds.items()
+            }
         if self.shown_right is not None:
             median, p90 = self.median_delay_s, self.p90_delay_s
             out["shown_right"] = round(self.shown_right, 4)
@@ -350,6 +435,16 @@ def _settings(params: SessionParams) -> dict[str, Any]:
     }
 
 
+def _count_kinds(
+    counts: dict[str, dict[str, int]], truth: str, segments: Sequence[Segment], clip: Mix
+) -> None:
+    """Add each whole second of ``clip`` to ``counts[truth][kind of its label]``."""
+    row = counts.setdefault(truth, {})
+    for k in range(int(clip.duration_s + 1e-9)):
+        kind = kind_of(label_at(segments, k + 0.5))
+        row[kind] = row.get(kind, 0) + 1
+
+
 def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) -> MixFigures:
     """Run every mix and every clip through the live (and offline) path under ``params``."""
     live_right = live_total = shown_right = 0
@@ -373,6 +468,8 @@ def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) 
     live_false = off_false = 0
     clip_right = off_clip_right = clip_total = 0
     samples = 0
+    live_kinds: dict[str, dict[str, int]] = {}
+    off_kinds: dict[str, dict[str, int]] = {}
     for label, length, scores in zip(
         prepared.truth, prepared.lengths, prepared.clip_scores, strict=True
     ):
@@ -384,10 +481,12 @@ def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) 
         clip_right += seconds_right(run.segments, single)[0]
         clip_total += int(single.duration_s + 1e-9)
         samples += length
+        _count_kinds(live_kinds, kind_of(label), run.segments, single)
         if offline:
             segments = offline_run(params, scores)
             off_false += label_changes([s.genre for s in segments])
             off_clip_right += seconds_right(segments, single)[0]
+            _count_kinds(off_kinds, kind_of(label), segments, single)
     hours = samples / params.model_rate / 3600.0
     live = PathFigures(
         seconds_right=live_right / max(live_total, 1),
@@ -399,6 +498,7 @@ def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) 
         clip_seconds_right=clip_right / max(clip_total, 1),
         shown_right=shown_right / max(live_total, 1),
         delays_s=delays,
+        kinds=live_kinds,
     )
     off = PathFigures(
         seconds_right=off_right / max(live_total, 1),
@@ -408,6 +508,7 @@ def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) 
         false_changes=off_false,
         single_hours=hours,
         clip_seconds_right=off_clip_right / max(clip_total, 1),
+        kinds=off_kinds,
     )
     return MixFigures(
         live, off, params.offline.decoding, len(prepared.mixes), prepared.options, _settings(params)
@@ -437,4 +538,16 @@ def format_figures(fig: MixFigures) -> str:
         f"  false changes on single-genre clips: {off.false_per_hour:.1f} per hour "
         f"({off.false_changes}); seconds right there: {off.clip_seconds_right:.1%}",
     ]
+    if set(live.kinds) - {"music"}:
+        lines.append("every clip alone, seconds labelled (live stored / offline):")
+        lines.append("  " + " " * 8 + "".join(f"{k:>18}" for k in KINDS))
+        for truth in KINDS:
+            if truth not in live.kinds:
+                continue
+            cells = []
+            for k in KINDS:
+                a, b = live.kind_share(truth, k), off.kind_share(truth, k)
+                cells.append(f"{a or 0.0:8.1%} / {b or 0.0:6.1%}")
+            seconds = sum(live.kinds[truth].values())
+            lines.append(f"  {truth:<8}" + "".join(f"{c:>18}" for c in cells) + f"  ({seconds} s)")
     return "\n".join(lines)

@@ -61,7 +61,8 @@ def classify_source(source_path: str, artist: str | None) -> Provenance:
     return Provenance("web", f"web:{source_path}")
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """The rows of a tab-separated file with a header line; none when it does not exist."""
     if not path.is_file():
         return []
     with path.open(encoding="utf-8", newline="") as handle:
@@ -74,10 +75,10 @@ def read_provenance(root: str | Path) -> dict[str, Provenance]:
     Empty when there is no ``MANIFEST.tsv``.
     """
     base = Path(root).expanduser()
-    artists = {row["file"]: row.get("artist", "") for row in _rows(base / ARTISTS_FILE)}
+    artists = {row["file"]: row.get("artist", "") for row in read_tsv(base / ARTISTS_FILE)}
     return {
         row["file"]: classify_source(row.get("source_path", ""), artists.get(row["file"]))
-        for row in _rows(base / MANIFEST_FILE)
+        for row in read_tsv(base / MANIFEST_FILE)
         if row.get("file")
     }
 

@@ -19,11 +19,12 @@ class Architecture:
     """A model recipe: transformer size, input image and window length.
 
     ``image_size`` is (height, width) = (mel bands, time columns); with ``height == n_mels`` the
-    frequency axis is not resampled. ``family`` ``"deit"`` adds a distillation token (and trains
-    a CNN teacher first); ``"vit"`` is a plain ViT. ``"levit"`` is LeViT: a convolutional stem
-    (four stride-2 3x3 convolutions, so 16x16 pixels per token) and attention stages that shrink
-    the token grid, with a distillation head; it needs a square image, and ``stages`` gives each
-    stage's (width, depth, heads), ``hidden_size``/``layers``/``heads`` then summarise them.
+    frequency axis is not resampled. ``family`` ``"deit"`` adds a distillation token (taught by
+    :attr:`TrainOptions.teacher`); ``"vit"`` is a plain ViT. ``"levit"`` is LeViT: a
+    convolutional stem (four stride-2 3x3 convolutions, so 16x16 pixels per token) and attention
+    stages that shrink the token grid, with a distillation head; it needs a square image, and
+    ``stages`` gives each stage's (width, depth, heads),
+    ``hidden_size``/``layers``/``heads`` then summarise them.
     """
 
     family: Literal["vit", "deit", "levit"]
@@ -57,13 +58,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deit-tiny": Architecture(
         "deit", 192, 6, 3, 16, (128, 224), 1, 5.0,
         about="DeiT-Ti width, 6 blocks, 16x16 patches over a 5 s mel image at its own aspect, "
-        "distilled from a CNN teacher",
+        "distilled from a teacher",
     ),
     "levit-small": Architecture(
         "levit", 256, 9, 8, 16, (128, 128), 1, 5.0,
         stages=((128, 2, 4), (192, 3, 6), (256, 4, 8)),
         about="LeViT (conv stem, 3 attention stages 128/192/256 wide) on a 5 s mel image "
-        "squeezed to 128x128, distilled from a CNN teacher (the default)",
+        "squeezed to 128x128, distilled from a teacher (the default)",
     ),
     "vit-tiny": Architecture(
         "vit", 192, 6, 3, 16, (128, 224), 1, 5.0,
@@ -95,7 +96,7 @@ class TrainOptions:
     min_clips: int = 10
     val_fraction: float = 0.2
     seed: int = 0
-    epochs: int = 120
+    epochs: int = 100
     teacher_epochs: int = 30
     batch_size: int = 32
     windows_per_clip: int = 4

@@ -139,7 +139,7 @@ class InferenceRunner:
         n, samples = batch.shape
         if self.stream is None:
             probs: np.ndarray = self.classifier(batch).numpy().copy()
-            return WindowScores(probs, levels, self._speech(batch).cpu().numpy())
+            return _finite(WindowScores(probs, levels, self._speech(batch).cpu().numpy()))
         if self._host_in is None or self._host_in.shape[1] != samples:
             self._host_in = torch.empty((self.max_batch, samples), pin_memory=True)
         host_in = self._host_in[:n]
@@ -153,7 +153,7 @@ class InferenceRunner:
             host_out.copy_(gpu_probs, non_blocking=True)
             speech_out = gpu_speech.to("cpu", non_blocking=True)
         self.stream.synchronize()
-        return WindowScores(host_out.numpy().copy(), levels, speech_out.numpy().copy())
+        return _finite(WindowScores(host_out.numpy().copy(), levels, speech_out.numpy().copy()))
 
     def _speech(self, batch: torch.Tensor) -> torch.Tensor:
         """``(batch,)`` float32 speech probabilities on ``batch``'s device; zeros without a
@@ -167,3 +167,14 @@ class InferenceRunner:
                 f"got shape {tuple(speech.shape)}"
             )
         return speech.float().clamp(0.0, 1.0)
+
+
+def _finite(scores: WindowScores) -> WindowScores:
+    """``scores`` with any window whose probabilities are not finite (a model overflowing on
+    extreme input) made uniform, and non-finite speech probabilities made 0, so one bad window
+    never stops a stream."""
+    bad = ~np.isfinite(scores.probs).all(axis=1)
+    if bad.any():
+        scores.probs[bad] = 1.0 / scores.probs.shape[1]
+    np.nan_to_num(scores.speech, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return scores

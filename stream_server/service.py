@@ -23,9 +23,10 @@ from stream_server.device import pick_device
 from stream_server.engine import Engine, WindowJob, WindowResult
 from stream_server.errors import ProtocolError
 from stream_server.hub import Subscriber, UpdateHub
+from stream_server.loading import load_configured_model
 from stream_server.messages import StartMessage, StreamEnded, StreamStarted, TrackChange, error
 from stream_server.metrics import Metrics
-from stream_server.model import LoadedModel, resolve_model
+from stream_server.model import LoadedModel
 from stream_server.puller import Puller, StreamState
 from stream_server.runner import InferenceRunner
 from stream_server.session import StreamSession, session_params, window_seconds
@@ -124,7 +125,7 @@ class Service:
 
     def _load_model(self) -> None:
         cfg = self.config.engine
-        loaded = self.model if self.model is not None else resolve_model(self.config.model.path)
+        loaded = self.model if self.model is not None else load_configured_model(self.config)
         device = pick_device(cfg.device)
         runner = InferenceRunner(
             loaded,
@@ -357,13 +358,19 @@ class Service:
             if live.session.is_stale(result.job):
                 self._resolved(live)
                 continue
-            scored = live.session.on_scores(
-                result.job,
-                result.probs,
-                time.monotonic(),
-                level_dbfs=result.level_dbfs,
-                speech_prob=result.speech_prob,
-            )
+            try:
+                scored = live.session.on_scores(
+                    result.job,
+                    result.probs,
+                    time.monotonic(),
+                    level_dbfs=result.level_dbfs,
+                    speech_prob=result.speech_prob,
+                )
+            except ValueError as exc:  # one window's scores refused: the rest go on
+                log.warning("stream %s: window dropped: %s", result.job.stream_id, exc)
+                m.errors.labels(kind="scores").inc()
+                self._resolved(live)
+                continue
             self.hub.publish(scored.update)
             if scored.change is not None:
                 self.hub.publish(scored.change)

@@ -75,9 +75,9 @@ class SmoothingParams:
             never stays this far below a clear leader. ``1`` turns the rule off.
     """
 
-    time_constant_s: float = 4.0
-    switch_margin: float = 0.3
-    min_dwell_s: float = 1.0
+    time_constant_s: float = 3.0
+    switch_margin: float = 0.2
+    min_dwell_s: float = 4.0
     stale_margin: float = 0.3
 
     def __post_init__(self) -> None:

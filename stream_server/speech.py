@@ -59,7 +59,7 @@ class SpeechDetector(nn.Module):
 
     Four conv blocks (3x3, batch norm, ReLU, 2x2 max-pool) over the log-mel map, the mean and the
     maximum over time of the pooled features, and a linear layer. ``sample_rate`` is the rate
-    the caller feeds (the genre model's); change it with :meth:`for_rate`.
+    the caller feeds (the genre model's).
     """
 
     window: Tensor
@@ -84,11 +84,6 @@ class SpeechDetector(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * 4 * w, 1))
 
-    def for_rate(self, sample_rate: int) -> SpeechDetector:
-        """This detector, fed at ``sample_rate`` Hz from now on."""
-        self.sample_rate = sample_rate
-        return self
-
     def features(self, wave: Tensor) -> Tensor:
         """The normalised log-mel map of ``wave`` (at ``self.sample_rate``)."""
         wave = wave.float()
@@ -97,7 +92,12 @@ class SpeechDetector(nn.Module):
         return log_mel(wave, self.window, self.fbanks)
 
     def logits(self, maps: Tensor) -> Tensor:
-        """``(batch, 1, N_MELS, frames)`` maps -> ``(batch,)`` logits."""
+        """``(batch, 1, N_MELS, frames)`` maps -> ``(batch,)`` logits.
+
+        The maps go through the convolutions channels-last, which oneDNN runs about three
+        times faster on a CPU than the default layout (same results).
+        """
+        maps = maps.contiguous(memory_format=torch.channels_last)
         x = self.body(maps).mean(dim=2)  # (batch, channels, frames)
         pooled = torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)
         out: Tensor = self.head(pooled).squeeze(1)

@@ -10,7 +10,7 @@ the training clips become the student's distillation targets (:func:`window_targ
 on the clean audio while the student sees it augmented, so the student learns to hear through
 the augmentation.
 
-Shapes: a clip's patch embeddings are ``(patches, FEATURES)``; window embeddings
+Shapes: a clip's patch embeddings are ``(patches, PATCH_FEATURES)``; window embeddings
 ``(windows, FEATURES)``; probabilities ``(windows, labels)``. Times are seconds.
 """
 
@@ -39,9 +39,13 @@ log = logging.getLogger(__name__)
 PATCH_HOP_S: Final = 1.5
 #: Seconds of one patch.
 PATCH_S: Final = PATCH_SAMPLES / SAMPLE_RATE
-#: Features per patch: musicnn's mid-end features, mean- and max-pooled over the patch (753
-#: each), and its 200-unit penultimate layer.
-FEATURES: Final = 753 + 753 + 200
+#: Features stored per patch: musicnn's mid-end features, mean- and max-pooled over the patch
+#: (753 each), and its 200-unit penultimate layer.
+PATCH_FEATURES: Final = 753 + 753 + 200
+#: The ones the teacher uses: the mean-pooled mid-end features (they told the genres of
+#: held-out artists apart best; see the model card).
+TEACHER_FEATURES: Final = slice(0, 753)
+FEATURES: Final = 753
 
 
 def patch_starts(samples: int, rate: int = SAMPLE_RATE) -> list[int]:
@@ -54,7 +58,7 @@ def patch_starts(samples: int, rate: int = SAMPLE_RATE) -> list[int]:
 
 
 def embed(net: Musicnn, audio: FloatArray, batch: int = 32) -> npt.NDArray[np.float32]:
-    """``(patches, FEATURES)`` embeddings of one clip (``(samples,)`` at 16 kHz)."""
+    """``(patches, PATCH_FEATURES)`` embeddings of one clip (``(samples,)`` at 16 kHz)."""
     if audio.size < PATCH_SAMPLES:
         audio = np.pad(audio, (0, PATCH_SAMPLES - audio.size))
     starts = patch_starts(audio.size)
@@ -133,11 +137,11 @@ class TeacherHead(nn.Module):
 class HeadOptions:
     """How the teacher head is trained: epochs over the windows, batch, rates, balance."""
 
-    epochs: int = 40
+    epochs: int = 80
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    balance: float = 0.5
+    balance: float = 1.0
     label_smoothing: float = 0.1
     seed: int = 0
 
@@ -236,7 +240,7 @@ def fit_teacher(
     def windows(audio: Sequence[FloatArray], keys: Sequence[str]) -> list[npt.NDArray[np.float32]]:
         out = []
         for clip, key in zip(audio, keys, strict=True):
-            emb = embed_cached(net, clip, key, cache_dir)
+            emb = embed_cached(net, clip, key, cache_dir)[:, TEACHER_FEATURES]
             starts = [s / SAMPLE_RATE for s in grid_starts(clip.size, window, grid)]
             out.append(window_embeddings(emb, starts, window_s))
         return out

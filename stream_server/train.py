@@ -31,6 +31,7 @@ Units: window lengths and hops in seconds at the edges, samples inside; images a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -619,6 +620,10 @@ def train(
     teacher: nn.Module | None = None
     if arch.distill and opts.teacher == "musicnn":
         fit = _musicnn_teacher(opts, arch, train_clips, val_clips, index)
+        grid = max(1, round(opts.grid_seconds * pre.sample_rate))
+        for clip, audio, targets in zip(train_clips, data.audio, fit.targets, strict=True):
+            if len(targets) != len(grid_starts(audio.size, pre.window_samples, grid)):
+                raise GenrecastError(f"the teacher scored another number of windows of {clip.path}")
         data.targets = fit.targets
         result.teacher_val_clip_accuracy = fit.val_clip_accuracy
         log.info(
@@ -702,7 +707,10 @@ def _musicnn_teacher(
     index: dict[str, int],
 ) -> TeacherFit:
     """The musicnn teacher (:mod:`stream_server.teacher`) fitted on the training clips."""
-    from stream_server.musicnn import SAMPLE_RATE, load_musicnn
+    from stream_server.musicnn import SAMPLE_RATE, TEACHERS_DIR, WEIGHTS_FILE, load_musicnn
+
+    # the cached embeddings belong to these weights
+    weights = hashlib.sha1((TEACHERS_DIR / "musicnn_msd" / WEIGHTS_FILE).read_bytes()).hexdigest()
 
     root = Path(opts.data).expanduser()
     cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else None
@@ -710,27 +718,30 @@ def _musicnn_teacher(
         "musicnn teacher: embedding %d clips (cached after the first run)",
         len(train_clips) + len(val_clips),
     )
-    train_clips, train_audio = load_audio(root, train_clips, SAMPLE_RATE, cache)
+    kept, train_audio = load_audio(root, train_clips, SAMPLE_RATE, cache)
+    if kept != list(train_clips):  # the targets go to the clips by position
+        raise GenrecastError("a training clip that decoded at the model's rate failed at 16 kHz")
+    train_clips = kept
     val_clips, val_audio = load_audio(root, val_clips, SAMPLE_RATE, cache)
     return fit_teacher(
         load_musicnn("msd"),
         train_audio,
-        [_clip_key(root, c, SAMPLE_RATE) for c in train_clips],
+        [_clip_key(root, c, SAMPLE_RATE, weights) for c in train_clips],
         [index[c.label] for c in train_clips],
         val_audio,
-        [_clip_key(root, c, SAMPLE_RATE) for c in val_clips],
+        [_clip_key(root, c, SAMPLE_RATE, weights) for c in val_clips],
         [index[c.label] for c in val_clips],
         len(index),
         window_s=arch.window_seconds,
         grid_s=opts.grid_seconds,
         temperature=opts.teacher_temperature,
         cache_dir=cache,
-        opts=HeadOptions(seed=opts.seed, balance=opts.balance),
+        opts=HeadOptions(seed=opts.seed),
     )
 
 
-def _clip_key(root: Path, clip: Clip, sample_rate: int) -> str:
-    return cache_key(root / clip.path, sample_rate)
+def _clip_key(root: Path, clip: Clip, sample_rate: int, weights: str) -> str:
+    return f"{weights}|{cache_key(root / clip.path, sample_rate)}"
 
 
 def _common_state(labels: tuple[str, ...], result: TrainResult) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Training and measuring the speech detector (:mod:`stream_server.speech`).
 
 Data: a speech set (a root with ``speech/`` and ``music/`` folders and a ``MANIFEST.tsv`` naming
-each clip's speaker or artist) and the genre dataset, whose music (vocals included) is the hard
-negative. Both are split by speaker / artist group (:func:`stream_server.dataset.stratified_split`);
-the genre dataset with the same split the genre model uses.
+each clip's speaker or artist), split by speaker / artist group
+(:func:`stream_server.dataset.stratified_split`), and the genre dataset, whose music (vocals
+included) is the hard negative, taken with the genre model's own split (its ``split.json``), so
+neither model is ever measured on a clip the other was trained on.
 
 Each training batch is half speech, half music, 5 s windows at 16 kHz. Speech windows get a
 music bed 8-20 dB below the voice a third of the time (a presenter over a jingle is speech);
@@ -18,14 +19,12 @@ speech (per genre too), and the speech-over-music examples.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,15 +32,17 @@ import torch.nn.functional as F
 
 from stream_server import augment
 from stream_server.dataset import (
+    SPLIT_FILE,
     Clip,
     FloatArray,
     load_audio,
-    scan,
+    load_split,
     stratified_split,
     windows_of,
 )
 from stream_server.errors import DatasetError
-from stream_server.provenance import Provenance, provenance_of, read_provenance
+from stream_server.model import DEFAULT_MODEL_DIR
+from stream_server.provenance import MANIFEST_FILE, Provenance, read_tsv
 from stream_server.speech import RATE, SpeechDetector, save_detector
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,8 @@ class SpeechTrainOptions:
     speech: str
     music: str
     out: str
-    genres: tuple[str, ...] | None = None
+    genre_split: str = str(DEFAULT_MODEL_DIR / SPLIT_FILE)
     val_fraction: float = 0.25
-    genre_val_fraction: float = 0.2
     seed: int = 0
     epochs: int = 12
     steps_per_epoch: int = 60
@@ -83,13 +83,25 @@ class SpeechReport:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def speech_split(
+    root: str | Path, val_fraction: float = 0.25, seed: int = 0
+) -> tuple[list[Clip], list[Clip]]:
+    """``(train, val)`` clips of the speech set at ``root`` (labels ``speech``/``music``), split
+    by speaker / artist group. The defaults are the shipped detector's split.
+
+    Raises:
+        DatasetError: the set has no manifest.
+    """
+    clips, prov = _speech_set(Path(root).expanduser())
+    return stratified_split(clips, val_fraction, seed, prov)
+
+
 def _speech_set(root: Path) -> tuple[list[Clip], list[Provenance]]:
     """The speech set's clips (labels ``speech``/``music``) and their speaker/artist groups."""
-    manifest = root / "MANIFEST.tsv"
+    manifest = root / MANIFEST_FILE
     if not manifest.is_file():
         raise DatasetError(f"{manifest} is missing: the speech set needs its manifest")
-    with manifest.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    rows = read_tsv(manifest)
     clips, prov = [], []
     for row in rows:
         if row["label"] not in ("speech", "music"):
@@ -178,11 +190,9 @@ def train_speech(opts: SpeechTrainOptions) -> SpeechReport:
     torch.manual_seed(opts.seed)
     speech_root = Path(opts.speech).expanduser()
     music_root = Path(opts.music).expanduser()
-    clips, prov = _speech_set(speech_root)
-    tr, va = stratified_split(clips, opts.val_fraction, opts.seed, prov)
-    genre_clips = scan(music_root, opts.genres)
-    genre_prov = provenance_of((c.path for c in genre_clips), read_provenance(music_root))
-    g_tr, g_va = stratified_split(genre_clips, opts.genre_val_fraction, opts.seed, genre_prov)
+    tr, va = speech_split(speech_root, opts.val_fraction, opts.seed)
+    g_tr = load_split(opts.genre_split, "train")
+    g_va = load_split(opts.genre_split, "val")
 
     def side(part: Sequence[Clip], label: str) -> list[FloatArray]:
         return _load(speech_root, [c for c in part if c.label == label], opts.cache_dir)[1]
@@ -297,7 +307,3 @@ def format_speech_report(report: SpeechReport) -> str:
         shares = ", ".join(f"{s:.2f}" for s in report.over_music_called_speech)
         lines.append(f"speech-over-music examples, share called speech: {shares}")
     return "\n".join(lines)
-
-
-def report_json(report: SpeechReport) -> dict[str, Any]:
-    return asdict(report)

@@ -98,14 +98,14 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     from stream_server.decoding import OfflineParams
     from stream_server.device import pick_device
     from stream_server.errors import GenrecastError
+    from stream_server.loading import load_configured_model
     from stream_server.mix_eval import MixOptions, figures, prepare
-    from stream_server.model import resolve_model
     from stream_server.runner import InferenceRunner
     from stream_server.session import session_params
     from stream_server.smoothing import SmoothingParams
 
     config = _load_config(args)
-    model = resolve_model(config.model.path)
+    model = load_configured_model(config)
     split = Path(model.source).expanduser() / SPLIT_FILE
     if not split.is_file():
         raise GenrecastError(f"tuning needs {SPLIT_FILE} beside the model; {split} does not exist")

@@ -91,12 +91,12 @@ def test_s16_scaling_and_shape() -> None:
     assert out.max() < 1.0
 
 
-def test_f32_parsing_replaces_non_finite() -> None:
-    vals = np.array([0.25, -0.5, np.nan, np.inf, -np.inf, 1.5], dtype="<f4")
-    out = pcm_to_float(vals.tobytes(), "f32le", 3)
-    assert out.shape == (2, 3)
+def test_f32_parsing_replaces_non_finite_and_clips_to_full_scale() -> None:
+    vals = np.array([0.25, -0.5, np.nan, np.inf, -np.inf, 1.5, -3e38, 1.0], dtype="<f4")
+    out = pcm_to_float(vals.tobytes(), "f32le", 4)
+    assert out.shape == (2, 4)
     assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, [[0.25, -0.5, 0.0], [0.0, 0.0, 1.5]])
+    np.testing.assert_array_equal(out, [[0.25, -0.5, 0.0, 0.0], [0.0, 1.0, -1.0, 1.0]])
 
 
 def test_pcm_to_float_rejects_partial_frame() -> None:

@@ -13,7 +13,7 @@ import torch
 from stream_server.classify import ClassifyReport, classify_audio, classify_file, format_report
 from stream_server.config import Config
 from stream_server.decode import decode_mono
-from stream_server.gate import with_speech_detector
+from stream_server.loading import with_speech_detector
 from stream_server.mixes import label_at
 from stream_server.model import LoadedModel, resolve_model
 from stream_server.runner import InferenceRunner, WindowScores

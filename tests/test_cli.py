@@ -139,7 +139,7 @@ def test_the_parser_builds_without_torch_or_any_server_library() -> None:
     for command in ("serve", "push", "watch", "classify", "train", "evaluate", "doctor"):
         assert command in helped.stdout
     train_help = genrecast("train", "--help")
-    assert "levit-small" in train_help.stdout and "default 120" in train_help.stdout
+    assert "levit-small" in train_help.stdout and "default 100" in train_help.stdout
 
 
 def test_version_is_the_installed_package_version() -> None:

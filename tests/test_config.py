@@ -79,11 +79,36 @@ def test_defaults_of_each_table() -> None:
     assert c.server == ServerConfig("127.0.0.1", 8000, 1 << 20, 8000, 384_000, 8, 64, "info")
     assert c.model == ModelConfig("", {})
     assert c.engine == EngineConfig("auto", True, 32, 20.0, 1.0, 0.0, 30.0, 3)
-    assert c.smoothing == SmoothingConfig(4.0, 0.3, 1.0, 0.3, 30.0)
-    assert c.gate == GateConfig(True, -65.0, 0.5, 1.0)
-    assert c.offline == OfflineConfig("viterbi", 16.0)
+    assert c.smoothing == SmoothingConfig(3.0, 0.2, 4.0, 0.3, 30.0)
+    assert c.gate == GateConfig(True, -65.0, 0.8, 1.0)
+    assert c.offline == OfflineConfig("viterbi", 8.0)
     assert c.updates == UpdatesConfig(256, 4096)
     assert c.storage == StorageConfig("genrecast.db")
+
+
+def test_the_cores_defaults_are_the_configs() -> None:
+    """The pure cores' parameter defaults are the config defaults (tuned once, in one place)."""
+    from stream_server.decoding import OfflineParams
+    from stream_server.gate import GateParams
+    from stream_server.smoothing import SmoothingParams
+
+    c = Config()
+    sm = SmoothingParams()
+    assert (sm.time_constant_s, sm.switch_margin, sm.min_dwell_s, sm.stale_margin) == (
+        c.smoothing.time_constant_s,
+        c.smoothing.switch_margin,
+        c.smoothing.min_dwell_s,
+        c.smoothing.stale_margin,
+    )
+    g = GateParams()
+    assert (g.enabled, g.silence_dbfs, g.speech_threshold, g.min_run_s) == (
+        c.gate.enabled,
+        c.gate.silence_dbfs,
+        c.gate.speech_threshold,
+        c.gate.min_run_s,
+    )
+    o = OfflineParams()
+    assert (o.decoding, o.switch_cost) == (c.offline.decoding, c.offline.switch_cost)
 
 
 def test_empty_file_and_empty_tables_give_defaults(tmp_path: Path) -> None:
@@ -220,7 +245,7 @@ def test_gate_and_offline_tables(tmp_path: Path) -> None:
         '[offline]\ndecoding = "live"\nswitch_cost = 3\n'
     )
     c = load_config(write(tmp_path, text))
-    assert c.gate == GateConfig(False, -70.0, 0.5, 1.0)
+    assert c.gate == GateConfig(False, -70.0, 0.8, 1.0)
     assert c.offline == OfflineConfig("live", 3.0)
     err = config_error(tmp_path, "[gate]\nenabled = 1\n")
     assert err.key == "gate.enabled"

@@ -17,8 +17,8 @@ from stream_server.gate import (
     GateParams,
     judge,
     levels_dbfs,
-    with_speech_detector,
 )
+from stream_server.loading import with_speech_detector
 from stream_server.model import LoadedModel
 from tests.conftest import DEVICES
 from tests.helpers.speech import ToneSpeech

@@ -16,6 +16,7 @@ import torch
 from stream_server.classify import classify_audio
 from stream_server.config import Config
 from stream_server.dataset import load_audio, scan
+from stream_server.loading import with_speech_detector
 from stream_server.mix_eval import (
     MixOptions,
     Prepared,
@@ -24,6 +25,7 @@ from stream_server.mix_eval import (
     live_run,
     offline_run,
     prepare,
+    quiet_clips,
 )
 from stream_server.mixes import mix_window, window_ends
 from stream_server.model import LoadedModel
@@ -31,6 +33,7 @@ from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import session_params
 from tests.conftest import encode_audio, music
 from tests.helpers.cli import genrecast
+from tests.helpers.speech import ToneSpeech, marker
 
 RATE = 22050
 OPTIONS = MixOptions(mixes=3, seed=5, parts=4, min_s=3.0, max_s=5.0)
@@ -161,6 +164,59 @@ def test_figures_and_their_report(
     assert "decoding: viterbi" in text
 
 
+def test_quiet_clips_are_below_the_silence_level_the_gate_uses() -> None:
+    clips = quiet_clips(RATE, seconds=2.0)
+    assert [name for name, _ in clips] == [
+        "silence/digital",
+        "silence/noise-75dBFS",
+        "silence/hum-70dBFS",
+    ]
+    levels = [10 * np.log10(np.mean(a.astype(np.float64) ** 2) + 1e-30) for _, a in clips]
+    assert levels[0] < -200
+    assert levels[1] == pytest.approx(-75.0, abs=0.3)
+    assert levels[2] == pytest.approx(-70.0, abs=0.3)
+    assert all(a.shape == (2 * RATE,) and a.dtype == np.float32 for _, a in clips)
+
+
+def test_speech_and_silence_join_the_mixes_and_every_kind_is_counted(
+    tiny_model: LoadedModel, data_root: Path, make_config: Callable[..., Config]
+) -> None:
+    """Talk (the stand-in detector's marker tone) and silence are parts of the mixes like a
+    genre, and each kind of second of the clips alone is counted by what it was labelled."""
+    config = make_config(engine={"hop_s": 0.5}, gate={"min_run_s": 0.5})
+    model = with_speech_detector(tiny_model, ToneSpeech(RATE))
+    params = session_params(config, model)
+    runner = InferenceRunner(model, torch.device("cpu"), level_samples=params.hop_samples)
+    talk = [(f"speech/talk{k}", marker(7.0, RATE, channels=1)[:, 0]) for k in range(2)]
+    others = talk + quiet_clips(RATE, seconds=7.0)
+    options = MixOptions(mixes=6, seed=3, parts=4, min_s=3.0, max_s=5.0)
+    prep = prepare(model, data_root, scan(data_root), config, runner, options, others=others)
+    assert prep.truth[-5:] == ["speech", "speech", "silence", "silence", "silence"]
+    in_mixes = {p.label for m in prep.mixes for p in m.parts}
+    assert {"speech", "silence"} <= in_mixes
+    fig = figures(prep, params)
+    for path in (fig.live, fig.offline):
+        assert set(path.kinds) == {"music", "speech", "silence"}
+        # every whole second of every clip alone is counted once
+        assert sum(sum(row.values()) for row in path.kinds.values()) == sum(
+            int(n / RATE + 1e-9) for n in prep.lengths
+        )
+        assert sum(path.kinds["silence"].values()) == 3 * 7
+        assert path.kind_share("silence", "silence") == 1.0
+        assert (path.kind_share("speech", "speech") or 0.0) >= 0.7
+        assert path.kind_share("music", "speech") == 0.0
+        assert path.kind_share("music", "silence") == 0.0
+    data = fig.to_json()
+    assert data["live"]["kinds"]["silence"] == {"seconds": 21, "silence": 1.0}
+    assert data["offline"]["kinds"]["speech"]["seconds"] == 14
+    text = format_figures(fig)
+    assert "every clip alone, seconds labelled (live stored / offline):" in text
+    assert "silence" in text.splitlines()[-1]
+    # without talk and silence, no kinds are reported
+    plain = figures(prepare(model, data_root, scan(data_root), config, runner, options), params)
+    assert "kinds" not in plain.to_json()["live"]
+
+
 def test_evaluate_mixes_on_the_command_line(
     data_root: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -203,6 +259,35 @@ def test_evaluate_mixes_on_the_command_line(
     assert text.returncode == 0, text.stderr
     assert "live (a stream through the server's session, causal):" in text.stdout
     assert "offline (genrecast classify; decoding: viterbi):" in text.stdout
+
+
+def test_evaluate_mixes_with_a_speech_set(
+    data_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``--speech DIR``: the set's validation speakers (split by speaker) and the quiet clips
+    join the mixes; the shipped speech detector judges them."""
+    speech = tmp_path / "speech"
+    rows = ["file\tlabel\tsource_repo\tsource_path\tspeaker_or_artist"]
+    for k in range(4):
+        for label in ("speech", "music"):
+            (speech / label).mkdir(parents=True, exist_ok=True)
+            audio = marker(4.0, RATE, 1) if label == "speech" else music(4.0, RATE, 1, seed=k)
+            encode_audio(speech / label / f"{label}{k}.wav", audio, RATE)
+            rows.append(f"{label}/{label}{k}.wav\t{label}\ttest/set\tx\t{label} person {k}")
+    (speech / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    base = ["evaluate", "--data", str(data_root), "--model", str(tiny_checkpoint)]
+    done = genrecast(
+        *base, "--device", "cpu", "--mixes", "2", "--mix-min-s", "3", "--mix-max-s", "4",
+        "--speech", str(speech), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    kinds = json.loads(done.stdout)["mixes"]["live"]["kinds"]
+    assert kinds["silence"]["seconds"] == 3 * 40
+    assert kinds["silence"]["silence"] == 1.0
+    assert 4 <= kinds["speech"]["seconds"] <= 8  # one or two of the four speakers held out
+    refused = genrecast(*base, "--speech", str(speech))
+    assert refused.returncode == 2
+    assert "--speech measures timelines: it needs --mixes N" in refused.stderr
 
 
 def test_tune_smoothing_on_validation_mixes(

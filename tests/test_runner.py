@@ -10,7 +10,8 @@ import torch
 
 from stream_server.device import pick_device
 from stream_server.errors import ConfigError
-from stream_server.gate import LEVEL_FLOOR_DBFS, levels_dbfs, with_speech_detector
+from stream_server.gate import LEVEL_FLOOR_DBFS, levels_dbfs
+from stream_server.loading import with_speech_detector
 from stream_server.model import LoadedModel, load_model
 from stream_server.runner import BatchTiming, InferenceRunner
 from tests.conftest import DEVICES, LABELS, cuda_param, music

@@ -609,7 +609,7 @@ def test_real_music_around_silence_on_a_live_stream(
 def test_a_plugged_in_speech_detector_shows_speech_live_and_stored(
     make_config: Callable[..., Config], tiny_model: LoadedModel
 ) -> None:
-    from stream_server.gate import with_speech_detector
+    from stream_server.loading import with_speech_detector
     from tests.helpers.speech import ToneSpeech, marker
 
     rate = tiny_model.preprocessing.sample_rate

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from stream_server.dataset import Clip, save_split
 from stream_server.errors import ModelLoadError
 from stream_server.speech import (
     CONFIG_FILE,
@@ -41,11 +42,17 @@ def test_detector_gives_one_probability_per_window_at_any_rate() -> None:
     tone22 = torch.sin(2 * torch.pi * 440 * t22).unsqueeze(0)
     with torch.inference_mode():
         here = model.features(tone)
-        there = model.for_rate(22050).features(tone22)
+        there = _at_rate(model, 22050).features(tone22)
     assert there.shape == here.shape
     strongest = here[0, 0, :, 5:-5].argmax(dim=0)  # the band holding 440 Hz, frame by frame
     assert torch.equal(there[0, 0, :, 5:-5].argmax(dim=0), strongest)
     assert int(strongest.unique().numel()) == 1
+
+
+def _at_rate(model: SpeechDetector, rate: int) -> SpeechDetector:
+    other = SpeechDetector(rate, width=model.width)
+    other.load_state_dict(model.state_dict())
+    return other.eval()
 
 
 def test_save_and_load_give_the_same_detector(tmp_path: Path) -> None:
@@ -89,13 +96,17 @@ def _speech_set(root: Path) -> None:
 def test_training_measures_and_saves_a_detector(tmp_path: Path) -> None:
     speech_root, genres = tmp_path / "speech", tmp_path / "genres"
     _speech_set(speech_root)
+    clips = []
     for genre in ("jazz", "rock"):
         for i in range(3):
             (genres / genre).mkdir(parents=True, exist_ok=True)
             encode_audio(genres / genre / f"{i}.wav", music(6.0, RATE, 1, seed=10 + i), RATE)
+            clips.append(Clip(f"{genre}/{i}.wav", genre))
+    split = save_split(tmp_path, clips[1:3] + clips[4:], [clips[0], clips[3]])
     opts = SpeechTrainOptions(
         speech=str(speech_root),
         music=str(genres),
+        genre_split=str(split),
         out=str(tmp_path / "out"),
         epochs=2,
         steps_per_epoch=3,
@@ -103,7 +114,9 @@ def test_training_measures_and_saves_a_detector(tmp_path: Path) -> None:
         cache_dir=str(tmp_path / "cache"),
     )
     report = train_speech(opts)
-    assert report.windows["speech"] > 0 and report.windows["genre_music"] > 0
+    assert report.windows["speech"] > 0
+    assert report.windows["genre_music"] == 4  # two validation clips of 6 s: two windows each
+    assert set(report.by_genre) == {"jazz", "rock"}
     for share in (report.speech_called_speech, report.genre_music_called_speech):
         assert 0.0 <= share <= 1.0
     assert [h["epoch"] for h in report.history] == [1, 2]

@@ -476,7 +476,7 @@ def test_an_upload_with_silence_and_speech_is_gated_as_offline(
 ) -> None:
     """The server's engine computes the gate's inputs for uploads too: silence and (with a
     speech detector plugged in) speech show in the answer exactly as offline."""
-    from stream_server.gate import with_speech_detector
+    from stream_server.loading import with_speech_detector
     from tests.helpers.speech import ToneSpeech, marker
 
     model = with_speech_detector(tiny_model, ToneSpeech(RATE))

@@ -1,0 +1,41 @@
+"""What a configuration serves: the genre model ``[model] path`` names, with the speech
+detector ``[gate] speech_model`` names attached (fed at the genre model's sample rate)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from stream_server.config import Config
+from stream_server.model import LoadedModel, resolve_model
+from stream_server.speech import DEFAULT_SPEECH_DIR, load_detector
+
+#: ``[gate] speech_model`` value for no speech detector.
+NO_SPEECH_MODEL = "none"
+
+
+def load_configured_model(config: Config) -> LoadedModel:
+    """The genre model and speech detector of ``config``.
+
+    Without the gate, or with ``speech_model = "none"``, the model has no speech detector.
+
+    Raises:
+        ModelLoadError: either cannot be loaded.
+    """
+    model = resolve_model(config.model.path)
+    spec = config.gate.speech_model
+    if not config.gate.enabled or spec == NO_SPEECH_MODEL:
+        return model
+    detector = load_detector(spec or DEFAULT_SPEECH_DIR, model.preprocessing.sample_rate)
+    return with_speech_detector(model, detector)
+
+
+def with_speech_detector(loaded: LoadedModel, detector: nn.Module | None) -> LoadedModel:
+    """``loaded`` with ``detector`` as its speech detector (``None``: without one).
+
+    This is where a speech model is plugged in: the runner computes its ``(batch,)`` speech
+    probabilities next to the genre probabilities of every batch (the interface is in
+    :mod:`stream_server.gate`).
+    """
+    return dataclasses.replace(loaded, speech_detector=detector)
