@@ -19,27 +19,22 @@ from stream_server.recipes import ARCHITECTURES, TrainOptions, with_overrides
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
-def _load_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    server = config.server
-    if getattr(args, "host", None) is not None:
-        server = dataclasses.replace(server, host=args.host)
-    if getattr(args, "port", None) is not None:
-        server = dataclasses.replace(server, port=args.port)
-    model = config.model
-    if getattr(args, "model", None) is not None:
-        model = dataclasses.replace(model, path=args.model)
-    engine = config.engine
-    if getattr(args, "device", None) is not None:
-        engine = dataclasses.replace(engine, device=args.device)
-    return config.replace(server=server, model=model, engine=engine)
+def load_config_of(args: argparse.Namespace) -> Config:
+    """The config of ``args.config`` with the command's ``--host``/``--port``/``--model``/
+    ``--device`` applied (those the command has)."""
+    return load_config(args.config).overridden(
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        model=getattr(args, "model", None),
+        device=getattr(args, "device", None),
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from stream_server.loading import load_configured_model
     from stream_server.server import serve
 
-    config = _load_config(args)
+    config = load_config_of(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
     model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
     serve(config, model=model)
@@ -120,7 +115,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         result = classify_remote(args.file, server=args.server)
         print(json.dumps(result, indent=2) if args.json else format_result(result))
         return 0
-    config = _load_config(args)
+    config = load_config_of(args)
     report = classify_file(args.file, config, progress=not args.json)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -132,7 +127,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from stream_server.bench import run_bench
 
-    config = _load_config(args)
+    config = load_config_of(args)
     result = run_bench(config, streams=args.streams, seconds=args.seconds, speed=args.speed)
     print(json.dumps(result.to_json(), indent=2))
     return 0
@@ -202,11 +197,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream_server.dataset import SPLIT_FILE, load_split, scan
     from stream_server.device import pick_device
     from stream_server.evaluate import evaluate, format_report, save_report
-    from stream_server.loading import load_configured_model
+    from stream_server.loading import NO_SPEECH_MODEL, load_configured_model
+    from stream_server.speech import DEFAULT_SPEECH_DIR
 
     if args.speech and not args.mixes:
         raise GenrecastError("--speech measures timelines: it needs --mixes N")
-    config = _load_config(args)
+    config = load_config_of(args)
     model = load_configured_model(config)
     if args.split == "all":
         clips = scan(args.data, _genres(args))
@@ -256,9 +252,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             level_samples=session_params(config, model).hop_samples,
         )
         rate = model.preprocessing.sample_rate
-        others = (
-            speech_clips(args.speech, rate, args.cache) + quiet_clips(rate) if args.speech else []
-        )
+        others = []
+        if args.speech:
+            if model.speech_detector is None:
+                print(
+                    'warning: no speech detector ([gate] is off or speech_model is "none"): '
+                    "no second will be labelled speech",
+                    file=sys.stderr,
+                )
+            detector = config.gate.speech_model
+            detector_dir = detector if detector not in ("", NO_SPEECH_MODEL) else None
+            others = speech_clips(
+                args.speech, rate, args.cache, detector_dir or DEFAULT_SPEECH_DIR
+            ) + quiet_clips(rate)
         prepared = prepare(
             model, args.data, clips, config, runner, options, others=others,
             cache_dir=args.cache, progress=not args.json,
@@ -302,7 +308,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from stream_server.errors import ConfigError
 
     try:
-        config = _load_config(args)
+        config = load_config_of(args)
     except ConfigError as exc:
         return doctor(None, str(exc), as_json=args.json)
     path = args.config or (PROJECT_CONFIG if PROJECT_CONFIG.is_file() else None)

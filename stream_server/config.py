@@ -195,6 +195,28 @@ class Config:
         """Return a copy with some tables swapped out."""
         return dataclasses.replace(self, **tables)
 
+    def overridden(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        model: str | None = None,
+        device: str | None = None,
+    ) -> Config:
+        """A copy with the command line's ``--host``, ``--port``, ``--model`` and ``--device``
+        (``None``: the config's own value) as ``server.host``, ``server.port``, ``model.path``
+        and ``engine.device``."""
+        server, model_table, engine = self.server, self.model, self.engine
+        if host is not None:
+            server = dataclasses.replace(server, host=host)
+        if port is not None:
+            server = dataclasses.replace(server, port=port)
+        if model is not None:
+            model_table = dataclasses.replace(model_table, path=model)
+        if device is not None:
+            engine = dataclasses.replace(engine, device=device)
+        return self.replace(server=server, model=model_table, engine=engine)
+
 
 # (table, key) -> check on the already type-checked value: returns an error text or None.
 _Check = typing.Callable[[Any], str | None]

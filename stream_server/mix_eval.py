@@ -31,6 +31,7 @@ the windows that straddle two parts are computed again (batched across all mixes
 from __future__ import annotations
 
 import bisect
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -63,6 +64,8 @@ from stream_server.mixes import (
 from stream_server.model import LoadedModel
 from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import SessionParams, StreamSession, session_params
+from stream_server.speech import CONFIG_FILE as SPEECH_CONFIG_FILE
+from stream_server.speech import DEFAULT_SPEECH_DIR
 from stream_server.timeline import Segment
 
 __all__ = [
@@ -110,21 +113,38 @@ def quiet_clips(rate: int, seconds: float = 40.0, seed: int = 0) -> list[tuple[s
 
 
 def speech_clips(
-    root: str | Path, rate: int, cache_dir: str | None = None
+    root: str | Path,
+    rate: int,
+    cache_dir: str | None = None,
+    detector_dir: str | Path = DEFAULT_SPEECH_DIR,
 ) -> list[tuple[str, FloatArray]]:
-    """The speech clips on the validation side of the speech set at ``root`` (split by speaker
-    as the shipped detector's training split them), decoded at ``rate`` Hz.
+    """The speech clips on the validation side of the speech set at ``root``, decoded at
+    ``rate`` Hz, named ``speech/<path>``.
+
+    The set is split by speaker as the detector in ``detector_dir`` was trained on it (the
+    ``val_fraction`` and ``seed`` in its ``config.json`` options; ``genrecast train-speech``'s
+    defaults where it names none), so none of its training speakers is measured.
 
     Raises:
-        DatasetError: the set has no manifest or no validation speech.
+        DatasetError: the set has no manifest or no validation speech that decodes.
     """
-    from stream_server.train_speech import speech_split
+    from stream_server.train_speech import SpeechTrainOptions, speech_split
 
-    _, val = speech_split(root)
-    kept, audio = load_audio(root, [c for c in val if c.label == SPEECH], rate, cache_dir)
-    if not kept:
+    defaults = SpeechTrainOptions(speech="", music="", out="")
+    options: dict[str, Any] = {}
+    about = Path(detector_dir).expanduser() / SPEECH_CONFIG_FILE
+    if about.is_file():
+        options = json.loads(about.read_text(encoding="utf-8")).get("options", {})
+    _, val = speech_split(
+        root,
+        float(options.get("val_fraction", defaults.val_fraction)),
+        int(options.get("seed", defaults.seed)),
+    )
+    speech = [c for c in val if c.label == SPEECH]
+    if not speech:
         raise DatasetError(f"{root} has no validation speech clips")
-    return [(c.path, a) for c, a in zip(kept, audio, strict=True)]
+    kept, audio = load_audio(root, speech, rate, cache_dir)
+    return [(f"{SPEECH}/{c.path}", a) for c, a in zip(kept, audio, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -439,10 +459,17 @@ def _count_kinds(
     counts: dict[str, dict[str, int]], truth: str, segments: Sequence[Segment], clip: Mix
 ) -> None:
     """Add each whole second of ``clip`` to ``counts[truth][kind of its label]``."""
-    row = counts.setdefault(truth, {})
+    seen: dict[str, int] = {}
     for k in range(int(clip.duration_s + 1e-9)):
         kind = kind_of(label_at(segments, k + 0.5))
-        row[kind] = row.get(kind, 0) + 1
+        seen[kind] = seen.get(kind, 0) + 1
+    _add_kinds(counts, truth, seen)
+
+
+def _add_kinds(counts: dict[str, dict[str, int]], truth: str, seen: dict[str, int]) -> None:
+    row = counts.setdefault(truth, {})
+    for kind, n in seen.items():
+        row[kind] = row.get(kind, 0) + n
 
 
 def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) -> MixFigures:
@@ -473,7 +500,11 @@ def figures(prepared: Prepared, params: SessionParams, *, offline: bool = True) 
     for label, length, scores in zip(
         prepared.truth, prepared.lengths, prepared.clip_scores, strict=True
     ):
-        if len(scores) == 0:
+        if len(scores) == 0:  # shorter than a window: a stream this short is never labelled
+            unlabelled = {"none": int(length / params.model_rate + 1e-9)}
+            _add_kinds(live_kinds, kind_of(label), unlabelled)
+            if offline:
+                _add_kinds(off_kinds, kind_of(label), unlabelled)
             continue
         run = live_run(params, scores)
         live_false += label_changes([lab for _, lab in run.shown])
@@ -524,28 +555,30 @@ def format_figures(fig: MixFigures) -> str:
 
     lines = [
         f"mixes: {fig.mixes} of {o.parts} parts ({o.min_s:g}-{o.max_s:g} s each, seed {o.seed}): "
-        f"{live.seconds} s, {live.changes} changes; single-genre clips: "
+        f"{live.seconds} s, {live.changes} changes; every clip alone: "
         f"{live.single_hours * 60:.1f} min",
         "live (a stream through the server's session, causal):",
         f"  seconds right, stored timeline: {live.seconds_right:.1%}   "
         f"(as shown live: {live.shown_right or 0.0:.1%})",
         f"  change shown after: median {delay(live.median_delay_s)}, "
         f"p90 {delay(live.p90_delay_s)}; never shown: {live.missed} of {live.changes}",
-        f"  false changes on single-genre clips: {live.false_per_hour:.1f} per hour "
+        f"  false changes, every clip alone: {live.false_per_hour:.1f} per hour "
         f"({live.false_changes}); seconds right there: {live.clip_seconds_right:.1%}",
         f"offline (genrecast classify; decoding: {fig.decoding}):",
         f"  seconds right: {off.seconds_right:.1%}; changes missed: {off.missed} of {off.changes}",
-        f"  false changes on single-genre clips: {off.false_per_hour:.1f} per hour "
+        f"  false changes, every clip alone: {off.false_per_hour:.1f} per hour "
         f"({off.false_changes}); seconds right there: {off.clip_seconds_right:.1%}",
     ]
     if set(live.kinds) - {"music"}:
-        lines.append("every clip alone, seconds labelled (live stored / offline):")
-        lines.append("  " + " " * 8 + "".join(f"{k:>18}" for k in KINDS))
+        columns = KINDS + (("none",) if any(r.get("none") for r in live.kinds.values()) else ())
+        lines.append("every clip alone (talk and quiet clips too), seconds labelled "
+                     "(live stored / offline):")  # fmt: skip
+        lines.append("  " + " " * 8 + "".join(f"{k:>18}" for k in columns))
         for truth in KINDS:
             if truth not in live.kinds:
                 continue
             cells = []
-            for k in KINDS:
+            for k in columns:
                 a, b = live.kind_share(truth, k), off.kind_share(truth, k)
                 cells.append(f"{a or 0.0:8.1%} / {b or 0.0:6.1%}")
             seconds = sum(live.kinds[truth].values())

@@ -275,37 +275,6 @@ class TimelineStore:
             ).fetchall()
         return [_record_from_row(row) for row in rows]
 
-    def upsert_segment(self, stream_id: str, index: int, segment: Segment) -> None:
-        """Write segment number ``index`` (0-based position in the stream's timeline).
-
-        An existing segment at that index is overwritten, so the open segment can be rewritten
-        in place as it grows.
-
-        Raises:
-            ValueError: ``index`` is negative.
-            StorageError: the stream does not exist, or the write failed.
-        """
-        if index < 0:
-            raise ValueError(f"index must be >= 0, got {index!r}")
-        with self._op("upsert_segment") as conn, conn:
-            conn.execute(
-                "INSERT INTO segments "
-                "(stream_id, idx, start_s, end_s, genre, confidence, updates) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (stream_id, idx) DO UPDATE SET "
-                "start_s = excluded.start_s, end_s = excluded.end_s, genre = excluded.genre, "
-                "confidence = excluded.confidence, updates = excluded.updates",
-                (
-                    stream_id,
-                    index,
-                    segment.start_s,
-                    segment.end_s,
-                    segment.genre,
-                    segment.confidence,
-                    segment.updates,
-                ),
-            )
-
     def write_tail(self, stream_id: str, index: int, segments: Sequence[Segment]) -> None:
         """Make ``segments`` the stream's timeline from segment number ``index`` on.
 

@@ -93,7 +93,7 @@ def _grid(args: argparse.Namespace) -> dict[str, Sequence[float]]:
 
 def tune(args: argparse.Namespace) -> dict[str, Any]:
     """Prepare the mixes once, then search both grids; returns the results as JSON-ready data."""
-    from stream_server.cli import _load_config
+    from stream_server.cli import load_config_of
     from stream_server.dataset import SPLIT_FILE, load_split
     from stream_server.decoding import OfflineParams
     from stream_server.device import pick_device
@@ -104,7 +104,7 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     from stream_server.session import session_params
     from stream_server.smoothing import SmoothingParams
 
-    config = _load_config(args)
+    config = load_config_of(args)
     model = load_configured_model(config)
     split = Path(model.source).expanduser() / SPLIT_FILE
     if not split.is_file():

@@ -158,6 +158,20 @@ def test_replace_swaps_a_table() -> None:
 # --------------------------------------------------------------------------- file problems
 
 
+def test_command_line_overrides_replace_only_what_is_given() -> None:
+    c = Config()
+    assert c.overridden() == c
+    o = c.overridden(host="0.0.0.0", port=9000, model="/m", device="cuda:1")
+    assert (o.server.host, o.server.port, o.model.path, o.engine.device) == (
+        "0.0.0.0",
+        9000,
+        "/m",
+        "cuda:1",
+    )
+    assert o.server.max_streams == c.server.max_streams and o.engine.hop_s == c.engine.hop_s
+    assert c.overridden(port=0).server == dataclasses.replace(c.server, port=0)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="does not exist") as info:

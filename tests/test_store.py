@@ -110,33 +110,10 @@ def test_timeline_round_trip_ordered_by_index(store: TimelineStore) -> None:
         Segment(5.0, 7.0, "jazz", 0.65, 2),
         Segment(7.0, 8.0, "rock", 0.4, 1),
     ]
-    for i in (2, 0, 1):
-        store.upsert_segment("s1", i, segs[i])
+    store.write_tail("s1", 0, segs[:1])
+    store.write_tail("s1", 1, segs[1:])
     assert store.timeline("s1") == segs
     assert store.timeline("unknown") == []
-
-
-def test_upsert_rewrites_the_open_segment_in_place(store: TimelineStore, db_path: Path) -> None:
-    store.add_stream(record("s1"))
-    builder = TimelineBuilder()
-    index = 0
-    for t, genre, conf in [
-        (3.0, "rock", 0.6),
-        (4.0, "rock", 0.8),
-        (5.0, "jazz", 0.5),
-        (6.0, "jazz", 0.7),
-    ]:
-        closed = builder.add(t, genre, conf, window_start_s=0.0)
-        if closed is not None:
-            store.upsert_segment("s1", index, closed)
-            index += 1
-        open_seg = builder.open_segment
-        assert open_seg is not None
-        store.upsert_segment("s1", index, open_seg)
-    assert store.timeline("s1") == builder.segments()
-    with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 2
-    raw.close()
 
 
 def test_write_tail_stores_a_rewritten_tail_exactly(store: TimelineStore, db_path: Path) -> None:
@@ -176,27 +153,21 @@ def test_write_tail_stores_a_rewritten_tail_exactly(store: TimelineStore, db_pat
 def test_segments_are_per_stream(store: TimelineStore) -> None:
     store.add_stream(record("a"))
     store.add_stream(record("b"))
-    store.upsert_segment("a", 0, Segment(0.0, 1.0, "rock", 0.5, 1))
-    store.upsert_segment("b", 0, Segment(0.0, 2.0, "jazz", 0.9, 2))
+    store.write_tail("a", 0, [Segment(0.0, 1.0, "rock", 0.5, 1)])
+    store.write_tail("b", 0, [Segment(0.0, 2.0, "jazz", 0.9, 2)])
     assert [s.genre for s in store.timeline("a")] == ["rock"]
     assert [s.genre for s in store.timeline("b")] == ["jazz"]
 
 
-def test_upsert_for_unknown_stream_is_a_storage_error(store: TimelineStore) -> None:
-    with pytest.raises(StorageError, match="upsert_segment"):
-        store.upsert_segment("ghost", 0, Segment(0.0, 1.0, "rock", 0.5, 1))
-
-
-def test_upsert_rejects_negative_index(store: TimelineStore) -> None:
-    store.add_stream(record("s1"))
-    with pytest.raises(ValueError, match="index"):
-        store.upsert_segment("s1", -1, Segment(0.0, 1.0, "rock", 0.5, 1))
+def test_segments_of_an_unknown_stream_are_a_storage_error(store: TimelineStore) -> None:
+    with pytest.raises(StorageError, match="write_tail"):
+        store.write_tail("ghost", 0, [Segment(0.0, 1.0, "rock", 0.5, 1)])
 
 
 def test_survives_a_restart(db_path: Path) -> None:
     first = TimelineStore(db_path)
     first.add_stream(record("s1", sample_rate=16_000, channels=1, fmt="f32le"))
-    first.upsert_segment("s1", 0, Segment(0.0, 3.0, "blues", 0.81, 2))
+    first.write_tail("s1", 0, [Segment(0.0, 3.0, "blues", 0.81, 2)])
     first.end_stream("s1", 1_700_000_050.0)
     first.close()
 
@@ -207,7 +178,7 @@ def test_survives_a_restart(db_path: Path) -> None:
             "s1", ended_at=1_700_000_050.0, sample_rate=16_000, channels=1, fmt="f32le"
         )
         assert second.timeline("s1") == [Segment(0.0, 3.0, "blues", 0.81, 2)]
-        second.upsert_segment("s1", 1, Segment(3.0, 4.0, "jazz", 0.5, 1))
+        second.write_tail("s1", 1, [Segment(3.0, 4.0, "jazz", 0.5, 1)])
     finally:
         second.close()
     with TimelineStore(db_path) as third:
@@ -260,7 +231,7 @@ def test_in_memory_store() -> None:
     with TimelineStore(":memory:") as s:
         assert s.journal_mode == "memory"
         s.add_stream(record("m"))
-        s.upsert_segment("m", 0, Segment(0.0, 1.0, "pop", 0.5, 1))
+        s.write_tail("m", 0, [Segment(0.0, 1.0, "pop", 0.5, 1)])
         assert s.timeline("m") == [Segment(0.0, 1.0, "pop", 0.5, 1)]
 
 
@@ -273,7 +244,7 @@ def test_concurrent_writers_share_one_store(store: TimelineStore) -> None:
             sid = f"t{k}"
             store.add_stream(record(sid, created_at=float(k)))
             for i in range(per_thread):
-                store.upsert_segment(sid, i, Segment(float(i), i + 1.0, "rock", 0.5, 1))
+                store.write_tail(sid, i, [Segment(float(i), i + 1.0, "rock", 0.5, 1)])
                 store.timeline(sid)
         except BaseException as exc:  # pragma: no cover - only on failure
             errors.append(exc)
