@@ -121,25 +121,21 @@ def speech_clips(
     """The speech clips on the validation side of the speech set at ``root``, decoded at
     ``rate`` Hz, named ``speech/<path>``.
 
-    The set is split by speaker as the detector in ``detector_dir`` was trained on it (the
-    ``val_fraction`` and ``seed`` in its ``config.json`` options; ``genrecast train-speech``'s
-    defaults where it names none), so none of its training speakers is measured.
+    The validation side is the detector's in ``detector_dir``: the files its ``config.json``
+    lists, or the speaker split its options name
+    (:func:`stream_server.train_speech.validation_clips`), so none of its training speakers is
+    measured.
 
     Raises:
         DatasetError: the set has no manifest or no validation speech that decodes.
     """
-    from stream_server.train_speech import SpeechTrainOptions, speech_split
+    from stream_server.train_speech import validation_clips
 
-    defaults = SpeechTrainOptions(speech="", music="", out="")
-    options: dict[str, Any] = {}
-    about = Path(detector_dir).expanduser() / SPEECH_CONFIG_FILE
-    if about.is_file():
-        options = json.loads(about.read_text(encoding="utf-8")).get("options", {})
-    _, val = speech_split(
-        root,
-        float(options.get("val_fraction", defaults.val_fraction)),
-        int(options.get("seed", defaults.seed)),
-    )
+    about: dict[str, Any] = {}
+    path = Path(detector_dir).expanduser() / SPEECH_CONFIG_FILE
+    if path.is_file():
+        about = json.loads(path.read_text(encoding="utf-8"))
+    val = validation_clips(root, about)
     speech = [c for c in val if c.label == SPEECH]
     if not speech:
         raise DatasetError(f"{root} has no validation speech clips")

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,9 +109,51 @@ def _speech_set(root: Path) -> tuple[list[Clip], list[Provenance]]:
         if row["label"] not in ("speech", "music"):
             continue
         clips.append(Clip(row["file"], row["label"]))
-        who = row.get("speaker_or_artist") or row["file"]
+        who = speaker_group(row.get("speaker_or_artist") or row["file"])
         prov.append(Provenance(row["source_repo"], f"{row['label']}:{who}"))
     return clips, prov
+
+
+_NUMBERED_GTZAN = re.compile(r'^(GTZAN music_speech ")(.*?)\d*(")$')
+
+
+def speaker_group(who: str) -> str:
+    """The group of a speech-set clip from its manifest's ``speaker_or_artist``.
+
+    Clips in one group stay on one side of the split. GTZAN's music/speech files name no
+    speaker, only a stem, and numbered stems are parts of one programme: ``"news1"`` and
+    ``"news2"`` are one group. Every speaker of one diarisation recording
+    (``"diarizationExample.segments speakerA"``) is one group: they talk in the same room.
+    Anything else is its own group.
+    """
+    numbered = _NUMBERED_GTZAN.match(who)
+    if numbered:
+        return "".join(numbered.groups())
+    if ".segments " in who:
+        return who.split(" ", 1)[0]
+    return who
+
+
+def validation_clips(root: str | Path, about: Mapping[str, Any]) -> list[Clip]:
+    """The validation side of the speech set at ``root`` for a detector whose ``config.json``
+    is ``about``: the ``validation_files`` it saved, or else the split its ``options`` name
+    (``val_fraction``, ``seed``; the defaults where it names none).
+
+    Raises:
+        DatasetError: the set has no manifest.
+    """
+    saved = about.get("validation_files")
+    if isinstance(saved, list):
+        names = set(saved)
+        clips, _ = _speech_set(Path(root).expanduser())
+        return [c for c in clips if c.path in names]
+    options = about.get("options", {})
+    defaults = SpeechTrainOptions(speech="", music="", out="")
+    return speech_split(
+        root,
+        float(options.get("val_fraction", defaults.val_fraction)),
+        int(options.get("seed", defaults.seed)),
+    )[1]
 
 
 def _load(root: Path, clips: Sequence[Clip], cache: str) -> tuple[list[Clip], list[FloatArray]]:
@@ -238,6 +282,7 @@ def train_speech(opts: SpeechTrainOptions) -> SpeechReport:
         "validation": asdict(report),
         "seconds": round(time.perf_counter() - started, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "validation_files": sorted(c.path for c in va),
     }
     save_detector(model, opts.out, about)
     return report

@@ -31,6 +31,8 @@ from stream_server.mixes import mix_window, window_ends
 from stream_server.model import LoadedModel
 from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import session_params
+from stream_server.speech import CONFIG_FILE as SPEECH_CONFIG
+from stream_server.speech import DEFAULT_SPEECH_DIR
 from tests.conftest import encode_audio, music
 from tests.helpers.cli import genrecast
 from tests.helpers.speech import ToneSpeech, marker
@@ -278,10 +280,18 @@ def test_evaluate_mixes_with_a_speech_set(
             encode_audio(speech / label / f"{label}{k}.wav", audio, RATE)
             rows.append(f"{label}/{label}{k}.wav\t{label}\ttest/set\tx\t{label} person {k}")
     (speech / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    # the shipped detector, split by its options (its own validation files are not in this set)
+    detector = tmp_path / "detector"
+    shutil.copytree(DEFAULT_SPEECH_DIR, detector)
+    about = json.loads((detector / SPEECH_CONFIG).read_text())
+    del about["validation_files"]
+    (detector / SPEECH_CONFIG).write_text(json.dumps(about))
+    config = tmp_path / "config.toml"
+    config.write_text(f"[gate]\nspeech_model = {json.dumps(str(detector))}\n")
     base = ["evaluate", "--data", str(data_root), "--model", str(tiny_checkpoint)]
     done = genrecast(
-        *base, "--device", "cpu", "--mixes", "2", "--mix-min-s", "3", "--mix-max-s", "4",
-        "--speech", str(speech), "--json",
+        *base, "--config", str(config), "--device", "cpu", "--mixes", "2",
+        "--mix-min-s", "3", "--mix-max-s", "4", "--speech", str(speech), "--json",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     kinds = json.loads(done.stdout)["mixes"]["live"]["kinds"]

@@ -19,7 +19,14 @@ from stream_server.speech import (
     load_detector,
     save_detector,
 )
-from stream_server.train_speech import SpeechTrainOptions, format_speech_report, train_speech
+from stream_server.train_speech import (
+    SpeechTrainOptions,
+    format_speech_report,
+    speaker_group,
+    speech_split,
+    train_speech,
+    validation_clips,
+)
 from tests.conftest import encode_audio, music
 
 
@@ -123,4 +130,46 @@ def test_training_measures_and_saves_a_detector(tmp_path: Path) -> None:
     assert "speech windows called speech" in format_speech_report(report)
     saved = json.loads((tmp_path / "out" / CONFIG_FILE).read_text())
     assert saved["validation"]["windows"] == report.windows
+    # the validation side is saved, and is what the split gives
+    val = speech_split(speech_root, opts.val_fraction, opts.seed)[1]
+    assert saved["validation_files"] == sorted(c.path for c in val)
+    assert sorted(validation_clips(speech_root, saved), key=str) == sorted(val, key=str)
     load_detector(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("who", "group"),
+    [
+        ('GTZAN music_speech "news1"', 'GTZAN music_speech "news"'),
+        ('GTZAN music_speech "news2"', 'GTZAN music_speech "news"'),
+        ('GTZAN music_speech "acomic"', 'GTZAN music_speech "acomic"'),
+        ('GTZAN music_speech "copland2"', 'GTZAN music_speech "copland"'),
+        ("diarizationExample.segments speakerA", "diarizationExample.segments"),
+        ("diarizationExample2.segments speakers A-F (6 turns)", "diarizationExample2.segments"),
+        ("LibriSpeech spk 1320", "LibriSpeech spk 1320"),
+        ("VCTK p260", "VCTK p260"),
+    ],
+)
+def test_numbered_programmes_and_one_recordings_speakers_are_one_group(
+    who: str, group: str
+) -> None:
+    assert speaker_group(who) == group
+
+
+def test_validation_clips_follow_the_detectors_saved_files_or_its_split(tmp_path: Path) -> None:
+    root = tmp_path / "speech"
+    rows = ["file\tlabel\tsource_repo\tsource_path\tspeaker_or_artist"]
+    for i, stem in enumerate(["news1", "news2", "talk", "acomic", "acomic2", "chat"]):
+        rows.append(f'speech/{i}.wav\tspeech\tgtzan\t-\tGTZAN music_speech "{stem}"')
+    root.mkdir()
+    (root / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    for seed in range(6):  # numbered parts of one programme never straddle the split
+        train, val = speech_split(root, 0.34, seed)
+        sides = {c.path: c in val for c in train + val}
+        assert sides["speech/0.wav"] == sides["speech/1.wav"]
+        assert sides["speech/3.wav"] == sides["speech/4.wav"]
+    saved = {"validation_files": ["speech/2.wav", "speech/5.wav"]}
+    assert [c.path for c in validation_clips(root, saved)] == ["speech/2.wav", "speech/5.wav"]
+    by_options = {"options": {"val_fraction": 0.34, "seed": 3}}
+    assert validation_clips(root, by_options) == speech_split(root, 0.34, 3)[1]
+    assert validation_clips(root, {}) == speech_split(root)[1]
