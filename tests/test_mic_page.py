@@ -11,9 +11,11 @@ import httpx
 import pytest
 
 from stream_server.config import Config
+from stream_server.loading import with_speech_detector
 from stream_server.model import LoadedModel
 from stream_server.server import running_server
 from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.helpers.speech import ToneSpeech, marker
 from tests.test_server import run
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -171,6 +173,50 @@ def test_mic_page_shows_silence_in_neutral_grey(
                     " getComputedStyle(li.querySelector('.swatch')).backgroundColor])",
                 )
                 assert any("silence" in text and bg == grey for text, bg in swatches)
+                await page.click("#stop")
+            finally:
+                await browser.close()
+
+    run(scenario())
+
+
+def test_mic_page_shows_speech_in_neutral_grey(
+    make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
+) -> None:
+    """Music, then talk (the stand-in detector's marker): the page names it ``speech``, in grey,
+    and its timeline holds a grey block."""
+    import numpy as np
+
+    audio = np.concatenate([music(4.0, 48000), marker(8.0, 48000)])
+    wav = encode_audio(tmp_path / "talk.wav", audio, 48000)
+    grey = "rgb(158, 158, 158)"
+    rate = tiny_model.preprocessing.sample_rate
+    model = with_speech_detector(tiny_model, ToneSpeech(rate))
+
+    async def scenario() -> None:
+        assert async_playwright is not None
+        async with (
+            running_server(make_config(), model=model) as server,
+            async_playwright() as playwright,
+        ):
+            browser = await launch(
+                playwright,
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{server.http_url}/mic")
+                await page.click("#start")
+                await page.wait_for_selector("#genre[data-genre=speech]", timeout=WAIT_MS)
+                assert (await page.text_content("#genre") or "").startswith("speech")
+                colour = await page.eval_on_selector("#genre", "e => getComputedStyle(e).color")
+                assert colour == grey
+                blocks = await page.eval_on_selector_all(
+                    "#timeline span", "spans => spans.map(s => getComputedStyle(s).backgroundColor)"
+                )
+                assert grey in blocks
                 await page.click("#stop")
             finally:
                 await browser.close()
