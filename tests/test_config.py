@@ -93,22 +93,17 @@ def test_the_cores_defaults_are_the_configs() -> None:
     from stream_server.smoothing import SmoothingParams
 
     c = Config()
-    sm = SmoothingParams()
-    assert (sm.time_constant_s, sm.switch_margin, sm.min_dwell_s, sm.stale_margin) == (
-        c.smoothing.time_constant_s,
-        c.smoothing.switch_margin,
-        c.smoothing.min_dwell_s,
-        c.smoothing.stale_margin,
-    )
-    g = GateParams()
-    assert (g.enabled, g.silence_dbfs, g.speech_threshold, g.min_run_s) == (
-        c.gate.enabled,
-        c.gate.silence_dbfs,
-        c.gate.speech_threshold,
-        c.gate.min_run_s,
-    )
-    o = OfflineParams()
-    assert (o.decoding, o.switch_cost) == (c.offline.decoding, c.offline.switch_cost)
+    for core, table in (
+        (SmoothingParams(), c.smoothing),
+        (GateParams(), c.gate),
+        (OfflineParams(), c.offline),
+    ):
+        shared = {f.name for f in dataclasses.fields(core)} & {
+            f.name for f in dataclasses.fields(table)
+        }
+        # every tuning field of the core is a config key (the config has more: which model...)
+        assert shared == {f.name for f in dataclasses.fields(core)}
+        assert {n: getattr(core, n) for n in shared} == {n: getattr(table, n) for n in shared}
 
 
 def test_empty_file_and_empty_tables_give_defaults(tmp_path: Path) -> None:

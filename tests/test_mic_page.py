@@ -133,65 +133,19 @@ def test_mic_page_explains_a_refused_microphone(
     run(scenario())
 
 
-def test_mic_page_shows_silence_in_neutral_grey(
-    make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
+@pytest.mark.parametrize("kind", ["silence", "speech"])
+def test_mic_page_shows_silence_and_speech_in_neutral_grey(
+    kind: str, make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
 ) -> None:
-    """Music, then digital silence: the page shows ``silence``, in grey rather than a genre
-    colour, in the live genre, its timeline and its changes."""
+    """Music, then digital silence or talk (the stand-in detector's marker): the page names it
+    ``silence`` or ``speech``, in grey rather than a genre colour, in the live genre, its
+    timeline and its changes."""
     import numpy as np
 
-    audio = np.concatenate([music(4.0, 48000), np.zeros((48000 * 8, 2), np.float32)])
-    wav = encode_audio(tmp_path / "quiet.wav", audio, 48000)
+    after = np.zeros((48000 * 8, 2), np.float32) if kind == "silence" else marker(8.0, 48000)
+    wav = encode_audio(tmp_path / f"{kind}.wav", np.concatenate([music(4.0, 48000), after]), 48000)
     grey = "rgb(158, 158, 158)"
-
-    async def scenario() -> None:
-        assert async_playwright is not None
-        async with (
-            running_server(make_config(), model=tiny_model) as server,
-            async_playwright() as playwright,
-        ):
-            browser = await launch(
-                playwright,
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}",
-            )
-            try:
-                page = await browser.new_page()
-                await page.goto(f"{server.http_url}/mic")
-                await page.click("#start")
-                await page.wait_for_selector("#genre[data-genre=silence]", timeout=WAIT_MS)
-                colour = await page.eval_on_selector("#genre", "e => getComputedStyle(e).color")
-                assert colour == grey
-                blocks = await page.eval_on_selector_all(
-                    "#timeline span", "spans => spans.map(s => getComputedStyle(s).backgroundColor)"
-                )
-                assert grey in blocks
-                swatches = await page.eval_on_selector_all(
-                    "#changes li",
-                    "items => items.map(li => [li.textContent,"
-                    " getComputedStyle(li.querySelector('.swatch')).backgroundColor])",
-                )
-                assert any("silence" in text and bg == grey for text, bg in swatches)
-                await page.click("#stop")
-            finally:
-                await browser.close()
-
-    run(scenario())
-
-
-def test_mic_page_shows_speech_in_neutral_grey(
-    make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
-) -> None:
-    """Music, then talk (the stand-in detector's marker): the page names it ``speech``, in grey,
-    and its timeline holds a grey block."""
-    import numpy as np
-
-    audio = np.concatenate([music(4.0, 48000), marker(8.0, 48000)])
-    wav = encode_audio(tmp_path / "talk.wav", audio, 48000)
-    grey = "rgb(158, 158, 158)"
-    rate = tiny_model.preprocessing.sample_rate
-    model = with_speech_detector(tiny_model, ToneSpeech(rate))
+    model = with_speech_detector(tiny_model, ToneSpeech(tiny_model.preprocessing.sample_rate))
 
     async def scenario() -> None:
         assert async_playwright is not None
@@ -209,14 +163,20 @@ def test_mic_page_shows_speech_in_neutral_grey(
                 page = await browser.new_page()
                 await page.goto(f"{server.http_url}/mic")
                 await page.click("#start")
-                await page.wait_for_selector("#genre[data-genre=speech]", timeout=WAIT_MS)
-                assert (await page.text_content("#genre") or "").startswith("speech")
+                await page.wait_for_selector(f"#genre[data-genre={kind}]", timeout=WAIT_MS)
+                assert (await page.text_content("#genre") or "").startswith(kind)
                 colour = await page.eval_on_selector("#genre", "e => getComputedStyle(e).color")
                 assert colour == grey
                 blocks = await page.eval_on_selector_all(
                     "#timeline span", "spans => spans.map(s => getComputedStyle(s).backgroundColor)"
                 )
                 assert grey in blocks
+                swatches = await page.eval_on_selector_all(
+                    "#changes li",
+                    "items => items.map(li => [li.textContent,"
+                    " getComputedStyle(li.querySelector('.swatch')).backgroundColor])",
+                )
+                assert any(kind in text and bg == grey for text, bg in swatches)
                 await page.click("#stop")
             finally:
                 await browser.close()
