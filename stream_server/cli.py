@@ -197,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream_server.dataset import SPLIT_FILE, load_split, scan
     from stream_server.device import pick_device
     from stream_server.evaluate import evaluate, format_report, save_report
-    from stream_server.loading import NO_SPEECH_MODEL, load_configured_model
+    from stream_server.loading import load_configured_model, speech_model_dir
     from stream_server.speech import DEFAULT_SPEECH_DIR
 
     if args.speech and not args.mixes:
@@ -260,11 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "no second will be labelled speech",
                     file=sys.stderr,
                 )
-            detector = config.gate.speech_model
-            detector_dir = detector if detector not in ("", NO_SPEECH_MODEL) else None
-            others = speech_clips(
-                args.speech, rate, args.cache, detector_dir or DEFAULT_SPEECH_DIR
-            ) + quiet_clips(rate)
+            detector_dir = speech_model_dir(config) or DEFAULT_SPEECH_DIR
+            others = speech_clips(args.speech, rate, args.cache, detector_dir) + quiet_clips(rate)
         prepared = prepare(
             model, args.data, clips, config, runner, options, others=others,
             cache_dir=args.cache, progress=not args.json,

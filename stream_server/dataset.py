@@ -16,7 +16,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,22 +217,34 @@ def load_clip(
     With ``codec``, the clip as that codec delivers it (:func:`codec_round_trip`), same length.
     """
     cached = cache_dir / f"{cache_key(path, sample_rate, codec)}.npy" if cache_dir else None
-    if cached is not None and cached.is_file():
+
+    def compute() -> FloatArray:
+        if codec is None:
+            return decode_mono(str(path), sample_rate)
+        return codec_round_trip(load_clip(path, sample_rate, cache_dir), sample_rate, *codec)
+
+    return cached_array(cached, compute)
+
+
+def cached_array(path: Path | None, compute: Callable[[], FloatArray]) -> FloatArray:
+    """The float32 array cached at ``path`` (a ``.npy`` file), or ``compute()`` saved there.
+
+    An unreadable cache file is logged and computed again; the new file is written whole or not
+    at all (a temporary file renamed into place). ``path=None``: no cache, just ``compute()``.
+    """
+    if path is not None and path.is_file():
         try:
-            loaded: FloatArray = np.load(cached).astype(np.float32, copy=False)
+            loaded: FloatArray = np.load(path).astype(np.float32, copy=False)
             return loaded
         except (OSError, ValueError):
-            log.warning("ignoring unreadable cache file %s", cached)
-    if codec is None:
-        audio = decode_mono(str(path), sample_rate)
-    else:
-        audio = codec_round_trip(load_clip(path, sample_rate, cache_dir), sample_rate, *codec)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, audio)
-        tmp.replace(cached)
-    return audio
+            log.warning("ignoring unreadable cache file %s", path)
+    array = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, array)
+        tmp.replace(path)
+    return array
 
 
 def load_audio(

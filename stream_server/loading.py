@@ -4,6 +4,7 @@ detector ``[gate] speech_model`` names attached (fed at the genre model's sample
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from torch import nn
 
@@ -24,11 +25,20 @@ def load_configured_model(config: Config) -> LoadedModel:
         ModelLoadError: either cannot be loaded.
     """
     model = resolve_model(config.model.path)
+    directory = speech_model_dir(config)
+    if directory is None:
+        return model
+    detector = load_detector(directory, model.preprocessing.sample_rate)
+    return with_speech_detector(model, detector)
+
+
+def speech_model_dir(config: Config) -> Path | None:
+    """The directory of the speech detector ``config`` serves (``[gate] speech_model``, the
+    shipped one for ``""``); ``None`` when the gate is off or ``speech_model`` is ``"none"``."""
     spec = config.gate.speech_model
     if not config.gate.enabled or spec == NO_SPEECH_MODEL:
-        return model
-    detector = load_detector(spec or DEFAULT_SPEECH_DIR, model.preprocessing.sample_rate)
-    return with_speech_detector(model, detector)
+        return None
+    return Path(spec) if spec else DEFAULT_SPEECH_DIR
 
 
 def with_speech_detector(loaded: LoadedModel, detector: nn.Module | None) -> LoadedModel:

@@ -46,6 +46,7 @@ from stream_server.config import Config
 from stream_server.dataset import Clip, FloatArray, load_audio
 from stream_server.engine import WindowJob
 from stream_server.errors import DatasetError
+from stream_server.gate import KIND_NAMES
 from stream_server.messages import SILENCE, SPEECH
 from stream_server.mixes import (
     Mix,
@@ -82,12 +83,10 @@ __all__ = [
     "speech_clips",
 ]
 
-#: The kinds of second :attr:`PathFigures.kinds` counts; ``"none"``: no label (not covered).
-KINDS = ("music", SPEECH, SILENCE)
-
 
 def kind_of(label: str | None) -> str:
-    """``"speech"``, ``"silence"``, ``"music"`` (any genre) or ``"none"`` (no label)."""
+    """The gate's kind of a timeline label (one of :data:`~stream_server.gate.KIND_NAMES`:
+    ``"speech"``, ``"silence"``, ``"music"`` for any genre), or ``"none"`` (no label)."""
     if label is None:
         return "none"
     return label if label in (SPEECH, SILENCE) else "music"
@@ -332,7 +331,8 @@ class PathFigures:
     changes never shown (live) or never in the timeline (offline). ``false_changes`` counts
     label changes on the single-genre clips, ``single_hours`` their hours of audio.
     ``kinds[truth][labelled]`` counts the seconds of the single clips whose truth is the kind
-    ``truth`` (:data:`KINDS`) that the timeline labels as kind ``labelled`` (:func:`kind_of`).
+    ``truth`` (:data:`~stream_server.gate.KIND_NAMES`) that the timeline labels as kind
+    ``labelled`` (:func:`kind_of`).
     """
 
     seconds_right: float
@@ -566,11 +566,13 @@ def format_figures(fig: MixFigures) -> str:
         f"({off.false_changes}); seconds right there: {off.clip_seconds_right:.1%}",
     ]
     if set(live.kinds) - {"music"}:
-        columns = KINDS + (("none",) if any(r.get("none") for r in live.kinds.values()) else ())
+        columns = KIND_NAMES + (
+            ("none",) if any(r.get("none") for r in live.kinds.values()) else ()
+        )
         lines.append("every clip alone (talk and quiet clips too), seconds labelled "
                      "(live stored / offline):")  # fmt: skip
         lines.append("  " + " " * 8 + "".join(f"{k:>18}" for k in columns))
-        for truth in KINDS:
+        for truth in KIND_NAMES:
             if truth not in live.kinds:
                 continue
             cells = []

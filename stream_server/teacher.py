@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stream_server.dataset import FloatArray
+from stream_server.dataset import FloatArray, cached_array
 from stream_server.musicnn import PATCH_SAMPLES, SAMPLE_RATE, Musicnn
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,7 @@ def embed_cached(
     """:func:`embed` through a ``.npy`` cache keyed by ``key`` (the clip's identity)."""
     digest = hashlib.sha1(f"musicnn|{PATCH_HOP_S}|{key}".encode()).hexdigest()
     path = cache_dir / f"emb-{digest}.npy" if cache_dir else None
-    if path is not None and path.is_file():
-        cached: npt.NDArray[np.float32] = np.load(path).astype(np.float32, copy=False)
-        return cached
-    emb = embed(net, audio)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)
-    return emb
+    return cached_array(path, lambda: embed(net, audio))
 
 
 def window_embeddings(

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from stream_server.dataset import (
     SPLIT_FILE,
     Clip,
+    cached_array,
     counts,
     labels_of,
     load_audio,
@@ -499,3 +500,25 @@ def test_windows_of_pads_short_audio() -> None:
     np.testing.assert_array_equal(empty, np.zeros((1, 6), np.float32))
     one = windows_of(np.ones(5, np.float32), 5, 2)
     np.testing.assert_array_equal(one, np.ones((1, 5), np.float32))
+
+
+def test_cached_array_computes_once_and_recovers_from_a_broken_file(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        return np.arange(4, dtype=np.float32)
+
+    path = tmp_path / "deep" / "a.npy"
+    first = cached_array(path, compute)
+    again = cached_array(path, compute)
+    np.testing.assert_array_equal(again, first)
+    assert again.dtype == np.float32 and len(calls) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["a.npy"]  # no temporary file left
+    path.write_bytes(b"not an array")
+    np.testing.assert_array_equal(cached_array(path, compute), first)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(np.load(path), first)  # rewritten whole
+    cached_array(None, compute)
+    cached_array(None, compute)
+    assert len(calls) == 4

@@ -48,6 +48,15 @@ async def launch(playwright: Any, *args: str) -> Any:
     )
 
 
+def fake_microphone(wav: Path) -> tuple[str, ...]:
+    """Chromium flags for a microphone that plays ``wav`` and is allowed without asking."""
+    return (
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+    )
+
+
 def test_mic_page_shows_the_live_genre_of_the_microphone(
     make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
 ) -> None:
@@ -60,12 +69,7 @@ def test_mic_page_shows_the_live_genre_of_the_microphone(
             httpx.AsyncClient(base_url=server.http_url) as http,
             async_playwright() as playwright,
         ):
-            browser = await launch(
-                playwright,
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}",
-            )
+            browser = await launch(playwright, *fake_microphone(wav))
             try:
                 page = await browser.new_page()
                 await page.goto(f"{server.http_url}/mic")
@@ -153,12 +157,7 @@ def test_mic_page_shows_silence_and_speech_in_neutral_grey(
             running_server(make_config(), model=model) as server,
             async_playwright() as playwright,
         ):
-            browser = await launch(
-                playwright,
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}",
-            )
+            browser = await launch(playwright, *fake_microphone(wav))
             try:
                 page = await browser.new_page()
                 await page.goto(f"{server.http_url}/mic")

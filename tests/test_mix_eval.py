@@ -35,7 +35,7 @@ from stream_server.speech import CONFIG_FILE as SPEECH_CONFIG
 from stream_server.speech import DEFAULT_SPEECH_DIR
 from tests.conftest import encode_audio, music
 from tests.helpers.cli import genrecast
-from tests.helpers.speech import ToneSpeech, marker
+from tests.helpers.speech import ToneSpeech, marker, write_speech_set
 
 RATE = 22050
 OPTIONS = MixOptions(mixes=3, seed=5, parts=4, min_s=3.0, max_s=5.0)
@@ -271,15 +271,12 @@ def test_evaluate_mixes_with_a_speech_set(
 ) -> None:
     """``--speech DIR``: the set's validation speakers (split by speaker) and the quiet clips
     join the mixes; the shipped speech detector judges them."""
-    speech = tmp_path / "speech"
-    rows = ["file\tlabel\tsource_repo\tsource_path\tspeaker_or_artist"]
-    for k in range(4):
-        for label in ("speech", "music"):
-            (speech / label).mkdir(parents=True, exist_ok=True)
-            audio = marker(4.0, RATE, 1) if label == "speech" else music(4.0, RATE, 1, seed=k)
-            encode_audio(speech / label / f"{label}{k}.wav", audio, RATE)
-            rows.append(f"{label}/{label}{k}.wav\t{label}\ttest/set\tx\t{label} person {k}")
-    (speech / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+    speech = write_speech_set(
+        tmp_path / "speech",
+        [marker(4.0, RATE, 1)] * 4,
+        [music(4.0, RATE, 1, seed=k) for k in range(4)],
+        RATE,
+    )
     # the shipped detector, split by its options (its own validation files are not in this set)
     detector = tmp_path / "detector"
     shutil.copytree(DEFAULT_SPEECH_DIR, detector)

@@ -28,6 +28,7 @@ from stream_server.train_speech import (
     validation_clips,
 )
 from tests.conftest import encode_audio, music
+from tests.helpers.speech import write_speech_set
 
 
 def test_detector_gives_one_probability_per_window_at_any_rate() -> None:
@@ -86,23 +87,14 @@ def _voice(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * buzz * syllables).astype(np.float32)[:, None]
 
 
-def _speech_set(root: Path) -> None:
-    rows = ["file\tlabel\tsource_repo\tsource_path\tspeaker_or_artist"]
-    for i in range(4):
-        name = f"speech/s{i}.wav"
-        (root / "speech").mkdir(parents=True, exist_ok=True)
-        encode_audio(root / name, _voice(6.0, i), RATE)
-        rows.append(f"{name}\tspeech\tsynthetic\t-\tspeaker {i}")
-        name = f"music/m{i}.wav"
-        (root / "music").mkdir(parents=True, exist_ok=True)
-        encode_audio(root / name, music(6.0, RATE, channels=1, seed=i), RATE)
-        rows.append(f"{name}\tmusic\tsynthetic\t-\tband {i}")
-    (root / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-
-
 def test_training_measures_and_saves_a_detector(tmp_path: Path) -> None:
     speech_root, genres = tmp_path / "speech", tmp_path / "genres"
-    _speech_set(speech_root)
+    write_speech_set(
+        speech_root,
+        [_voice(6.0, i) for i in range(4)],
+        [music(6.0, RATE, channels=1, seed=i) for i in range(4)],
+        RATE,
+    )
     clips = []
     for genre in ("jazz", "rock"):
         for i in range(3):

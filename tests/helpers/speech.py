@@ -10,6 +10,8 @@ not.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,3 +46,25 @@ def marker(seconds: float, rate: int, channels: int = 2, level: float = 0.3) -> 
     t = np.arange(round(seconds * rate)) / rate
     tone = (level * np.sin(2 * np.pi * MARKER_HZ * t)).astype(np.float32)
     return np.repeat(tone[:, None], channels, axis=1)
+
+
+def write_speech_set(
+    root: Path, speech: Sequence[np.ndarray], music: Sequence[np.ndarray], rate: int
+) -> Path:
+    """A speech set as ``genrecast train-speech`` and ``evaluate --speech`` read it: clip ``i``
+    of ``speech`` as ``speech/s{i}.wav`` (speaker ``i``), of ``music`` as ``music/m{i}.wav``
+    (band ``i``), and ``MANIFEST.tsv``. Clips are ``(frames, channels)`` float32 at ``rate``."""
+    from tests.conftest import encode_audio
+
+    rows = ["file\tlabel\tsource_repo\tsource_path\tspeaker_or_artist"]
+    for label, clips, stem, who in (
+        ("speech", speech, "s", "speaker"),
+        ("music", music, "m", "band"),
+    ):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i, audio in enumerate(clips):
+            name = f"{label}/{stem}{i}.wav"
+            encode_audio(root / name, audio, rate)
+            rows.append(f"{name}\t{label}\tsynthetic\t-\t{who} {i}")
+    (root / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root
