@@ -153,6 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         teacher=args.teacher,
         batch_size=args.batch_size,
         windows_per_clip=args.windows_per_clip,
+        grid_seconds=args.grid_seconds,
+        balance=args.balance,
+        codec_prob=args.codec_prob,
+        lowpass_prob=args.lowpass_prob,
         lr=args.lr,
         seed=args.seed,
         val_fraction=args.val_fraction,
@@ -423,15 +427,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--teacher",
-        choices=("musicnn", "cnn"),
-        help="distillation teacher: a classifier on the pretrained musicnn's embeddings, or a "
-        f"small CNN trained first (default {d.teacher})",
+        choices=("musicnn", "cnn", "none"),
+        help="distillation teacher: a classifier on the pretrained musicnn's embeddings, a "
+        "small CNN trained first (deit, levit), or none (vit, hybrid: the labels alone) "
+        f"(default {d.teacher})",
     )
     p.add_argument("--batch-size", type=int, help=f"windows per step (default {d.batch_size})")
     p.add_argument(
         "--windows-per-clip",
         type=int,
         help=f"random windows per training clip per epoch (default {d.windows_per_clip})",
+    )
+    p.add_argument(
+        "--grid-seconds",
+        type=float,
+        help=f"seconds between the starts of the windows training draws (default {d.grid_seconds})",
+    )
+    p.add_argument(
+        "--balance",
+        type=float,
+        help="genre balancing: clips drawn with weight count(genre) ** -BALANCE; 0 none, 1 every "
+        f"genre equally often (default {d.balance})",
+    )
+    p.add_argument(
+        "--codec-prob",
+        type=float,
+        help=f"share of training windows through a lossy codec (default {d.codec_prob})",
+    )
+    p.add_argument(
+        "--lowpass-prob",
+        type=float,
+        help=f"share of training windows band-limited (default {d.lowpass_prob})",
     )
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")

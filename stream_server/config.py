@@ -71,10 +71,10 @@ class SmoothingConfig:
     ``backdate_max_s`` (0: not at all).
     """
 
-    time_constant_s: float = 3.0
-    switch_margin: float = 0.2
+    time_constant_s: float = 2.0
+    switch_margin: float = 0.3
     min_dwell_s: float = 4.0
-    stale_margin: float = 0.3
+    stale_margin: float = 0.5
     backdate_max_s: float = 30.0
 
 
@@ -115,7 +115,7 @@ class OfflineConfig:
     """
 
     decoding: str = "viterbi"
-    switch_cost: float = 8.0
+    switch_cost: float = 12.0
 
 
 @dataclass(frozen=True)

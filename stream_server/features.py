@@ -23,7 +23,8 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from stream_server.fbank import FbankPreprocessing, KaldiFbank
-from stream_server.preprocessing import AudioPreprocessing
+from stream_server.musicnn_tokens import MusicnnTokens
+from stream_server.preprocessing import AudioPreprocessing, MusicnnPreprocessing
 
 
 def mel_power(wave: Tensor, window: Tensor, fbanks: Tensor, n_fft: int, hop_length: int) -> Tensor:
@@ -114,16 +115,19 @@ class LogMelImage(nn.Module):
         return db_to_image(db, self.pre.top_db, self.pre.image_size, self.mean, self.std)
 
 
-#: How a checkpoint's audio becomes its input: log-mel images or Kaldi filter banks. Both have
-#: ``sample_rate`` (Hz), ``window_seconds`` and ``window_samples``.
-Preprocessing: TypeAlias = AudioPreprocessing | FbankPreprocessing
+#: How a checkpoint's audio becomes its input: log-mel images, Kaldi filter banks, or the tokens
+#: of the frozen musicnn front-end (a hybrid ViT). All have ``sample_rate`` (Hz),
+#: ``window_seconds`` and ``window_samples``.
+Preprocessing: TypeAlias = AudioPreprocessing | FbankPreprocessing | MusicnnPreprocessing
 
 #: A features module: ``(batch, samples)`` audio in, the model's input out.
-Features: TypeAlias = LogMelImage | KaldiFbank
+Features: TypeAlias = LogMelImage | KaldiFbank | MusicnnTokens
 
 
 def make_features(pre: Preprocessing) -> Features:
     """The features module that ``pre`` describes."""
     if isinstance(pre, FbankPreprocessing):
         return KaldiFbank(pre)
+    if isinstance(pre, MusicnnPreprocessing):
+        return MusicnnTokens(pre)
     return LogMelImage(pre)

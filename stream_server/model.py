@@ -9,6 +9,10 @@ A checkpoint is a directory (or hub id) that ``from_pretrained`` reads: ``config
   weights, ``audio_preprocessing.json`` (see :mod:`stream_server.features`) says how audio becomes
   images; without it the ViT recipe's defaults apply, with the image size, channels and
   normalisation taken from the checkpoint's own config / ``preprocessor_config.json`` when present.
+- Hybrid ViT: an image-classification checkpoint whose ``audio_preprocessing.json`` has
+  ``"kind": "musicnn-tokens"`` takes the tokens of the frozen, pretrained musicnn front-end
+  (:mod:`stream_server.musicnn_tokens`, the weights folder the file names) as a
+  ``(batch, features, 1, tokens)`` image of 1x1 patches. The shipped default is one.
 - Audio classification over AST filter banks: ``audio-spectrogram-transformer`` is loaded with
   ``ASTForAudioClassification``; another audio-classification family is accepted only when its
   ``preprocessor_config.json`` names ``ASTFeatureExtractor``, and goes through
@@ -34,7 +38,12 @@ from torch import Tensor, nn
 from stream_server.errors import ModelLoadError
 from stream_server.fbank import PROCESSOR_FILE, FbankPreprocessing
 from stream_server.features import Features, LogMelImage, Preprocessing, make_features
-from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
+from stream_server.preprocessing import (
+    MUSICNN_KIND,
+    PREPROCESSING_FILE,
+    AudioPreprocessing,
+    MusicnnPreprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +111,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _preprocessing_for(model_config: Any, directory: Path | None) -> AudioPreprocessing:
-    """Audio preprocessing for a checkpoint: its JSON file, else defaults fitted to its config."""
+def _preprocessing_for(
+    model_config: Any, directory: Path | None
+) -> AudioPreprocessing | MusicnnPreprocessing:
+    """Audio preprocessing for a checkpoint: its JSON file, else defaults fitted to its config.
+
+    A file of kind ``musicnn-tokens`` makes a hybrid ViT: the checkpoint's input is the frozen
+    musicnn front-end's tokens (:mod:`stream_server.musicnn_tokens`).
+    """
     base = AudioPreprocessing()
     size = getattr(model_config, "image_size", None)
     if size is not None:
@@ -126,6 +141,8 @@ def _preprocessing_for(model_config: Any, directory: Path | None) -> AudioPrepro
             if stats:
                 base = AudioPreprocessing.from_json(stats, base)
         own = _read_json(directory / PREPROCESSING_FILE)
+        if own and own.get("kind") == MUSICNN_KIND:
+            return MusicnnPreprocessing.from_json(own)
         if own:
             return AudioPreprocessing.from_json(own, base)
     return base

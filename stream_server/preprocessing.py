@@ -73,3 +73,55 @@ class AudioPreprocessing:
         path = Path(directory) / PREPROCESSING_FILE
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         return path
+
+
+#: ``kind`` value in ``audio_preprocessing.json`` for :class:`MusicnnPreprocessing`.
+MUSICNN_KIND = "musicnn-tokens"
+
+
+@dataclass(frozen=True)
+class MusicnnPreprocessing:
+    """How a window of audio becomes the tokens of a pretrained musicnn front-end (a hybrid ViT).
+
+    The window (``window_seconds`` at ``sample_rate`` Hz) goes through musicnn's log-mel and its
+    frozen front- and mid-end (``weights``: a folder under ``stream_server/teachers``), which give
+    753 features per 16 ms frame. Consecutive runs of ``token_frames`` frames are pooled into one
+    token (``pooling`` ``"mean"``: 753 features; ``"mean+max"``: 1506, the means first),
+    standardised with ``feature_mean`` and ``feature_std`` (one value per feature, from the
+    training windows; empty: left as they are).
+    Saved as ``audio_preprocessing.json`` with ``"kind": "musicnn-tokens"``.
+    """
+
+    sample_rate: int = 16000
+    window_seconds: float = 5.0
+    weights: str = "musicnn_msd"
+    token_frames: int = 16
+    pooling: str = "mean+max"
+    feature_mean: tuple[float, ...] = ()
+    feature_std: tuple[float, ...] = ()
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one window at ``sample_rate``."""
+        return round(self.window_seconds * self.sample_rate)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["feature_mean"] = list(self.feature_mean)
+        data["feature_std"] = list(self.feature_std)
+        return {"kind": MUSICNN_KIND, **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MusicnnPreprocessing:
+        """Values from ``data`` over the defaults; unknown keys (``kind``) ignored."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for key in ("feature_mean", "feature_std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / PREPROCESSING_FILE
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        return path

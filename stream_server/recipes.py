@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from stream_server.preprocessing import AudioPreprocessing
+from stream_server.preprocessing import AudioPreprocessing, MusicnnPreprocessing
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,14 @@ class Architecture:
     convolutional stem (four stride-2 3x3 convolutions, so 16x16 pixels per token) and attention
     stages that shrink the token grid, with a distillation head; it needs a square image, and
     ``stages`` gives each stage's (width, depth, heads),
-    ``hidden_size``/``layers``/``heads`` then summarise them.
+    ``hidden_size``/``layers``/``heads`` then summarise them. ``"hybrid"`` is a ViT over the
+    tokens of the frozen, pretrained musicnn front-end (:mod:`stream_server.musicnn_tokens`):
+    ``patch`` is the musicnn frames pooled per token, ``image_size`` ``(1, tokens)`` and
+    ``channels`` the features of a token (753: their means; 1506: means and maxima); each 1x1
+    patch is one token.
     """
 
-    family: Literal["vit", "deit", "levit"]
+    family: Literal["vit", "deit", "levit", "hybrid"]
     hidden_size: int
     layers: int
     heads: int
@@ -43,8 +47,14 @@ class Architecture:
     def distill(self) -> bool:
         return self.family in ("deit", "levit")
 
-    def preprocessing(self) -> AudioPreprocessing:
-        """The audio preprocessing this recipe trains on."""
+    def preprocessing(self) -> AudioPreprocessing | MusicnnPreprocessing:
+        """The audio preprocessing this recipe trains on (a hybrid's without its standardisation,
+        which training measures)."""
+        if self.family == "hybrid":
+            pooling = "mean" if self.channels == 753 else "mean+max"
+            return MusicnnPreprocessing(
+                window_seconds=self.window_seconds, token_frames=self.patch, pooling=pooling
+            )
         return AudioPreprocessing(
             window_seconds=self.window_seconds,
             image_size=self.image_size,
@@ -55,6 +65,12 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
+    "musicnn-vit": Architecture(
+        "hybrid", 192, 4, 3, 16, (1, 19), 753, 5.0,
+        about="hybrid ViT: 4 blocks, 192 wide, over 19 tokens of 0.26 s (the mean of 16 frames of "
+        "the frozen musicnn front-end, pretrained on the Million Song Dataset) of a 5 s window "
+        "(the default)",
+    ),
     "deit-tiny": Architecture(
         "deit", 192, 6, 3, 16, (128, 224), 1, 5.0,
         about="DeiT-Ti width, 6 blocks, 16x16 patches over a 5 s mel image at its own aspect, "
@@ -64,7 +80,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "levit", 256, 9, 8, 16, (128, 128), 1, 5.0,
         stages=((128, 2, 4), (192, 3, 6), (256, 4, 8)),
         about="LeViT (conv stem, 3 attention stages 128/192/256 wide) on a 5 s mel image "
-        "squeezed to 128x128, distilled from a teacher (the default)",
+        "squeezed to 128x128, distilled from a teacher (the fast one on CPU)",
     ),
     "vit-tiny": Architecture(
         "vit", 192, 6, 3, 16, (128, 224), 1, 5.0,
@@ -91,7 +107,7 @@ class TrainOptions:
 
     data: str
     out: str
-    arch: str = "levit-small"
+    arch: str = "musicnn-vit"
     genres: tuple[str, ...] | None = None
     min_clips: int = 10
     val_fraction: float = 0.2
@@ -115,8 +131,9 @@ class TrainOptions:
     mixup_alpha: float = 0.4
     mixup_prob: float = 0.5
     val_hop_seconds: float = 2.5
-    #: The distillation teacher of ``deit``/``levit`` students: ``"musicnn"`` (a classifier on
-    #: the pretrained musicnn's embeddings) or ``"cnn"`` (a small CNN trained here first).
+    #: The distillation teacher: ``"musicnn"`` (a classifier on the pretrained musicnn's
+    #: embeddings; a hybrid's is trained out of fold), ``"cnn"`` (a small CNN trained here first;
+    #: ``deit``/``levit`` only) or ``"none"`` (``vit`` and hybrid recipes: the labels alone).
     teacher: str = "musicnn"
     teacher_temperature: float = 2.0
     #: Seconds between the starts of the windows training draws (the teacher scores each).

@@ -75,10 +75,10 @@ class SmoothingParams:
             never stays this far below a clear leader. ``1`` turns the rule off.
     """
 
-    time_constant_s: float = 3.0
-    switch_margin: float = 0.2
+    time_constant_s: float = 2.0
+    switch_margin: float = 0.3
     min_dwell_s: float = 4.0
-    stale_margin: float = 0.3
+    stale_margin: float = 0.5
 
     def __post_init__(self) -> None:
         _check_non_negative("time_constant_s", self.time_constant_s)

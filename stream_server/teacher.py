@@ -255,3 +255,49 @@ def fit_teacher(
         val_window_accuracy=correct_windows / max(1, n_windows),
         val_clip_accuracy=correct_clips / max(1, len(val_x)),
     )
+
+
+def out_of_fold_targets(
+    net: Musicnn,
+    audio: Sequence[FloatArray],
+    keys: Sequence[str],
+    labels: Sequence[int],
+    starts: Sequence[Sequence[int]],
+    n_labels: int,
+    *,
+    window_s: float,
+    grid_s: float,
+    temperature: float,
+    cache_dir: Path | None,
+    folds: int = 5,
+    opts: HeadOptions | None = None,
+) -> list[npt.NDArray[np.float32]]:
+    """Distillation targets that the teacher did not learn from: the clips are dealt into
+    ``folds`` folds (seeded by ``opts.seed``), and each fold's windows are scored by a head
+    trained on the other folds' windows (on the ``grid_s`` grid).
+
+    Returns per clip ``(len(starts[i]), labels)`` probabilities at ``temperature`` for the
+    windows starting at ``starts[i]`` (samples at 16 kHz).
+    """
+    opts = opts or HeadOptions()
+    window = round(window_s * SAMPLE_RATE)
+    grid = round(grid_s * SAMPLE_RATE)
+    embs = [
+        embed_cached(net, clip, key, cache_dir)[:, TEACHER_FEATURES]
+        for clip, key in zip(audio, keys, strict=True)
+    ]
+    grid_x = [
+        window_embeddings(e, [s / SAMPLE_RATE for s in grid_starts(a.size, window, grid)], window_s)
+        for e, a in zip(embs, audio, strict=True)
+    ]
+    fold_of = np.random.default_rng(opts.seed).permutation(len(audio)) % max(2, folds)
+    out: list[npt.NDArray[np.float32]] = [np.empty((0, n_labels), np.float32)] * len(audio)
+    for fold in range(max(2, folds)):
+        fit_on = [i for i in range(len(audio)) if fold_of[i] != fold]
+        x = np.concatenate([grid_x[i] for i in fit_on])
+        y = np.concatenate([np.full(len(grid_x[i]), labels[i]) for i in fit_on]).astype(np.int64)
+        head = train_head(x, y, n_labels, opts)
+        for i in np.flatnonzero(fold_of == fold).tolist():
+            at = [s / SAMPLE_RATE for s in starts[i]]
+            out[i] = head_probabilities(head, window_embeddings(embs[i], at, window_s), temperature)
+    return out

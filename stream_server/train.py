@@ -65,8 +65,9 @@ from stream_server.dataset import (
     windows_of,
 )
 from stream_server.errors import DatasetError, GenrecastError
-from stream_server.features import LogMelImage
+from stream_server.features import LogMelImage, Preprocessing
 from stream_server.model import save_checkpoint
+from stream_server.preprocessing import AudioPreprocessing
 from stream_server.provenance import provenance_of, read_provenance
 from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
 from stream_server.teacher import HeadOptions, TeacherFit, fit_teacher, grid_starts
@@ -173,7 +174,8 @@ def build_model(arch: Architecture, labels: Sequence[str], seed: int = 0) -> nn.
         return levit
     common: dict[str, Any] = {
         "image_size": list(arch.image_size),
-        "patch_size": arch.patch,
+        # a hybrid's tokens are its patches: 1x1 over the front-end's feature map
+        "patch_size": 1 if arch.family == "hybrid" else arch.patch,
         "num_channels": arch.channels,
         "hidden_size": arch.hidden_size,
         "num_hidden_layers": arch.layers,
@@ -558,6 +560,14 @@ def train(
         arch = ARCHITECTURES[opts.arch]
     if opts.epochs < 1 or opts.batch_size < 1 or opts.windows_per_clip < 1:
         raise GenrecastError("epochs, batch size and windows per clip must be at least 1")
+    allowed = {"vit": ("musicnn", "cnn", "none"), "hybrid": ("musicnn", "none")}.get(
+        arch.family, ("musicnn", "cnn")
+    )
+    if opts.teacher not in allowed:
+        raise GenrecastError(
+            f"teacher {opts.teacher!r} does not teach a {arch.family} recipe: "
+            f"choose {' or '.join(allowed)}"
+        )
     device = torch.device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenrecastError("--device cuda asked for, but no CUDA device is available")
@@ -574,7 +584,11 @@ def train(
     provenance = provenance_of((c.path for c in clips), read_provenance(opts.data))
     train_clips, val_clips = stratified_split(clips, opts.val_fraction, opts.seed, provenance)
     save_split(out, train_clips, val_clips)
+    if arch.family == "hybrid":
+        return _train_hybrid(opts, arch, (train_clips, val_clips), labels, device, on_epoch)
     pre = arch.preprocessing()
+    if not isinstance(pre, AudioPreprocessing):
+        raise GenrecastError(f"{opts.arch!r} does not take log-mel images")
     log.info(
         "%d genres, %d training and %d validation clips; decoding at %d Hz",
         len(labels), len(train_clips), len(val_clips), pre.sample_rate,
@@ -668,21 +682,87 @@ def train(
         )
 
     model.eval()
-    save_checkpoint(model.cpu(), pre, out)
+    _save(model, pre, opts, arch, result, (train_clips, val_clips), started)
+    return result
+
+
+def _save(
+    model: nn.Module,
+    pre: Preprocessing,
+    opts: TrainOptions,
+    arch: Architecture,
+    result: TrainResult,
+    clips: tuple[Sequence[Clip], Sequence[Clip]],
+    started: float,
+    **extra: Any,
+) -> None:
+    """The checkpoint and ``training.json`` (options, recipe, history, split sizes, time)."""
+    save_checkpoint(model.cpu(), pre, result.out)
     _report(
-        out,
+        result.out,
         opts,
         arch,
         result,
         {
-            "train_clips": counts(train_clips),
-            "val_clips": counts(val_clips),
+            "train_clips": counts(clips[0]),
+            "val_clips": counts(clips[1]),
             "split": "artist groups, stratified by genre and source (provenance.py)",
             "seconds": round(time.perf_counter() - started, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
+            **extra,
             "torch": torch.__version__,
         },
     )
+
+
+def _train_hybrid(
+    opts: TrainOptions,
+    arch: Architecture,
+    clips: tuple[list[Clip], list[Clip]],
+    labels: tuple[str, ...],
+    device: torch.device,
+    on_epoch: Callable[[EpochStats], None] | None,
+) -> TrainResult:
+    """A hybrid recipe (:mod:`stream_server.train_hybrid`): the ViT over frozen musicnn tokens."""
+    from stream_server import train_hybrid
+
+    started = time.perf_counter()
+    out = Path(opts.out).expanduser()
+    result = TrainResult(out, labels)
+    index = {label: i for i, label in enumerate(labels)}
+    model = build_model(arch, labels, opts.seed)
+
+    def make_phase(n_clips: int) -> _Phase:
+        steps = max(1, math.ceil(n_clips * opts.windows_per_clip / opts.batch_size))
+        return _Phase(
+            "student", model, opts.epochs, opts.lr, opts.weight_decay, steps, opts.warmup_epochs
+        )
+
+    def record(epoch: int, loss: float, acc: float, wa: float, ca: float, s: float) -> None:
+        stats = EpochStats("student", epoch, loss, acc, wa, ca, s)
+        result.history.append(stats)
+        log.info(
+            "epoch %d/%d: loss %.3f, train acc %.3f, val window acc %.3f, val clip acc %.3f",
+            epoch, opts.epochs, loss, acc, wa, ca,
+        )  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    pre, _ = train_hybrid.fit(
+        opts,
+        arch,
+        model,
+        clips,
+        index,
+        lambda kept: genre_weights(kept, opts.balance),
+        device,
+        make_phase,
+        record,
+    )
+    _save(
+        model, pre, opts, arch, result, clips, started,
+        frozen_front_end=f"{pre.weights} (stream_server/teachers)",
+    )  # fmt: skip
     return result
 
 

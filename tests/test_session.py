@@ -479,15 +479,15 @@ def test_session_params_from_config_and_model(
         buffer_samples=220500,
         labels=LABELS,
         top_k=2,
-        smoothing=SmoothingParams(1.0, 0.2, 1.0, 0.3),
+        smoothing=SmoothingParams(1.0, 0.3, 1.0, 0.5),
     )
     tuned = make_config(
-        smoothing={"stale_margin": 0.5, "backdate_max_s": 12.0},
+        smoothing={"stale_margin": 0.4, "backdate_max_s": 12.0},
         gate={"enabled": False, "silence_dbfs": -50.0, "speech_threshold": 0.7, "min_run_s": 2.0},
         offline={"decoding": "live", "switch_cost": 3.0},
     )
     params = session_params(tuned, tiny_model)
-    assert params.smoothing.stale_margin == 0.5
+    assert params.smoothing.stale_margin == 0.4
     assert params.backdate_max_s == 12.0
     assert params.gate == GateParams(False, -50.0, 0.7, 2.0)
     assert params.offline == OfflineParams("live", 3.0)

@@ -39,10 +39,10 @@ def rounded(change: GenreChange | None) -> GenreChange | None:
 def test_params_defaults() -> None:
     p = SmoothingParams()
     assert (p.time_constant_s, p.switch_margin, p.min_dwell_s, p.stale_margin) == (
-        3.0,
-        0.2,
-        4.0,
+        2.0,
         0.3,
+        4.0,
+        0.5,
     )
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from stream_server.config import Config
 from stream_server.dataset import SPLIT_FILE, Clip, load_split
 from stream_server.errors import DatasetError, GenrecastError
-from stream_server.features import LogMelImage
+from stream_server.features import LogMelImage, make_features
 from stream_server.model import load_model, save_checkpoint
 from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
 from stream_server.session import StreamSession, session_params
@@ -206,10 +206,10 @@ def test_every_recipe_builds_and_round_trips(name: str, tmp_path: Path) -> None:
     assert type(loaded.classifier.model) is type(model)
     assert loaded.labels == GENRES
     assert loaded.preprocessing == pre
-    wave = torch.from_numpy(music(pre.window_seconds, rate=RATE, channels=1)[:, 0].copy())
-    wave = wave.unsqueeze(0)
+    wave = music(pre.window_seconds, rate=pre.sample_rate, channels=1)[:, 0].copy()
+    wave = torch.from_numpy(wave).unsqueeze(0)
     with torch.inference_mode():
-        direct = torch.softmax(model(pixel_values=LogMelImage(pre)(wave)).logits, dim=-1)
+        direct = torch.softmax(model(pixel_values=make_features(pre)(wave)).logits, dim=-1)
         torch.testing.assert_close(loaded.classifier(wave), direct)
 
 
