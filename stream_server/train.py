@@ -568,6 +568,11 @@ def train(
             f"teacher {opts.teacher!r} does not teach a {arch.family} recipe: "
             f"choose {' or '.join(allowed)}"
         )
+    if arch.family == "hybrid" and opts.resume:
+        raise GenrecastError(
+            "--resume continues log-mel recipes; a hybrid keeps no state (it trains in "
+            "minutes once its tokens are cached): run it again without --resume"
+        )
     device = torch.device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenrecastError("--device cuda asked for, but no CUDA device is available")

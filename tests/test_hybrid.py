@@ -211,3 +211,11 @@ def test_a_hybrid_is_taught_by_musicnn_or_by_nobody(tmp_path: Path) -> None:
     opts = TrainOptions(data=str(tmp_path), out=str(tmp_path / "m"), teacher="cnn")
     with pytest.raises(GenrecastError, match="'cnn' does not teach a hybrid recipe"):
         train(opts, TINY)
+
+
+def test_a_hybrid_says_it_cannot_resume(tmp_path: Path) -> None:
+    data = _tone_set(tmp_path / "genres")
+    opts = TrainOptions(data=str(data), out=str(tmp_path / "m"), resume=True, min_clips=1)
+    with pytest.raises(GenrecastError, match="a hybrid keeps no state"):
+        train(opts, TINY)
+    assert not (tmp_path / "m").exists()  # refused before anything was written
