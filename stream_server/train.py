@@ -67,6 +67,7 @@ from stream_server.dataset import (
 from stream_server.errors import DatasetError, GenrecastError
 from stream_server.features import LogMelImage, Preprocessing
 from stream_server.model import save_checkpoint
+from stream_server.optim import Phase, seed_for, smooth, soft_cross_entropy
 from stream_server.preprocessing import AudioPreprocessing
 from stream_server.provenance import provenance_of, read_provenance
 from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
@@ -269,24 +270,6 @@ def training_images(
     )
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of ``(batch, labels)`` logits against probability targets."""
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
-
-
-def smooth(targets: Tensor, eps: float) -> Tensor:
-    """Label smoothing of ``(batch, labels)`` probability targets."""
-    return targets * (1.0 - eps) + eps / targets.shape[-1]
-
-
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 @dataclass
 class _Val:
     images: Tensor  # (windows, C, H, W)
@@ -350,64 +333,6 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="win", disable=not enabled, leave=False)
 
 
-_NO_DECAY = ("token", "position", "attention_bias")
-
-
-class _Phase:
-    """One training phase (teacher or student) with resumable state."""
-
-    def __init__(
-        self,
-        name: str,
-        model: nn.Module,
-        epochs: int,
-        lr: float,
-        weight_decay: float,
-        steps_per_epoch: int,
-        warmup_epochs: int,
-    ) -> None:
-        self.name = name
-        self.model = model
-        self.epochs = epochs
-        self.base_lr = lr
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for pname, p in model.named_parameters():
-            (no_decay if p.ndim <= 1 or any(k in pname for k in _NO_DECAY) else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=lr,
-        )
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = max(1, epochs * steps_per_epoch)
-        self.warmup_steps = warmup_epochs * steps_per_epoch
-        self.epoch = 0
-
-    def step_lr(self, step: int) -> None:
-        lr = lr_at(step, self.total_steps, self.warmup_steps, self.base_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-        }
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-
-
-def _seed_for(seed: int, phase: str, epoch: int) -> int:
-    return (seed * 1_000_003 + (0 if phase == "teacher" else 500_009) + epoch * 7919) % (2**31)
-
-
 @dataclass
 class _TrainData:
     """The training side: clips' audio, their codec variants, labels, sampling weights, and
@@ -421,7 +346,7 @@ class _TrainData:
 
 
 def _run_epoch(
-    phase: _Phase,
+    phase: Phase,
     opts: TrainOptions,
     features: LogMelImage,
     data: _TrainData,
@@ -435,7 +360,7 @@ def _run_epoch(
     teacher through its distillation head: the musicnn teacher's soft targets for the same
     (clean) window, or the CNN teacher's hard decision on the augmented one.
     """
-    seed = _seed_for(opts.seed, phase.name, phase.epoch)
+    seed = seed_for(opts.seed, phase.name, phase.epoch)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     window = features.pre.window_samples
@@ -624,7 +549,7 @@ def train(
         result.teacher_val_clip_accuracy = state.get("teacher_val_clip_accuracy")
         log.info("resuming from %s", out / STATE_FILE)
 
-    def record(phase: _Phase, loss: float, acc: float, t0: float) -> EpochStats:
+    def record(phase: Phase, loss: float, acc: float, t0: float) -> EpochStats:
         wa, ca = validate(phase.model, val, device)
         stats = EpochStats(phase.name, phase.epoch, loss, acc, wa, ca, time.perf_counter() - t0)
         result.history.append(stats)
@@ -655,7 +580,7 @@ def train(
         if state.get("teacher_done") and (out / TEACHER_FILE).is_file():
             t_model.load_state_dict(torch.load(out / TEACHER_FILE, map_location=device))
         else:
-            tphase = _Phase(
+            tphase = Phase(
                 "teacher", t_model, opts.teacher_epochs, opts.teacher_lr, 1e-4, steps,
                 opts.warmup_epochs,
             )  # fmt: skip
@@ -672,7 +597,7 @@ def train(
         teacher = t_model.eval()
 
     model = build_model(arch, labels, opts.seed).to(device)
-    phase = _Phase(
+    phase = Phase(
         "student", model, opts.epochs, opts.lr, opts.weight_decay, steps, opts.warmup_epochs
     )
     if "student" in state:
@@ -737,9 +662,9 @@ def _train_hybrid(
     index = {label: i for i, label in enumerate(labels)}
     model = build_model(arch, labels, opts.seed)
 
-    def make_phase(n_clips: int) -> _Phase:
+    def make_phase(n_clips: int) -> Phase:
         steps = max(1, math.ceil(n_clips * opts.windows_per_clip / opts.batch_size))
-        return _Phase(
+        return Phase(
             "student", model, opts.epochs, opts.lr, opts.weight_decay, steps, opts.warmup_epochs
         )
 

@@ -52,6 +52,7 @@ from stream_server.musicnn_tokens import (
     token_count,
     token_features,
 )
+from stream_server.optim import Phase, seed_for, smooth, soft_cross_entropy
 from stream_server.preprocessing import MusicnnPreprocessing
 from stream_server.recipes import Architecture, TrainOptions
 from stream_server.teacher import HeadOptions, out_of_fold_targets
@@ -253,7 +254,7 @@ def fit(
     index: dict[str, int],
     weights_of: Callable[[Sequence[Clip]], npt.NDArray[np.float64]],
     device: torch.device,
-    make_phase: Callable[[int], object],
+    make_phase: Callable[[int], Phase],
     record: Record,
 ) -> tuple[MusicnnPreprocessing, list[Clip]]:
     """Train ``model`` (a ViT over ``arch``'s token image) in place; see the module docstring.
@@ -262,8 +263,6 @@ def fit(
     clips that were used. ``record(epoch, loss, train_acc, val_window_acc, val_clip_acc, s)``
     is called after every epoch.
     """
-    from stream_server.train import _Phase, _seed_for, smooth, soft_cross_entropy
-
     pre = hybrid_preprocessing(arch)
     features = MusicnnTokens(pre)
     log.info("musicnn front-end: tokens of every window (cached after the first run)")
@@ -293,13 +292,11 @@ def fit(
         shares.append(opts.lowpass_prob)
     weights = weights_of(decoded.clips)
     phase = make_phase(len(decoded.clips))
-    if not isinstance(phase, _Phase):
-        raise TypeError("make_phase must build a training phase")
     model.to(device)
     n_labels = len(index)
     while phase.epoch < phase.epochs:
         t0 = time.perf_counter()
-        seed = _seed_for(opts.seed, phase.name, phase.epoch)
+        seed = seed_for(opts.seed, phase.name, phase.epoch)
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
         n = phase.steps_per_epoch * opts.batch_size

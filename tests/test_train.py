@@ -22,6 +22,7 @@ from stream_server.dataset import SPLIT_FILE, Clip, load_split
 from stream_server.errors import DatasetError, GenrecastError
 from stream_server.features import LogMelImage, make_features
 from stream_server.model import load_model, save_checkpoint
+from stream_server.optim import lr_at, soft_cross_entropy
 from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
 from stream_server.session import StreamSession, session_params
 from stream_server.train import (
@@ -32,8 +33,6 @@ from stream_server.train import (
     build_model,
     draw_grid_windows,
     genre_weights,
-    lr_at,
-    soft_cross_entropy,
     train,
     training_images,
 )
