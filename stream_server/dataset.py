@@ -158,6 +158,18 @@ def counts(clips: Iterable[Clip]) -> dict[str, int]:
     return {label: tally[label] for label in sorted(tally)}
 
 
+def genre_weights(clips: Sequence[Clip], balance: float) -> npt.NDArray[np.float64]:
+    """Sampling probability per clip: ``count(genre) ** -balance``, normalised.
+
+    ``balance`` 0 samples clips uniformly (genres as often as they have clips); 1 samples every
+    genre equally often.
+    """
+    tally = counts(clips)
+    w = np.array([tally[c.label] ** -balance for c in clips], dtype=np.float64)
+    out: npt.NDArray[np.float64] = w / w.sum()
+    return out
+
+
 def save_split(directory: str | Path, train: Sequence[Clip], val: Sequence[Clip]) -> Path:
     """Write :data:`SPLIT_FILE` into ``directory``."""
     path = Path(directory) / SPLIT_FILE

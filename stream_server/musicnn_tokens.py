@@ -17,20 +17,25 @@ Shapes: ``wave`` ``(batch, samples)`` float32 at ``pre.sample_rate`` Hz; frames
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import ClassVar
 
 import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from stream_server.musicnn import SAMPLE_RATE, TEACHERS_DIR, MusicnnFeatures, load_musicnn
-from stream_server.preprocessing import MusicnnPreprocessing
-
-#: Features per frame from musicnn's front- and mid-end; a token holds their mean (and maximum).
-FRAME_FEATURES: Final = 753
-TOKEN_FEATURES: Final = 2 * FRAME_FEATURES
-#: Features per token for each ``pooling``.
-POOLINGS: Final = {"mean": FRAME_FEATURES, "mean+max": TOKEN_FEATURES}
+from stream_server.musicnn import (
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    TEACHERS_DIR,
+    MusicnnFeatures,
+    load_musicnn,
+)
+from stream_server.preprocessing import (
+    FRAME_FEATURES,
+    POOLINGS,
+    TOKEN_FEATURES,
+    MusicnnPreprocessing,
+)
 
 
 def token_features(pre: MusicnnPreprocessing) -> int:
@@ -43,7 +48,7 @@ def token_features(pre: MusicnnPreprocessing) -> int:
 def token_count(pre: MusicnnPreprocessing) -> int:
     """Tokens of one window: ``frames // token_frames`` at musicnn's 16 ms hop."""
     samples = round(pre.window_seconds * SAMPLE_RATE)
-    return (samples // 256 + 1) // pre.token_frames
+    return (samples // HOP_LENGTH + 1) // pre.token_frames
 
 
 def pool_tokens(frames: Tensor, token_frames: int) -> Tensor:

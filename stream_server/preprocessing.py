@@ -77,6 +77,11 @@ class AudioPreprocessing:
 
 #: ``kind`` value in ``audio_preprocessing.json`` for :class:`MusicnnPreprocessing`.
 MUSICNN_KIND = "musicnn-tokens"
+#: Features per frame from musicnn's front- and mid-end; a token holds their mean (and maximum).
+FRAME_FEATURES = 753
+TOKEN_FEATURES = 2 * FRAME_FEATURES
+#: Features per token for each ``pooling``.
+POOLINGS = {"mean": FRAME_FEATURES, "mean+max": TOKEN_FEATURES}
 
 
 @dataclass(frozen=True)

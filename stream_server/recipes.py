@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from stream_server.preprocessing import AudioPreprocessing, MusicnnPreprocessing
+from stream_server.preprocessing import (
+    FRAME_FEATURES,
+    AudioPreprocessing,
+    MusicnnPreprocessing,
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Architecture:
         """The audio preprocessing this recipe trains on (a hybrid's without its standardisation,
         which training measures)."""
         if self.family == "hybrid":
-            pooling = "mean" if self.channels == 753 else "mean+max"
+            pooling = "mean" if self.channels == FRAME_FEATURES else "mean+max"
             return MusicnnPreprocessing(
                 window_seconds=self.window_seconds, token_frames=self.patch, pooling=pooling
             )
@@ -66,7 +70,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "musicnn-vit": Architecture(
-        "hybrid", 192, 4, 3, 16, (1, 19), 753, 5.0,
+        "hybrid", 192, 4, 3, 16, (1, 19), FRAME_FEATURES, 5.0,
         about="hybrid ViT: 4 blocks, 192 wide, over 19 tokens of 0.26 s (the mean of 16 frames of "
         "the frozen musicnn front-end, pretrained on the Million Song Dataset) of a 5 s window "
         "(the default)",

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stream_server.dataset import FloatArray, cached_array
-from stream_server.musicnn import PATCH_SAMPLES, SAMPLE_RATE, Musicnn
+from stream_server.dataset import FloatArray, cache_key, cached_array
+from stream_server.musicnn import PATCH_SAMPLES, SAMPLE_RATE, TEACHERS_DIR, WEIGHTS_FILE, Musicnn
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,28 @@ def patch_starts(samples: int, rate: int = SAMPLE_RATE) -> list[int]:
     if samples <= patch:
         return [0]
     return list(range(0, samples - patch + 1, hop))
+
+
+def weights_digest(name: str = "msd") -> str:
+    """SHA-1 of the shipped musicnn ``name`` weights (cached embeddings and tokens are theirs)."""
+    return hashlib.sha1((TEACHERS_DIR / f"musicnn_{name}" / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
+def clip_key(weights: str, path: Path, sample_rate: int = SAMPLE_RATE) -> str:
+    """A clip's identity in the musicnn caches: the weights' digest and the clip file decoded at
+    ``sample_rate`` (musicnn's 16 kHz unless a front-end is fed otherwise)."""
+    return f"{weights}|{cache_key(path, sample_rate)}"
+
+
+def grid_embeddings(
+    emb: npt.NDArray[np.float32], samples: int, window_s: float, grid_s: float
+) -> npt.NDArray[np.float32]:
+    """:func:`window_embeddings` of the windows :func:`grid_starts` lays ``grid_s`` apart over a
+    clip of ``samples`` (16 kHz)."""
+    window = round(window_s * SAMPLE_RATE)
+    grid = round(grid_s * SAMPLE_RATE)
+    starts = [s / SAMPLE_RATE for s in grid_starts(samples, window, grid)]
+    return window_embeddings(emb, starts, window_s)
 
 
 def embed(net: Musicnn, audio: FloatArray, batch: int = 32) -> npt.NDArray[np.float32]:
@@ -225,16 +247,17 @@ def fit_teacher(
 ) -> TeacherFit:
     """Embed every clip (16 kHz audio; ``*_keys`` name them in the cache), train the head on
     the training windows, score the validation clips, and compute the distillation targets."""
-    window = round(window_s * SAMPLE_RATE)
-    grid = round(grid_s * SAMPLE_RATE)
 
     def windows(audio: Sequence[FloatArray], keys: Sequence[str]) -> list[npt.NDArray[np.float32]]:
-        out = []
-        for clip, key in zip(audio, keys, strict=True):
-            emb = embed_cached(net, clip, key, cache_dir)[:, TEACHER_FEATURES]
-            starts = [s / SAMPLE_RATE for s in grid_starts(clip.size, window, grid)]
-            out.append(window_embeddings(emb, starts, window_s))
-        return out
+        return [
+            grid_embeddings(
+                embed_cached(net, clip, key, cache_dir)[:, TEACHER_FEATURES],
+                clip.size,
+                window_s,
+                grid_s,
+            )
+            for clip, key in zip(audio, keys, strict=True)
+        ]
 
     train_x = windows(train_audio, train_keys)
     x = np.concatenate(train_x)
@@ -280,15 +303,12 @@ def out_of_fold_targets(
     windows starting at ``starts[i]`` (samples at 16 kHz).
     """
     opts = opts or HeadOptions()
-    window = round(window_s * SAMPLE_RATE)
-    grid = round(grid_s * SAMPLE_RATE)
     embs = [
         embed_cached(net, clip, key, cache_dir)[:, TEACHER_FEATURES]
         for clip, key in zip(audio, keys, strict=True)
     ]
     grid_x = [
-        window_embeddings(e, [s / SAMPLE_RATE for s in grid_starts(a.size, window, grid)], window_s)
-        for e, a in zip(embs, audio, strict=True)
+        grid_embeddings(e, a.size, window_s, grid_s) for e, a in zip(embs, audio, strict=True)
     ]
     fold_of = np.random.default_rng(opts.seed).permutation(len(audio)) % max(2, folds)
     out: list[npt.NDArray[np.float32]] = [np.empty((0, n_labels), np.float32)] * len(audio)

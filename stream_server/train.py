@@ -31,7 +31,6 @@ Units: window lengths and hops in seconds at the edges, samples inside; images a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -53,9 +52,9 @@ from stream_server import augment
 from stream_server.dataset import (
     Clip,
     FloatArray,
-    cache_key,
     codec_for,
     counts,
+    genre_weights,
     labels_of,
     load_audio,
     load_clip,
@@ -71,7 +70,14 @@ from stream_server.optim import Phase, seed_for, smooth, soft_cross_entropy
 from stream_server.preprocessing import AudioPreprocessing
 from stream_server.provenance import provenance_of, read_provenance
 from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
-from stream_server.teacher import HeadOptions, TeacherFit, fit_teacher, grid_starts
+from stream_server.teacher import (
+    HeadOptions,
+    TeacherFit,
+    clip_key,
+    fit_teacher,
+    grid_starts,
+    weights_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +197,6 @@ def build_model(arch: Architecture, labels: Sequence[str], seed: int = 0) -> nn.
     else:
         model = ViTForImageClassification(ViTConfig(**common))
     return model
-
-
-def genre_weights(clips: Sequence[Clip], balance: float) -> npt.NDArray[np.float64]:
-    """Sampling probability per clip: ``count(genre) ** -balance``, normalised.
-
-    ``balance`` 0 samples clips uniformly (genres as often as they have clips); 1 samples every
-    genre equally often.
-    """
-    tally = counts(clips)
-    w = np.array([tally[c.label] ** -balance for c in clips], dtype=np.float64)
-    out: npt.NDArray[np.float64] = w / w.sum()
-    return out
 
 
 def draw_grid_windows(
@@ -662,12 +656,6 @@ def _train_hybrid(
     index = {label: i for i, label in enumerate(labels)}
     model = build_model(arch, labels, opts.seed)
 
-    def make_phase(n_clips: int) -> Phase:
-        steps = max(1, math.ceil(n_clips * opts.windows_per_clip / opts.batch_size))
-        return Phase(
-            "student", model, opts.epochs, opts.lr, opts.weight_decay, steps, opts.warmup_epochs
-        )
-
     def record(epoch: int, loss: float, acc: float, wa: float, ca: float, s: float) -> None:
         stats = EpochStats("student", epoch, loss, acc, wa, ca, s)
         result.history.append(stats)
@@ -678,17 +666,7 @@ def _train_hybrid(
         if on_epoch is not None:
             on_epoch(stats)
 
-    pre, _ = train_hybrid.fit(
-        opts,
-        arch,
-        model,
-        clips,
-        index,
-        lambda kept: genre_weights(kept, opts.balance),
-        device,
-        make_phase,
-        record,
-    )
+    pre = train_hybrid.fit(opts, arch, model, clips, index, device, record)
     _save(
         model, pre, opts, arch, result, clips, started,
         frozen_front_end=f"{pre.weights} (stream_server/teachers)",
@@ -717,10 +695,9 @@ def _musicnn_teacher(
     index: dict[str, int],
 ) -> TeacherFit:
     """The musicnn teacher (:mod:`stream_server.teacher`) fitted on the training clips."""
-    from stream_server.musicnn import SAMPLE_RATE, TEACHERS_DIR, WEIGHTS_FILE, load_musicnn
+    from stream_server.musicnn import SAMPLE_RATE, load_musicnn
 
-    # the cached embeddings belong to these weights
-    weights = hashlib.sha1((TEACHERS_DIR / "musicnn_msd" / WEIGHTS_FILE).read_bytes()).hexdigest()
+    weights = weights_digest()  # the cached embeddings belong to these weights
 
     root = Path(opts.data).expanduser()
     cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else None
@@ -736,10 +713,10 @@ def _musicnn_teacher(
     return fit_teacher(
         load_musicnn("msd"),
         train_audio,
-        [_clip_key(root, c, SAMPLE_RATE, weights) for c in train_clips],
+        [clip_key(weights, root / c.path) for c in train_clips],
         [index[c.label] for c in train_clips],
         val_audio,
-        [_clip_key(root, c, SAMPLE_RATE, weights) for c in val_clips],
+        [clip_key(weights, root / c.path) for c in val_clips],
         [index[c.label] for c in val_clips],
         len(index),
         window_s=arch.window_seconds,
@@ -748,10 +725,6 @@ def _musicnn_teacher(
         cache_dir=cache,
         opts=HeadOptions(seed=opts.seed),
     )
-
-
-def _clip_key(root: Path, clip: Clip, sample_rate: int, weights: str) -> str:
-    return f"{weights}|{cache_key(root / clip.path, sample_rate)}"
 
 
 def _common_state(labels: tuple[str, ...], result: TrainResult) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,15 +39,15 @@ from stream_server import augment
 from stream_server.dataset import (
     Clip,
     FloatArray,
-    cache_key,
     codec_for,
+    genre_weights,
     load_audio,
     load_clip,
     window_starts,
 )
 from stream_server.errors import GenrecastError
 from stream_server.hybrid_data import clip_tokens
-from stream_server.musicnn import TEACHERS_DIR, WEIGHTS_FILE, load_musicnn
+from stream_server.musicnn import load_musicnn
 from stream_server.musicnn_tokens import (
     MusicnnTokens,
     token_count,
@@ -55,7 +56,7 @@ from stream_server.musicnn_tokens import (
 from stream_server.optim import Phase, seed_for, smooth, soft_cross_entropy
 from stream_server.preprocessing import MusicnnPreprocessing
 from stream_server.recipes import Architecture, TrainOptions
-from stream_server.teacher import HeadOptions, out_of_fold_targets
+from stream_server.teacher import HeadOptions, clip_key, out_of_fold_targets, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,6 @@ def mask_tokens(x: Tensor, gen: torch.Generator, masks: int, max_run: int) -> Te
     return x * keep[:, None, :].to(x.device)
 
 
-def _weights_digest() -> str:
-    return hashlib.sha1((TEACHERS_DIR / "musicnn_msd" / WEIGHTS_FILE).read_bytes()).hexdigest()
-
-
 def token_sets(
     opts: TrainOptions,
     features: MusicnnTokens,
@@ -152,8 +149,8 @@ def token_sets(
     cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else None
     tcache = cache.parent / "tokens" if cache else None
     kept, audio = load_audio(root, clips, rate, cache)
-    digest = _weights_digest()
-    keys = [f"{digest}|{cache_key(root / c.path, rate)}" for c in kept]
+    digest = weights_digest()
+    keys = [clip_key(digest, root / c.path, rate) for c in kept]
     labels = np.array([index[c.label] for c in kept], dtype=np.int64)
     window = features.pre.window_samples
     hop = max(1, round(opts.grid_seconds * rate))
@@ -213,20 +210,18 @@ def draw(
 
 def validate_tokens(
     model: torch.nn.Module, val: TokenSet, mean: FloatArray, std: FloatArray, device: torch.device
-) -> tuple[float, float, list[FloatArray]]:
-    """``(window accuracy, clip accuracy, per-clip window probabilities)``."""
+) -> tuple[float, float]:
+    """``(window accuracy, clip accuracy)``; a clip's call is the argmax of its mean probability."""
     model.eval()
-    probs: list[FloatArray] = []
     right = total = clips_right = 0
     with torch.inference_mode():
         for tokens, label in zip(val.tokens, val.labels, strict=True):
             x = torch.from_numpy(standardise(tokens, mean, std)).unsqueeze(2).to(device)
             p = torch.softmax(model(pixel_values=x).logits.float(), dim=-1).cpu().numpy()
-            probs.append(p)
             right += int((p.argmax(1) == label).sum())
             total += len(p)
             clips_right += int(p.mean(0).argmax() == label)
-    return right / max(1, total), clips_right / max(1, len(val.tokens)), probs
+    return right / max(1, total), clips_right / max(1, len(val.tokens))
 
 
 def hybrid_preprocessing(arch: Architecture) -> MusicnnPreprocessing:
@@ -252,22 +247,20 @@ def fit(
     model: torch.nn.Module,
     clips: tuple[Sequence[Clip], Sequence[Clip]],
     index: dict[str, int],
-    weights_of: Callable[[Sequence[Clip]], npt.NDArray[np.float64]],
     device: torch.device,
-    make_phase: Callable[[int], Phase],
     record: Record,
-) -> tuple[MusicnnPreprocessing, list[Clip]]:
+) -> MusicnnPreprocessing:
     """Train ``model`` (a ViT over ``arch``'s token image) in place; see the module docstring.
 
-    Returns the preprocessing to save with it (its standardisation filled in) and the validation
-    clips that were used. ``record(epoch, loss, train_acc, val_window_acc, val_clip_acc, s)``
-    is called after every epoch.
+    Returns the preprocessing to save with it (its standardisation filled in).
+    ``record(epoch, loss, train_acc, val_window_acc, val_clip_acc, s)`` is called after every
+    epoch.
     """
     pre = hybrid_preprocessing(arch)
     features = MusicnnTokens(pre)
     log.info("musicnn front-end: tokens of every window (cached after the first run)")
     decoded, train, extra = token_sets(opts, features, clips[0], index, variants=True)
-    val_decoded, val, _ = token_sets(opts, features, clips[1], index, variants=False)
+    _, val, _ = token_sets(opts, features, clips[1], index, variants=False)
     targets = None
     if opts.teacher == "musicnn":
         log.info("musicnn teacher: out-of-fold targets for %d clips", len(decoded.clips))
@@ -290,8 +283,11 @@ def fit(
     shares = [opts.codec_prob] if opts.codec_prob > 0 else []
     if opts.lowpass_prob > 0 and opts.lowpass_hz:
         shares.append(opts.lowpass_prob)
-    weights = weights_of(decoded.clips)
-    phase = make_phase(len(decoded.clips))
+    weights = genre_weights(decoded.clips, opts.balance)
+    steps = max(1, math.ceil(len(decoded.clips) * opts.windows_per_clip / opts.batch_size))
+    phase = Phase(
+        "student", model, opts.epochs, opts.lr, opts.weight_decay, steps, opts.warmup_epochs
+    )
     model.to(device)
     n_labels = len(index)
     while phase.epoch < phase.epochs:
@@ -328,7 +324,7 @@ def fit(
             losses.append(float(loss.detach()))
             correct += int((logits.argmax(-1).cpu() == target_idx).sum())
         phase.epoch += 1
-        wa, ca, _ = validate_tokens(model, val, mean, std, device)
+        wa, ca = validate_tokens(model, val, mean, std, device)
         record(phase.epoch, float(np.mean(losses)), correct / n, wa, ca, time.perf_counter() - t0)
     model.eval()
-    return pre, val_decoded.clips
+    return pre

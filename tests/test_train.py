@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from stream_server.config import Config
-from stream_server.dataset import SPLIT_FILE, Clip, load_split
+from stream_server.dataset import SPLIT_FILE, Clip, genre_weights, load_split
 from stream_server.errors import DatasetError, GenrecastError
 from stream_server.features import LogMelImage, make_features
 from stream_server.model import load_model, save_checkpoint
@@ -32,7 +32,6 @@ from stream_server.train import (
     ConvTeacher,
     build_model,
     draw_grid_windows,
-    genre_weights,
     train,
     training_images,
 )
