@@ -5,8 +5,8 @@ inside (any format FFmpeg decodes) is one clip. Splits keep each artist group on
 (:mod:`stream_server.provenance`; by file where the dataset names no sources), stratified by
 genre and source and seeded, so windows of one clip, or clips of one artist, never land on both
 sides. Clips are decoded with PyAV to mono
-float32 at the model's sample rate and cached as ``.npy`` files keyed by path, size, mtime and
-rate, so a second run starts in seconds.
+float32 at the model's sample rate and cached as ``.npy`` files keyed by the file's content (its
+SHA-1) and the rate, so a second run starts in seconds, also after the set is copied or touched.
 """
 
 from __future__ import annotations
@@ -211,11 +211,19 @@ def codec_for(path: str) -> Codec:
 
 
 def cache_key(path: Path, sample_rate: int, codec: Codec | None = None) -> str:
+    """The cache name of ``path`` decoded at ``sample_rate`` Hz (through ``codec``, if given):
+    a SHA-1 over the file's bytes and the settings, so the same audio anywhere, copied or
+    touched, finds its cache, and changed audio never does.
+
+    Raises:
+        DecodeError: the file cannot be read (as decoding it would: the clip is skipped).
+    """
     try:
-        stat = path.stat()
-    except OSError as exc:  # as decoding it would: a missing clip is skipped, not fatal
+        with path.open("rb") as f:
+            content = hashlib.file_digest(f, "sha1").hexdigest()
+    except OSError as exc:
         raise DecodeError(f"cannot open audio source {str(path)!r}: {exc}") from exc
-    ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sample_rate}"
+    ident = f"{content}|{sample_rate}"
     if codec is not None:
         ident += f"|{codec[0]}@{codec[1]}"
     return hashlib.sha1(ident.encode()).hexdigest()

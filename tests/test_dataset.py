@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import random
+import shutil
 from pathlib import Path
 
 import av
@@ -357,20 +358,30 @@ def test_cache_is_written_and_read(clip_root: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_audio(clip_root, kept, RATE)[1][0], decoded)
 
 
-def test_cache_key_follows_mtime_and_rate(clip_root: Path, tmp_path: Path) -> None:
+def test_cache_key_follows_content_and_rate(clip_root: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     source = clip_root / "g" / "a.wav"
-    decoded = load_clip(source, RATE, cache)
+    load_clip(source, RATE, cache)
     (first,) = cache.glob("*.npy")
-    np.save(first, np.zeros(3, np.float32))
+    marker = np.zeros(3, np.float32)
+    np.save(first, marker)
 
     other_rate = load_clip(source, 16000, cache)
     assert abs(other_rate.size - 16000) <= 1
     assert len(list(cache.glob("*.npy"))) == 2
 
+    # touched, or copied elsewhere: the same audio, the same cache entry
     stat = source.stat()
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
-    np.testing.assert_array_equal(load_clip(source, RATE, cache), decoded)
+    np.testing.assert_array_equal(load_clip(source, RATE, cache), marker)
+    copy = tmp_path / "copy.wav"
+    shutil.copyfile(source, copy)
+    np.testing.assert_array_equal(load_clip(copy, RATE, cache), marker)
+    assert len(list(cache.glob("*.npy"))) == 2
+
+    # other audio under the same name: decoded afresh
+    write_wav(source, 1.0, seed=2)
+    assert not np.array_equal(load_clip(source, RATE, cache), marker)
     assert len(list(cache.glob("*.npy"))) == 3
 
 
