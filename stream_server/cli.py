@@ -234,6 +234,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             MixOptions,
             figures,
             format_figures,
+            perfect,
             prepare,
             quiet_clips,
             speech_clips,
@@ -270,9 +271,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             model, args.data, clips, config, runner, options, others=others,
             cache_dir=args.cache, progress=not args.json,
         )  # fmt: skip
-        mixed = figures(prepared, session_params(config, model))
-        extra["mixes"] = mixed.to_json()
-        mix_text = format_figures(mixed)
+        params = session_params(config, model)
+        mixed = figures(prepared, params)
+        ceiling = figures(perfect(prepared, params), params)
+        extra["mixes"] = {**mixed.to_json(), "perfect_windows": ceiling.to_json()}
+        mix_text = (
+            format_figures(mixed)
+            + "\n\nthe same with perfect genre probabilities (each genre's share of the window): "
+            "what the settings and the window length cost alone\n" + format_figures(ceiling)
+        )
     if args.out:
         save_report(report, args.out, extra)
     if args.json:

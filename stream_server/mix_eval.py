@@ -21,6 +21,12 @@ like a genre (a talk break, a gap) and are measured alone like any clip. Then ev
 reports what each kind of second was labelled (:attr:`PathFigures.kinds`: music, speech or
 silence against the genre, ``speech``, ``silence`` or nothing).
 
+**The ceiling of the settings:** :func:`perfect` replaces every window's genre probabilities by
+what a perfect model would give -- each genre's share of the window's music samples -- and keeps
+the gate's inputs as computed, so the same figures show what the smoothing, the hysteresis and
+the window length cost on their own (a change cannot show before the new genre fills enough of a
+window).
+
 The model runs once per window that exists: every clip's windows on its own hop grid are scored
 once in batches (:func:`prepare`), a mix window inside one part reuses its clip's scores, and only
 the windows that straddle two parts are computed again (batched across all mixes). So
@@ -35,7 +41,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +84,7 @@ __all__ = [
     "format_figures",
     "live_run",
     "offline_run",
+    "perfect",
     "prepare",
     "quiet_clips",
     "speech_clips",
@@ -319,6 +326,59 @@ def prepare(
         windows_computed=computed,
         seconds=time.perf_counter() - started,
     )
+
+
+def _perfect_rows(
+    shares: Sequence[tuple[str, int]], params: SessionParams, scores: WindowScores, row: int
+) -> np.ndarray:
+    """A perfect model's ``(model labels,)`` probabilities for a window made of ``shares``
+    (``(display label, samples)``): each genre's share of the window's music samples; a window
+    without music keeps the computed row ``row`` of ``scores``."""
+    width = scores.probs.shape[1]
+    out = np.zeros(width, dtype=np.float64)
+    for label, samples in shares:
+        if label not in params.labels:  # speech or silence: no genre evidence
+            continue
+        shown = params.labels.index(label)
+        index = params.label_map.index(shown) if params.label_map else shown
+        out[index] += samples
+    if out.sum() == 0:
+        kept: np.ndarray = scores.probs[row]
+        return kept
+    shares_out: np.ndarray = (out / out.sum()).astype(np.float32)
+    return shares_out
+
+
+def perfect(prepared: Prepared, params: SessionParams) -> Prepared:
+    """``prepared`` with every window's genre probabilities replaced by a perfect model's (see
+    the module docstring); levels and speech probabilities stay as computed."""
+
+    def swap(scores: WindowScores, rows: list[np.ndarray]) -> WindowScores:
+        if not rows:
+            return scores
+        return WindowScores(np.stack(rows), scores.level_dbfs, scores.speech)
+
+    window, hop = params.window_samples, params.hop_samples
+    clip_scores = [
+        swap(
+            scores,
+            [_perfect_rows([(label, window)], params, scores, k) for k in range(len(scores))],
+        )
+        for label, scores in zip(prepared.truth, prepared.clip_scores, strict=True)
+    ]
+    mix_scores = []
+    for mix, scores in zip(prepared.mixes, prepared.mix_scores, strict=True):
+        rows = []
+        for k, end in enumerate(window_ends(mix.length, window, hop)):
+            start = end - window
+            shares = [
+                (part.label, min(end, at + part.length) - max(start, at))
+                for part, at in zip(mix.parts, mix.starts, strict=True)
+                if min(end, at + part.length) > max(start, at)
+            ]
+            rows.append(_perfect_rows(shares, params, scores, k))
+        mix_scores.append(swap(scores, rows))
+    return replace(prepared, clip_scores=clip_scores, mix_scores=mix_scores)
 
 
 @dataclass

@@ -24,13 +24,15 @@ from stream_server.mix_eval import (
     format_figures,
     live_run,
     offline_run,
+    perfect,
     prepare,
     quiet_clips,
 )
-from stream_server.mixes import mix_window, window_ends
+from stream_server.mixes import mix_window, window_ends, window_source
 from stream_server.model import LoadedModel
 from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import session_params
+from stream_server.smoothing import SmoothingParams
 from stream_server.speech import CONFIG_FILE as SPEECH_CONFIG
 from stream_server.speech import DEFAULT_SPEECH_DIR
 from tests.conftest import encode_audio, music
@@ -166,6 +168,37 @@ def test_figures_and_their_report(
     assert "decoding: viterbi" in text
 
 
+def test_perfect_windows_show_what_the_settings_cost_alone(
+    prepared: tuple[Prepared, CountingRunner], tiny_model: LoadedModel, config: Config
+) -> None:
+    """A perfect model's probabilities are each genre's share of the window; through the same
+    paths they give no false change, and with a responsive setting every change is shown,
+    later than the change by at least the part of a window the old genre still fills."""
+    prep, _ = prepared
+    base = session_params(config, tiny_model)
+    params = dataclasses.replace(base, smoothing=SmoothingParams(0.0, 0.0, 0.0, 1.0))
+    ideal = perfect(prep, params)
+    window, hop = params.window_samples, params.hop_samples
+    for scores, label in zip(ideal.clip_scores, ideal.truth, strict=True):
+        assert np.all(scores.probs[:, tiny_model.labels.index(label)] == 1.0)
+    for mix, scores, real in zip(ideal.mixes, ideal.mix_scores, prep.mix_scores, strict=True):
+        np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, atol=1e-6)
+        np.testing.assert_array_equal(scores.level_dbfs, real.level_dbfs)  # the gate's inputs
+        for k, end in enumerate(window_ends(mix.length, window, hop)):
+            source = window_source(mix, end, window, hop)
+            if source is None:  # straddling: both genres in proportion
+                assert np.count_nonzero(scores.probs[k]) == 2
+            else:
+                assert scores.probs[k, tiny_model.labels.index(mix.parts[source[0]].label)] == 1
+    fig = figures(ideal, params)
+    assert fig.live.false_changes == fig.offline.false_changes == 0
+    assert fig.live.clip_seconds_right == 1.0
+    assert fig.live.missed == 0 and len(fig.live.delays_s) == fig.live.changes
+    # the new genre leads once it fills more than half the window: never sooner
+    assert min(fig.live.delays_s) >= params.window_s / 2 - params.hop_s
+    assert fig.live.seconds_right >= figures(prep, params).live.seconds_right
+
+
 def test_quiet_clips_are_below_the_silence_level_the_gate_uses() -> None:
     clips = quiet_clips(RATE, seconds=2.0)
     assert [name for name, _ in clips] == [
@@ -263,6 +296,8 @@ def test_evaluate_mixes_on_the_command_line(
     )  # fmt: skip
     assert text.returncode == 0, text.stderr
     assert "live (a stream through the server's session, causal):" in text.stdout
+    assert "the same with perfect genre probabilities" in text.stdout
+    assert data["mixes"]["perfect_windows"]["live"]["false_changes"] == 0
     assert "offline (genrecast classify; decoding: viterbi):" in text.stdout
 
 
