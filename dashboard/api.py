@@ -2,7 +2,9 @@
 
 Timeouts are seconds. ``Reply.error`` is a one-line reason shown to the user (server down, a
 refusal with the server's own ``error`` text, a malformed answer) and ``Reply.data`` is the
-decoded JSON (or text for CSV and metrics) when the call succeeded.
+decoded JSON (or text for CSV and metrics) when the call succeeded. Every request carries the
+token of :func:`stream_server.client.auth_headers` (``$GENRECAST_TOKEN`` unless one is given); a
+401 or a 403 for want of a scope says so in ``Reply.error``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from stream_server.client import http_base
+from stream_server.auth import ADMIN, INGEST, READ, Scope
+from stream_server.client import auth_headers, http_base, refusal
 
 #: Seconds one quick request (lists, health, metrics, forms) may take.
 QUICK_TIMEOUT_S = 3.0
@@ -34,21 +37,27 @@ class Reply:
         return not self.error
 
 
-def _reason(response: httpx.Response) -> str:
+def _reason(response: httpx.Response, scope: Scope | None, sent_token: bool) -> str:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         body = None
+    if scope is not None:
+        access = refusal(response.status_code, body, scope, sent_token)
+        if access is not None:
+            return f"{response.status_code}: {access}"
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return f"{response.status_code}: {body['error']}"
     return f"{response.status_code}: {response.reason_phrase}"
 
 
 class Api:
-    """Thin REST client for one server (``http://host:port`` or ``ws://host:port``)."""
+    """Thin REST client for one server (``http://host:port`` or ``ws://host:port``); ``token``:
+    sent as ``Authorization: Bearer`` (``None``: ``$GENRECAST_TOKEN``, if set)."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, token: str | None = None) -> None:
         self.base = http_base(server)
+        self._headers = auth_headers(token)
 
     def _call(
         self,
@@ -57,18 +66,27 @@ class Api:
         *,
         text: bool = False,
         timeout_s: float = QUICK_TIMEOUT_S,
+        scope: Scope | None = None,
         **kwargs: Any,
     ) -> Reply:
+        """One request; ``scope``: the one the path needs (``None``: open), for the message a
+        refusal gets."""
         try:
             response = httpx.request(
-                method, self.base + path, timeout=timeout_s, trust_env=False, **kwargs
+                method,
+                self.base + path,
+                timeout=timeout_s,
+                trust_env=False,
+                headers=self._headers,
+                **kwargs,
             )
         except httpx.TimeoutException:
             return Reply(error=f"{self.base} did not answer within {timeout_s:g} s")
         except (httpx.HTTPError, OSError) as exc:
             return Reply(error=f"cannot reach {self.base}: {exc or type(exc).__name__}")
         if response.status_code >= 400:
-            return Reply(error=_reason(response), status=response.status_code)
+            reason = _reason(response, scope, bool(self._headers))
+            return Reply(error=reason, status=response.status_code)
         if text:
             return Reply(data=response.text, status=response.status_code)
         try:
@@ -84,7 +102,7 @@ class Api:
 
     def streams(self) -> Reply:
         """``GET /streams``: ``data`` is the list of stream dicts."""
-        reply = self._call("GET", "/streams")
+        reply = self._call("GET", "/streams", scope=READ)
         if reply.ok:
             streams = reply.data.get("streams") if isinstance(reply.data, dict) else None
             if not isinstance(streams, list):
@@ -93,22 +111,28 @@ class Api:
         return reply
 
     def timeline(self, stream_id: str) -> Reply:
-        return self._call("GET", f"/streams/{stream_id}/timeline")
+        return self._call("GET", f"/streams/{stream_id}/timeline", scope=READ)
 
     def timeline_csv(self, stream_id: str) -> Reply:
         return self._call(
-            "GET", f"/streams/{stream_id}/timeline", text=True, params={"format": "csv"}
+            "GET",
+            f"/streams/{stream_id}/timeline",
+            text=True,
+            params={"format": "csv"},
+            scope=READ,
         )
 
     def metrics(self) -> Reply:
-        return self._call("GET", "/metrics", text=True)
+        return self._call("GET", "/metrics", text=True, scope=READ)
 
     def add_stream(self, url: str, name: str = "") -> Reply:
-        return self._call("POST", "/streams", json={"url": url, "name": name})
+        return self._call("POST", "/streams", json={"url": url, "name": name}, scope=ADMIN)
 
     def stop_stream(self, stream_id: str) -> Reply:
-        return self._call("DELETE", f"/streams/{stream_id}")
+        return self._call("DELETE", f"/streams/{stream_id}", scope=ADMIN)
 
     def classify(self, filename: str, content: bytes, content_type: str = "") -> Reply:
         files = {"file": (filename, content, content_type or "application/octet-stream")}
-        return self._call("POST", "/classify", files=files, timeout_s=UPLOAD_TIMEOUT_S)
+        return self._call(
+            "POST", "/classify", files=files, timeout_s=UPLOAD_TIMEOUT_S, scope=INGEST
+        )

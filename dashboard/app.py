@@ -2,7 +2,9 @@
 
 Live parts re-render once a second inside ``st.fragment(run_every=1.0)``; updates come from one
 background :class:`dashboard.feed.Feed` per server, history and actions from the REST API. Every
-request is wrapped: a failure is a message on the page, never a traceback.
+request is wrapped: a failure is a message on the page, never a traceback. A server that requires a
+token gets ``$GENRECAST_TOKEN`` (``genrecast dashboard --token`` sets it for this process), which is
+never shown on the page.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dashboard.state import (
     recent,
     segments_from_json,
 )
+from stream_server.client import resolve_token
 from stream_server.messages import NON_MUSIC_LABELS
 from stream_server.timeline import segments_to_csv
 
@@ -253,6 +256,8 @@ def live_view(server: str) -> None:
 def sidebar(server: str) -> None:
     api = Api(server)
     st.sidebar.markdown(f"Server: `{api.base}` · [microphone page]({api.base}/mic)")
+    if resolve_token() is not None:
+        st.sidebar.caption("With a token, open the microphone page as /mic#token=YOUR_TOKEN")
     with st.sidebar.form("add-stream", clear_on_submit=True):
         st.markdown("**Add a radio URL**")
         url = st.text_input("URL or a path on the server", key="add_url")

@@ -3,7 +3,9 @@
 One :class:`Feed` per server URL runs a daemon thread. It connects with ``since=`` the last
 applied ``seq`` (``since=0`` at first, to replay the server's recent history), applies every
 message under a lock and, when the connection drops or cannot be made, retries every
-:data:`RETRY_S` seconds. Nothing it does raises into the page: problems become :attr:`Feed.status`.
+:data:`RETRY_S` seconds. Nothing it does raises into the page: problems become :attr:`Feed.status`
+(a refused token too: the server may be given one while the feed retries). The handshake carries
+the token of :func:`stream_server.client.auth_headers` (``$GENRECAST_TOKEN`` unless one is given).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import threading
 import time
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import connect
 
 from dashboard.state import DashboardState
-from stream_server.client import ws_url
+from stream_server.auth import READ
+from stream_server.client import auth_headers, refusal, ws_url
 from stream_server.errors import ProtocolError
 from stream_server.messages import parse_server_message
 
@@ -26,10 +29,12 @@ RECV_TIMEOUT_S = 0.5
 
 
 class Feed:
-    """Keeps a :class:`DashboardState` current from one server's ``/ws/updates``."""
+    """Keeps a :class:`DashboardState` current from one server's ``/ws/updates``; ``token``:
+    sent on the handshake (``None``: ``$GENRECAST_TOKEN``, if set)."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, token: str | None = None) -> None:
         self.server = server
+        self._headers = auth_headers(token)
         self._state = DashboardState()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -56,6 +61,10 @@ class Feed:
         while not self._stop.is_set():
             try:
                 self._follow()
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                reason = refusal(status, exc.response.body or b"", READ, bool(self._headers))
+                self.status = reason or f"the server refused the updates connection ({status})"
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
                 self.status = f"cannot reach {self.server}: {exc or type(exc).__name__}"
             except Exception as exc:  # the thread must survive anything the network throws
@@ -68,7 +77,13 @@ class Feed:
             since = self._state.last_seq if self._state.last_seq is not None else 0
             self._state.reconnected()
         url = ws_url(self.server, "/ws/updates", since=since)
-        with connect(url, open_timeout=5.0, close_timeout=1.0, proxy=None) as ws:
+        with connect(
+            url,
+            open_timeout=5.0,
+            close_timeout=1.0,
+            proxy=None,
+            additional_headers=self._headers,
+        ) as ws:
             self.connected = True
             self.status = "connected"
             while not self._stop.is_set():

@@ -14,28 +14,46 @@ Routes:
     POST /webrtc/offer             browser audio over WebRTC: SDP offer in, answer + stream_id out
                                    (501 without the ``webrtc`` extra)
     GET /mic                       the browser microphone page
+    POST /auth/ticket              a bearer token in, a short-lived browser ticket out
+
+Every request passes :class:`~stream_server.guard.Guard` first: Host and Origin checks, JSON
+bodies only as ``application/json``, and with tokens configured the scope of
+:func:`required_scope` (open: ``/health``, ``/ready``, ``/mic``; ``read``: listings, timelines,
+``/ws/updates``, ``/metrics``; ``ingest``: ``/ws/ingest``, ``/webrtc/offer``, ``/classify``;
+``admin``: ``POST /streams``, ``DELETE /streams/{id}``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.exceptions import InvalidState
 
-from stream_server.errors import ProtocolError
+from stream_server.auth import ADMIN, INGEST, READ, Scope, TicketIssuer, Tokens, load_tokens
+from stream_server.config import Config
+from stream_server.errors import ProtocolError, SourceRefused
 from stream_server.extras import EXTRAS
-from stream_server.messages import StreamEnded, dumps, error, parse_client_message
-from stream_server.puller import local_path
+from stream_server.guard import Guard, GuardPolicy
+from stream_server.messages import (
+    StreamEnded,
+    dumps,
+    error,
+    parse_client_message,
+    parse_stream_request,
+)
 from stream_server.service import LiveStream, Service
 from stream_server.timeline import segments_to_csv
 from stream_server.upload import classify_endpoint
@@ -52,16 +70,60 @@ log = logging.getLogger(__name__)
 
 #: Seconds allowed for a close handshake with a client that may have stopped reading.
 CLOSE_TIMEOUT_S = 2.0
+#: Longest close reason, in bytes of UTF-8 (a close frame's payload is at most 125 bytes).
+MAX_CLOSE_REASON_BYTES = 123
+
+#: The most of the event loop's time one ingest connection's frames may take (0..1).
+FEED_SHARE = 0.25
+#: Frames that took less of the loop than this (seconds) go on without a pause.
+_PAUSE_AFTER_S = 0.002
 
 #: Closes of ingest sockets whose stream was ended elsewhere, kept until they finish.
 _FINISHING: set[asyncio.Task[None]] = set()
+
+
+class _QuietClientErrors(logging.Filter):
+    """A client's text frame of invalid UTF-8 is the client's error, which uvicorn's WebSocket
+    protocol answers itself by closing with 1007; but it logs a traceback at ERROR, and when the
+    client's close frame came in the same read, asyncio logs a second one (uvicorn then sends a
+    close on a closing connection: "Fatal error: protocol.data_received() call failed"). Any
+    client could fill the log with them: each is kept as one line at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _invalid_utf8_from_client(record):
+            return True
+        record.msg, record.args = "a WebSocket client sent invalid UTF-8 in a text frame", ()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+def _invalid_utf8_from_client(record: logging.LogRecord) -> bool:
+    if record.name == "uvicorn.error":
+        return record.msg == "Invalid UTF-8 sequence received from client."
+    exc = record.exc_info[1] if record.exc_info else None
+    return isinstance(exc, InvalidState) and isinstance(exc.__context__, UnicodeDecodeError)
+
+
+def _quiet_client_errors() -> None:
+    """Install :class:`_QuietClientErrors` on the loggers concerned (once)."""
+    for name in ("uvicorn.error", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietClientErrors) for f in logger.filters):
+            logger.addFilter(_QuietClientErrors())
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame can carry: 123 bytes of UTF-8, whole characters (a
+    longer reason fails the close, and the client sees the connection drop with 1006)."""
+    return text.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
 async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
     if ws.application_state == WebSocketState.DISCONNECTED:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(code, reason[:120]), CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(ws.close(code, close_reason(reason)), CLOSE_TIMEOUT_S)
 
 
 async def _reject(ws: WebSocket, exc: ProtocolError) -> None:
@@ -88,15 +150,40 @@ def _close_when_ended_elsewhere(ws: WebSocket, live: LiveStream) -> None:
     live.on_end = on_end
 
 
+async def _yield_loop(spent_s: float) -> None:
+    """After a frame that took ``spent_s`` of the event loop, pause this connection so that it
+    takes at most :data:`FEED_SHARE` of the loop: a client flooding costly frames (a slow
+    resampling ratio, the largest frames) is slowed down through TCP back-pressure, and every
+    other stream, subscriber and request keeps its turn."""
+    if spent_s > _PAUSE_AFTER_S:
+        await asyncio.sleep(spent_s * (1.0 / FEED_SHARE - 1.0))
+
+
+def _address(conn: WebSocket | Request) -> str:
+    """The client's address ("?" when the ASGI server does not say)."""
+    return conn.client.host if conn.client is not None else "?"
+
+
+async def _first(ws: WebSocket, timeout_s: float) -> Message:
+    """The first message of an ingest connection, which must come within ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(ws.receive(), timeout_s)
+    except TimeoutError:
+        raise ProtocolError(
+            f"no 'start' message within {timeout_s:g} s", code="start_timeout"
+        ) from None
+
+
 async def ingest(ws: WebSocket) -> None:
     service: Service = ws.app.state.service
     max_frame = service.config.server.max_frame_bytes
+    start_timeout_s = service.config.server.start_timeout_s
     await ws.accept()
     live: LiveStream | None = None
     end_reason = "client disconnected"
     try:
         while True:
-            message = await ws.receive()
+            message = await (ws.receive() if live is not None else _first(ws, start_timeout_s))
             if message["type"] == "websocket.disconnect":
                 break
             data = message.get("bytes")
@@ -109,7 +196,9 @@ async def ingest(ws: WebSocket) -> None:
                         code="frame_too_large",
                         close_code=1009,
                     )
+                began = time.perf_counter()
                 service.feed(live, data)
+                await _yield_loop(time.perf_counter() - began)
                 continue
             text = message.get("text")
             if text is not None and len(text) > max_frame:
@@ -122,7 +211,9 @@ async def ingest(ws: WebSocket) -> None:
             if parsed["type"] == "start":
                 if live is not None:
                     raise ProtocolError("the stream was already started")
-                live, started = await service.open_stream(parsed, kind="ws", source="websocket")
+                live, started = await service.open_stream(
+                    parsed, kind="ws", source="websocket", client=_address(ws)
+                )
                 await ws.send_text(started)
                 _close_when_ended_elsewhere(ws, live)
             else:
@@ -246,22 +337,14 @@ async def create_stream(request: Request) -> Response:
     """``POST /streams {"url", "name"?}``: the server pulls the source itself (201)."""
     service: Service = request.app.state.service
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _bad_request(f"the body must be a JSON object: {exc}")
-    if not isinstance(body, dict):
-        return _bad_request('the body must be a JSON object like {"url": "http://..."}')
-    url = body.get("url")
-    if not isinstance(url, str) or not url.strip() or len(url) > 4096:
-        return _bad_request("'url' must be a non-empty string (a URL or a path on the server)")
-    name = body.get("name", "")
-    if not isinstance(name, str) or len(name) > 200:
-        return _bad_request("'name' must be a string of at most 200 characters")
-    path = local_path(url.strip())
-    if path is not None and not path.is_file():
-        return _bad_request(f"no such file on the server: {str(path)!r}")
+        parsed = parse_stream_request(await request.body())
+    except ProtocolError as exc:
+        return JSONResponse({"error": str(exc), "code": exc.code}, status_code=400)
+    url, name = parsed["url"], parsed.get("name", "")
     try:
-        live = await service.pull(url.strip(), name=name)
+        live = await service.pull(url, name=name)
+    except SourceRefused as exc:  # one answer for "no such file" and "not allowed"
+        return JSONResponse({"error": str(exc), "code": "source_not_allowed"}, status_code=403)
     except ProtocolError as exc:
         return JSONResponse({"error": str(exc), "code": exc.code}, status_code=503)
     return JSONResponse(service.describe(live), status_code=201)
@@ -300,9 +383,46 @@ def _webrtc(service: Service) -> tuple[WebRTCGateway | None, Endpoint]:
     return WebRTCGateway(service), offer_endpoint
 
 
-def create_app(service: Service) -> Starlette:
-    """The ASGI app around ``service``; its lifespan starts and stops the service."""
+def required_scope(method: str, path: str, *, open_metrics: bool = False) -> Scope | None:
+    """The scope a request needs (``None``: open to anyone); see :mod:`stream_server.auth`.
+    Paths no route serves need ``read``, so a stranger learns nothing from them."""
+    if path in ("/health", "/ready", "/mic"):
+        return None
+    if path == "/metrics":
+        return None if open_metrics else READ
+    if path in ("/ws/ingest", "/webrtc/offer", "/classify"):
+        return INGEST
+    if path == "/streams" or path.startswith("/streams/"):
+        changes = (method == "POST" and path == "/streams") or method == "DELETE"
+        return ADMIN if changes else READ
+    return READ
+
+
+def configured_tokens(config: Config) -> Tokens:
+    """The tokens of ``[auth]`` and ``GENRECAST_TOKEN``; raises :class:`ConfigError`."""
+    auth = config.auth
+    return load_tokens(
+        {READ: auth.read_tokens, INGEST: auth.ingest_tokens, ADMIN: auth.admin_tokens}
+    )
+
+
+def create_app(service: Service, tokens: Tokens | None = None) -> Starlette:
+    """The ASGI app around ``service``; its lifespan starts and stops the service.
+
+    Every request passes the :class:`~stream_server.guard.Guard` first, with ``tokens`` (default:
+    :func:`configured_tokens`)."""
     webrtc, offer = _webrtc(service)
+    auth = service.config.auth
+    open_metrics = auth.open_metrics
+    policy = GuardPolicy(
+        tokens=configured_tokens(service.config) if tokens is None else tokens,
+        tickets=TicketIssuer(auth.ticket_s),
+        required=lambda method, path: required_scope(method, path, open_metrics=open_metrics),
+        bind_host=service.config.server.host,
+        hosts=tuple(auth.hosts),
+        origins=tuple(auth.origins),
+        json_paths=frozenset({"/streams", "/webrtc/offer"}),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -334,7 +454,9 @@ def create_app(service: Service) -> Starlette:
             Route("/mic", mic_page),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(Guard, policy=policy)],
     )
     app.state.service = service
     app.state.webrtc = webrtc
+    _quiet_client_errors()
     return app

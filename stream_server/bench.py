@@ -4,7 +4,9 @@ Starts a server in this process on a free loopback port (temporary database; the
 event loop, so the figures include their cost), opens ``streams``
 ingest connections that each send ``seconds`` of synthetic audio at ``speed`` times real time,
 subscribes to ``/ws/updates``, and reports windows computed and skipped, windows per second, batch
-sizes and the end-to-end latency the server measured for each update.
+sizes and the end-to-end latency the server measured for each update. When the config or the
+environment sets tokens, the server requires one and the clients send ``token`` (default:
+``$GENRECAST_TOKEN``), which needs the ``ingest`` and ``read`` scopes.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection
 
-from stream_server.client import push_frames, ws_url
+from stream_server.auth import READ
+from stream_server.client import open_ws, push_frames, ws_url
 from stream_server.config import Config
 from stream_server.loading import load_configured_model
 from stream_server.model import LoadedModel
@@ -79,7 +82,12 @@ class BenchResult:
 
 
 async def _run(
-    config: Config, model: LoadedModel, streams: int, seconds: float, speed: float
+    config: Config,
+    model: LoadedModel,
+    streams: int,
+    seconds: float,
+    speed: float,
+    token: str | None,
 ) -> BenchResult:
     rate = 44100
     step = round(FRAME_S * rate)
@@ -89,17 +97,15 @@ async def _run(
         latencies: list[float] = []
         ended: list[dict[str, Any]] = []
 
-        async def subscribe(ready: asyncio.Event) -> None:
-            async with connect(ws_url(server.ws_url, "/ws/updates"), proxy=None) as ws:
-                ready.set()
-                async for raw in ws:
-                    message = json.loads(raw)
-                    if message["type"] == "genre.update":
-                        latencies.append(message["latency_ms"])
-                    elif message["type"] == "stream.ended":
-                        ended.append(message)
-                        if len(ended) == streams:
-                            return
+        async def subscribe(ws: ClientConnection) -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] == "genre.update":
+                    latencies.append(message["latency_ms"])
+                elif message["type"] == "stream.ended":
+                    ended.append(message)
+                    if len(ended) == streams:
+                        return
 
         async def one(i: int) -> None:
             frames = (audio[i][j : j + step] for j in range(0, len(audio[i]), step))
@@ -111,18 +117,19 @@ async def _run(
                 name=f"bench-{i}",
                 pace="realtime",
                 speed=speed,
+                token=token,
             )
 
-        ready = asyncio.Event()
-        subscriber = asyncio.create_task(subscribe(ready))
-        await ready.wait()
-        t0 = time.perf_counter()
-        try:
-            await asyncio.gather(*(one(i) for i in range(streams)))
-            await asyncio.wait_for(subscriber, 60)
-        finally:
-            subscriber.cancel()
-        wall = time.perf_counter() - t0
+        updates = ws_url(server.ws_url, "/ws/updates")
+        async with open_ws(updates, token=token, scope=READ) as ws:
+            subscriber = asyncio.create_task(subscribe(ws))
+            t0 = time.perf_counter()
+            try:
+                await asyncio.gather(*(one(i) for i in range(streams)))
+                await asyncio.wait_for(subscriber, 60)
+            finally:
+                subscriber.cancel()
+            wall = time.perf_counter() - t0
         metrics = server.service.metrics
         hist = {
             s.name.rsplit("_", 1)[-1]: s.value
@@ -145,8 +152,16 @@ async def _run(
         )
 
 
-def run_bench(config: Config, *, streams: int, seconds: float, speed: float) -> BenchResult:
-    """Run the benchmark (see the module docstring) and return its figures."""
+def run_bench(
+    config: Config, *, streams: int, seconds: float, speed: float, token: str | None = None
+) -> BenchResult:
+    """Run the benchmark (see the module docstring) and return its figures: ``streams`` streams
+    of ``seconds`` seconds of audio each, sent at ``speed`` times real time; ``token`` for a
+    server that requires one (``None``: ``$GENRECAST_TOKEN``).
+
+    Raises:
+        ClientError: the server refused the token (or wants one).
+    """
     model = load_configured_model(config)
     with tempfile.TemporaryDirectory() as tmp:
         # the benchmark measures throughput: the stream limit must not turn streams away
@@ -155,7 +170,8 @@ def run_bench(config: Config, *, streams: int, seconds: float, speed: float) -> 
             port=0,
             log_level="warning",
             max_streams=max(config.server.max_streams, streams),
+            max_streams_per_client=max(config.server.max_streams_per_client, streams),
         )
         storage = replace(config.storage, database=str(Path(tmp) / "bench.db"))
         cfg = config.replace(server=server, storage=storage)
-        return asyncio.run(_run(cfg, model, streams, seconds, speed))
+        return asyncio.run(_run(cfg, model, streams, seconds, speed, token))

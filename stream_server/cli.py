@@ -11,12 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stream_server import version
+from stream_server.auth import TOKEN_ENV
 from stream_server.config import Config, load_config
 from stream_server.errors import GenrecastError
 from stream_server.extras import require as require_extra
 from stream_server.recipes import ARCHITECTURES, TrainOptions, with_overrides
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+TOKEN_HELP = (
+    f"bearer token for a server that requires one (default: ${TOKEN_ENV}; the variable keeps it "
+    "out of the process list)"
+)
 
 
 def load_config_of(args: argparse.Namespace) -> Config:
@@ -27,15 +32,17 @@ def load_config_of(args: argparse.Namespace) -> Config:
         port=getattr(args, "port", None),
         model=getattr(args, "model", None),
         device=getattr(args, "device", None),
+        insecure=getattr(args, "insecure", None) or None,
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from stream_server.loading import load_configured_model
-    from stream_server.server import serve
+    from stream_server.server import checked_tokens, serve
 
     config = load_config_of(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
+    checked_tokens(config)  # refuse an unguarded non-loopback address before anything loads
     model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
     serve(config, model=model)
     return 0
@@ -44,19 +51,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     import asyncio
 
-    from stream_server.client import http_base, print_progress, pull, push, wants_pull
+    from stream_server.client import (
+        http_base,
+        print_progress,
+        pull,
+        push,
+        resolve_token,
+        wants_pull,
+    )
 
     if args.pull or wants_pull(args.source):
         # A local path goes as an absolute path: the server reads it from its own file system.
         source = args.source if "://" in args.source else str(Path(args.source).resolve())
-        stream = asyncio.run(pull(source, server=args.server, name=args.name or ""))
+        stream = asyncio.run(
+            pull(source, server=args.server, name=args.name or "", token=args.token)
+        )
         stream_id = stream["stream_id"]
         print(stream_id)
         if not args.quiet:
+            # the token is named, never printed
+            bearer = (
+                f'-H "Authorization: Bearer ${TOKEN_ENV}" ' if resolve_token(args.token) else ""
+            )
+            stop = f"curl -X DELETE {bearer}{http_base(args.server)}/streams/{stream_id}"
             print(
                 f"the server is pulling {stream['source']} as stream {stream_id}; "
-                f"watch it with: genrecast watch --stream {stream_id}; "
-                f"stop it with: curl -X DELETE {http_base(args.server)}/streams/{stream_id}",
+                f"watch it with: genrecast watch --stream {stream_id}; stop it with: {stop}",
                 file=sys.stderr,
             )
         return 0
@@ -72,6 +92,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             pace="realtime" if args.realtime else "flood" if args.flood else "fast",
             on_started=started,
             progress=None if args.quiet else print_progress(),
+            token=args.token,
         )
     )
     if not args.quiet:
@@ -101,6 +122,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             as_json=args.json,
             count=args.count,
             until_end=args.until_end,
+            token=args.token,
         )
     )
     return 0
@@ -112,7 +134,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.server:
         from stream_server.client import classify_remote
 
-        result = classify_remote(args.file, server=args.server)
+        result = classify_remote(args.file, server=args.server, token=args.token)
         print(json.dumps(result, indent=2) if args.json else format_result(result))
         return 0
     config = load_config_of(args)
@@ -128,7 +150,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from stream_server.bench import run_bench
 
     config = load_config_of(args)
-    result = run_bench(config, streams=args.streams, seconds=args.seconds, speed=args.speed)
+    result = run_bench(
+        config, streams=args.streams, seconds=args.seconds, speed=args.speed, token=args.token
+    )
     print(json.dumps(result.to_json(), indent=2))
     return 0
 
@@ -307,7 +331,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         "--browser.gatherUsageStats", "false",
         "--", "--server", args.server,
     ]  # fmt: skip
-    os.execv(sys.executable, command)  # Streamlit takes over this process (and its signals)
+    env = dict(os.environ)
+    if args.token is not None:  # through the environment: never on a command line
+        env[TOKEN_ENV] = args.token
+    os.execve(sys.executable, command, env)  # Streamlit takes over this process (and its signals)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -346,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="listen port, 0 for any free one (config: server.port)")
     p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen on a non-loopback --host although no token is set (GENRECAST_TOKEN or "
+        "[auth]): anyone who reaches the port may then use every stream (config: server.insecure)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -376,9 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pull",
         action="store_true",
-        help="have the server read SOURCE itself (a path on the server, or any URL); "
-        "prints the stream id and returns",
+        help="have the server read SOURCE itself (an http(s) URL, or a file in the server's "
+        "media folder, [sources] media_dir); prints the stream id and returns",
     )
+    p.add_argument("--token", help=TOKEN_HELP)
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("watch", help="print live updates")
@@ -390,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print raw JSON messages")
     p.add_argument("--count", type=int, help="exit after this many genre.update messages")
     p.add_argument("--until-end", action="store_true", help="exit when the stream ends")
+    p.add_argument("--token", help=TOKEN_HELP)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("classify", help="classify an audio file, offline or on a server")
@@ -402,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--token", help=f"with --server: {TOKEN_HELP}")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("bench", help="measure throughput and latency with concurrent streams")
@@ -412,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=30.0, help="audio per stream (default 30)")
     p.add_argument(
         "--speed", type=float, default=1.0, help="send at this multiple of real time (default 1)"
+    )
+    p.add_argument(
+        "--token",
+        help="token the clients send, for a config or environment that sets some "
+        f"(default: ${TOKEN_ENV})",
     )
     p.set_defaults(func=cmd_bench)
 
@@ -543,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--token", help=TOKEN_HELP)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser(

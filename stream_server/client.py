@@ -2,15 +2,21 @@
 
 Both are plain asyncio functions over the ``websockets`` client, used by the command line and by
 tests. PCM is sent uncompressed (``compression=None``): deflate only burns CPU on audio.
+
+Every function that talks to a server takes ``token``: it goes as ``Authorization: Bearer`` on
+HTTP requests and WebSocket handshakes (:func:`auth_headers`; ``None``: ``$GENRECAST_TOKEN``, if
+set). A server that wants a token (401) or more scopes (403) is a :class:`ClientError` saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 from urllib.parse import urlencode
@@ -18,8 +24,9 @@ from urllib.parse import urlencode
 import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from stream_server.auth import ADMIN, INGEST, READ, TOKEN_ENV, Scope
 from stream_server.decode import iter_pcm, probe
 from stream_server.errors import GenrecastError
 from stream_server.messages import (
@@ -39,6 +46,87 @@ PACE_TIMEOUT_S = 120.0
 
 class ClientError(GenrecastError):
     """The server refused a client or broke off the conversation."""
+
+
+class AccessRefused(ClientError):
+    """The server wants a token (``status`` 401) or one with more scopes (403)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve_token(token: str | None = None) -> str | None:
+    """``token``, else ``$GENRECAST_TOKEN``, without surrounding blanks; ``None`` when empty."""
+    value = (os.environ.get(TOKEN_ENV, "") if token is None else token).strip()
+    return value or None
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """``{"Authorization": "Bearer <token>"}`` for ``token`` (``None``: ``$GENRECAST_TOKEN``);
+    empty without a token."""
+    resolved = resolve_token(token)
+    return {"Authorization": f"Bearer {resolved}"} if resolved else {}
+
+
+def refusal(status: int, body: object, scope: Scope, sent_token: bool) -> str | None:
+    """What a 401 or a 403 for want of ``scope`` means to the user; ``None`` for any other
+    answer. ``body``: the answer's bytes or its decoded JSON (``{"error", "code"}``);
+    ``sent_token``: whether the request carried one."""
+    if isinstance(body, (bytes, bytearray)):
+        body = _json_body(body)
+    code = body.get("code") if isinstance(body, dict) else None
+    if status == 401:
+        if sent_token:
+            return f"the server does not accept this token: check --token or {TOKEN_ENV}"
+        return f"the server needs a token: pass --token or set {TOKEN_ENV}"
+    if status == 403 and code == "forbidden":
+        return f"the token lacks the {scope!r} scope"
+    return None
+
+
+def _json_body(data: bytes | bytearray) -> object:
+    """``data`` as JSON; ``None`` when it is not."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@contextlib.asynccontextmanager
+async def open_ws(
+    url: str, *, token: str | None = None, scope: Scope = READ
+) -> AsyncIterator[ClientConnection]:
+    """A WebSocket to ``url`` (uncompressed, no proxy) carrying the token of
+    :func:`auth_headers`; a refused handshake is a :class:`ClientError` (``scope``: what the
+    path needs, for the message).
+
+    Raises:
+        ClientError: the server answered the handshake with an HTTP status instead of 101.
+    """
+    headers = auth_headers(token)
+    try:
+        ws = await connect(url, compression=None, proxy=None, additional_headers=headers)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = _json_body(exc.response.body or b"")
+        reason = refusal(status, body, scope, bool(headers))
+        if reason is not None:
+            raise AccessRefused(status, reason) from None
+        error = body.get("error") if isinstance(body, dict) else None
+        path = url.split("://", 1)[-1].split("?", 1)[0]
+        raise ClientError(
+            f"the server refused {path} ({status}): {error or exc.response.reason_phrase}"
+        ) from None
+    async with ws:
+        yield ws
+
+
+def _check_access(response: httpx.Response, scope: Scope, sent_token: bool) -> None:
+    """Raise :class:`AccessRefused` for a 401, or a 403 for want of ``scope``."""
+    reason = refusal(response.status_code, response.content, scope, sent_token)
+    if reason is not None:
+        raise AccessRefused(response.status_code, reason)
 
 
 def http_base(server: str) -> str:
@@ -90,14 +178,23 @@ class _ComputedUntil:
         self.seconds = 0.0
         self.changed = asyncio.Event()
 
-    async def follow(self, server: str, stream_id: str, since: int) -> None:
+    async def follow(self, server: str, stream_id: str, since: int, token: str | None) -> None:
         url = ws_url(server, "/ws/updates", stream_id=stream_id, since=since)
-        async with connect(url, compression=None, proxy=None) as ws:
-            async for raw in ws:
-                message = parse_server_message(raw)
-                if message["type"] == "genre.update":
-                    self.seconds = max(self.seconds, message["stream_time_s"])
-                    self.changed.set()
+        try:
+            async with open_ws(url, token=token, scope=READ) as ws:
+                async for raw in ws:
+                    message = parse_server_message(raw)
+                    if message["type"] == "genre.update":
+                        self.seconds = max(self.seconds, message["stream_time_s"])
+                        self.changed.set()
+        except AccessRefused as exc:
+            if exc.status != 403:
+                raise
+            raise AccessRefused(
+                exc.status,
+                f"{exc}, which the default pacing needs to follow the windows: pass --realtime "
+                "or --flood, or use a token with the 'read' scope",
+            ) from None
 
     async def wait_beyond(self, seconds: float) -> None:
         while self.seconds < seconds:
@@ -105,10 +202,12 @@ class _ComputedUntil:
             await self.changed.wait()
 
 
-async def _window_and_hop(server: str) -> tuple[float, float]:
+async def _window_and_hop(server: str, token: str | None) -> tuple[float, float]:
     base = http_base(server)
     try:
-        async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
+        async with httpx.AsyncClient(
+            base_url=base, trust_env=False, headers=auth_headers(token)
+        ) as http:
             ready = (await http.get("/ready")).json()
     except (httpx.HTTPError, ValueError) as exc:
         raise ClientError(f"cannot reach the server at {base}: {exc}") from None
@@ -130,6 +229,7 @@ async def push_frames(
     progress: ProgressFn | None = None,
     duration_s: float | None = None,
     end_timeout: float = 30.0,
+    token: str | None = None,
 ) -> PushResult:
     """Send ``frames`` (``(frames, channels)`` float32 arrays) as f32le PCM; returns when ended.
 
@@ -137,20 +237,23 @@ async def push_frames(
     fast as the server computes windows, staying less than one hop ahead of the last computed
     window so none is skipped; ``flood`` sends as fast as the connection allows (the server
     then keeps only the newest due window of the stream and counts the others as skipped).
+    ``token`` needs the ``ingest`` scope, and ``read`` too for ``fast`` (see :func:`auth_headers`).
     """
     start = StartMessage(type="start", sample_rate=sample_rate, channels=channels, format="f32le")
     if name:
         start["name"] = name
-    window_s, hop_s = await _window_and_hop(server) if pace == "fast" else (0.0, 0.0)
+    window_s, hop_s = await _window_and_hop(server, token) if pace == "fast" else (0.0, 0.0)
     computed = _ComputedUntil()
-    async with connect(ws_url(server, "/ws/ingest"), compression=None, proxy=None) as ws:
+    async with open_ws(ws_url(server, "/ws/ingest"), token=token, scope=INGEST) as ws:
         await ws.send(dumps(start))
         started = await _expect(ws, "stream.started", 30.0)
         assert started["type"] == "stream.started"
         stream_id = started["stream_id"]
         follower = None
         if pace == "fast":
-            follower = asyncio.create_task(computed.follow(server, stream_id, started["seq"]))
+            follower = asyncio.create_task(
+                computed.follow(server, stream_id, started["seq"], token)
+            )
         if on_started is not None:
             on_started(stream_id)
         sent = 0
@@ -207,6 +310,8 @@ async def _wait_or_fail(waiting: Coroutine[Any, Any, None], follower: asyncio.Ta
     if not follower.done():
         raise ClientError(f"no window was computed for {PACE_TIMEOUT_S:.0f} s")
     exc = follower.exception() if not follower.cancelled() else None
+    if isinstance(exc, ClientError):
+        raise exc
     raise ClientError(f"lost the updates connection while pacing: {exc}")
 
 
@@ -218,6 +323,7 @@ async def push(
     pace: Pace = "fast",
     on_started: Callable[[str], None] | None = None,
     progress: ProgressFn | None = None,
+    token: str | None = None,
 ) -> PushResult:
     """Decode ``source`` with PyAV and push it (see :func:`push_frames`)."""
     info = probe(source)
@@ -235,16 +341,22 @@ async def push(
         on_started=on_started,
         progress=progress,
         duration_s=info.duration_s,
+        token=token,
     )
 
 
-def classify_remote(path: str, *, server: str, timeout_s: float = 600.0) -> ClassifyResult:
+def classify_remote(
+    path: str, *, server: str, timeout_s: float = 600.0, token: str | None = None
+) -> ClassifyResult:
     """Upload the file at ``path`` to the server's ``POST /classify``; its answer.
+    ``timeout_s``: seconds the upload and its answer may take; ``token``: one with the
+    ``ingest`` scope (see :func:`auth_headers`).
 
     Raises:
-        ClientError: the file cannot be read, the server cannot be reached, or it refused the
-            file (the message carries its status and its ``error`` text).
+        ClientError: the file cannot be read, the server cannot be reached, wants a token or
+            refused the file (the message carries its status and its ``error`` text).
     """
+    headers = auth_headers(token)
     base = http_base(server)
     name = path.replace("\\", "/").rsplit("/", 1)[-1]
     try:
@@ -254,12 +366,15 @@ def classify_remote(path: str, *, server: str, timeout_s: float = 600.0) -> Clas
     try:
         with httpx.Client(base_url=base, trust_env=False, timeout=timeout_s) as http:
             response = http.post(
-                "/classify", files={"file": (name, file, "application/octet-stream")}
+                "/classify",
+                files={"file": (name, file, "application/octet-stream")},
+                headers=headers,
             )
     except httpx.HTTPError as exc:
         raise ClientError(f"cannot reach the server at {base}: {exc}") from None
     finally:
         file.close()
+    _check_access(response, INGEST, bool(headers))
     try:
         body = response.json()
     except ValueError:
@@ -279,20 +394,28 @@ def wants_pull(source: str) -> bool:
     return source.lower().startswith(("http://", "https://"))
 
 
-async def pull(source: str, *, server: str, name: str = "") -> dict[str, Any]:
+async def pull(
+    source: str, *, server: str, name: str = "", token: str | None = None
+) -> dict[str, Any]:
     """Ask the server to pull ``source`` itself (``POST /streams``); returns the new stream.
 
-    ``source`` is a URL or a path on the server's own file system.
+    ``source`` is a URL or a path on the server's own file system; ``token`` one with the
+    ``admin`` scope (see :func:`auth_headers`).
+
+    Raises:
+        ClientError: the server cannot be reached, wants a token, or refused the source.
     """
+    headers = auth_headers(token)
     body: dict[str, str] = {"url": source}
     if name:
         body["name"] = name
     base = http_base(server)
     try:
         async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30.0) as http:
-            response = await http.post("/streams", json=body)
+            response = await http.post("/streams", json=body, headers=headers)
     except httpx.HTTPError as exc:
         raise ClientError(f"cannot reach the server at {base}: {exc}") from None
+    _check_access(response, ADMIN, bool(headers))
     try:
         reply: dict[str, Any] = response.json()
     except ValueError:
@@ -334,18 +457,23 @@ async def watch(
     count: int | None = None,
     until_end: bool = False,
     reconnect: bool = True,
+    token: str | None = None,
 ) -> int:
     """Print messages from ``/ws/updates``; resumes with ``since`` after a dropped connection.
 
     Stops after ``count`` ``genre.update`` messages, or when the watched stream ends if
-    ``until_end``. Returns the number of updates printed.
+    ``until_end``. Returns the number of updates printed. ``token``: one with the ``read`` scope
+    (see :func:`auth_headers`); a refused one is never retried.
+
+    Raises:
+        ClientError: the server refused the subscription, or (without ``reconnect``) dropped it.
     """
     updates = 0
     last_seq = since
     while True:
         url = ws_url(server, "/ws/updates", stream_id=stream_id, since=last_seq)
         try:
-            async with connect(url, compression=None, proxy=None) as ws:
+            async with open_ws(url, token=token, scope=READ) as ws:
                 async for raw in ws:
                     message = parse_server_message(raw)
                     if message["type"] != "error":

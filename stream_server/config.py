@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from stream_server.errors import ConfigError
 
@@ -27,7 +28,16 @@ PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """The HTTP/WebSocket listener and the limits it enforces on clients."""
+    """The HTTP/WebSocket listener and the limits it enforces on clients.
+
+    ``max_streams_per_client``: live streams one client address may hold at once;
+    ``start_timeout_s``: seconds an ingest connection may take to send ``start``;
+    ``idle_timeout_s``: seconds a pushed stream may send no audio before it is ended;
+    ``insecure``: listen on a non-loopback ``host`` although no token is configured ([auth]);
+    ``header_timeout_s``: seconds a connection may take to send a complete request head, from
+    connecting and from the first byte of each further request on a kept-alive connection
+    (:mod:`stream_server.http_timeouts`).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,7 +46,12 @@ class ServerConfig:
     max_sample_rate: int = 384_000
     max_channels: int = 8
     max_streams: int = 64
+    max_streams_per_client: int = 16
+    start_timeout_s: float = 5.0
+    idle_timeout_s: float = 30.0
     log_level: str = "info"
+    insecure: bool = False
+    header_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -128,9 +143,15 @@ class UpdatesConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Where timelines are kept (SQLite, WAL mode)."""
+    """Where timelines are kept (SQLite, WAL mode), and for how long.
+
+    Streams that ended more than ``retention_days`` days ago are deleted with their timelines
+    and titles (checked at start and then hourly); 0 keeps every stream for ever. Live streams
+    are never deleted.
+    """
 
     database: str = "genrecast.db"
+    retention_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -139,15 +160,25 @@ class SourcesConfig:
 
     ``open_timeout_s`` bounds connecting and probing; ``stall_s`` is how long a live source may
     deliver no audio before it is dropped and reconnected; reconnects back off exponentially from
-    ``reconnect_min_s`` to ``reconnect_max_s``; ``max_reconnects`` 0 means retry for ever.
+    ``reconnect_min_s`` to ``reconnect_max_s``; after ``max_reconnects`` failed reconnects in a
+    row the stream fails (0: retry for ever).
+
+    What may be pulled (:mod:`stream_server.source_policy`): ``http``/``https`` URLs whose host
+    resolves only to public addresses, unless ``allow_private_addresses`` (a LAN: loopback,
+    private and link-local addresses; cloud metadata addresses stay refused) or the host is in
+    ``allowed_hosts`` (``"host"`` or ``"host:port"``: any address); and files inside
+    ``media_dir`` (empty: no local files at all).
     """
 
     open_timeout_s: float = 10.0
     stall_s: float = 10.0
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
-    max_reconnects: int = 0
+    max_reconnects: int = 10
     chunk_s: float = 0.1
+    media_dir: str = ""
+    allow_private_addresses: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -155,11 +186,13 @@ class WebRTCConfig:
     """Browser microphones over WebRTC (``POST /webrtc/offer``, the ``/mic`` page).
 
     ``stun_server`` empty means host candidates only (loopback included), enough on one machine or
-    a LAN; ``connect_timeout_s`` is how long a peer may take to connect before it is dropped.
+    a LAN; ``connect_timeout_s`` is how long a peer may take to connect before it is dropped;
+    at most ``max_pending`` peers may be connecting at once (more offers get 503).
     """
 
     stun_server: str = ""
     connect_timeout_s: float = 20.0
+    max_pending: int = 8
 
 
 @dataclass(frozen=True)
@@ -167,12 +200,36 @@ class UploadConfig:
     """One-shot file classification (``POST /classify``).
 
     Uploads over ``max_bytes`` or longer than ``max_duration_s`` of audio are refused (413/422);
-    the last ``cache_entries`` answers are kept, keyed by the SHA-256 of the content.
+    the last ``cache_entries`` answers are kept, keyed by the SHA-256 of the content. At most
+    ``max_concurrent`` uploads are received and classified at once (503 beyond: each holds up to
+    ``max_duration_s`` of decoded audio in memory).
     """
 
     max_bytes: int = 50 * 1024 * 1024
     max_duration_s: float = 1800.0
     cache_entries: int = 128
+    max_concurrent: int = 4
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may use the server (:mod:`stream_server.auth`).
+
+    ``read_tokens``, ``ingest_tokens`` and ``admin_tokens`` list tokens by scope, each
+    ``"env:NAME"`` or ``"file:PATH"`` (``GENRECAST_TOKEN`` in the environment is one more, with
+    every scope); with none at all the server is open and listens on loopback only. ``hosts``:
+    ``Host`` names it answers to besides loopback and its own address (``"*"``: any);
+    ``origins``: browser origins (``scheme://host:port``) allowed besides its own;
+    ``open_metrics``: ``/metrics`` without a token; ``ticket_s``: lifetime of browser tickets.
+    """
+
+    read_tokens: list[str] = field(default_factory=list)
+    ingest_tokens: list[str] = field(default_factory=list)
+    admin_tokens: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
+    open_metrics: bool = False
+    ticket_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +247,7 @@ class Config:
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def replace(self, **tables: Any) -> Config:
         """Return a copy with some tables swapped out."""
@@ -202,13 +260,16 @@ class Config:
         port: int | None = None,
         model: str | None = None,
         device: str | None = None,
+        insecure: bool | None = None,
     ) -> Config:
-        """A copy with the command line's ``--host``, ``--port``, ``--model`` and ``--device``
-        (``None``: the config's own value) as ``server.host``, ``server.port``, ``model.path``
-        and ``engine.device``."""
+        """A copy with the command line's ``--host``, ``--port``, ``--model``, ``--device`` and
+        ``--insecure`` (``None``: the config's own value) as ``server.host``, ``server.port``,
+        ``model.path``, ``engine.device`` and ``server.insecure``."""
         server, model_table, engine = self.server, self.model, self.engine
         if host is not None:
             server = dataclasses.replace(server, host=host)
+        if insecure is not None:
+            server = dataclasses.replace(server, insecure=insecure)
         if port is not None:
             server = dataclasses.replace(server, port=port)
         if model is not None:
@@ -256,6 +317,46 @@ def _log_level(v: Any) -> str | None:
     return None if v in levels else f"must be one of {', '.join(levels)}"
 
 
+def parse_host_entry(entry: str) -> tuple[str, int | None]:
+    """A ``sources.allowed_hosts`` entry as ``(host, port)``; ``port`` ``None``: any port.
+
+    ``"radio.lan"``, ``"radio.lan:8000"``, ``"192.168.1.20:8000"``, ``"[fd12::1]:8000"`` (an
+    IPv6 address in brackets). The host comes back lower-case, an IPv6 address without brackets.
+
+    Raises:
+        ValueError: ``entry`` is not a host with an optional port in 1..65535.
+    """
+    bad = ValueError(f"{entry!r} is not a host or host:port")
+    if not entry or any(c.isspace() or c in "/?#@\\" for c in entry):
+        raise bad
+    try:
+        parts = urlsplit(f"//{entry}")
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    host = parts.hostname
+    if not host or port == 0 or (":" in host and not entry.startswith("[")):
+        raise bad
+    return host, port
+
+
+def _host_list(v: Any) -> str | None:
+    for entry in v:
+        try:
+            parse_host_entry(entry)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _origin_list(v: Any) -> str | None:
+    for entry in v:
+        parts = urlsplit(entry)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            return f"{entry!r} is not an origin like 'https://host:port'"
+    return None
+
+
 _CHECKS: dict[str, _Check] = {
     "server.port": _port,
     "server.max_frame_bytes": _positive,
@@ -263,6 +364,10 @@ _CHECKS: dict[str, _Check] = {
     "server.max_sample_rate": _positive,
     "server.max_channels": _positive,
     "server.max_streams": _positive,
+    "server.max_streams_per_client": _positive,
+    "server.start_timeout_s": _positive,
+    "server.idle_timeout_s": _positive,
+    "server.header_timeout_s": _positive,
     "server.log_level": _log_level,
     "engine.device": _device,
     "engine.max_batch": _positive,
@@ -283,21 +388,27 @@ _CHECKS: dict[str, _Check] = {
     "offline.switch_cost": _non_negative,
     "updates.queue_size": _positive,
     "updates.history_size": _positive,
+    "storage.retention_days": _non_negative,
     "sources.open_timeout_s": _positive,
     "sources.stall_s": _positive,
     "sources.reconnect_min_s": _positive,
     "sources.reconnect_max_s": _positive,
     "sources.max_reconnects": _non_negative,
     "sources.chunk_s": _positive,
+    "sources.allowed_hosts": _host_list,
     "webrtc.connect_timeout_s": _positive,
+    "webrtc.max_pending": _positive,
     "upload.max_bytes": _positive,
     "upload.max_duration_s": _positive,
     "upload.cache_entries": _non_negative,
+    "upload.max_concurrent": _positive,
+    "auth.origins": _origin_list,
+    "auth.ticket_s": _positive,
 }
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation (str, int, float, bool, dict[str, str])."""
+    """Check ``value`` against a field annotation (str, int, float, bool, list[str], dict)."""
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -315,6 +426,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
         raise ConfigError(key, f"expected a string, got {value!r}")
     origin = typing.get_origin(annotation)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+        return list(value)
     if origin is dict:
         if not isinstance(value, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -381,6 +496,7 @@ def load_config(path: str | Path | None = None) -> Config:
 __all__ = [
     "OFFLINE_DECODINGS",
     "PROJECT_CONFIG",
+    "AuthConfig",
     "Config",
     "EngineConfig",
     "GateConfig",
@@ -395,4 +511,5 @@ __all__ = [
     "WebRTCConfig",
     "config_from_dict",
     "load_config",
+    "parse_host_entry",
 ]

@@ -105,9 +105,13 @@ def _name(source: str | Readable) -> str:
 
 
 def _audio_stream(container: InputContainer, source: str) -> AudioStream:
+    """The first audio stream, which FFmpeg can decode; else :class:`DecodeError`."""
     if not container.streams.audio:
         raise DecodeError(f"audio source {source!r} has no audio stream")
-    return container.streams.audio[0]
+    stream = container.streams.audio[0]
+    if stream.codec_context is None:  # e.g. a WAV whose format tag names no known codec
+        raise DecodeError(f"audio source {source!r} uses a codec FFmpeg cannot decode")
+    return stream
 
 
 def _duration_s(container: InputContainer, stream: AudioStream) -> float | None:

@@ -17,6 +17,7 @@ Every error genrecast raises on purpose derives from :class:`GenrecastError`::
     ├── StorageError           the timeline database could not be read or written
     ├── EngineStopped          the engine stopped before a one-shot run finished (engine)
     ├── StreamStateError       a pulled stream was moved to a state it cannot reach (puller)
+    ├── SourceRefused          a source to pull is not allowed (or does not exist: same message)
     ├── UploadError            an uploaded file was refused; has an HTTP status (upload)
     ├── WebRTCError            a WebRTC offer was refused; has an HTTP status (webrtc)
     └── ClientError            the command-line client could not talk to a server (client)
@@ -92,3 +93,24 @@ class DatasetError(GenrecastError):
 
 class StorageError(GenrecastError):
     """The timeline database could not be read or written."""
+
+
+class SourceRefused(GenrecastError):
+    """A source the server was asked to pull is not allowed (:mod:`stream_server.source_policy`).
+
+    The message is the same whatever the reason, so that a client cannot tell a file that does
+    not exist from one it may not read, nor a name that does not resolve from one that resolves
+    to a private address. ``detail`` says why, for the server's log only. ``transient`` is true
+    when the reason may pass (the host name did not resolve): a stream already pulling retries
+    then, as after a connection error, instead of failing at once.
+    """
+
+    MESSAGE = (
+        "source not allowed: the server pulls only http(s) URLs of hosts it may reach "
+        "and files in its media folder"
+    )
+
+    def __init__(self, detail: str, *, transient: bool = False) -> None:
+        super().__init__(self.MESSAGE)
+        self.detail = detail
+        self.transient = transient

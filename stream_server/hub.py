@@ -56,6 +56,11 @@ class UpdateHub:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def backlog(self) -> int:
+        """Messages queued to subscribers and not yet sent."""
+        return sum(sub.queue.qsize() for sub in self._subscribers)
+
     def publish(self, message: PublishedMessage) -> str:
         """Stamp ``message['seq']``, record it and queue it to subscribers; returns its JSON."""
         self._seq += 1

@@ -6,6 +6,10 @@ Every WebSocket text message is a JSON object with a ``type`` field. Client to s
 :class:`StreamStarted`, :class:`GenreUpdate`, :class:`GenreChange`, :class:`TrackChange`,
 :class:`StreamEnded`, :class:`ErrorMessage`.
 
+Every string a client sends (stream names, pulled sources) passes :func:`check_text` before
+anything is registered or stored: valid Unicode that UTF-8 can carry (no lone surrogates), no
+control characters or line separators, a bounded length.
+
 Times: ``stream_time_s`` is seconds of audio since the stream started (at the model's rate);
 ``wall_time`` is unix seconds. ``seq`` is the server-wide sequence number of published messages,
 strictly increasing; ``/ws/updates?since=SEQ`` replays everything after ``SEQ``.
@@ -14,6 +18,7 @@ strictly increasing; ``/ws/updates?since=SEQ`` replays everything after ``SEQ``.
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
 from stream_server.audio import SampleFormat
@@ -26,6 +31,15 @@ SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("s16le", "f32le")
 SPEECH: Final = "speech"
 SILENCE: Final = "silence"
 NON_MUSIC_LABELS: frozenset[str] = frozenset({SPEECH, SILENCE})
+
+#: Longest stream name a client may give, in characters.
+MAX_NAME_CHARS: Final = 200
+#: Longest source (URL or path) ``POST /streams`` takes, in characters.
+MAX_SOURCE_CHARS: Final = 4096
+
+#: Unicode categories refused in client text: control characters (C0, DEL, C1), lone surrogates,
+#: and line and paragraph separators (a name must not break a log line or a CSV row).
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 class StartMessage(TypedDict):
@@ -140,10 +154,66 @@ SERVER_TYPES = frozenset(
 )
 
 
+def check_text(value: object, key: str, max_chars: int) -> str:
+    """``value`` if it is a string a client may give as ``key``, else :class:`ProtocolError`
+    (code ``invalid_text``, close code 1007) naming ``key`` and what is wrong.
+
+    Refused: a non-string, more than ``max_chars`` characters, lone surrogates (UTF-8 cannot
+    carry them, so neither can the store), control characters and line separators.
+    """
+    if not isinstance(value, str):
+        raise ProtocolError(
+            f"{key!r} must be a string, got {type(value).__name__}",
+            code="invalid_text",
+            close_code=1007,
+        )
+    if len(value) > max_chars:
+        raise ProtocolError(
+            f"{key!r} must be at most {max_chars} characters, got {len(value)}",
+            code="invalid_text",
+            close_code=1007,
+        )
+    for at, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES:
+            what = "a lone surrogate" if category == "Cs" else "a control character"
+            raise ProtocolError(
+                f"{key!r} holds {what} (U+{ord(char):04X}) at position {at}",
+                code="invalid_text",
+                close_code=1007,
+            )
+    return value
+
+
+class StreamRequest(TypedDict):
+    """``POST /streams``: a source the server pulls itself (an http(s) URL, or a file in the
+    configured media folder) and an optional name."""
+
+    url: str
+    name: NotRequired[str]
+
+
+def parse_stream_request(body: str | bytes) -> StreamRequest:
+    """Parse and validate a ``POST /streams`` body; raises :class:`ProtocolError`."""
+    obj = _load_object(body)
+    url = check_text(obj.get("url"), "url", MAX_SOURCE_CHARS).strip()
+    if not url:
+        raise ProtocolError(
+            "'url' must be a non-empty string (an http(s) URL or a file in the media folder)",
+            code="invalid_text",
+            close_code=1007,
+        )
+    request = StreamRequest(url=url)
+    name = obj.get("name")
+    if name is not None:
+        request["name"] = check_text(name, "name", MAX_NAME_CHARS)
+    return request
+
+
 def _load_object(text: str | bytes) -> dict[str, Any]:
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad syntax, bad UTF-8, or an integer of too many digits
         raise ProtocolError(f"invalid JSON: {exc}", code="invalid_json", close_code=1007) from None
     except RecursionError:
         raise ProtocolError(
@@ -180,9 +250,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
     )
     name = obj.get("name")
     if name is not None:
-        if not isinstance(name, str) or len(name) > 200:
-            raise ProtocolError("'name' must be a string of at most 200 characters")
-        start["name"] = name
+        start["name"] = check_text(name, "name", MAX_NAME_CHARS)
     return start
 
 

@@ -1,4 +1,4 @@
-"""Streams the server pulls itself: internet radio, HLS, any URL FFmpeg opens, local files.
+"""Streams the server pulls itself: internet radio, HLS, files in the media folder.
 
 ``POST /streams {"url": ...}`` opens a live stream of kind ``"url"`` and a :class:`Puller` whose
 worker thread connects, decodes packet by packet (:func:`stream_server.decode.iter_pcm`: corrupt
@@ -6,13 +6,25 @@ packets are skipped and counted), resamples statefully to mono float32 at the mo
 hands ``chunk_s`` blocks to :meth:`Service.feed` on the event loop with
 ``loop.call_soon_threadsafe``. The loop never waits on the network or the decoder.
 
-* **HTTP(S)** is fetched with ``httpx`` asking for ICY metadata (``Icy-MetaData: 1``); the body,
-  with the metadata blocks taken out (:class:`IcyDemuxer`), is what PyAV demuxes, with a format
-  hint from the ``Content-Type`` (:func:`format_hint`). Each new ``StreamTitle`` is a track
-  change. An HLS playlist (``application/vnd.apple.mpegurl``, ``.m3u8``) is handed to FFmpeg's
-  own ``hls`` demuxer, which fetches the segments itself.
-* **Other URLs** (``rtmp://``, ``srt://``, ...) are opened by FFmpeg with its I/O timeout
-  (``rw_timeout``, in microseconds).
+* **What may be pulled** is decided by :class:`~stream_server.source_policy.SourcePolicy`
+  before the stream exists and again at every connection: ``http``/``https`` URLs of hosts that
+  resolve only to allowed addresses, and regular files inside ``sources.media_dir``. A refusal
+  ends the stream at once in state ``"failed"``.
+* **HTTP(S)** is fetched with ``httpx`` asking for ICY metadata (``Icy-MetaData: 1``). Every
+  TCP connection it makes goes through :class:`CheckedBackend`, which resolves the host, checks
+  every address and connects only to a checked one (no window between check and connect).
+  Redirects are followed here, at most :data:`MAX_REDIRECTS`, each new URL checked
+  (:func:`fetch`). The body, with the metadata blocks taken out (:class:`IcyDemuxer`), is what
+  PyAV demuxes, with a format hint from the ``Content-Type`` (:func:`format_hint`). Each new
+  ``StreamTitle`` is a track change.
+* **HLS** (``application/vnd.apple.mpegurl``, ``.m3u8``): the playlist, and in a master playlist
+  each variant playlist, is read here and the host of every URI it names is checked; then FFmpeg's
+  own ``hls`` demuxer fetches playlist and segments, limited to :data:`HLS_PROTOCOLS` and with
+  redirects off for the playlist. What FFmpeg fetches later (segments a live playlist adds,
+  redirects of segments) is limited to http(s) but its hosts are not checked again.
+* **FFmpeg never opens anything else**: a body read here, or a media file (opened here, after its
+  check), is handed over as a file object with an empty ``protocol_whitelist``, so a playlist or
+  ``ffconcat`` script inside it cannot make FFmpeg open any file or URL.
 * **Pacing**: a live source paces itself; a finite one (a local file, an HTTP body with a
   ``Content-Length``, a container with a known duration) is paced at real time and ends the
   stream at its end.
@@ -21,7 +33,7 @@ hands ``chunk_s`` blocks to :meth:`Service.feed` on the event loop with
   (:class:`ReconnectPolicy`) and keeps the stream id. The gap is marked on the timeline
   (:meth:`StreamSession.mark_gap`): the open segment closes and stream time jumps forward by the
   wall-clock length of the gap. After ``max_reconnects`` failed reconnects in a row (0: never)
-  the stream ends in state ``"failed"``.
+  the stream ends in state ``"failed"``; the reason is kept with it (``GET /streams``).
 
 States (:func:`transition`): ``connecting`` → ``live`` ⇄ ``reconnecting``, and ``ended`` /
 ``failed`` at the end. The pure parts (:func:`format_hint`, :class:`ReconnectPolicy`,
@@ -40,22 +52,34 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 import numpy as np
 from av.container import InputContainer
 
 from stream_server.config import SourcesConfig
 from stream_server.decode import DecodeStats, Readable, iter_pcm
-from stream_server.errors import DecodeError, GenrecastError
+from stream_server.errors import DecodeError, GenrecastError, SourceRefused
+from stream_server.source_policy import (
+    MediaFile,
+    SourcePolicy,
+    WebUrl,
+    is_master_playlist,
+    is_url,
+    open_media,
+    playlist_uris,
+)
 
 if TYPE_CHECKING:
     from stream_server.service import LiveStream, Service
 
 __all__ = [
+    "HLS_PROTOCOLS",
+    "MAX_REDIRECTS",
+    "CheckedBackend",
     "HttpBody",
     "IcyDemuxer",
     "Puller",
@@ -64,6 +88,8 @@ __all__ = [
     "StreamEvent",
     "StreamState",
     "StreamStateError",
+    "checked_client",
+    "fetch",
     "format_hint",
     "is_url",
     "parse_stream_title",
@@ -77,6 +103,23 @@ StreamEvent = Literal["audio", "lost", "finished", "stopped", "gave_up"]
 
 #: Seconds of audio that may wait on the event loop before new chunks are dropped (and counted).
 MAX_PENDING_S: Final = 5.0
+
+#: Redirects followed per connection, each one checked.
+MAX_REDIRECTS: Final = 5
+
+#: FFmpeg protocols an HLS stream may use: http(s) (and TLS and TCP under them), ``crypto`` for
+#: AES-128 segments. Nothing local, nothing else.
+HLS_PROTOCOLS: Final = "http,https,tls,tcp,crypto"
+
+#: FFmpeg protocols for an old SHOUTcast server read by FFmpeg's own HTTP client.
+HTTP_PROTOCOLS: Final = "http,https,tls,tcp"
+
+#: An empty ``protocol_whitelist``: FFmpeg may open nothing itself (input handed over as a file).
+NO_PROTOCOLS: Final = ""
+
+#: Largest HLS playlist read to check its URIs (bytes), and most playlists a master may list.
+MAX_PLAYLIST_BYTES: Final = 1 << 20
+MAX_VARIANT_PLAYLISTS: Final = 16
 
 _MIME_FORMATS: Final[dict[str, str]] = {
     "audio/mpeg": "mp3",
@@ -118,11 +161,6 @@ class _Stopped(GenrecastError):
 
 
 # -- pure parts ---------------------------------------------------------------------------------
-
-
-def is_url(source: str) -> bool:
-    """Whether ``source`` is a URL (``scheme://...``) rather than a local path."""
-    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source))
 
 
 def format_hint(content_type: str | None, url: str = "") -> str | None:
@@ -326,6 +364,7 @@ class _Outcome:
     delivered: bool
     finished: bool
     reason: str
+    refused: bool = False  # the source policy refused it: fail at once
 
 
 class Puller:
@@ -349,6 +388,7 @@ class Puller:
         self._config = config
         self._loop = loop
         self._policy = ReconnectPolicy.from_config(config)
+        self._sources = SourcePolicy.from_config(config)
         self._rate = live.session.params.model_rate
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -464,6 +504,9 @@ class Puller:
             if outcome.finished:
                 self._finish("finished", "end of source")
                 return
+            if outcome.refused:
+                self._finish("gave_up", outcome.reason)
+                return
             failures = 1 if outcome.delivered else failures + 1
             delay = self._policy.delay(failures)
             if delay is None:
@@ -543,6 +586,11 @@ class Puller:
                 return _Outcome(self._delivered_now, finished, "end of stream")
         except _Stopped:
             return _Outcome(self._delivered_now, False, "stopped")
+        except SourceRefused as exc:
+            log.warning("refused to pull %r: %s", self.source, exc.detail)
+            if exc.transient:  # a name that did not resolve: retried like a connection error
+                return _Outcome(self._delivered_now, False, exc.detail)
+            return _Outcome(self._delivered_now, False, str(exc), refused=True)
         except Exception as exc:  # any failure of one connection: reconnect per the policy
             if self._stop.is_set():
                 return _Outcome(self._delivered_now, False, "stopped")
@@ -559,47 +607,56 @@ class Puller:
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[_Opened]:
-        source = self.source
-        path = local_path(source)
-        if path is not None:
-            yield _Opened(str(path), None, {}, finite=True, probe_duration=False)
+        """Check the source again (the policy, DNS, the file on disk) and open it."""
+        checked = self._sources.check_source(self.source)
+        if isinstance(checked, MediaFile):
+            with open_media(checked) as file:
+                options = {"protocol_whitelist": NO_PROTOCOLS}
+                yield _Opened(file, None, options, finite=True, probe_duration=False)
             return
-        scheme = urlsplit(source).scheme.lower()
         timeout_us = str(round(self._config.stall_s * 1_000_000))
-        if scheme not in ("http", "https"):
-            options = {"rw_timeout": timeout_us}
-            yield _Opened(source, None, options, finite=False, probe_duration=True)
-            return
-        with self._open_http(source, timeout_us) as opened:
+        with self._open_http(checked, timeout_us) as opened:
             yield opened
 
     @contextlib.contextmanager
-    def _open_http(self, url: str, timeout_us: str) -> Iterator[_Opened]:
+    def _open_http(self, web: WebUrl, timeout_us: str) -> Iterator[_Opened]:
         cfg = self._config
         timeout = httpx.Timeout(cfg.stall_s, connect=cfg.open_timeout_s)
-        headers = {"Icy-MetaData": "1", "User-Agent": "genrecast"}
-        stack = contextlib.ExitStack()
-        try:
-            client = stack.enter_context(
-                httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False)
-            )
-            response = stack.enter_context(client.stream("GET", url, headers=headers))
-        except httpx.RemoteProtocolError:
-            stack.close()
-            # Old SHOUTcast servers answer "ICY 200 OK", which is not HTTP; FFmpeg's own HTTP
-            # client accepts it (titles are then not read: FFmpeg reports them only on open).
-            options = {"rw_timeout": timeout_us, "icy": "0"}
-            yield _Opened(url, None, options, finite=False, probe_duration=True)
-            return
-        with stack:
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(checked_client(self._sources, timeout))
+            not_http: str | None = None
+            try:
+                response = stack.enter_context(fetch(client, web.url, self._sources))
+            except _NotHttp as exc:
+                not_http = exc.url
+            if not_http is not None:
+                # Old SHOUTcast servers answer "ICY 200 OK", which is not HTTP; FFmpeg's own
+                # HTTP client accepts it (titles are then not read: FFmpeg reports them only on
+                # open). The address was checked by the connection that got that answer.
+                options = {
+                    "rw_timeout": timeout_us,
+                    "icy": "0",
+                    "protocol_whitelist": HTTP_PROTOCOLS,
+                    "max_redirects": "0",
+                }
+                yield _Opened(not_http, None, options, finite=False, probe_duration=True)
+                return
             if response.status_code >= 400:
                 raise DecodeError(f"HTTP {response.status_code} {response.reason_phrase}")
             hint = format_hint(response.headers.get("content-type"), str(response.url))
             if hint == "hls":
-                # FFmpeg's hls demuxer fetches the playlist and its segments itself.
+                playlist_url = str(response.url)
+                text = _read_playlist(response)
                 response.close()
-                options = {"timeout": timeout_us, "rw_timeout": timeout_us}
-                yield _Opened(str(response.url), "hls", options, finite=False, probe_duration=True)
+                self._check_playlist(client, playlist_url, text)
+                # FFmpeg's hls demuxer fetches the playlist and its segments itself.
+                options = {
+                    "timeout": timeout_us,
+                    "rw_timeout": timeout_us,
+                    "protocol_whitelist": HLS_PROTOCOLS,
+                    "max_redirects": "0",
+                }
+                yield _Opened(playlist_url, "hls", options, finite=False, probe_duration=True)
                 return
             self._socket = _socket_of(response)
             if self._stop.is_set():
@@ -611,9 +668,132 @@ class Puller:
                 metaint=metaint,
                 on_title=self._title,
                 check=self._check,
-                name=url,
+                name=web.url,
             )
-            yield _Opened(body, hint, {}, finite=finite, probe_duration=False)
+            options = {"protocol_whitelist": NO_PROTOCOLS}
+            yield _Opened(body, hint, options, finite=finite, probe_duration=False)
+
+    def _check_playlist(self, client: httpx.Client, url: str, text: str) -> None:
+        """Check the host of every URI an HLS playlist names; a master playlist's own playlists
+        are fetched (checked, as every fetch) and their URIs checked too.
+
+        Raises:
+            SourceRefused: a URI is not an allowed http(s) URL, or there are too many playlists.
+        """
+        playlists, others = playlist_uris(text, url)
+        if len(playlists) > MAX_VARIANT_PLAYLISTS:
+            raise SourceRefused(f"{url!r} lists more than {MAX_VARIANT_PLAYLISTS} playlists")
+        for variant in dict.fromkeys(playlists):
+            self._sources.check_url(variant)
+            with fetch(client, variant, self._sources) as response:
+                if response.status_code >= 400:
+                    raise DecodeError(f"HTTP {response.status_code} fetching {variant!r}")
+                sub_text = _read_playlist(response)
+            if is_master_playlist(sub_text):
+                raise SourceRefused(f"{variant!r}: a master playlist inside a master playlist")
+            others += playlist_uris(sub_text, str(response.url))[1]
+        hosts = {(w.host, w.port) for w in map(self._sources.check_url, others)}
+        for host, port in sorted(hosts):
+            self._sources.check_address(host, port)
+
+
+class _NotHttp(GenrecastError):
+    """A server answered with something that is not HTTP (``ICY 200 OK``); ``url`` is where."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"{url!r} did not answer in HTTP")
+        self.url = url
+
+
+class CheckedBackend(httpcore.SyncBackend):
+    """httpx's network layer with the source policy in it: every TCP connection resolves its
+    host, checks every address (:meth:`SourcePolicy.check_address`) and connects only to those,
+    trying each in turn."""
+
+    def __init__(self, policy: SourcePolicy) -> None:
+        self._policy = policy
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        addresses = self._policy.check_address(host, port)
+        error: httpcore.ConnectError | None = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                error = exc
+        assert error is not None  # check_address returns at least one address
+        raise error
+
+
+class _CheckedTransport(httpx.HTTPTransport):
+    """``httpx.HTTPTransport`` whose connections go through :class:`CheckedBackend`."""
+
+    def __init__(self, policy: SourcePolicy) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            network_backend=CheckedBackend(policy),
+        )
+
+
+def checked_client(policy: SourcePolicy, timeout: httpx.Timeout) -> httpx.Client:
+    """An ``httpx.Client`` for pulled sources: no proxies from the environment, no automatic
+    redirects (:func:`fetch` follows them), every connection checked by ``policy``."""
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        transport=_CheckedTransport(policy),
+    )
+
+
+_HEADERS: Final = {"Icy-MetaData": "1", "User-Agent": "genrecast"}
+
+
+@contextlib.contextmanager
+def fetch(client: httpx.Client, url: str, policy: SourcePolicy) -> Iterator[httpx.Response]:
+    """``GET url`` (streamed), following at most :data:`MAX_REDIRECTS` redirects, each new URL
+    checked by ``policy`` (:meth:`SourcePolicy.check_url`; its addresses are checked when the
+    client connects). The response is closed on exit.
+
+    Raises:
+        SourceRefused: a redirect to a URL the policy refuses, or a refused address.
+        DecodeError: more than :data:`MAX_REDIRECTS` redirects.
+        httpx.HTTPError: the request failed.
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        request = client.build_request("GET", url, headers=_HEADERS)
+        try:
+            response = client.send(request, stream=True)
+        except httpx.RemoteProtocolError as exc:
+            raise _NotHttp(url) from exc
+        if not response.is_redirect:
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        location = response.headers["location"]
+        response.close()
+        url = policy.check_url(urljoin(url, location)).url
+    raise DecodeError(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _read_playlist(response: httpx.Response) -> str:
+    """The body of an HLS playlist as text, at most :data:`MAX_PLAYLIST_BYTES`."""
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) > MAX_PLAYLIST_BYTES:
+            raise DecodeError(f"HLS playlist larger than {MAX_PLAYLIST_BYTES} bytes")
+    return data.decode("utf-8", errors="replace")
 
 
 def _socket_of(response: httpx.Response) -> socket.socket | None:
@@ -640,10 +820,3 @@ def _describe(exc: BaseException) -> str:
 def _log_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("ending a pulled stream failed: %s", future.exception())
-
-
-def local_path(source: str) -> Path | None:
-    """``source`` as a local file path (``file://`` or a plain path), else ``None`` for a URL."""
-    if source.startswith("file://"):
-        return Path(urlsplit(source).path)
-    return None if is_url(source) else Path(source)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import uvicorn
 
-from stream_server.app import create_app
+from stream_server.app import configured_tokens, create_app
+from stream_server.auth import Tokens, exposure_problem
 from stream_server.config import Config
+from stream_server.errors import ConfigError
+from stream_server.http_timeouts import header_timeout_protocol
 from stream_server.listen import bind
 from stream_server.model import LoadedModel
 from stream_server.service import Service
@@ -25,10 +29,21 @@ from stream_server.service import Service
 _FRAME_HEADROOM_BYTES = 64 * 1024
 
 
-def uvicorn_config(service: Service) -> uvicorn.Config:
+def uvicorn_config(service: Service, tokens: Tokens) -> uvicorn.Config:
+    """uvicorn's settings for ``service``.
+
+    HTTP is uvicorn's h11 protocol with a deadline on each request head
+    (``server.header_timeout_s``, :mod:`stream_server.http_timeouts`); a kept-alive connection
+    may idle ``timeout_keep_alive`` seconds between requests. There is deliberately no
+    ``limit_concurrency``: uvicorn counts WebSocket subscribers and pushing clients in it, and
+    only checks it once a request head is in, so it would refuse legitimate clients while doing
+    nothing against connections that never finish a head; those are bounded by the deadline.
+    """
     cfg = service.config.server
     return uvicorn.Config(
-        create_app(service),
+        create_app(service, tokens),
+        http=header_timeout_protocol(cfg.header_timeout_s),
+        timeout_keep_alive=5,  # seconds
         ws="websockets-sansio",
         ws_max_size=cfg.max_frame_bytes + _FRAME_HEADROOM_BYTES,
         ws_per_message_deflate=False,
@@ -60,15 +75,50 @@ class RunningServer:
         return f"ws://{self.host}:{self.port}"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, with the service drained (:meth:`Service.drain`) after it stops accepting and
+    before it closes connections, so subscribers get every ``stream.ended``."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting first
+        await self.service.drain()
+        await super().shutdown(sockets)
+
+
+def checked_tokens(config: Config) -> Tokens:
+    """The configured tokens, once it is sure the server may listen where ``config`` says.
+
+    Raises:
+        ConfigError: a token cannot be read (``auth.*``), or ``server.host`` is not loopback
+            while no token is configured and ``server.insecure`` is off.
+    """
+    tokens = configured_tokens(config)
+    problem = exposure_problem(config.server.host, tokens, config.server.insecure)
+    if problem is not None:
+        raise ConfigError("server.host", problem)
+    return tokens
+
+
 @contextlib.asynccontextmanager
 async def running_server(
     config: Config, *, model: LoadedModel | None = None, wait_ready: bool = True
 ) -> AsyncIterator[RunningServer]:
-    """Serve ``config`` on its host and port (0 for a free one) in the current event loop."""
+    """Serve ``config`` on its host and port (0 for a free one) in the current event loop.
+
+    Raises:
+        ConfigError: a token cannot be read (``auth.*``), or ``server.host`` is not loopback
+            while no token is configured and ``server.insecure`` is off.
+    """
+    tokens = checked_tokens(config)
     service = Service(config, model=model)
     sock = bind(config.server.host, config.server.port)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(service))
+    server = _Server(uvicorn_config(service, tokens), service)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         started = asyncio.create_task(service.started.wait())

@@ -9,6 +9,7 @@ single writer thread, so the loop never waits on the model or the disk. The HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -21,15 +22,24 @@ from stream_server.audio import validate_format
 from stream_server.config import Config
 from stream_server.device import pick_device
 from stream_server.engine import Engine, WindowJob, WindowResult
-from stream_server.errors import ProtocolError
+from stream_server.errors import ProtocolError, SourceRefused
 from stream_server.hub import Subscriber, UpdateHub
 from stream_server.loading import load_configured_model
-from stream_server.messages import StartMessage, StreamEnded, StreamStarted, TrackChange, error
+from stream_server.messages import (
+    MAX_NAME_CHARS,
+    StartMessage,
+    StreamEnded,
+    StreamStarted,
+    TrackChange,
+    check_text,
+    error,
+)
 from stream_server.metrics import Metrics
 from stream_server.model import LoadedModel
 from stream_server.puller import Puller, StreamState
 from stream_server.runner import InferenceRunner
 from stream_server.session import StreamSession, session_params, window_seconds
+from stream_server.source_policy import SourcePolicy
 from stream_server.store import StreamRecord, TimelineStore, TrackTitle
 from stream_server.timeline import Segment
 
@@ -37,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Longest wait, in seconds, for a stream's last window to come back from the engine at its end.
 DRAIN_TIMEOUT_S = 10.0
+
+#: Seconds between two prunings of the store (``storage.retention_days``) after the one at start.
+PRUNE_INTERVAL_S = 3600.0
 
 
 @dataclass(eq=False)
@@ -58,6 +71,10 @@ class LiveStream:
     corrupt_packets: int = 0
     reconnects: int = 0
     title: str | None = None
+    #: Who opened it (the client's address; empty: the server itself), for per-client limits.
+    client: str = ""
+    #: ``time.monotonic()`` of the last audio fed (or of the start): idle streams are ended.
+    last_audio: float = field(default_factory=time.monotonic)
     #: Called on the loop with the ``stream.ended`` message when the stream ends, whoever ended
     #: it (the ingest connection uses it to close its socket after a ``DELETE``).
     on_end: Callable[[StreamEnded], None] | None = None
@@ -78,6 +95,13 @@ class Service:
             on_drop=self._on_subscriber_dropped,
         )
         self.streams: dict[str, LiveStream] = {}
+        # Streams between their checks and their registration (waiting for the store).
+        self._opening = 0
+        self._opening_by: dict[str, int] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        #: Set by :meth:`drain`: no new stream or upload is accepted.
+        self.stopping = False
         self.model: LoadedModel | None = model
         self.runner: InferenceRunner | None = None
         self.engine: Engine | None = None
@@ -98,8 +122,48 @@ class Service:
         self._loop = asyncio.get_running_loop()
         self.store = await self._in_db(TimelineStore, self.config.storage.database)
         await self._in_db(self._close_orphans)
+        if self.config.storage.retention_days > 0:
+            await self._prune()
+            self._pruner = asyncio.create_task(self._prune_periodically())
         self._load_task = asyncio.create_task(self._load_in_background())
+        self._reaper = asyncio.create_task(self._reap_idle())
         self.started.set()
+
+    async def _reap_idle(self) -> None:
+        """End every pushed stream (WebSocket, WebRTC) that sent no audio for
+        ``server.idle_timeout_s``: an idle client must not hold a slot. Pulled streams have
+        their own stall rule (``sources.stall_s``)."""
+        idle_s = self.config.server.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            now = time.monotonic()
+            for live in list(self.streams.values()):
+                if live.session.kind != "url" and now - live.last_audio > idle_s:
+                    self.metrics.errors.labels(kind="idle").inc()
+                    await self.end_stream(live, f"idle: no audio for {idle_s:g} s")
+
+    async def _prune(self) -> None:
+        """Delete the streams that ended more than ``storage.retention_days`` ago (on the
+        database thread); a failure is logged and counted, never raised."""
+        assert self.store is not None
+        cutoff = time.time() - self.config.storage.retention_days * 86400.0
+        try:
+            pruned: int = await self._in_db(self.store.prune, cutoff)
+        except Exception as exc:
+            self.metrics.errors.labels(kind="storage").inc()
+            log.error("pruning old streams failed: %s", exc)
+            return
+        if pruned:
+            log.info(
+                "pruned %d stream(s) ended over %g day(s) ago",
+                pruned,
+                self.config.storage.retention_days,
+            )
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+            await self._prune()
 
     async def _load_in_background(self) -> None:
         try:
@@ -154,7 +218,31 @@ class Service:
             cfg.hop_s,
         )
 
+    async def drain(
+        self, reason: str = "server stopping", timeout_s: float = DRAIN_TIMEOUT_S
+    ) -> None:
+        """The first step of a graceful stop, while connections are still open: refuse new
+        streams and uploads (``stopping``), end every live stream once its in-flight windows
+        are back (``stream.ended`` with ``reason`` to its subscribers), then wait until the
+        subscribers' queues are sent. Bounded by ``timeout_s`` in all."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for puller in list(self.pullers.values()):
+            puller.stop()
+        ends = [self.end_stream(live, reason) for live in list(self.streams.values())]
+        if ends:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*ends), max(0.0, deadline - loop.time()))
+        # The subscribers' pumps empty the queues; look every 20 ms, until the deadline.
+        while self.hub.backlog and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
     async def stop(self) -> None:
+        for task in (self._reaper, self._pruner):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._load_task is not None:
             await asyncio.gather(self._load_task, return_exceptions=True)
         pullers = list(self.pullers.values())
@@ -204,13 +292,23 @@ class Service:
         return session_params(self.config, self.model).labels
 
     async def open_stream(
-        self, start: StartMessage, *, kind: str = "ws", source: str = ""
+        self, start: StartMessage, *, kind: str = "ws", source: str = "", client: str = ""
     ) -> tuple[LiveStream, str]:
-        """Validate ``start`` and open a live stream; returns it and its ``stream.started`` JSON."""
+        """Validate ``start`` and open a live stream; returns it and its ``stream.started`` JSON.
+
+        ``client`` is who asks (an address): each may hold ``server.max_streams_per_client``
+        streams at once ("" is not limited: the server's own).
+
+        Raises:
+            ProtocolError: not ready, a bad format or name, too many streams (``busy``, in all
+                or for this client), or the store refused the stream.
+        """
         if not self.ready:
             raise ProtocolError(
                 "the model is still loading; try again", code="not_ready", close_code=1013
             )
+        if self.stopping:
+            raise ProtocolError("the server is stopping", code="stopping", close_code=1012)
         srv = self.config.server
         validate_format(
             start["sample_rate"],
@@ -220,11 +318,22 @@ class Service:
             max_rate=srv.max_sample_rate,
             max_channels=srv.max_channels,
         )
-        if len(self.streams) >= srv.max_streams:
+        if len(self.streams) + self._opening >= srv.max_streams:
             raise ProtocolError(
                 f"too many live streams (limit {srv.max_streams})", code="busy", close_code=1013
             )
+        if client:
+            mine = sum(1 for live in self.streams.values() if live.client == client)
+            mine += self._opening_by.get(client, 0)
+            if mine >= srv.max_streams_per_client:
+                raise ProtocolError(
+                    f"this client already has {mine} live streams "
+                    f"(limit {srv.max_streams_per_client})",
+                    code="busy",
+                    close_code=1013,
+                )
         assert self.model is not None
+        name = check_text(start.get("name", ""), "name", MAX_NAME_CHARS)
         stream_id = secrets.token_hex(6)
         session = StreamSession(
             stream_id,
@@ -232,12 +341,10 @@ class Service:
             sample_rate=start["sample_rate"],
             channels=start["channels"],
             fmt=start["format"],
-            name=start.get("name", ""),
+            name=name,
             kind=kind,
         )
-        live = LiveStream(session, source)
-        self.streams[stream_id] = live
-        self.metrics.active_streams.set(len(self.streams))
+        live = LiveStream(session, source, client=client)
         assert self.store is not None
         record = StreamRecord(
             stream_id=stream_id,
@@ -250,7 +357,24 @@ class Service:
             channels=session.channels,
             fmt=session.fmt,
         )
-        await self._in_db(self.store.add_stream, record)
+        # Stored first, registered after: a stream the store refused never exists.
+        self._opening += 1
+        self._opening_by[client] = self._opening_by.get(client, 0) + 1
+        try:
+            await self._in_db(self.store.add_stream, record)
+        except Exception as exc:
+            self.metrics.errors.labels(kind="storage").inc()
+            log.error("stream %s could not be stored: %s", stream_id, exc)
+            raise ProtocolError(
+                "the stream could not be stored; try again", code="storage", close_code=1011
+            ) from None
+        finally:
+            self._opening -= 1
+            self._opening_by[client] -= 1
+            if not self._opening_by[client]:
+                del self._opening_by[client]
+        self.streams[stream_id] = live
+        self.metrics.active_streams.set(len(self.streams))
         started = self.hub.publish(
             StreamStarted(
                 type="stream.started",
@@ -269,7 +393,9 @@ class Service:
             return
         session = live.session
         overruns, skipped = session.buffer.overruns, session.windows_skipped
-        job = session.feed(data, time.monotonic())
+        now = time.monotonic()
+        live.last_audio = now
+        job = session.feed(data, now)
         self.metrics.ingest_bytes.inc(len(data))
         self._submit(live, job)
         self.metrics.buffer_overruns.inc(session.buffer.overruns - overruns)
@@ -299,6 +425,7 @@ class Service:
                 live.state = "ended"
             self._final_states[session.stream_id] = {
                 "state": live.state,
+                "reason": reason,
                 "dropped": live.dropped,
                 "corrupt_packets": live.corrupt_packets,
                 "reconnects": live.reconnects,
@@ -412,14 +539,23 @@ class Service:
         """Open a stream whose audio the server fetches itself from ``source`` (URL or path).
 
         Returns at once in state ``"connecting"``; a worker thread connects, decodes and feeds.
+        The source is checked first (:mod:`stream_server.source_policy`, off the event loop:
+        it resolves host names and looks at files); nothing is registered if it is refused.
 
         Raises:
             ProtocolError: not ready, or too many streams (as :meth:`open_stream`).
+            SourceRefused: the source may not be pulled, or does not exist (one message).
         """
         if not self.ready or self.model is None:
             raise ProtocolError(
                 "the model is still loading; try again", code="not_ready", close_code=1013
             )
+        policy = SourcePolicy.from_config(self.config.sources)
+        try:
+            await asyncio.to_thread(policy.check_source, source)
+        except SourceRefused as exc:
+            log.info("refused to pull %r: %s", source, exc.detail)
+            raise
         rate = self.model.preprocessing.sample_rate
         start = StartMessage(type="start", sample_rate=rate, channels=1, format="f32le")
         start["name"] = name or source.rstrip("/").rsplit("/", 1)[-1] or source

@@ -12,6 +12,7 @@ seconds).
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -343,6 +344,29 @@ class TimelineStore:
                 (stream_id,),
             ).fetchall()
         return [TrackTitle(*row) for row in rows]
+
+    def prune(self, before_wall_time: float) -> int:
+        """Delete every stream that ended before ``before_wall_time`` (wall-clock unix seconds),
+        with its segments and titles, in one transaction; returns how many streams went.
+
+        Live streams (``ended_at`` unset) are never deleted. Segments and titles are deleted
+        explicitly, so nothing is left behind even on a connection without foreign keys.
+
+        Raises:
+            ValueError: ``before_wall_time`` is NaN.
+            StorageError: the write failed (nothing was deleted).
+        """
+        if math.isnan(before_wall_time):
+            raise ValueError("before_wall_time must be a number, got NaN")
+        old = "SELECT stream_id FROM streams WHERE ended_at IS NOT NULL AND ended_at < ?"
+        with self._op("prune") as conn, conn:
+            conn.execute(f"DELETE FROM segments WHERE stream_id IN ({old})", (before_wall_time,))
+            conn.execute(f"DELETE FROM titles WHERE stream_id IN ({old})", (before_wall_time,))
+            cur = conn.execute(
+                "DELETE FROM streams WHERE ended_at IS NOT NULL AND ended_at < ?",
+                (before_wall_time,),
+            )
+            return cur.rowcount
 
     def close(self) -> None:
         """Close the database; later calls raise :class:`StorageError`. Idempotent."""

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, Generic, TypeVar
 import av.error
 import numpy as np
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive
@@ -254,10 +254,11 @@ async def receive_upload(request: Request, spool: Spool, max_bytes: int) -> str:
             await spool.add(chunk)
         await spool.flush()
         return source_name(request.query_params.get("name"))
+    parser = MultiPartParser(limited.headers, limited.stream(), max_files=1, max_fields=16)
     try:
-        form = await limited.form(max_files=1, max_fields=16)
-    except HTTPException as exc:  # malformed multipart
-        raise UploadError(f"malformed multipart body: {exc.detail}") from None
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise UploadError(f"malformed multipart body: {exc.message}") from None
     try:
         field = form.get("file")
         if not isinstance(field, UploadFile):
@@ -266,6 +267,10 @@ async def receive_upload(request: Request, spool: Spool, max_bytes: int) -> str:
         return source_name(field.filename)
     finally:
         await form.close()
+        # A body that ends inside a file part leaves that part in no field, and Starlette
+        # closes its spooled file only when parsing fails: close whatever it opened.
+        for leftover in getattr(parser, "_files_to_close_on_error", ()):
+            leftover.close()
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -362,8 +367,31 @@ class Uploads:
         self.service = service
         self.config: UploadConfig = service.config.upload
         self.cache: ResultCache[str, ClassifyResult] = ResultCache(self.config.cache_entries)
+        #: Uploads being received or classified now (at most ``max_concurrent``).
+        self.active = 0
 
     async def handle(self, request: Request) -> Response:
+        service = self.service
+        metrics = service.metrics
+        if service.stopping:
+            return JSONResponse({"error": "the server is stopping"}, status_code=503)
+        if self.active >= self.config.max_concurrent:
+            metrics.uploads.labels(result="refused").inc()
+            return JSONResponse(
+                {
+                    "error": f"{self.active} uploads are being classified (the limit is "
+                    f"{self.config.max_concurrent}); try again in a moment"
+                },
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+        self.active += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.active -= 1
+
+    async def _handle(self, request: Request) -> Response:
         service = self.service
         metrics = service.metrics
         spool = Spool(self.config.max_bytes)
@@ -382,11 +410,14 @@ class Uploads:
         except EngineStopped:
             metrics.uploads.labels(result="failed").inc()
             return JSONResponse({"error": "the server is stopping"}, status_code=503)
-        except Exception as exc:
+        except Exception:
             metrics.uploads.labels(result="failed").inc()
             metrics.errors.labels(kind="upload").inc()
             log.exception("classifying an upload failed")
-            return JSONResponse({"error": f"classification failed: {exc}"}, status_code=500)
+            return JSONResponse(
+                {"error": "classification failed on the server (its log says why)"},
+                status_code=500,
+            )
         finally:
             await spool.remove()
         metrics.uploads.labels(result="cached" if result["cached"] else "classified").inc()

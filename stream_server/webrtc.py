@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from stream_server.errors import GenrecastError, ProtocolError
-from stream_server.messages import StartMessage
+from stream_server.messages import MAX_NAME_CHARS, StartMessage, check_text
 from stream_server.service import LiveStream, Service
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,6 @@ WEBRTC_CHANNELS: Final = 2
 
 #: Largest offer body accepted, in bytes (a browser's audio offer is a few kilobytes).
 MAX_OFFER_BYTES: Final = 64 * 1024
-
-#: Longest stream name, in characters (as for ``/ws/ingest``).
-MAX_NAME_CHARS: Final = 200
 
 #: Loopback addresses added to aioice's host addresses, by IP version.
 LOOPBACK_V4: Final = "127.0.0.1"
@@ -109,11 +106,33 @@ def parse_offer(body: bytes | str) -> Offer:
     if not isinstance(sdp, str) or not sdp.strip():
         raise WebRTCError("the offer needs a non-empty string 'sdp'")
     name = obj.get("name")
-    if name is None:
-        name = ""
-    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
-        raise WebRTCError(f"'name' must be a string of at most {MAX_NAME_CHARS} characters")
+    try:
+        name = "" if name is None else check_text(name, "name", MAX_NAME_CHARS)
+    except ProtocolError as exc:
+        raise WebRTCError(str(exc)) from None
     return Offer(sdp=sdp, name=name)
+
+
+def check_sdp(sdp: str) -> None:
+    """Refuse an SDP offer that cannot be a browser's encrypted audio offer, before aiortc
+    parses it: text UTF-8 cannot carry, no audio section, or no DTLS fingerprint (without one the
+    media would not be authenticated).
+
+    Raises:
+        WebRTCError: (status 400) naming what is missing.
+    """
+    try:
+        sdp.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WebRTCError("the SDP offer is not valid text (a lone surrogate)") from None
+    lines = [line.strip() for line in sdp.splitlines()]
+    if not any(line.startswith("m=audio ") for line in lines):
+        raise WebRTCError("the SDP offer has no audio section (m=audio)")
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        raise WebRTCError(
+            "the SDP offer was rejected: it has no DTLS fingerprint (a=fingerprint), so its "
+            "media could not be authenticated"
+        )
 
 
 def frame_to_pcm(frame: Any, *, sample_rate: int = WEBRTC_SAMPLE_RATE) -> bytes:
@@ -227,9 +246,16 @@ class WebRTCPeer:
     def stream_id(self) -> str | None:
         return self.live.session.stream_id if self.live is not None else None
 
+    @property
+    def connected(self) -> bool:
+        """Whether the peer has connected (until then it counts as a pending offer)."""
+        return self._connected.is_set()
+
     def start(self, live: LiveStream) -> None:
-        """Feed ``live`` from the audio track (once it exists) and watch the connect deadline."""
+        """Feed ``live`` from the audio track (once it exists) and watch the connect deadline.
+        However the stream ends (idle, ``DELETE``, server stop), the connection closes with it."""
         self.live = live
+        live.on_end = lambda ended: self._end_from_service(ended["reason"])
         self._spawn(self._watch_connect())
         if self._track is not None:
             self._spawn(self._pump(self._track))
@@ -278,6 +304,9 @@ class WebRTCPeer:
             reason = f"audio could not be ingested: {exc}"
         self.close(reason)
 
+    def _end_from_service(self, reason: str) -> None:
+        self.close(reason, drain=False)
+
     def close(self, reason: str, *, drain: bool = True) -> asyncio.Task[None]:
         """End the stream with ``reason`` and close the connection; once, whoever asks first."""
         if self._closing is None:
@@ -308,14 +337,23 @@ class WebRTCGateway:
         self.peers: set[WebRTCPeer] = set()
         include_loopback_candidates()
 
-    async def answer(self, offer: Offer) -> dict[str, str]:
-        """Open a ``webrtc`` stream for ``offer``; returns ``{"sdp", "type", "stream_id"}``.
+    async def answer(self, offer: Offer, client: str = "") -> dict[str, str]:
+        """Open a ``webrtc`` stream for ``offer`` from ``client`` (an address); returns
+        ``{"sdp", "type", "stream_id"}``.
 
         Raises:
             WebRTCError: 400 for an offer aiortc rejects or one without Opus audio; 503 while the
-                model loads or when ``server.max_streams`` streams are live.
+                model loads, when ``server.max_streams`` streams are live (or the client's
+                share), or when ``webrtc.max_pending`` peers are still connecting.
         """
         cfg = self.service.config.webrtc
+        pending = sum(1 for peer in self.peers if not peer.connected)
+        if pending >= cfg.max_pending:
+            raise WebRTCError(
+                f"{pending} WebRTC peers are still connecting (limit {cfg.max_pending}); "
+                "try again in a moment",
+                status=503,
+            )
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(cfg.stun_server)))
         peer = WebRTCPeer(
             self.service,
@@ -337,6 +375,7 @@ class WebRTCGateway:
                     ),
                     kind="webrtc",
                     source="webrtc",
+                    client=client,
                 )
             except ProtocolError as exc:
                 raise WebRTCError(str(exc), status=503) from None
@@ -374,6 +413,7 @@ _AIORTC_ERRORS: Final = (
 
 async def _apply_offer(pc: Any, sdp: str) -> None:
     """Apply a remote offer to ``pc`` with one receive-only, Opus-only audio transceiver."""
+    check_sdp(sdp)
     transceiver = pc.addTransceiver("audio", direction="recvonly")
     capabilities = RTCRtpReceiver.getCapabilities("audio")
     codecs = capabilities.codecs if capabilities is not None else []
@@ -382,8 +422,8 @@ async def _apply_offer(pc: Any, sdp: str) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except OperationError as exc:
         raise WebRTCError(f"the offer has no Opus audio the server can receive ({exc})") from None
-    except _AIORTC_ERRORS as exc:
-        raise WebRTCError(f"the SDP offer was rejected: {exc}") from None
+    except Exception as exc:  # aiortc parses client text: whatever it raises, the offer is bad
+        raise WebRTCError(f"the SDP offer was rejected: {exc or type(exc).__name__}") from None
     if transceiver.mid is None:
         raise WebRTCError("the SDP offer has no audio section (m=audio)")
 
@@ -405,7 +445,8 @@ async def offer_endpoint(request: Request) -> Response:
     gateway: WebRTCGateway = request.app.state.webrtc
     try:
         offer = parse_offer(await _read_body(request, MAX_OFFER_BYTES))
-        answer = await gateway.answer(offer)
+        client = request.client.host if request.client is not None else "?"
+        answer = await gateway.answer(offer, client)
     except WebRTCError as exc:
         gateway.service.metrics.errors.labels(kind="webrtc_offer").inc()
         log.info("WebRTC offer refused (%d): %s", exc.status, exc)

@@ -76,14 +76,16 @@ def test_no_path_and_no_project_file_gives_defaults(
 
 def test_defaults_of_each_table() -> None:
     c = Config()
-    assert c.server == ServerConfig("127.0.0.1", 8000, 1 << 20, 8000, 384_000, 8, 64, "info")
+    assert c.server == ServerConfig(
+        "127.0.0.1", 8000, 1 << 20, 8000, 384_000, 8, 64, 16, 5.0, 30.0, "info", False, 10.0
+    )
     assert c.model == ModelConfig("", {})
     assert c.engine == EngineConfig("auto", True, 32, 20.0, 1.0, 0.0, 30.0, 3)
     assert c.smoothing == SmoothingConfig(2.0, 0.3, 4.0, 0.5, 30.0)
     assert c.gate == GateConfig(True, -65.0, 0.8, 1.0)
     assert c.offline == OfflineConfig("viterbi", 12.0)
     assert c.updates == UpdatesConfig(256, 4096)
-    assert c.storage == StorageConfig("genrecast.db")
+    assert c.storage == StorageConfig("genrecast.db", 30.0)
 
 
 def test_the_cores_defaults_are_the_configs() -> None:

@@ -81,7 +81,7 @@ def test_empty_name_is_kept() -> None:
 def test_bad_name(name: Any) -> None:
     err = protocol_error(start(name=name))
     assert "'name'" in str(err)
-    assert (err.code, err.close_code) == ("protocol", 1008)
+    assert (err.code, err.close_code) == ("invalid_text", 1007)
 
 
 def test_stop() -> None:

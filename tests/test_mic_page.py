@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -14,47 +12,18 @@ from stream_server.config import Config
 from stream_server.loading import with_speech_detector
 from stream_server.model import LoadedModel
 from stream_server.server import running_server
-from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.conftest import encode_audio, music
+from tests.helpers.browser import (
+    NEEDS_BROWSER,
+    WAIT_MS,
+    async_playwright,
+    fake_microphone,
+    launch,
+)
+from tests.helpers.live import run
 from tests.helpers.speech import ToneSpeech, marker
-from tests.test_server import run
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-try:
-    from playwright.async_api import async_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    async_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(async_playwright is None, reason="playwright is not installed"),
-    pytest.mark.skipif(
-        not CHROMIUM.is_file() and shutil.which("chromium") is None,
-        reason=f"no Chromium at {CHROMIUM}",
-    ),
-]
-
-#: Selector waits, in milliseconds (Playwright's unit).
-WAIT_MS = 2 * TIMEOUT_S * 1000
-
-
-def chromium_args(*extra: str) -> list[str]:
-    # Running as root needs --no-sandbox; /dev/shm may be small in containers.
-    return ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", *extra]
-
-
-async def launch(playwright: Any, *args: str) -> Any:
-    return await playwright.chromium.launch(
-        executable_path=str(CHROMIUM), headless=True, args=chromium_args(*args)
-    )
-
-
-def fake_microphone(wav: Path) -> tuple[str, ...]:
-    """Chromium flags for a microphone that plays ``wav`` and is allowed without asking."""
-    return (
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-    )
+pytestmark = NEEDS_BROWSER
 
 
 def test_mic_page_shows_the_live_genre_of_the_microphone(

@@ -385,10 +385,17 @@ async def wait_state(
 
 
 def pull_config(make_config: Callable[..., Config], **sources: Any) -> Config:
+    """A config for pulling from the test's own servers, all on loopback (a LAN, to the policy)."""
     return make_config(
         model={"path": "untrained"},
         engine={"window_s": 2.0, "hop_s": 0.5},
-        sources={"stall_s": 3.0, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5, **sources},
+        sources={
+            "stall_s": 3.0,
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 0.5,
+            "allow_private_addresses": True,
+            **sources,
+        },
     )
 
 
@@ -554,18 +561,22 @@ def test_bad_requests_are_refused_with_a_clear_message(
             httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
         ):
             cases: list[tuple[Any, str]] = [
-                (b"{not json", "JSON object"),
+                (b"{not json", "invalid JSON"),
                 (b"[1, 2]", "JSON object"),
                 (b"{}", "'url'"),
                 (json.dumps({"url": ""}).encode(), "'url'"),
                 (json.dumps({"url": 5}).encode(), "'url'"),
                 (json.dumps({"url": "http://x", "name": 3}).encode(), "'name'"),
-                (json.dumps({"url": str(tmp_path / "missing.mp3")}).encode(), "no such file"),
             ]
             for body, text in cases:
-                reply = await http.post("/streams", content=body)
+                reply = await http.post(
+                    "/streams", content=body, headers={"content-type": "application/json"}
+                )
                 assert reply.status_code == 400, (body, reply.text)
                 assert text in reply.json()["error"], reply.json()
+            reply = await http.post("/streams", json={"url": str(tmp_path / "missing.mp3")})
+            assert reply.status_code == 403, reply.text
+            assert "not allowed" in reply.json()["error"], reply.json()
             assert (await http.delete("/streams/nope")).status_code == 404
             assert (await http.get("/streams")).json()["streams"] == []
 
@@ -620,7 +631,7 @@ def test_local_file_with_garbage_is_decoded_around_it_paced_and_ends(
 
     async def scenario() -> None:
         async with (
-            running_server(pull_config(make_config)) as server,
+            running_server(pull_config(make_config, media_dir=str(tmp_path))) as server,
             httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
         ):
             t0 = time.monotonic()

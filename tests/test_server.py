@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from stream_server.client import push_frames
@@ -27,79 +25,21 @@ from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_v
 from stream_server.preprocessing import AudioPreprocessing
 from stream_server.server import RunningServer, running_server
 from tests.conftest import TIMEOUT_S, music, to_s16le
-
-RATE = 44100
-FRAME_S = 0.1
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 6 * TIMEOUT_S))
-
-
-@contextlib.asynccontextmanager
-async def ws(server: RunningServer, path: str) -> AsyncIterator[ClientConnection]:
-    async with connect(server.ws_url + path, compression=None, proxy=None) as conn:
-        yield conn
-
-
-async def recv_json(conn: ClientConnection) -> dict[str, Any]:
-    raw = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
-    message: dict[str, Any] = json.loads(raw)
-    return message
-
-
-async def start_stream(
-    conn: ClientConnection, name: str = "test", rate: int = RATE, channels: int = 2
-) -> str:
-    start = {"type": "start", "name": name, "sample_rate": rate, "channels": channels}
-    await conn.send(json.dumps({**start, "format": "s16le"}))
-    reply = await recv_json(conn)
-    assert reply["type"] == "stream.started", reply
-    stream_id: str = reply["stream_id"]
-    return stream_id
-
-
-async def send_audio(
-    conn: ClientConnection, audio: np.ndarray, *, pace: float | None = None
-) -> None:
-    """Send ``(frames, channels)`` audio in 0.1 s frames; ``pace``: seconds between frames."""
-    step = round(FRAME_S * RATE)
-    for i in range(0, len(audio), step):
-        await conn.send(to_s16le(audio[i : i + step]))
-        if pace is not None:
-            await asyncio.sleep(pace)
-
-
-async def stop_stream(conn: ClientConnection) -> dict[str, Any]:
-    await conn.send(json.dumps({"type": "stop"}))
-    reply = await recv_json(conn)
-    assert reply["type"] == "stream.ended", reply
-    return reply
-
-
-async def collect_until_end(conn: ClientConnection, stream_id: str) -> list[dict[str, Any]]:
-    messages = []
-    while True:
-        message = await recv_json(conn)
-        messages.append(message)
-        if message["type"] == "stream.ended" and message["stream_id"] == stream_id:
-            return messages
-
-
-def expected_windows(seconds: float, window_s: float, hop_s: float) -> int:
-    return int((seconds - window_s) // hop_s) + 1
-
-
-async def get_metrics(client: httpx.AsyncClient) -> dict[str, float]:
-    """Every sample of /metrics, parsed by prometheus_client's own parser."""
-    text = (await client.get("/metrics")).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-    return samples
-
+from tests.helpers.live import (
+    FRAME_S,
+    RATE,
+    collect_until_end,
+    expect_rejection,
+    expected_windows,
+    get_metrics,
+    recv_json,
+    run,
+    send_audio,
+    start,
+    start_stream,
+    stop_stream,
+    ws,
+)
 
 # -- ingest and updates --------------------------------------------------------------------
 
@@ -275,31 +215,6 @@ def test_two_streams_are_batched_together(
 
 
 # -- bad input -----------------------------------------------------------------------------
-
-
-async def expect_rejection(
-    server: RunningServer, send: list[str | bytes], code: str, close_code: int
-) -> str:
-    async with ws(server, "/ws/ingest") as conn:
-        for item in send:
-            await conn.send(item)
-        message = None
-        with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012 (read until the close)
-            while True:
-                candidate = json.loads(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
-                if candidate["type"] == "error":
-                    message = candidate
-    assert message is not None, "no error message before the close"
-    assert message["code"] == code, message
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == close_code
-    text: str = message["message"]
-    return text
-
-
-def start(**fields: Any) -> str:
-    base = {"type": "start", "sample_rate": RATE, "channels": 2, "format": "s16le"}
-    return json.dumps({**base, **fields})
 
 
 def test_bad_input_is_rejected_clearly_and_hurts_no_other_stream(

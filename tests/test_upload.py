@@ -29,7 +29,7 @@ from stream_server.upload import (
     upload_kind,
 )
 from tests.conftest import LABELS, TIMEOUT_S, encode_audio, music, real_clip
-from tests.test_server import get_metrics, send_audio, start_stream, stop_stream
+from tests.helpers.live import get_metrics, send_audio, start_stream, stop_stream
 
 GENRECAST = [sys.executable, "-m", "stream_server.cli"]
 RATE = 22050
