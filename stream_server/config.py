@@ -87,7 +87,7 @@ class SmoothingConfig:
     """
 
     time_constant_s: float = 2.0
-    switch_margin: float = 0.3
+    switch_margin: float = 0.2
     min_dwell_s: float = 4.0
     stale_margin: float = 0.5
     backdate_max_s: float = 30.0
@@ -130,7 +130,7 @@ class OfflineConfig:
     """
 
     decoding: str = "viterbi"
-    switch_cost: float = 12.0
+    switch_cost: float = 16.0
 
 
 @dataclass(frozen=True)

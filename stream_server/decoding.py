@@ -60,7 +60,7 @@ class OfflineParams:
     nats (the log-probability a path pays for each switch between genres)."""
 
     decoding: str = "viterbi"
-    switch_cost: float = 12.0
+    switch_cost: float = 16.0
 
     def __post_init__(self) -> None:
         if self.decoding not in DECODINGS:

@@ -76,7 +76,7 @@ class SmoothingParams:
     """
 
     time_constant_s: float = 2.0
-    switch_margin: float = 0.3
+    switch_margin: float = 0.2
     min_dwell_s: float = 4.0
     stale_margin: float = 0.5
 

@@ -81,9 +81,9 @@ def test_defaults_of_each_table() -> None:
     )
     assert c.model == ModelConfig("", {})
     assert c.engine == EngineConfig("auto", True, 32, 20.0, 1.0, 0.0, 30.0, 3)
-    assert c.smoothing == SmoothingConfig(2.0, 0.3, 4.0, 0.5, 30.0)
+    assert c.smoothing == SmoothingConfig(2.0, 0.2, 4.0, 0.5, 30.0)
     assert c.gate == GateConfig(True, -65.0, 0.8, 1.0)
-    assert c.offline == OfflineConfig("viterbi", 12.0)
+    assert c.offline == OfflineConfig("viterbi", 16.0)
     assert c.updates == UpdatesConfig(256, 4096)
     assert c.storage == StorageConfig("genrecast.db", 30.0)
 

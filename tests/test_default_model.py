@@ -91,8 +91,12 @@ def test_model_card_quotes_the_evaluation() -> None:
     """The card's figures are the ones ``genrecast evaluate`` wrote, per genre included."""
     card = (DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")
     report = json.loads((DEFAULT_MODEL_DIR / "evaluation.json").read_text(encoding="utf-8"))
-    assert report["clip_accuracy"] >= 0.84  # the bar the default model must clear
+    # the targets the default model must clear on unseen artists
+    assert report["clip_accuracy"] >= 0.85
     assert report["macro_f1"] >= 0.80
+    for genre, figures in report["per_genre"].items():
+        if figures["clips"] >= 10:  # recall below 0.60 only where too few clips say so
+            assert figures["recall"] >= 0.60, genre
     assert f"{report['clip_accuracy']:.3f}" in card
     assert f"{report['window_accuracy']:.3f}" in card
     assert f"{report['macro_f1']:.3f}" in card
@@ -104,7 +108,7 @@ def test_model_card_quotes_the_evaluation() -> None:
 
 def test_held_out_clips_are_recognised(default_model: LoadedModel, held_out: list[Clip]) -> None:
     """Through the live windowing, as ``classify`` runs it: far above chance (10 %), on a subset
-    that over-weights the small genres (19 of 29 right when this model was shipped)."""
+    that over-weights the small genres."""
     config = load_config(None)
     config = config.replace(engine=dataclasses.replace(config.engine, hop_s=2.5))
     runner = InferenceRunner(default_model, torch.device("cpu"))

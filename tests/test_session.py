@@ -479,7 +479,7 @@ def test_session_params_from_config_and_model(
         buffer_samples=220500,
         labels=LABELS,
         top_k=2,
-        smoothing=SmoothingParams(1.0, 0.3, 1.0, 0.5),
+        smoothing=SmoothingParams(1.0, 0.2, 1.0, 0.5),
     )
     tuned = make_config(
         smoothing={"stale_margin": 0.4, "backdate_max_s": 12.0},

@@ -40,7 +40,7 @@ def test_params_defaults() -> None:
     p = SmoothingParams()
     assert (p.time_constant_s, p.switch_margin, p.min_dwell_s, p.stale_margin) == (
         2.0,
-        0.3,
+        0.2,
         4.0,
         0.5,
     )
