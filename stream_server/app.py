@@ -87,15 +87,29 @@ class _QuietClientErrors(logging.Filter):
     protocol answers itself by closing with 1007; but it logs a traceback at ERROR, and when the
     client's close frame came in the same read, asyncio logs a second one (uvicorn then sends a
     close on a closing connection: "Fatal error: protocol.data_received() call failed"). Any
-    client could fill the log with them: each is kept as one line at INFO."""
+    client could fill the log with them: each is kept as one line at INFO. A handshake the guard
+    refused is not an error either (:func:`_refused_handshake`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _refused_handshake(record):
+            return False  # the guard answered the handshake with an HTTP error; logged as such
         if not _invalid_utf8_from_client(record):
             return True
         record.msg, record.args = "a WebSocket client sent invalid UTF-8 in a text frame", ()
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info = record.exc_text = None
         return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+def _refused_handshake(record: logging.LogRecord) -> bool:
+    """uvicorn's complaint after the guard refused a WebSocket handshake with an HTTP answer
+    (401, 403, 421, 415): it counts only an accept or a close as completing the handshake. Every
+    route here accepts or closes, so the guard is the only source; its answer is already in the
+    access log ("WebSocket /ws/ingest" 401)."""
+    return (
+        record.name == "uvicorn.error"
+        and record.msg == "ASGI callable returned without completing handshake."
+    )
 
 
 def _invalid_utf8_from_client(record: logging.LogRecord) -> bool:

@@ -157,6 +157,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from stream_server.soak import SoakOptions, format_report, run_soak
+
+    options = SoakOptions(
+        streams=args.streams,
+        subscribers=args.subscribers,
+        minutes=args.minutes,
+        config=args.config,
+        model=args.model,
+        device=args.device,
+        token=args.token,
+        host=args.host,
+        follow=args.follow,
+        workers=args.workers,
+    )
+    options.check()  # before anything starts
+    report = run_soak(options, log=sys.stderr).to_json()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
 def _genres(args: argparse.Namespace) -> tuple[str, ...] | None:
     """``--genres a,b`` as a tuple; ``None`` when not given."""
     return tuple(g for g in args.genres.split(",") if g) if args.genres else None
@@ -455,6 +476,50 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: ${TOKEN_ENV})",
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "soak",
+        help="run N live streams and M subscribers against a server process for T minutes: "
+        "RSS growth, lost updates, latency",
+    )
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument(
+        "--streams", type=int, default=10, help="live streams, at most 2000 (default 10)"
+    )
+    p.add_argument(
+        "--subscribers",
+        type=int,
+        default=10,
+        help="/ws/updates subscribers, at most 2000 (default 10)",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=1.0, help="length of the soak, at most 60 (default 1)"
+    )
+    p.add_argument(
+        "--follow",
+        choices=("stream", "all"),
+        default="stream",
+        help="each subscriber follows one stream (subscriber j: stream j mod N; default) or "
+        "every stream",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="client processes (default 0: as many as the load needs, at most the CPUs)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="loopback address to serve on (default 127.0.0.1)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--token",
+        help="token the server is started with and the clients send (default: "
+        f"${TOKEN_ENV}, passed through to the server)",
+    )
+    p.set_defaults(func=cmd_soak)
 
     d = TrainOptions(data="", out="")
     p = sub.add_parser("train", help="train a genre model on a folder-per-genre dataset")

@@ -18,6 +18,7 @@ from stream_server.errors import ConfigError
 from stream_server.model import LoadedModel
 from stream_server.server import RunningServer, running_server
 from tests.helpers.cli import genrecast
+from tests.helpers.fuzz import LogRecorder
 from tests.helpers.live import recv_json, run, start
 
 ALL = "every-scope-token-0123456789"
@@ -59,6 +60,7 @@ def test_tokens_and_scopes_on_every_route(
             running_server(config, model=tiny_model) as server,
             httpx.AsyncClient(base_url=server.http_url) as http,
         ):
+            recorder.attach()  # after uvicorn configured its loggers
             # open to anyone
             assert (await http.get("/health")).status_code == 200
             assert (await http.get("/ready")).status_code == 200
@@ -96,7 +98,13 @@ def test_tokens_and_scopes_on_every_route(
                 await conn.send(start(name="fed with a token"))
                 assert (await recv_json(conn))["type"] == "stream.started"
 
-    run(scenario())
+    recorder = LogRecorder()
+    try:
+        run(scenario())
+    finally:
+        recorder.detach()
+    # a refused handshake is the client's error: an access line, not an error in the log
+    assert recorder.take_problems() == []
 
 
 def test_browser_tickets_open_websockets_for_a_while(
