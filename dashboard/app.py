@@ -260,7 +260,7 @@ def sidebar(server: str) -> None:
         st.sidebar.caption("With a token, open the microphone page as /mic#token=YOUR_TOKEN")
     with st.sidebar.form("add-stream", clear_on_submit=True):
         st.markdown("**Add a radio URL**")
-        url = st.text_input("URL or a path on the server", key="add_url")
+        url = st.text_input("URL (or a file in the server's media folder)", key="add_url")
         name = st.text_input("name (optional)", key="add_name")
         if st.form_submit_button("Add stream") and url.strip():
             reply = api.add_stream(url.strip(), name.strip())

@@ -399,7 +399,7 @@ async def pull(
 ) -> dict[str, Any]:
     """Ask the server to pull ``source`` itself (``POST /streams``); returns the new stream.
 
-    ``source`` is a URL or a path on the server's own file system; ``token`` one with the
+    ``source`` is an http(s) URL or a file in the server's media folder; ``token`` one with the
     ``admin`` scope (see :func:`auth_headers`).
 
     Raises:

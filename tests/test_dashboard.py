@@ -103,6 +103,8 @@ def genrecast_server(tmp_path: Path) -> Iterator[str]:
         '[server]\nport = 0\nlog_level = "warning"\n'
         '[engine]\ndevice = "cpu"\n'
         f'[storage]\ndatabase = "{tmp_path / "timeline.db"}"\n'
+        # the test's radio station is on loopback: a LAN set-up
+        "[sources]\nallow_private_addresses = true\n"
     )
     proc = Proc(cli("serve", "--config", str(config)))
     lines = proc.lines
@@ -246,7 +248,9 @@ def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
                 assert "silence" in (timeline.get_attribute("data-labels") or "").split()
 
                 # a radio URL added in the form becomes a stream the server pulls
-                page.get_by_label("URL or a path on the server").fill(radio_station.url)
+                page.get_by_label("URL (or a file in the server's media folder)").fill(
+                    radio_station.url
+                )
                 page.get_by_label("name (optional)").fill("dashboard radio")
                 page.get_by_role("button", name="Add stream").click()
                 added = page.wait_for_selector("#add-result[data-stream-id]")
