@@ -46,7 +46,7 @@ from stream_server.auth import ADMIN, INGEST, READ, Scope, TicketIssuer, Tokens,
 from stream_server.config import Config
 from stream_server.errors import ProtocolError, SourceRefused
 from stream_server.extras import EXTRAS
-from stream_server.guard import Guard, GuardPolicy
+from stream_server.guard import Guard, GuardPolicy, client_address
 from stream_server.messages import (
     StreamEnded,
     dumps,
@@ -173,11 +173,6 @@ async def _yield_loop(spent_s: float) -> None:
         await asyncio.sleep(spent_s * (1.0 / FEED_SHARE - 1.0))
 
 
-def _address(conn: WebSocket | Request) -> str:
-    """The client's address ("?" when the ASGI server does not say)."""
-    return conn.client.host if conn.client is not None else "?"
-
-
 async def _first(ws: WebSocket, timeout_s: float) -> Message:
     """The first message of an ingest connection, which must come within ``timeout_s``."""
     try:
@@ -226,7 +221,7 @@ async def ingest(ws: WebSocket) -> None:
                 if live is not None:
                     raise ProtocolError("the stream was already started")
                 live, started = await service.open_stream(
-                    parsed, kind="ws", source="websocket", client=_address(ws)
+                    parsed, kind="ws", source="websocket", client=client_address(ws)
                 )
                 await ws.send_text(started)
                 _close_when_ended_elsewhere(ws, live)

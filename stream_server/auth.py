@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
+from stream_server.config import parse_host_entry
 from stream_server.errors import ConfigError
 
 __all__ = [
@@ -214,14 +215,9 @@ class TicketIssuer:
 def _split_host(host_header: str) -> tuple[str, int | None] | None:
     """``Host`` header -> ``(lower-case host without brackets, port or None)``; None if bad."""
     try:
-        parts = urlsplit(f"//{host_header}")
-        port = parts.port
+        return parse_host_entry(host_header)
     except ValueError:
         return None
-    host = parts.hostname
-    if not host or parts.username is not None or parts.path:
-        return None
-    return host, port
 
 
 def is_loopback_host(host: str) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stream_server.auth import (
@@ -32,13 +33,19 @@ from stream_server.auth import (
     origin_allowed,
 )
 
-__all__ = ["TICKET_PATH", "Guard", "GuardPolicy"]
+__all__ = ["TICKET_PATH", "Guard", "GuardPolicy", "client_address"]
 
 #: Where a bearer token is exchanged for a browser ticket.
 TICKET_PATH = "/auth/ticket"
 
 #: Methods that change nothing (no Origin check).
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def client_address(conn: HTTPConnection) -> str:
+    """The address a request or WebSocket came from ("?" when the ASGI server does not say):
+    the key of the per-client limits."""
+    return conn.client.host if conn.client is not None else "?"
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,7 @@ class Service:
             on_drop=self._on_subscriber_dropped,
         )
         self.streams: dict[str, LiveStream] = {}
-        # Streams between their checks and their registration (waiting for the store).
-        self._opening = 0
+        # Streams between their checks and their registration (waiting for the store), by client.
         self._opening_by: dict[str, int] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -259,6 +258,11 @@ class Service:
         self._db.shutdown(wait=True)
 
     @property
+    def opening(self) -> int:
+        """Streams checked and waiting for the store, not yet registered."""
+        return sum(self._opening_by.values())
+
+    @property
     def ready(self) -> bool:
         return self.engine is not None
 
@@ -318,7 +322,7 @@ class Service:
             max_rate=srv.max_sample_rate,
             max_channels=srv.max_channels,
         )
-        if len(self.streams) + self._opening >= srv.max_streams:
+        if len(self.streams) + self.opening >= srv.max_streams:
             raise ProtocolError(
                 f"too many live streams (limit {srv.max_streams})", code="busy", close_code=1013
             )
@@ -358,7 +362,6 @@ class Service:
             fmt=session.fmt,
         )
         # Stored first, registered after: a stream the store refused never exists.
-        self._opening += 1
         self._opening_by[client] = self._opening_by.get(client, 0) + 1
         try:
             await self._in_db(self.store.add_stream, record)
@@ -369,7 +372,6 @@ class Service:
                 "the stream could not be stored; try again", code="storage", close_code=1011
             ) from None
         finally:
-            self._opening -= 1
             self._opening_by[client] -= 1
             if not self._opening_by[client]:
                 del self._opening_by[client]

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from stream_server.errors import GenrecastError, ProtocolError
+from stream_server.guard import client_address
 from stream_server.messages import MAX_NAME_CHARS, StartMessage, check_text
 from stream_server.service import LiveStream, Service
 
@@ -445,8 +446,7 @@ async def offer_endpoint(request: Request) -> Response:
     gateway: WebRTCGateway = request.app.state.webrtc
     try:
         offer = parse_offer(await _read_body(request, MAX_OFFER_BYTES))
-        client = request.client.host if request.client is not None else "?"
-        answer = await gateway.answer(offer, client)
+        answer = await gateway.answer(offer, client_address(request))
     except WebRTCError as exc:
         gateway.service.metrics.errors.labels(kind="webrtc_offer").inc()
         log.info("WebRTC offer refused (%d): %s", exc.status, exc)

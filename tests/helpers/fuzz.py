@@ -278,8 +278,8 @@ class FuzzServer:
         service = self.server.service
         healthy = {self.healthy.stream_id}
         deadline = time.monotonic() + TIMEOUT_S
-        # ``_opening``: streams between their checks and their registration.
-        while set(service.streams) != healthy or service.pullers or service._opening:
+        # ``opening``: streams between their checks and their registration.
+        while set(service.streams) != healthy or service.pullers or service.opening:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"streams left behind: {sorted(set(service.streams) - healthy)}, "
