@@ -49,6 +49,7 @@ from stream_server.extras import EXTRAS
 from stream_server.guard import Guard, GuardPolicy, client_address
 from stream_server.messages import (
     StreamEnded,
+    close_reason,
     dumps,
     error,
     parse_client_message,
@@ -70,8 +71,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds allowed for a close handshake with a client that may have stopped reading.
 CLOSE_TIMEOUT_S = 2.0
-#: Longest close reason, in bytes of UTF-8 (a close frame's payload is at most 125 bytes).
-MAX_CLOSE_REASON_BYTES = 123
 
 #: The most of the event loop's time one ingest connection's frames may take (0..1).
 FEED_SHARE = 0.25
@@ -125,12 +124,6 @@ def _quiet_client_errors() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _QuietClientErrors) for f in logger.filters):
             logger.addFilter(_QuietClientErrors())
-
-
-def close_reason(text: str) -> str:
-    """``text`` cut to what a close frame can carry: 123 bytes of UTF-8, whole characters (a
-    longer reason fails the close, and the client sees the connection drop with 1006)."""
-    return text.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
 async def _close(ws: WebSocket, code: int, reason: str = "") -> None:

@@ -32,6 +32,7 @@ from stream_server.auth import (
     host_allowed,
     origin_allowed,
 )
+from stream_server.messages import close_reason
 
 __all__ = ["TICKET_PATH", "Guard", "GuardPolicy", "client_address"]
 
@@ -177,7 +178,7 @@ async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str
         )
         await send({"type": "websocket.http.response.body", "body": data})
         return
-    await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+    await send({"type": "websocket.close", "code": 1008, "reason": close_reason(message)})
 
 
 async def _preflight(send: Send, origin: str | None) -> None:

@@ -154,6 +154,16 @@ SERVER_TYPES = frozenset(
 )
 
 
+#: Longest WebSocket close reason, in bytes of UTF-8 (a close frame's payload is at most 125).
+MAX_CLOSE_REASON_BYTES: Final = 123
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame can carry: 123 bytes of UTF-8, whole characters (a
+    longer reason fails the close, and the client sees the connection drop with 1006)."""
+    return text.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+
+
 def check_text(value: object, key: str, max_chars: int) -> str:
     """``value`` if it is a string a client may give as ``key``, else :class:`ProtocolError`
     (code ``invalid_text``, close code 1007) naming ``key`` and what is wrong.
