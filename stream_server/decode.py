@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import av
 import av.error
@@ -36,7 +36,16 @@ from av.container import InputContainer
 from stream_server.audio import downmix
 from stream_server.errors import DecodeError
 
-__all__ = ["DecodeStats", "SourceInfo", "codec_round_trip", "decode_mono", "iter_pcm", "probe"]
+__all__ = [
+    "DecodeStats",
+    "IoOpen",
+    "Readable",
+    "SourceInfo",
+    "codec_round_trip",
+    "decode_mono",
+    "iter_pcm",
+    "probe",
+]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -84,6 +93,11 @@ class Readable(Protocol):
     def read(self, size: int) -> bytes: ...
 
 
+#: ``(url, flags, options) -> file``: how FFmpeg opens every further file or URL a demuxer needs
+#: (HLS playlists and segments), instead of its own protocols (PyAV's ``io_open``).
+IoOpen = Callable[[str, int, Mapping[str, str]], Readable]
+
+
 def _open(
     source: str | Readable,
     open_timeout_s: float,
@@ -91,11 +105,16 @@ def _open(
     format: str | None = None,
     options: Mapping[str, str] | None = None,
     read_timeout_s: float | None = None,
+    io_open: IoOpen | None = None,
 ) -> InputContainer:
     merged = {**OPEN_OPTIONS, **(options or {})}
     timeout = open_timeout_s if read_timeout_s is None else (open_timeout_s, read_timeout_s)
+    extra: dict[str, Any] = {} if io_open is None else {"io_open": io_open}
     try:
-        return av.open(source, mode="r", format=format, options=merged, timeout=timeout)
+        container: InputContainer = av.open(
+            source, mode="r", format=format, options=merged, timeout=timeout, **extra
+        )
+        return container
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise DecodeError(f"cannot open audio source {_name(source)!r}: {exc}") from exc
 
@@ -257,6 +276,7 @@ def iter_pcm(
     options: Mapping[str, str] | None = None,
     read_timeout_s: float | None = None,
     on_open: Callable[[InputContainer], None] | None = None,
+    io_open: IoOpen | None = None,
 ) -> Generator[FloatArray, None, None]:
     """Decode the first audio stream of ``source`` into float32 blocks.
 
@@ -279,6 +299,8 @@ def iter_pcm(
         read_timeout_s: seconds to wait on each read once open (default: ``open_timeout_s``).
         on_open: called with the open container before the first packet is read (to look at
             its metadata or duration).
+        io_open: opens every file or URL FFmpeg needs, ``source`` included when it is a URL
+            (PyAV's ``io_open``); an exception it raises ends the decoding with that exception.
 
     Yields:
         float32 arrays of shape ``(frames, channels)``, samples nominally in ``[-1, 1]``.
@@ -297,7 +319,12 @@ def iter_pcm(
     counters = stats if stats is not None else DecodeStats()
 
     container = _open(
-        source, open_timeout_s, format=format, options=options, read_timeout_s=read_timeout_s
+        source,
+        open_timeout_s,
+        format=format,
+        options=options,
+        read_timeout_s=read_timeout_s,
+        io_open=io_open,
     )
     name = _name(source)
     try:

@@ -57,7 +57,8 @@ DECODERS: Final = {
 }
 #: FFmpeg demuxers for radio streams, playlists and uploads.
 DEMUXERS: Final = ("mp3", "aac", "ogg", "flac", "wav", "hls")
-#: FFmpeg network protocols: HLS segments and SHOUTcast servers are read through FFmpeg.
+#: FFmpeg network protocols: the server fetches HLS segments itself, but FFmpeg's HLS demuxer asks
+#: for a segment only when its FFmpeg knows the URL's protocol.
 PROTOCOLS: Final = ("http", "https")
 
 

@@ -10,21 +10,23 @@ hands ``chunk_s`` blocks to :meth:`Service.feed` on the event loop with
   before the stream exists and again at every connection: ``http``/``https`` URLs of hosts that
   resolve only to allowed addresses, and regular files inside ``sources.media_dir``. A refusal
   ends the stream at once in state ``"failed"``.
-* **HTTP(S)** is fetched with ``httpx`` asking for ICY metadata (``Icy-MetaData: 1``). Every
-  TCP connection it makes goes through :class:`CheckedBackend`, which resolves the host, checks
-  every address and connects only to a checked one (no window between check and connect).
-  Redirects are followed here, at most :data:`MAX_REDIRECTS`, each new URL checked
-  (:func:`fetch`). The body, with the metadata blocks taken out (:class:`IcyDemuxer`), is what
-  PyAV demuxes, with a format hint from the ``Content-Type`` (:func:`format_hint`). Each new
-  ``StreamTitle`` is a track change.
+* **HTTP(S)** is fetched with ``httpx`` asking for ICY metadata (``Icy-MetaData: 1``) through
+  :mod:`stream_server.web_fetch`: every TCP connection resolves the host, checks every address
+  and connects only to a checked one (no window between check and connect), and redirects are
+  followed there, at most five, each new URL checked. The body, with the metadata blocks taken
+  out (:class:`IcyDemuxer`), is what PyAV demuxes, with a format hint from the ``Content-Type``
+  (:func:`format_hint`). Each new ``StreamTitle`` is a track change. An old SHOUTcast server
+  that answers ``ICY 200 OK`` (not HTTP) is asked again by hand over a checked connection and
+  read the same way, titles included.
 * **HLS** (``application/vnd.apple.mpegurl``, ``.m3u8``): the playlist, and in a master playlist
-  each variant playlist, is read here and the host of every URI it names is checked; then FFmpeg's
-  own ``hls`` demuxer fetches playlist and segments, limited to :data:`HLS_PROTOCOLS` and with
-  redirects off for the playlist. What FFmpeg fetches later (segments a live playlist adds,
-  redirects of segments) is limited to http(s) but its hosts are not checked again.
-* **FFmpeg never opens anything else**: a body read here, or a media file (opened here, after its
-  check), is handed over as a file object with an empty ``protocol_whitelist``, so a playlist or
-  ``ffconcat`` script inside it cannot make FFmpeg open any file or URL.
+  each variant playlist, is read here and the host of every URI it names is checked, so a
+  playlist naming a refused host fails at once. Then FFmpeg's ``hls`` demuxer reads it, but every
+  playlist reload, segment and redirect it asks for is fetched by :class:`HlsInput` (PyAV's
+  ``io_open``) through the same checked client: FFmpeg itself opens no connection. Encrypted
+  segments are not supported.
+* **FFmpeg never opens anything itself**: a body read here, or a media file (opened here, after
+  its check), is handed over as a file object with an empty ``protocol_whitelist``, so a playlist
+  or ``ffconcat`` script inside it cannot make FFmpeg open any file or URL.
 * **Pacing**: a live source paces itself; a finite one (a local file, an HTTP body with a
   ``Content-Length``, a container with a known duration) is paced at real time and ends the
   stream at its end.
@@ -32,8 +34,10 @@ hands ``chunk_s`` blocks to :meth:`Service.feed` on the event loop with
   seconds drops the connection; the puller reconnects after a capped exponential backoff
   (:class:`ReconnectPolicy`) and keeps the stream id. The gap is marked on the timeline
   (:meth:`StreamSession.mark_gap`): the open segment closes and stream time jumps forward by the
-  wall-clock length of the gap. After ``max_reconnects`` failed reconnects in a row (0: never)
-  the stream ends in state ``"failed"``; the reason is kept with it (``GET /streams``).
+  wall-clock length of the gap. After ``max_reconnects`` failed connections in a row (0: never)
+  the stream ends in state ``"failed"``; the reason is kept with it (``GET /streams``). Only a
+  connection that delivered :data:`RECOVERED_S` seconds of audio starts the count again, so a
+  source that sends a moment of audio and drops, again and again, still fails.
 
 States (:func:`transition`): ``connecting`` → ``live`` ⇄ ``reconnecting``, and ``ended`` /
 ``failed`` at the end. The pure parts (:func:`format_hint`, :class:`ReconnectPolicy`,
@@ -44,18 +48,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 import numpy as np
 from av.container import InputContainer
@@ -72,14 +76,22 @@ from stream_server.source_policy import (
     open_media,
     playlist_uris,
 )
+from stream_server.web_fetch import (
+    NotHttp,
+    checked_client,
+    fetch,
+    icy_get,
+    read_playlist,
+    socket_of,
+)
 
 if TYPE_CHECKING:
     from stream_server.service import LiveStream, Service
 
 __all__ = [
-    "HLS_PROTOCOLS",
-    "MAX_REDIRECTS",
-    "CheckedBackend",
+    "HLS_OPTIONS",
+    "RECOVERED_S",
+    "HlsInput",
     "HttpBody",
     "IcyDemuxer",
     "Puller",
@@ -88,8 +100,6 @@ __all__ = [
     "StreamEvent",
     "StreamState",
     "StreamStateError",
-    "checked_client",
-    "fetch",
     "format_hint",
     "is_url",
     "parse_stream_title",
@@ -104,22 +114,23 @@ StreamEvent = Literal["audio", "lost", "finished", "stopped", "gave_up"]
 #: Seconds of audio that may wait on the event loop before new chunks are dropped (and counted).
 MAX_PENDING_S: Final = 5.0
 
-#: Redirects followed per connection, each one checked.
-MAX_REDIRECTS: Final = 5
-
-#: FFmpeg protocols an HLS stream may use: http(s) (and TLS and TCP under them), ``crypto`` for
-#: AES-128 segments. Nothing local, nothing else.
-HLS_PROTOCOLS: Final = "http,https,tls,tcp,crypto"
-
-#: FFmpeg protocols for an old SHOUTcast server read by FFmpeg's own HTTP client.
-HTTP_PROTOCOLS: Final = "http,https,tls,tcp"
-
-#: An empty ``protocol_whitelist``: FFmpeg may open nothing itself (input handed over as a file).
+#: An empty ``protocol_whitelist``: FFmpeg may open nothing itself. Every input is handed over
+#: as a file object, and FFmpeg's HLS demuxer opens playlists and segments only through
+#: :class:`HlsInput` (PyAV's ``io_open``).
 NO_PROTOCOLS: Final = ""
 
-#: Largest HLS playlist read to check its URIs (bytes), and most playlists a master may list.
-MAX_PLAYLIST_BYTES: Final = 1 << 20
+_AVIO_FLAG_WRITE: Final = 2
+
+#: Most playlists a master playlist may list.
 MAX_VARIANT_PLAYLISTS: Final = 16
+
+#: Options of FFmpeg's HLS demuxer: no persistent HTTP connections (they would reuse FFmpeg's
+#: own HTTP client, which it does not have here).
+HLS_OPTIONS: Final = {"protocol_whitelist": NO_PROTOCOLS, "http_persistent": "0"}
+
+#: Seconds of audio a connection must deliver before its failures stop counting (a source that
+#: sends a moment of audio and drops, again and again, still reaches ``max_reconnects``).
+RECOVERED_S: Final = 30.0
 
 _MIME_FORMATS: Final[dict[str, str]] = {
     "audio/mpeg": "mp3",
@@ -202,8 +213,8 @@ class ReconnectPolicy:
 
         Args:
             failures: connections in a row that ended (the latest included), counting one that
-                had been live as the first: ``1`` after a live source is lost or the first
-                connection fails, ``n + 1`` after ``n`` reconnects failed.
+                delivered :data:`RECOVERED_S` of audio as the first: ``1`` after such a source
+                is lost or the first connection fails, ``n + 1`` after ``n`` failed.
         """
         if failures < 1:
             raise ValueError(f"failures must be >= 1, got {failures!r}")
@@ -308,7 +319,8 @@ class HttpBody:
     """A streaming HTTP body as a file for PyAV (``read``), ICY metadata taken out.
 
     ``check`` runs before every network read and may raise to abandon the connection (stopped,
-    stalled); ``on_title`` gets each ``StreamTitle`` found.
+    stalled); ``on_title`` gets each ``StreamTitle`` found; ``on_close`` runs once, on
+    :meth:`close`.
     """
 
     def __init__(
@@ -319,13 +331,21 @@ class HttpBody:
         on_title: Callable[[str], None],
         check: Callable[[], None],
         name: str = "",
+        on_close: Callable[[], object] | None = None,
     ) -> None:
         self._chunks = chunks
         self._icy = IcyDemuxer(metaint) if metaint else None
         self._on_title = on_title
         self._check = check
+        self._on_close = on_close
         self._buf = bytearray()
         self.name = name
+
+    def close(self) -> None:
+        """Release the connection under it (PyAV calls this when FFmpeg is done with it)."""
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     def read(self, size: int = -1) -> bytes:
         while not self._buf:
@@ -357,14 +377,85 @@ class _Opened:
     options: dict[str, str]
     finite: bool
     probe_duration: bool  # decide ``finite`` from the container's duration once open
+    io_open: HlsInput | None = None  # every further file FFmpeg opens, through the puller
 
 
 @dataclass(frozen=True)
 class _Outcome:
-    delivered: bool
+    audio_s: float  # seconds of audio this connection delivered
     finished: bool
     reason: str
     refused: bool = False  # the source policy refused it: fail at once
+
+
+class HlsInput:
+    """FFmpeg's ``io_open`` for an HLS stream: every playlist, segment and key its HLS demuxer
+    asks for is fetched here, through the puller's checked client (:func:`fetch`: every address
+    and every redirect checked), and handed back as a file.
+
+    The first playlist, already read and checked by the puller, is served from memory.
+    Encrypted segments (``crypto+http``) are not supported; a segment answered with an HTTP
+    error is served empty, so FFmpeg skips it as it would its own failed request. After a
+    refusal every further request is refused too (FFmpeg would go on to the next segment); the
+    refusal ends the decoding.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        policy: SourcePolicy,
+        reader: Callable[[Iterator[bytes], Mapping[str, str], str, Callable[[], object]], Readable],
+        on_socket: Callable[[socket.socket | None], None],
+        first_url: str,
+        first: bytes,
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._reader = reader
+        self._on_socket = on_socket
+        self._first: tuple[str, bytes] | None = (first_url, first)
+        self._open: set[contextlib.ExitStack] = set()
+        self._refused: SourceRefused | None = None
+
+    def __call__(self, url: str, flags: int, options: Mapping[str, str]) -> Readable:
+        if flags & _AVIO_FLAG_WRITE:
+            raise DecodeError(f"FFmpeg asked to write {url!r}")
+        if self._first is not None and url == self._first[0]:
+            data = self._first[1]
+            self._first = None
+            return io.BytesIO(data)
+        if self._refused is not None:  # FFmpeg goes on to the next segment: refuse it too
+            raise self._refused
+        if url.lower().startswith("crypto"):
+            raise DecodeError("encrypted HLS segments (AES-128) are not supported")
+        stack = contextlib.ExitStack()
+        try:
+            self._policy.check_url(url)
+            response = stack.enter_context(fetch(self._client, url, self._policy))
+        except SourceRefused as exc:
+            stack.close()
+            self._refused = exc
+            raise
+        except BaseException:
+            stack.close()
+            raise
+        if response.status_code >= 400:
+            log.info("HLS: HTTP %d for %s; skipped", response.status_code, url)
+            stack.close()
+            return io.BytesIO(b"")
+        self._open.add(stack)
+        self._on_socket(socket_of(response))
+
+        def release() -> None:
+            self._open.discard(stack)
+            stack.close()
+
+        return self._reader(response.iter_bytes(), response.headers, url, release)
+
+    def close(self) -> None:
+        """Close every response FFmpeg has not closed."""
+        while self._open:
+            self._open.pop().close()
 
 
 class Puller:
@@ -507,7 +598,9 @@ class Puller:
             if outcome.refused:
                 self._finish("gave_up", outcome.reason)
                 return
-            failures = 1 if outcome.delivered else failures + 1
+            # A connection that stayed long enough starts the count again; one that delivered a
+            # moment of audio and dropped is one more failure in a row.
+            failures = 1 if outcome.audio_s >= RECOVERED_S else failures + 1
             delay = self._policy.delay(failures)
             if delay is None:
                 self._finish(
@@ -563,6 +656,7 @@ class Puller:
                     format=opened.format,
                     options=opened.options,
                     on_open=on_open,
+                    io_open=opened.io_open,
                 )
                 with contextlib.closing(blocks):
                     for block in blocks:
@@ -583,18 +677,18 @@ class Puller:
                             if ahead > 0 and self._stop.wait(ahead):
                                 break
                 finished = opened.finite and not self._stop.is_set()
-                return _Outcome(self._delivered_now, finished, "end of stream")
+                return _Outcome(sent / self._rate, finished, "end of stream")
         except _Stopped:
-            return _Outcome(self._delivered_now, False, "stopped")
+            return _Outcome(sent / self._rate, False, "stopped")
         except SourceRefused as exc:
             log.warning("refused to pull %r: %s", self.source, exc.detail)
             if exc.transient:  # a name that did not resolve: retried like a connection error
-                return _Outcome(self._delivered_now, False, exc.detail)
-            return _Outcome(self._delivered_now, False, str(exc), refused=True)
+                return _Outcome(sent / self._rate, False, exc.detail)
+            return _Outcome(sent / self._rate, False, str(exc), refused=True)
         except Exception as exc:  # any failure of one connection: reconnect per the policy
             if self._stop.is_set():
-                return _Outcome(self._delivered_now, False, "stopped")
-            return _Outcome(self._delivered_now, False, _describe(exc))
+                return _Outcome(sent / self._rate, False, "stopped")
+            return _Outcome(sent / self._rate, False, _describe(exc))
         finally:
             self._count("corrupt_packets", stats.corrupt_packets - reported)
             self._socket = None
@@ -614,64 +708,70 @@ class Puller:
                 options = {"protocol_whitelist": NO_PROTOCOLS}
                 yield _Opened(file, None, options, finite=True, probe_duration=False)
             return
-        timeout_us = str(round(self._config.stall_s * 1_000_000))
-        with self._open_http(checked, timeout_us) as opened:
+        with self._open_http(checked) as opened:
             yield opened
 
     @contextlib.contextmanager
-    def _open_http(self, web: WebUrl, timeout_us: str) -> Iterator[_Opened]:
+    def _open_http(self, web: WebUrl) -> Iterator[_Opened]:
         cfg = self._config
         timeout = httpx.Timeout(cfg.stall_s, connect=cfg.open_timeout_s)
         with contextlib.ExitStack() as stack:
             client = stack.enter_context(checked_client(self._sources, timeout))
-            not_http: str | None = None
             try:
                 response = stack.enter_context(fetch(client, web.url, self._sources))
-            except _NotHttp as exc:
-                not_http = exc.url
-            if not_http is not None:
-                # Old SHOUTcast servers answer "ICY 200 OK", which is not HTTP; FFmpeg's own
-                # HTTP client accepts it (titles are then not read: FFmpeg reports them only on
-                # open). The address was checked by the connection that got that answer.
-                options = {
-                    "rw_timeout": timeout_us,
-                    "icy": "0",
-                    "protocol_whitelist": HTTP_PROTOCOLS,
-                    "max_redirects": "0",
-                }
-                yield _Opened(not_http, None, options, finite=False, probe_duration=True)
+            except NotHttp as exc:
+                # An old SHOUTcast server answers "ICY 200 OK", which is not HTTP.
+                icy = stack.enter_context(icy_get(self._sources, exc.url, timeout))
+                self._socket = icy.socket
+                yield self._opened(icy.chunks, icy.headers, exc.url)
                 return
             if response.status_code >= 400:
                 raise DecodeError(f"HTTP {response.status_code} {response.reason_phrase}")
-            hint = format_hint(response.headers.get("content-type"), str(response.url))
-            if hint == "hls":
+            if format_hint(response.headers.get("content-type"), str(response.url)) == "hls":
                 playlist_url = str(response.url)
-                text = _read_playlist(response)
+                playlist = read_playlist(response)
                 response.close()
-                self._check_playlist(client, playlist_url, text)
-                # FFmpeg's hls demuxer fetches the playlist and its segments itself.
-                options = {
-                    "timeout": timeout_us,
-                    "rw_timeout": timeout_us,
-                    "protocol_whitelist": HLS_PROTOCOLS,
-                    "max_redirects": "0",
-                }
-                yield _Opened(playlist_url, "hls", options, finite=False, probe_duration=True)
+                self._check_playlist(client, playlist_url, playlist.decode("utf-8", "replace"))
+                hls = HlsInput(
+                    client, self._sources, self._reader, self._set_socket, playlist_url, playlist
+                )
+                stack.callback(hls.close)
+                options = dict(HLS_OPTIONS)
+                yield _Opened(playlist_url, "hls", options, False, True, io_open=hls)
                 return
-            self._socket = _socket_of(response)
-            if self._stop.is_set():
-                raise _Stopped("stopped")
-            metaint = _int_header(response.headers.get("icy-metaint"))
-            finite = metaint is None and "content-length" in response.headers
-            body = HttpBody(
-                response.iter_bytes(),
-                metaint=metaint,
-                on_title=self._title,
-                check=self._check,
-                name=web.url,
-            )
-            options = {"protocol_whitelist": NO_PROTOCOLS}
-            yield _Opened(body, hint, options, finite=finite, probe_duration=False)
+            self._socket = socket_of(response)
+            yield self._opened(response.iter_bytes(), response.headers, web.url)
+
+    def _reader(
+        self,
+        chunks: Iterator[bytes],
+        headers: Mapping[str, str],
+        url: str,
+        on_close: Callable[[], object] | None = None,
+    ) -> HttpBody:
+        """A body read here, ICY metadata taken out, as a file for FFmpeg."""
+        metaint = _int_header(headers.get("icy-metaint"))
+        return HttpBody(
+            chunks,
+            metaint=metaint,
+            on_title=self._title,
+            check=self._check,
+            name=url,
+            on_close=on_close,
+        )
+
+    def _opened(self, chunks: Iterator[bytes], headers: Mapping[str, str], url: str) -> _Opened:
+        """FFmpeg's input for one body: finite when it has a length and no ICY metadata."""
+        if self._stop.is_set():
+            raise _Stopped("stopped")
+        reader = self._reader(chunks, headers, url)
+        finite = "icy-metaint" not in headers and "content-length" in headers
+        hint = format_hint(headers.get("content-type"), url)
+        options = {"protocol_whitelist": NO_PROTOCOLS}
+        return _Opened(reader, hint, options, finite=finite, probe_duration=False)
+
+    def _set_socket(self, sock: socket.socket | None) -> None:
+        self._socket = sock
 
     def _check_playlist(self, client: httpx.Client, url: str, text: str) -> None:
         """Check the host of every URI an HLS playlist names; a master playlist's own playlists
@@ -688,120 +788,13 @@ class Puller:
             with fetch(client, variant, self._sources) as response:
                 if response.status_code >= 400:
                     raise DecodeError(f"HTTP {response.status_code} fetching {variant!r}")
-                sub_text = _read_playlist(response)
+                sub_text = read_playlist(response).decode("utf-8", "replace")
             if is_master_playlist(sub_text):
                 raise SourceRefused(f"{variant!r}: a master playlist inside a master playlist")
             others += playlist_uris(sub_text, str(response.url))[1]
         hosts = {(w.host, w.port) for w in map(self._sources.check_url, others)}
         for host, port in sorted(hosts):
             self._sources.check_address(host, port)
-
-
-class _NotHttp(GenrecastError):
-    """A server answered with something that is not HTTP (``ICY 200 OK``); ``url`` is where."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(f"{url!r} did not answer in HTTP")
-        self.url = url
-
-
-class CheckedBackend(httpcore.SyncBackend):
-    """httpx's network layer with the source policy in it: every TCP connection resolves its
-    host, checks every address (:meth:`SourcePolicy.check_address`) and connects only to those,
-    trying each in turn."""
-
-    def __init__(self, policy: SourcePolicy) -> None:
-        self._policy = policy
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        addresses = self._policy.check_address(host, port)
-        error: httpcore.ConnectError | None = None
-        for address in addresses:
-            try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as exc:
-                error = exc
-        assert error is not None  # check_address returns at least one address
-        raise error
-
-
-class _CheckedTransport(httpx.HTTPTransport):
-    """``httpx.HTTPTransport`` whose connections go through :class:`CheckedBackend`."""
-
-    def __init__(self, policy: SourcePolicy) -> None:
-        super().__init__(trust_env=False)
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            network_backend=CheckedBackend(policy),
-        )
-
-
-def checked_client(policy: SourcePolicy, timeout: httpx.Timeout) -> httpx.Client:
-    """An ``httpx.Client`` for pulled sources: no proxies from the environment, no automatic
-    redirects (:func:`fetch` follows them), every connection checked by ``policy``."""
-    return httpx.Client(
-        timeout=timeout,
-        follow_redirects=False,
-        trust_env=False,
-        transport=_CheckedTransport(policy),
-    )
-
-
-_HEADERS: Final = {"Icy-MetaData": "1", "User-Agent": "genrecast"}
-
-
-@contextlib.contextmanager
-def fetch(client: httpx.Client, url: str, policy: SourcePolicy) -> Iterator[httpx.Response]:
-    """``GET url`` (streamed), following at most :data:`MAX_REDIRECTS` redirects, each new URL
-    checked by ``policy`` (:meth:`SourcePolicy.check_url`; its addresses are checked when the
-    client connects). The response is closed on exit.
-
-    Raises:
-        SourceRefused: a redirect to a URL the policy refuses, or a refused address.
-        DecodeError: more than :data:`MAX_REDIRECTS` redirects.
-        httpx.HTTPError: the request failed.
-    """
-    for _ in range(MAX_REDIRECTS + 1):
-        request = client.build_request("GET", url, headers=_HEADERS)
-        try:
-            response = client.send(request, stream=True)
-        except httpx.RemoteProtocolError as exc:
-            raise _NotHttp(url) from exc
-        if not response.is_redirect:
-            try:
-                yield response
-            finally:
-                response.close()
-            return
-        location = response.headers["location"]
-        response.close()
-        url = policy.check_url(urljoin(url, location)).url
-    raise DecodeError(f"more than {MAX_REDIRECTS} redirects")
-
-
-def _read_playlist(response: httpx.Response) -> str:
-    """The body of an HLS playlist as text, at most :data:`MAX_PLAYLIST_BYTES`."""
-    data = bytearray()
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) > MAX_PLAYLIST_BYTES:
-            raise DecodeError(f"HLS playlist larger than {MAX_PLAYLIST_BYTES} bytes")
-    return data.decode("utf-8", errors="replace")
-
-
-def _socket_of(response: httpx.Response) -> socket.socket | None:
-    stream = response.extensions.get("network_stream")
-    if stream is None:
-        return None
-    sock = stream.get_extra_info("socket")
-    return sock if isinstance(sock, socket.socket) else None
 
 
 def _int_header(value: str | None) -> int | None:

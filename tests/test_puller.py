@@ -511,30 +511,54 @@ def test_hls_playlist_goes_live_and_produces_updates(
 
 
 class ShoutcastV1(LoopbackServer):
-    """An old SHOUTcast-style server: it answers ``ICY 200 OK`` (not HTTP) and sends MP3."""
+    """An old SHOUTcast-style server: it answers ``ICY 200 OK`` (not HTTP) and sends MP3, with
+    ICY metadata (``StreamTitle``) every ``metaint`` bytes when the request asks for it."""
 
-    def __init__(self, mp3: bytes) -> None:
+    def __init__(self, mp3: bytes, title: str, metaint: int = 8192) -> None:
         owner = self
+        self.requests: list[list[str]] = []
+        block = f"StreamTitle='{title}';".encode()
+        block += b"\0" * (-len(block) % 16)
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                while self.rfile.readline().strip():
-                    pass  # the request's lines, up to the blank one
+                lines = []
+                while line := self.rfile.readline().strip():
+                    lines.append(line.decode("latin-1"))  # the request's lines
+                owner.requests.append(lines)
+                metadata = any(h.lower() == "icy-metadata: 1" for h in lines[1:])
+                head = b"ICY 200 OK\r\nicy-name: old radio\r\ncontent-type: audio/mpeg\r\n"
+                if metadata:
+                    head += f"icy-metaint: {metaint}\r\n".encode()
+                audio_left = metaint
+
+                def write(data: bytes) -> None:
+                    nonlocal audio_left
+                    while data and metadata:
+                        n = min(audio_left, len(data))
+                        self.wfile.write(data[:n])
+                        data, audio_left = data[n:], audio_left - n
+                        if audio_left == 0:
+                            self.wfile.write(bytes([len(block) // 16]) + block)
+                            audio_left = metaint
+                    self.wfile.write(data)
+
                 with contextlib.suppress(OSError):
-                    self.wfile.write(b"ICY 200 OK\r\nicy-name: old radio\r\n")
-                    self.wfile.write(b"content-type: audio/mpeg\r\n\r\n")
-                send_paced_mp3(self.wfile.write, mp3, owner.stop)
+                    self.wfile.write(head + b"\r\n")
+                send_paced_mp3(write, mp3, owner.stop)
 
-        super().__init__(socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler), "/")
+        super().__init__(socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler), "/live")
 
 
-def test_an_icy_200_ok_server_is_read_through_ffmpeg(
+def test_an_icy_200_ok_server_is_read_with_its_titles(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
+    """``ICY 200 OK`` is not HTTP: the request is made again by hand over a checked connection,
+    and the audio and the ``StreamTitle`` metadata are read like an Icecast body's."""
     mp3 = mp3_file(tmp_path, 4.0).read_bytes()
 
     async def scenario() -> None:
-        with ShoutcastV1(mp3) as radio:
+        with ShoutcastV1(mp3, "Old Radio - Song") as radio:
             async with (
                 running_server(pull_config(make_config)) as server,
                 httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
@@ -543,11 +567,17 @@ def test_an_icy_200_ok_server_is_read_through_ffmpeg(
                 assert reply.status_code == 201, reply.text
                 stream_id = reply.json()["stream_id"]
                 async with updates(server, stream_id) as conn:
+                    change = await next_message(conn, of_type("track.change"))
+                    assert change["title"] == "Old Radio - Song"
                     await next_message(conn, of_type("genre.update"))
                     info = await stream_info(http, stream_id)
                     assert info["state"] == "live" and info["reconnects"] == 0
+                    assert info["corrupt_packets"] == 0
                     await http.delete(f"/streams/{stream_id}")
                     await next_message(conn, of_type("stream.ended"))
+        by_hand = radio.requests[-1]
+        assert by_hand[0] == "GET /live HTTP/1.0", by_hand
+        assert "Icy-MetaData: 1" in by_hand
 
     run(scenario())
 

@@ -20,6 +20,7 @@ import pytest
 
 from stream_server.config import Config, SourcesConfig, config_from_dict
 from stream_server.errors import ConfigError, GenrecastError, SourceRefused
+from stream_server.puller import RECOVERED_S
 from stream_server.server import RunningServer, running_server
 from stream_server.source_policy import (
     MediaFile,
@@ -29,6 +30,7 @@ from stream_server.source_policy import (
     playlist_uris,
 )
 from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.helpers.hls import HLS_TYPE, TS_TYPE, aac_segments, media_playlist
 from tests.test_puller import (
     free_port,
     next_message,
@@ -297,6 +299,7 @@ class Route:
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    length: bool = True  # send Content-Length; else the body ends when the connection closes
 
 
 class Site:
@@ -315,7 +318,8 @@ class Site:
                 self.send_response(route.status)
                 for name, value in route.headers:
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(route.body)))
+                if route.length:
+                    self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
                 self.wfile.write(route.body)
 
@@ -372,13 +376,18 @@ async def failed_with(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
     TIMEOUT_S seconds, until the stream has ended and lists its final ``reason``."""
     reply = await post(http, url)
     assert reply.status_code == 201, (url, reply.text)
-    stream_id = reply.json()["stream_id"]
+    return await failed_with_id(http, reply.json()["stream_id"])
+
+
+async def failed_with_id(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
+    """Poll ``GET /streams`` every 50 ms for up to TIMEOUT_S seconds until the stream has ended
+    and lists its final ``reason``."""
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         info = await stream_info(http, stream_id)
         if "reason" in info:
             return info
-        assert time.monotonic() < deadline, f"{url}: no final reason yet: {info}"
+        assert time.monotonic() < deadline, f"{stream_id}: no final reason yet: {info}"
         await asyncio.sleep(0.05)
 
 
@@ -655,6 +664,62 @@ def test_hls_segments_and_variants_on_refused_hosts_are_never_fetched(
         run(scenario())
 
 
+def test_what_the_hls_demuxer_fetches_later_is_checked_too(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """FFmpeg's HLS demuxer fetches segments and playlist reloads through the puller's checked
+    client: a segment redirected to an allowed place is followed; one redirected to a refused
+    host, or a refused segment a live playlist adds later (the first playlist did not name it),
+    is never fetched and fails the stream with the one refusal."""
+    segments = aac_segments(tmp_path, 6.0)
+    with Site() as target, Site() as first:
+        for k, data in enumerate(segments):
+            first.routes[f"/s{k}.ts"] = target.routes[f"/s{k}.ts"] = Route(200, TS_TYPE, data)
+        first.routes["/r1.ts"] = redirect("/s1.ts")
+        first.routes["/r3.ts"] = redirect(f"{target.base}/s3.ts")
+        redirecting = media_playlist(["/s0.ts", "/r1.ts", "/s2.ts", "/r3.ts", "/s4.ts"])
+        first.routes["/redirecting.m3u8"] = Route(200, HLS_TYPE, redirecting)
+        live = media_playlist(["/s0.ts", "/s1.ts", "/s2.ts"], ended=False)
+        first.routes["/live.m3u8"] = Route(200, HLS_TYPE, live)
+        config = source_config(
+            make_config, allowed_hosts=[f"127.0.0.1:{first.port}"], max_reconnects=1
+        )
+
+        async def scenario() -> None:
+            async with (
+                running_server(config) as server,
+                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
+            ):
+                reply = await post(http, f"{first.base}/redirecting.m3u8")
+                assert reply.status_code == 201, reply.text
+                stream_id = reply.json()["stream_id"]
+                async with updates(server, stream_id) as conn:
+                    await next_message(conn, of_type("genre.update"))
+                    ended = await next_message(conn, of_type("stream.ended"))
+                assert ended["reason"] == REFUSED, ended
+                assert "/s1.ts" in first.hits and "/s4.ts" not in first.hits, first.hits
+
+                first.hits.clear()
+                reply = await post(http, f"{first.base}/live.m3u8")
+                assert reply.status_code == 201, reply.text
+                stream_id = reply.json()["stream_id"]
+                deadline = time.monotonic() + TIMEOUT_S
+                while "/s0.ts" not in first.hits:  # FFmpeg is reading the first playlist
+                    assert time.monotonic() < deadline, first.hits
+                    await asyncio.sleep(0.02)
+                later = ["/s1.ts", "/s2.ts", f"{target.base}/s3.ts"]
+                first.routes["/live.m3u8"] = Route(
+                    200, HLS_TYPE, media_playlist(later, first=1, ended=False)
+                )
+                info = await failed_with_id(http, stream_id)
+                assert info["state"] == "failed" and info["reason"] == REFUSED, info
+                assert info["reconnects"] == 0, "a refused source is not retried"
+                assert first.hits.count("/live.m3u8") >= 2, first.hits  # a reload happened
+            assert target.hits == []
+
+        run(scenario())
+
+
 def test_a_body_ffmpeg_would_read_as_a_playlist_opens_nothing(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
@@ -682,6 +747,37 @@ def test_a_body_ffmpeg_would_read_as_a_playlist_opens_nothing(
             assert target.hits == []
 
         run(scenario())
+
+
+def test_a_source_that_sends_a_moment_of_audio_and_drops_still_reaches_the_bound(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """Each connection delivers three seconds of audio and closes: a live source lost, again and
+    again. Only a connection that delivered ``RECOVERED_S`` of audio starts the failure count
+    again, so the stream still fails after ``max_reconnects``."""
+    short = encode_audio(tmp_path / "moment.wav", music(3.0, 22050), 22050).read_bytes()
+    route = Route(200, (("Content-Type", "audio/wav"),), short, length=False)
+    config = source_config(make_config, allow_private_addresses=True, max_reconnects=2)
+    assert RECOVERED_S > 3.0
+
+    async def scenario(site: Site) -> None:
+        async with (
+            running_server(config) as server,
+            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
+        ):
+            reply = await post(http, f"{site.base}/moment")
+            assert reply.status_code == 201, reply.text
+            stream_id = reply.json()["stream_id"]
+            async with updates(server, stream_id) as conn:
+                await next_message(conn, of_type("genre.update"))  # audio did arrive
+                ended = await next_message(conn, of_type("stream.ended"))
+            assert ended["reason"] == "source failed 3 times in a row; last: end of stream"
+            info = await failed_with_id(http, stream_id)
+            assert info["state"] == "failed" and info["reconnects"] == 2, info
+        assert site.hits == ["/moment"] * 3
+
+    with Site({"/moment": route}) as site:
+        run(scenario(site))
 
 
 def test_failed_pulls_stop_after_the_bound_with_the_reason_in_get_streams(
