@@ -8,8 +8,25 @@ feed. The stream ends when the track ends, when the connection fails or closes, 
 not connected within ``webrtc.connect_timeout_s`` seconds, or when the server stops; the peer is
 closed with it. ``GET /mic`` serves a page that does all of this from the browser's microphone.
 
-Pure parts, tested directly: :func:`parse_offer`, :func:`frame_to_pcm`, :func:`with_loopback`,
-:func:`ice_servers`. :class:`WebRTCPeer` and :class:`WebRTCGateway` are the event-loop shell.
+Remote ICE candidates: the server sends ICE checks only to the offering client's own address
+and to public addresses; peer-reflexive candidates cover the rest. An offer's candidates name
+addresses the server would send STUN binding requests to, so a client could otherwise make it send
+UDP to any internal address. :func:`filter_candidates` keeps a candidate only when its address
+is the address the offer came from (compared as IP addresses, so ``::ffff:127.0.0.1`` is
+``127.0.0.1``) or public (:func:`~stream_server.source_policy.address_problem` with private
+addresses refused), and at most :data:`MAX_REMOTE_CANDIDATES` of them; it drops private,
+loopback, link-local, metadata, multicast and unspecified addresses, mDNS names (``*.local``,
+which cannot be checked before they are resolved), non-UDP candidates and lines that cannot be
+parsed. The connection forms all the same: the client's own checks reach the server, which
+learns each address they come from as a peer-reflexive candidate (RFC 8445 section 7.3.1.3) and
+answers there. When it drops a candidate it also drops ``a=end-of-candidates``: the offer then
+no longer lists every address the client checks from, and aioice, told that no more candidates
+are coming, gives up at once on a component left without a candidate pair (the answer then
+carries no candidates at all) instead of waiting for the client's checks.
+
+Pure parts, tested directly: :func:`parse_offer`, :func:`check_sdp`, :func:`filter_candidates`,
+:func:`describe_dropped`, :func:`frame_to_pcm`, :func:`with_loopback`, :func:`ice_servers`.
+:class:`WebRTCPeer` and :class:`WebRTCGateway` are the event-loop shell.
 
 ICE on one machine: aioice gathers host candidates on every interface except loopback and offers
 no switch for it, so :func:`include_loopback_candidates` wraps ``aioice.ice.get_host_addresses``
@@ -22,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -46,6 +65,7 @@ from stream_server.errors import GenrecastError, ProtocolError
 from stream_server.guard import client_address
 from stream_server.messages import MAX_NAME_CHARS, StartMessage, check_text
 from stream_server.service import LiveStream, Service
+from stream_server.source_policy import address_problem
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +76,9 @@ WEBRTC_CHANNELS: Final = 2
 
 #: Largest offer body accepted, in bytes (a browser's audio offer is a few kilobytes).
 MAX_OFFER_BYTES: Final = 64 * 1024
+
+#: Most remote ICE candidates kept from one offer (a browser offers a few per network interface).
+MAX_REMOTE_CANDIDATES: Final = 16
 
 #: Loopback addresses added to aioice's host addresses, by IP version.
 LOOPBACK_V4: Final = "127.0.0.1"
@@ -134,6 +157,100 @@ def check_sdp(sdp: str) -> None:
             "the SDP offer was rejected: it has no DTLS fingerprint (a=fingerprint), so its "
             "media could not be authenticated"
         )
+
+
+_CANDIDATE: Final = "a=candidate:"
+_END_OF_CANDIDATES: Final = "a=end-of-candidates"
+_MAX_PORT: Final = 65535
+
+
+def _host_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` as an IP address (an IPv4-mapped IPv6 address as its IPv4 address), or
+    ``None`` when it is not one."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _candidate_problem(
+    fields: list[str], client: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+) -> str | None:
+    """Why the server may not send ICE checks to the candidate whose ``a=candidate:`` value
+    splits into ``fields``, or ``None``; ``client`` is the offering client's address."""
+    if len(fields) < 8:
+        return "too few fields"
+    transport, address, port = fields[2], fields[4], fields[5]
+    try:
+        port_ok = 0 < int(port) <= _MAX_PORT
+    except ValueError:
+        port_ok = False
+    if not port_ok:
+        return "not a valid port"
+    if transport.lower() != "udp":
+        return "not UDP"
+    if address.lower().endswith(".local"):
+        return "an mDNS name"
+    ip = _host_ip(address)
+    if ip is None:
+        return "not an IP address"
+    if ip == client:
+        return None
+    return address_problem(str(ip), allow_private=False)
+
+
+def filter_candidates(
+    sdp: str, client: str, *, limit: int = MAX_REMOTE_CANDIDATES
+) -> tuple[str, list[str]]:
+    """``sdp`` with only the remote ICE candidates the server may send checks to, and why each
+    other ``a=candidate:`` line was dropped (one reason per line, in order).
+
+    A candidate is kept when its connection address is ``client`` (the address the offer came
+    from, as :func:`~stream_server.guard.client_address` gives it) or a public address, and at
+    most ``limit`` are kept. When any is dropped, ``a=end-of-candidates`` is dropped too (see the
+    module docstring). Lines are split as aiortc splits them; every other line is kept as it is,
+    line ending included.
+    """
+    client_ip = _host_ip(client)
+    lines = sdp.splitlines(keepends=True)
+    kept: list[str] = []
+    dropped: list[str] = []
+    candidates = 0
+    for line in lines:
+        if not line.startswith(_CANDIDATE):
+            kept.append(line)
+            continue
+        problem = _candidate_problem(line[len(_CANDIDATE) :].split(), client_ip)
+        if problem is None and candidates >= limit:
+            problem = f"over the limit of {limit} candidates"
+        if problem is None:
+            candidates += 1
+            kept.append(line)
+        else:
+            dropped.append(problem)
+    if dropped:
+        kept = [line for line in kept if not _is_end_of_candidates(line)]
+    return "".join(kept), dropped
+
+
+def _is_end_of_candidates(line: str) -> bool:
+    """Whether aiortc reads ``line`` (line ending included) as ``a=end-of-candidates``."""
+    text = line.splitlines()[0] if line else line
+    return text == _END_OF_CANDIDATES or text.startswith(_END_OF_CANDIDATES + ":")
+
+
+def describe_dropped(dropped: list[str], *, most: int = 8) -> str:
+    """The reasons :func:`filter_candidates` gives, as one line: each distinct reason with its
+    count, the most common first, at most ``most`` of them (then how many more there are), e.g.
+    ``"a loopback address (127.0.0.2): 2, an mDNS name: 1"``."""
+    counts = Counter(dropped).most_common()
+    parts = [f"{reason}: {n}" for reason, n in counts[:most]]
+    if len(counts) > most:
+        parts.append(f"{len(counts) - most} other reasons")
+    return ", ".join(parts)
 
 
 def frame_to_pcm(frame: Any, *, sample_rate: int = WEBRTC_SAMPLE_RATE) -> bytes:
@@ -364,7 +481,7 @@ class WebRTCGateway:
         )
         self.peers.add(peer)
         try:
-            await _apply_offer(pc, offer.sdp)
+            await _apply_offer(pc, offer.sdp, client)
             try:
                 live, _ = await self.service.open_stream(
                     StartMessage(
@@ -412,9 +529,18 @@ _AIORTC_ERRORS: Final = (
 )
 
 
-async def _apply_offer(pc: Any, sdp: str) -> None:
-    """Apply a remote offer to ``pc`` with one receive-only, Opus-only audio transceiver."""
+async def _apply_offer(pc: Any, sdp: str, client: str) -> None:
+    """Apply a remote offer from ``client`` (an address) to ``pc`` with one receive-only,
+    Opus-only audio transceiver and only the remote candidates :func:`filter_candidates` keeps."""
     check_sdp(sdp)
+    sdp, dropped = filter_candidates(sdp, client)
+    if dropped:
+        log.info(
+            "WebRTC offer from %s: dropped %d of its ICE candidates (%s)",
+            client,
+            len(dropped),
+            describe_dropped(dropped),
+        )
     transceiver = pc.addTransceiver("audio", direction="recvonly")
     capabilities = RTCRtpReceiver.getCapabilities("audio")
     codecs = capabilities.codecs if capabilities is not None else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
 )
+from aiortc.sdp import SessionDescription
 from websockets.asyncio.client import ClientConnection
 
 from stream_server.config import Config
@@ -24,8 +26,11 @@ from stream_server.model import LoadedModel
 from stream_server.server import running_server
 from stream_server.webrtc import (
     MAX_OFFER_BYTES,
+    MAX_REMOTE_CANDIDATES,
     Offer,
     WebRTCError,
+    describe_dropped,
+    filter_candidates,
     frame_to_pcm,
     ice_servers,
     include_loopback_candidates,
@@ -49,7 +54,11 @@ from tests.helpers.webrtc import (
     WEBRTC_RATE,
     client_peer,
     connect,
+    host_candidate,
+    is_stun_binding_request,
     offer_json,
+    udp_listener,
+    with_candidates,
 )
 
 # -- pure parts ---------------------------------------------------------------------------------
@@ -147,6 +156,159 @@ def test_ice_servers_are_empty_without_stun() -> None:
     assert ice_servers("") == []
     [server] = ice_servers("stun:stun.example.org:3478")
     assert server.urls == "stun:stun.example.org:3478"
+
+
+# -- remote candidates -------------------------------------------------------------------------
+
+#: An offer's lines around its candidates (CRLF line endings, as browsers send them).
+SDP_HEAD = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n"
+    "a=rtpmap:111 opus/48000/2\r\n"
+)
+SDP_TAIL = "a=end-of-candidates\r\na=ice-ufrag:abcd\r\na=fingerprint:sha-256 AB:CD\r\n"
+
+
+def sdp_with(*candidates: str) -> str:
+    """An offer whose candidates are ``candidates`` (``a=candidate:`` values)."""
+    return SDP_HEAD + "".join(f"a=candidate:{c}\r\n" for c in candidates) + SDP_TAIL
+
+
+def test_public_candidates_are_kept_and_the_offer_is_unchanged() -> None:
+    offer = sdp_with(
+        host_candidate("8.8.8.8", 5000),
+        host_candidate("2001:4860:4860::8888", 5001),
+        "2 1 UDP 1694498815 1.1.1.1 61000 typ srflx raddr 10.0.0.2 rport 5000",
+    )
+    assert filter_candidates(offer, "127.0.0.1") == (offer, [])
+
+
+@pytest.mark.parametrize(
+    ("client", "address"),
+    [
+        ("10.1.2.3", "10.1.2.3"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("127.0.0.1", "::ffff:127.0.0.1"),
+        ("::ffff:192.168.1.20", "::FFFF:C0A8:0114"),
+        ("fd00::1", "fd00:0:0:0::0001"),
+        ("::1", "0:0:0:0:0:0:0:1"),
+    ],
+)
+def test_candidates_at_the_clients_own_address_are_kept_at_any_port(
+    client: str, address: str
+) -> None:
+    offer = sdp_with(host_candidate(address, 1), host_candidate(address, 65535))
+    assert filter_candidates(offer, client) == (offer, [])
+
+
+@pytest.mark.parametrize(
+    ("candidate", "reason"),
+    [
+        (host_candidate("10.1.2.4", 5000), "a private address (10.1.2.4)"),
+        (host_candidate("192.168.1.1", 5000), "a private address (192.168.1.1)"),
+        (host_candidate("fd00::2", 5000), "a private address (fd00::2)"),
+        (host_candidate("127.0.0.2", 5000), "a loopback address (127.0.0.2)"),
+        (host_candidate("::1", 5000), "a loopback address (::1)"),
+        (host_candidate("::ffff:127.0.0.1", 5000), "a loopback address (127.0.0.1)"),
+        (host_candidate("169.254.1.1", 5000), "a link-local address (169.254.1.1)"),
+        (host_candidate("fe80::1", 5000), "a link-local address (fe80::1)"),
+        (host_candidate("169.254.169.254", 80), "a cloud metadata address (169.254.169.254)"),
+        (host_candidate("::ffff:a9fe:a9fe", 80), "a cloud metadata address (169.254.169.254)"),
+        (host_candidate("0.0.0.0", 5000), "an unspecified address (0.0.0.0)"),
+        (host_candidate("::", 5000), "an unspecified address (::)"),
+        (host_candidate("224.0.0.251", 5353), "a multicast address (224.0.0.251)"),
+        (host_candidate("100.64.0.1", 5000), "a private address (100.64.0.1)"),
+        (host_candidate("3f1c2a4b-6c1e-4f6a-9b0e-1d2c3b4a5f60.local", 5000), "an mDNS name"),
+        (host_candidate("printer.LOCAL", 5000), "an mDNS name"),
+        (host_candidate("example.org", 5000), "not an IP address"),
+        (host_candidate("8.8.8.8", 0), "not a valid port"),
+        (host_candidate("8.8.8.8", 65536), "not a valid port"),
+        ("1 1 udp 2130706431 8.8.8.8 http typ host", "not a valid port"),
+        ("1 1 tcp 1518280447 8.8.8.8 9 typ host tcptype active", "not UDP"),
+        ("1 1 udp 2130706431 8.8.8.8 5000", "too few fields"),
+        ("", "too few fields"),
+    ],
+)
+def test_other_candidates_are_dropped_with_the_reason(candidate: str, reason: str) -> None:
+    public = host_candidate("8.8.8.8", 5000)
+    sdp, dropped = filter_candidates(sdp_with(public, candidate, public), "10.1.2.3")
+    assert dropped == [reason]
+    # Only that line goes, and end-of-candidates with it: the client's checks still arrive.
+    expected = sdp_with(public, public).replace("a=end-of-candidates\r\n", "")
+    assert sdp == expected
+
+
+def test_candidates_over_the_limit_are_dropped() -> None:
+    public = [host_candidate(f"8.8.8.{i}", 5000) for i in range(1, MAX_REMOTE_CANDIDATES + 3)]
+    mine = host_candidate("10.1.2.3", 5000)
+    other = host_candidate("10.1.2.4", 5000)
+    offer = sdp_with(other, *public[:MAX_REMOTE_CANDIDATES], mine, *public[MAX_REMOTE_CANDIDATES:])
+    sdp, dropped = filter_candidates(offer, "10.1.2.3")
+    assert dropped == ["a private address (10.1.2.4)"] + 3 * [
+        f"over the limit of {MAX_REMOTE_CANDIDATES} candidates"
+    ]
+    kept = [line[len("a=candidate:") :] for line in sdp.split("\r\n") if "candidate:" in line]
+    assert kept == public[:MAX_REMOTE_CANDIDATES]
+
+    sdp, dropped = filter_candidates(sdp_with(mine, *public[:2]), "10.1.2.3", limit=2)
+    assert dropped == ["over the limit of 2 candidates"]
+    assert sdp == SDP_HEAD + f"a=candidate:{mine}\r\na=candidate:{public[0]}\r\n" + (
+        SDP_TAIL.replace("a=end-of-candidates\r\n", "")
+    )
+
+
+def test_an_unknown_client_keeps_only_public_candidates() -> None:
+    offer = sdp_with(host_candidate("127.0.0.1", 5000), host_candidate("8.8.8.8", 5000))
+    sdp, dropped = filter_candidates(offer, "?")
+    assert dropped == ["a loopback address (127.0.0.1)"]
+    assert "127.0.0.1" not in sdp and " 8.8.8.8 5000 " in sdp
+
+
+def test_other_lines_keep_their_bytes_and_line_endings() -> None:
+    odd = (
+        "v=0\no=- 1 1 IN IP4 0.0.0.0\r\na=x-custom: trailing space \r\n"
+        "a=candidate:1 1 udp 1 10.9.9.9 5000 typ host\r\n"
+        "a=end-of-candidates:extra\n\r\n a=candidate:not at the start of a line\r\nlast"
+    )
+    sdp, dropped = filter_candidates(odd, "127.0.0.1")
+    assert dropped == ["a private address (10.9.9.9)"]
+    assert sdp == (
+        "v=0\no=- 1 1 IN IP4 0.0.0.0\r\na=x-custom: trailing space \r\n"
+        "\r\n a=candidate:not at the start of a line\r\nlast"
+    )
+
+
+def test_lines_are_split_as_aiortc_splits_them() -> None:
+    """A candidate hidden after a vertical tab or a form feed is a line of its own to aiortc."""
+    offer = (
+        SDP_HEAD
+        + "a=candidate:"
+        + host_candidate("8.8.8.8", 5000)
+        + "\x0ba=candidate:"
+        + host_candidate("10.0.0.1", 5000)
+        + "\x0c\x1ca=candidate:"
+        + host_candidate("169.254.169.254", 80)
+        + "\r\n"
+        + SDP_TAIL
+    )
+    assert len(SessionDescription.parse(offer).media[0].ice_candidates) == 3
+    sdp, dropped = filter_candidates(offer, "127.0.0.1")
+    assert len(dropped) == 2
+    [media] = SessionDescription.parse(sdp).media
+    assert [c.ip for c in media.ice_candidates] == ["8.8.8.8"]
+    assert not media.ice_candidates_complete
+
+
+def test_describe_dropped_counts_each_reason() -> None:
+    assert describe_dropped([]) == ""
+    reasons = ["an mDNS name", "a loopback address (127.0.0.2)", "an mDNS name"]
+    assert describe_dropped(reasons) == "an mDNS name: 2, a loopback address (127.0.0.2): 1"
+    many = [f"a private address (10.0.0.{i})" for i in range(10)]
+    assert describe_dropped(many, most=3) == (
+        "a private address (10.0.0.0): 1, a private address (10.0.0.1): 1, "
+        "a private address (10.0.0.2): 1, 7 other reasons"
+    )
 
 
 # -- a real peer --------------------------------------------------------------------------------
@@ -368,5 +530,65 @@ def test_stopping_the_server_closes_its_peers(
             await wait_for_state(client, {"closed", "failed"})
         finally:
             await client.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("address", "checked"),
+    [("127.0.0.2", False), ("127.0.0.1", True)],
+    ids=["another-loopback-address", "the-clients-address"],
+)
+def test_the_server_sends_checks_only_to_the_clients_own_address(
+    make_config: Callable[..., Config],
+    tiny_model: LoadedModel,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    address: str,
+    checked: bool,
+) -> None:
+    """The offer's only candidate is a UDP socket of the test's. At another loopback address
+    than the client's (127.0.0.1) the server sends it nothing and connects from the client's own
+    checks (a peer-reflexive candidate); at the client's address it sends its checks there."""
+    include_loopback_candidates()
+    # Both peers gather on 127.0.0.1 alone, so no check goes to another address of this machine.
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    caplog.set_level(logging.INFO, logger="stream_server.webrtc")
+
+    async def scenario() -> None:
+        async with (
+            running_server(make_config(), model=tiny_model) as server,
+            httpx.AsyncClient(base_url=server.http_url) as http,
+            ws_connect(server, "/ws/updates") as sub,
+            udp_listener(address) as target,
+        ):
+            client = client_peer()
+            try:
+                candidate = host_candidate(address, target.port)
+                stream_id = await connect(
+                    http,
+                    client,
+                    loopback_only=True,
+                    rewrite=lambda sdp: with_candidates(sdp, candidate),
+                )
+                await messages_until(
+                    sub, lambda m: m["type"] == "genre.update" and m["stream_id"] == stream_id
+                )
+                assert client.connectionState == "connected"
+                if checked:
+                    await asyncio.wait_for(target.arrived.wait(), 2.0)
+                else:
+                    await asyncio.sleep(2.0)
+            finally:
+                await client.close()
+            await messages_until(sub, is_ended(stream_id))
+
+        if checked:
+            assert target.received and all(map(is_stun_binding_request, target.received))
+            assert "of its ICE candidates" not in caplog.text
+        else:
+            assert target.received == []
+            dropped = f"dropped 1 of its ICE candidates (a loopback address ({address}): 1)"
+            assert dropped in caplog.text
 
     run(scenario())

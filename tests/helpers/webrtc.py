@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import av
@@ -71,6 +73,51 @@ def only_loopback(sdp: str) -> str:
     return "\r\n".join(kept)
 
 
+def with_candidates(sdp: str, *candidates: str) -> str:
+    """``sdp`` with its ICE candidate lines replaced by ``candidates`` (``a=candidate:`` values),
+    put where the first one was."""
+    lines = sdp.split("\r\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=candidate:"))
+    rest = [line for line in lines if not line.startswith("a=candidate:")]
+    return "\r\n".join([*rest[:at], *(f"a=candidate:{c}" for c in candidates), *rest[at:]])
+
+
+def host_candidate(address: str, port: int) -> str:
+    """An ``a=candidate:`` value: a UDP host candidate at ``address``:``port`` (RTP)."""
+    return f"1 1 udp 2130706431 {address} {port} typ host"
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """Records every datagram its socket receives; ``port`` is the UDP port it is bound to."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.received: list[bytes] = []
+        self.arrived = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.received.append(data)
+        self.arrived.set()
+
+
+@contextlib.asynccontextmanager
+async def udp_listener(host: str) -> AsyncIterator[UdpListener]:
+    """A :class:`UdpListener` bound to a free UDP port on ``host``, closed on exit."""
+    transport, listener = await asyncio.get_running_loop().create_datagram_endpoint(
+        UdpListener, local_addr=(host, 0)
+    )
+    listener.port = transport.get_extra_info("sockname")[1]
+    try:
+        yield listener
+    finally:
+        transport.close()
+
+
+def is_stun_binding_request(data: bytes) -> bool:
+    """Whether ``data`` is a STUN binding request (RFC 5389: type 0x0001, the magic cookie)."""
+    return len(data) >= 20 and data[:2] == b"\x00\x01" and data[4:8] == b"\x21\x12\xa4\x42"
+
+
 async def offer_json(pc: RTCPeerConnection, name: str = "") -> dict[str, str]:
     """Gather (non-trickle) and return the offer body for POST /webrtc/offer."""
     await pc.setLocalDescription(await pc.createOffer())
@@ -78,12 +125,20 @@ async def offer_json(pc: RTCPeerConnection, name: str = "") -> dict[str, str]:
 
 
 async def connect(
-    http: httpx.AsyncClient, pc: RTCPeerConnection, *, name: str = "", loopback_only: bool = False
+    http: httpx.AsyncClient,
+    pc: RTCPeerConnection,
+    *,
+    name: str = "",
+    loopback_only: bool = False,
+    rewrite: Callable[[str], str] | None = None,
 ) -> str:
-    """Offer, apply the answer; returns the stream id."""
+    """Offer (its SDP passed through ``rewrite`` when given), apply the answer; returns the
+    stream id."""
     body = await offer_json(pc, name)
     if loopback_only:
         body["sdp"] = only_loopback(body["sdp"])
+    if rewrite is not None:
+        body["sdp"] = rewrite(body["sdp"])
     reply = await http.post("/webrtc/offer", json=body)
     assert reply.status_code == 200, reply.text
     answer = reply.json()
