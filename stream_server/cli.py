@@ -371,6 +371,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor(config, f"{path}" if path else "no config.toml: the defaults", as_json=args.json)
 
 
+def _client_args(
+    parser: argparse.ArgumentParser,
+    *,
+    server_help: str = f"server URL (default {DEFAULT_SERVER})",
+    server_default: str | None = DEFAULT_SERVER,
+    token_help: str = TOKEN_HELP,
+) -> None:
+    """``--server`` and ``--token``: how a client command reaches a server."""
+    parser.add_argument("--server", default=server_default, help=server_help)
+    parser.add_argument("--token", help=token_help)
+
+
 class _Version(argparse.Action):
     """``--version``: looks the version up only when asked (the lookup reads package metadata)."""
 
@@ -410,9 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "source",
         help="anything PyAV can read: a file path or URL; http(s) URLs are pulled by the server",
     )
-    p.add_argument(
-        "--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER})"
-    )
+    _client_args(p)
     p.add_argument("--name", help="stream name (default: the file name)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="send at the audio's own pace")
@@ -433,32 +443,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="have the server read SOURCE itself (an http(s) URL, or a file in the server's "
         "media folder, [sources] media_dir); prints the stream id and returns",
     )
-    p.add_argument("--token", help=TOKEN_HELP)
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("watch", help="print live updates")
-    p.add_argument(
-        "--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER})"
-    )
+    _client_args(p)
     p.add_argument("--stream", help="only this stream id")
     p.add_argument("--since", type=int, help="replay messages after this seq")
     p.add_argument("--json", action="store_true", help="print raw JSON messages")
     p.add_argument("--count", type=int, help="exit after this many genre.update messages")
     p.add_argument("--until-end", action="store_true", help="exit when the stream ends")
-    p.add_argument("--token", help=TOKEN_HELP)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("classify", help="classify an audio file, offline or on a server")
     p.add_argument("file", help="audio file (anything PyAV can read)")
-    p.add_argument(
-        "--server",
-        help="upload the file to this server's POST /classify instead of loading a model here",
+    _client_args(
+        p,
+        server_help="upload the file to this server's POST /classify instead of loading a model "
+        "here",
+        server_default=None,
+        token_help=f"with --server: {TOKEN_HELP}",
     )
     p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
     p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--token", help=f"with --server: {TOKEN_HELP}")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("bench", help="measure throughput and latency with concurrent streams")
@@ -644,12 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("dashboard", help="the live dashboard (Streamlit) for a running server")
-    p.add_argument(
-        "--server", default=DEFAULT_SERVER, help=f"server URL (default {DEFAULT_SERVER})"
-    )
+    _client_args(p)
     p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--token", help=TOKEN_HELP)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser(

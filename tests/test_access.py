@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -19,11 +18,16 @@ from stream_server.model import LoadedModel
 from stream_server.server import RunningServer, running_server
 from tests.helpers.cli import genrecast
 from tests.helpers.fuzz import LogRecorder
-from tests.helpers.live import recv_json, run, start
-
-ALL = "every-scope-token-0123456789"
-READER = "reader-token-0123456789abcdef"
-FEEDER = "ingest-token-0123456789abcdef"
+from tests.helpers.live import (
+    ALL,
+    FEEDER,
+    READER,
+    install_tokens,
+    recv_json,
+    run,
+    serving,
+    start,
+)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -42,11 +46,7 @@ async def ws_status(server: RunningServer, path: str, **kwargs: object) -> int:
 @pytest.fixture
 def tokens(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str]]:
     """``GENRECAST_TOKEN`` (every scope), a read token in a file, an ingest token in the env."""
-    monkeypatch.setenv(TOKEN_ENV, ALL)
-    monkeypatch.setenv("FEEDER_TOKEN", FEEDER)
-    reader = tmp_path / "reader.token"
-    reader.write_text(READER + "\n")
-    return {"read_tokens": [f"file:{reader}"], "ingest_tokens": ["env:FEEDER_TOKEN"]}
+    return install_tokens(monkeypatch, tmp_path)
 
 
 def test_tokens_and_scopes_on_every_route(
@@ -55,11 +55,7 @@ def test_tokens_and_scopes_on_every_route(
     tokens: dict[str, list[str]],
 ) -> None:
     async def scenario() -> None:
-        config = make_config(auth=tokens)
-        async with (
-            running_server(config, model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
-        ):
+        async with serving(make_config(auth=tokens), tiny_model) as (server, http):
             recorder.attach()  # after uvicorn configured its loggers
             # open to anyone
             assert (await http.get("/health")).status_code == 200
@@ -113,11 +109,7 @@ def test_browser_tickets_open_websockets_for_a_while(
     tokens: dict[str, list[str]],
 ) -> None:
     async def scenario() -> None:
-        config = make_config(auth=tokens)
-        async with (
-            running_server(config, model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
-        ):
+        async with serving(make_config(auth=tokens), tiny_model) as (server, http):
             assert (await http.post("/auth/ticket")).status_code == 401
             reply = await http.post("/auth/ticket", headers=bearer(READER))
             assert reply.status_code == 200
@@ -141,10 +133,7 @@ def test_metrics_can_be_opened_for_a_scraper(
 ) -> None:
     async def scenario() -> None:
         config = make_config(auth={**tokens, "open_metrics": True})
-        async with (
-            running_server(config, model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
-        ):
+        async with serving(config, tiny_model) as (_, http):
             assert (await http.get("/metrics")).status_code == 200
             assert (await http.get("/streams")).status_code == 401
 
@@ -157,10 +146,7 @@ def test_foreign_hosts_origins_and_forms_are_refused_even_without_tokens(
     """A loopback server without a token is what DNS rebinding and cross-site pages aim at."""
 
     async def scenario() -> None:
-        async with (
-            running_server(make_config(), model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
-        ):
+        async with serving(make_config(), tiny_model) as (server, http):
             assert (await http.get("/streams")).status_code == 200  # open on loopback
             rebound = await http.get("/streams", headers={"Host": f"evil.example:{server.port}"})
             assert rebound.status_code == 421 and rebound.json()["code"] == "unknown_host"
@@ -205,11 +191,7 @@ def test_listed_origins_get_cors_answers(
 ) -> None:
     async def scenario() -> None:
         friend = "http://127.0.0.1:8501"
-        config = make_config(auth={"origins": [friend]})
-        async with (
-            running_server(config, model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
-        ):
+        async with serving(make_config(auth={"origins": [friend]}), tiny_model) as (server, http):
             preflight = await http.options(
                 "/streams", headers={"Origin": friend, "Access-Control-Request-Method": "POST"}
             )

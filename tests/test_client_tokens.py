@@ -37,11 +37,8 @@ from tests.helpers.browser import (
     launch,
 )
 from tests.helpers.cli import GENRECAST, free_port, genrecast
-from tests.helpers.live import run
+from tests.helpers.live import ALL, FEEDER, READER, install_tokens, run
 
-ALL = "every-scope-token-0123456789"
-READER = "reader-token-0123456789abcdef"
-FEEDER = "ingest-token-0123456789abcdef"
 WRONG = "wrong-token-0123456789abcdef"
 
 #: A client process's environment without a token (the tests' own has ``GENRECAST_TOKEN``).
@@ -53,15 +50,10 @@ NEEDS_TOKEN = f"the server needs a token: pass --token or set {TOKEN_ENV}"
 def protected(
     make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Config:
-    """A server config with tokens: ``GENRECAST_TOKEN`` = :data:`ALL` (every scope), a read-only
-    and an ingest-only token; files in ``tmp_path`` may be pulled."""
-    monkeypatch.setenv(TOKEN_ENV, ALL)
-    monkeypatch.setenv("READER_TOKEN", READER)
-    monkeypatch.setenv("FEEDER_TOKEN", FEEDER)
-    return make_config(
-        auth={"read_tokens": ["env:READER_TOKEN"], "ingest_tokens": ["env:FEEDER_TOKEN"]},
-        sources={"media_dir": str(tmp_path)},
-    )
+    """A server config with the tokens of :func:`install_tokens`: ``GENRECAST_TOKEN`` = ``ALL``
+    (every scope), a read-only and an ingest-only token; files in ``tmp_path`` may be pulled."""
+    auth = install_tokens(monkeypatch, tmp_path)
+    return make_config(auth=auth, sources={"media_dir": str(tmp_path)})
 
 
 @pytest.fixture

@@ -21,14 +21,18 @@ from stream_server.server import RunningServer, running_server
 from tests.conftest import music
 from tests.helpers.live import (
     RATE,
+    collect_until_end,
     expect_rejection,
     get_metrics,
     recv_json,
     run,
     send_audio,
+    server_metrics,
+    serving,
     start,
     start_stream,
     stop_stream,
+    stream_ids,
     ws,
 )
 
@@ -96,12 +100,6 @@ def odd_wav() -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-async def stream_ids(http: httpx.AsyncClient) -> set[str]:
-    reply = await http.get("/streams")
-    assert reply.status_code == 200, reply.text
-    return {s["stream_id"] for s in reply.json()["streams"]}
-
-
 def refused(reply: httpx.Response, status: int, needle: str) -> None:
     assert reply.status_code == status, reply.text
     text = reply.json()["error"]
@@ -119,9 +117,8 @@ def test_bad_names_never_leave_a_stream_behind_nor_lock_the_server_out(
 
     async def scenario() -> None:
         config = make_config(server={"max_streams": max_streams})
-        async with running_server(config, model=tiny_model) as server:
-            http = httpx.AsyncClient(base_url=server.http_url)
-            async with http, ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as healthy:
+        async with serving(config, tiny_model) as (server, http):
+            async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as healthy:
                 healthy_id = await start_stream(healthy, name="healthy")
                 audio = music(4.0, RATE)
                 await send_audio(healthy, audio[: len(audio) // 2])
@@ -157,12 +154,7 @@ def test_bad_names_never_leave_a_stream_behind_nor_lock_the_server_out(
                 await send_audio(healthy, audio[len(audio) // 2 :])
                 ended = await stop_stream(healthy)
                 assert ended["windows_computed"] >= 1
-                seen = []
-                while True:
-                    message = await recv_json(sub)
-                    seen.append(message)
-                    if message["type"] == "stream.ended" and message["stream_id"] == healthy_id:
-                        break
+                seen = await collect_until_end(sub, healthy_id)
                 started = [m["stream_id"] for m in seen if m["type"] == "stream.started"]
                 assert set(started) <= {healthy_id, *others}  # no refused stream was announced
                 metrics = await get_metrics(http)
@@ -223,10 +215,7 @@ def test_bad_uploads_and_offers_get_4xx_not_500(
     pytest.importorskip("aiortc", reason="the webrtc extra is not installed")
 
     async def scenario() -> None:
-        async with (
-            running_server(make_config(), model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
-        ):
+        async with serving(make_config(), tiny_model) as (server, http):
             reply = await http.post(
                 "/classify", content=odd_wav(), headers={"content-type": "audio/wav"}
             )
@@ -260,8 +249,7 @@ def test_bad_uploads_and_offers_get_4xx_not_500(
 
 
 async def check_no_500(server: RunningServer) -> None:
-    async with httpx.AsyncClient(base_url=server.http_url) as http:
-        metrics = await get_metrics(http)
+    metrics = await server_metrics(server)
     assert not any(
         k.startswith("genrecast_errors_total{kind=upload}") and v for k, v in metrics.items()
     )

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -23,6 +22,7 @@ from tests.helpers.live import (
     get_metrics,
     recv_json,
     run,
+    serving,
     start,
     start_stream,
     ws,
@@ -103,10 +103,7 @@ def test_pending_webrtc_offers_are_bounded(
             webrtc={"max_pending": 2, "connect_timeout_s": 30.0},
             server={"max_streams_per_client": 10},
         )
-        async with (
-            running_server(config, model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
-        ):
+        async with serving(config, tiny_model) as (server, http):
             peers = [client_peer() for _ in range(3)]
             try:
                 replies = []
@@ -135,10 +132,7 @@ def test_concurrent_uploads_are_bounded(
 
     async def scenario() -> None:
         config = make_config(upload={"max_concurrent": 1})
-        async with (
-            running_server(config, model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url, timeout=TIMEOUT_S) as http,
-        ):
+        async with serving(config, tiny_model, timeout=TIMEOUT_S) as (_, http):
             headers = {"Content-Type": "audio/wav"}
             first = asyncio.create_task(
                 http.post("/classify", content=slow_body(), headers=headers)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from stream_server.config import Config
@@ -20,7 +19,7 @@ from tests.helpers.browser import (
     fake_microphone,
     launch,
 )
-from tests.helpers.live import run
+from tests.helpers.live import run, serving
 from tests.helpers.speech import ToneSpeech, marker
 
 pytestmark = NEEDS_BROWSER
@@ -34,8 +33,7 @@ def test_mic_page_shows_the_live_genre_of_the_microphone(
     async def scenario() -> None:
         assert async_playwright is not None
         async with (
-            running_server(make_config(), model=tiny_model) as server,
-            httpx.AsyncClient(base_url=server.http_url) as http,
+            serving(make_config(), tiny_model) as (server, http),
             async_playwright() as playwright,
         ):
             browser = await launch(playwright, *fake_microphone(wav))

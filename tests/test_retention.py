@@ -3,7 +3,6 @@ segments and titles, in the store and by a running server; live and recent strea
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import sqlite3
@@ -11,16 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from stream_server.config import Config, config_from_dict
 from stream_server.errors import ConfigError
 from stream_server.model import LoadedModel
-from stream_server.server import running_server
 from stream_server.store import StreamRecord, TimelineStore, TrackTitle
 from stream_server.timeline import Segment
 from tests.conftest import TIMEOUT_S
+from tests.helpers.live import run, serving, stream_ids
 
 DAY_S = 86400.0
 
@@ -133,11 +131,17 @@ def test_prune_refuses_nan(tmp_path: Path) -> None:
 # -- a running server ------------------------------------------------------------------------------
 
 
-async def listed_ids(http_url: str) -> set[str]:
-    async with httpx.AsyncClient(base_url=http_url, timeout=TIMEOUT_S) as http:
-        reply = await http.get("/streams")
-    assert reply.status_code == 200, reply.text
-    return {stream["stream_id"] for stream in reply.json()["streams"]}
+def streams_after_start(config: Config, model: LoadedModel) -> tuple[set[str], Path]:
+    """Fill ``config``'s database with :func:`populate`, start a server on it (it prunes at
+    start): the ids ``GET /streams`` lists, and the database's path."""
+    path = Path(config.storage.database)
+    populate(path, time.time())
+
+    async def scenario() -> set[str]:
+        async with serving(config, model, timeout=TIMEOUT_S) as (_, http):
+            return await stream_ids(http)
+
+    return run(scenario()), path
 
 
 def test_server_prunes_old_ended_streams_at_start(
@@ -146,15 +150,8 @@ def test_server_prunes_old_ended_streams_at_start(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = make_config()  # storage.retention_days: the default, 30
-    path = Path(config.storage.database)
-    populate(path, time.time())
     caplog.set_level(logging.INFO, logger="stream_server.service")
-
-    async def scenario() -> set[str]:
-        async with running_server(config, model=tiny_model) as server:
-            return await listed_ids(server.http_url)
-
-    listed = asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT_S))
+    listed, path = streams_after_start(config, tiny_model)
     assert listed == {"recent", "live"}  # "live" was left open by a crash: ended at start
     assert set(rows_by_stream(path)) == {"recent", "live"}
     assert any("pruned 2 stream" in r.getMessage() for r in caplog.records), caplog.text
@@ -164,19 +161,8 @@ def test_server_keeps_every_stream_with_retention_zero(
     make_config: Callable[..., Config], tiny_model: LoadedModel
 ) -> None:
     config = make_config(storage={"retention_days": 0})
-    path = Path(config.storage.database)
-    populate(path, time.time())
-
-    async def scenario() -> set[str]:
-        async with running_server(config, model=tiny_model) as server:
-            return await listed_ids(server.http_url)
-
-    assert asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT_S)) == {
-        "old",
-        "older",
-        "recent",
-        "live",
-    }
+    listed, path = streams_after_start(config, tiny_model)
+    assert listed == {"old", "older", "recent", "live"}
     assert rows_by_stream(path) == {s: (2, 1) for s in ("old", "older", "recent", "live")}
 
 
@@ -185,12 +171,6 @@ def test_server_retention_is_in_days(
 ) -> None:
     """A shorter retention (0.5 days) also takes yesterday's stream."""
     config = make_config(storage={"retention_days": 0.5})
-    path = Path(config.storage.database)
-    populate(path, time.time())
-
-    async def scenario() -> set[str]:
-        async with running_server(config, model=tiny_model) as server:
-            return await listed_ids(server.http_url)
-
-    assert asyncio.run(asyncio.wait_for(scenario(), 6 * TIMEOUT_S)) == {"live"}
+    listed, path = streams_after_start(config, tiny_model)
+    assert listed == {"live"}
     assert set(rows_by_stream(path)) == {"live"}

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -31,10 +30,11 @@ from tests.helpers.live import (
     collect_until_end,
     expect_rejection,
     expected_windows,
-    get_metrics,
     recv_json,
     run,
     send_audio,
+    server_metrics,
+    serving,
     start,
     start_stream,
     stop_stream,
@@ -50,7 +50,7 @@ def test_ingest_to_updates_end_to_end(
     seconds = 6.0
 
     async def scenario() -> None:
-        async with running_server(make_config(), model=tiny_model) as server:
+        async with serving(make_config(), tiny_model) as (server, http):
             async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as ingest:
                 stream_id = await start_stream(ingest, name="e2e")
                 await send_audio(ingest, music(seconds, RATE))
@@ -85,26 +85,25 @@ def test_ingest_to_updates_end_to_end(
             assert changes and changes[0]["previous"] is None
             assert changes[0]["genre"] == updates[0]["genre"]
 
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                timeline = (await http.get(f"/streams/{stream_id}/timeline")).json()
-                assert timeline["stream_id"] == stream_id
-                segments = timeline["segments"]
-                assert segments[0]["start_s"] == pytest.approx(updates[0]["window_start_s"])
-                assert segments[-1]["end_s"] == pytest.approx(times[-1])
-                for a, b in itertools.pairwise(segments):
-                    assert a["end_s"] == pytest.approx(b["start_s"])
-                    assert a["genre"] != b["genre"]
-                assert sum(s["updates"] for s in segments) == len(updates)
-                csv = await http.get(f"/streams/{stream_id}/timeline", params={"format": "csv"})
-                assert csv.headers["content-type"].startswith("text/csv")
-                rows = csv.text.strip().splitlines()
-                assert rows[0].startswith("start_s,end_s,genre")
-                assert len(rows) == len(segments) + 1
-                streams = (await http.get("/streams")).json()["streams"]
-                mine = [s for s in streams if s["stream_id"] == stream_id]
-                assert mine and mine[0]["state"] == "ended" and mine[0]["name"] == "e2e"
-                missing = await http.get("/streams/nope/timeline")
-                assert missing.status_code == 404
+            timeline = (await http.get(f"/streams/{stream_id}/timeline")).json()
+            assert timeline["stream_id"] == stream_id
+            segments = timeline["segments"]
+            assert segments[0]["start_s"] == pytest.approx(updates[0]["window_start_s"])
+            assert segments[-1]["end_s"] == pytest.approx(times[-1])
+            for a, b in itertools.pairwise(segments):
+                assert a["end_s"] == pytest.approx(b["start_s"])
+                assert a["genre"] != b["genre"]
+            assert sum(s["updates"] for s in segments) == len(updates)
+            csv = await http.get(f"/streams/{stream_id}/timeline", params={"format": "csv"})
+            assert csv.headers["content-type"].startswith("text/csv")
+            rows = csv.text.strip().splitlines()
+            assert rows[0].startswith("start_s,end_s,genre")
+            assert len(rows) == len(segments) + 1
+            streams = (await http.get("/streams")).json()["streams"]
+            mine = [s for s in streams if s["stream_id"] == stream_id]
+            assert mine and mine[0]["state"] == "ended" and mine[0]["name"] == "e2e"
+            missing = await http.get("/streams/nope/timeline")
+            assert missing.status_code == 404
 
     run(scenario())
 
@@ -113,27 +112,26 @@ def test_health_ready_and_live_stream_listing(
     make_config: Callable[..., Config], tiny_model: LoadedModel
 ) -> None:
     async def scenario() -> None:
-        async with running_server(make_config(), model=tiny_model) as server:
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                assert (await http.get("/health")).json() == {"status": "ok"}
-                ready = (await http.get("/ready")).json()
-                assert ready["ready"] is True
-                assert ready["device"] == "cpu"
-                assert ready["labels"] == list(tiny_model.labels)
-                assert ready["window_s"] == 2.0
-                async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as ingest:
-                    stream_id = await start_stream(ingest, name="live one")
-                    await send_audio(ingest, music(3.0, RATE))
-                    while (await recv_json(sub))["type"] != "genre.update":
-                        pass
-                    streams = (await http.get("/streams")).json()["streams"]
-                    live = next(s for s in streams if s["stream_id"] == stream_id)
-                    assert live["state"] == "live"
-                    assert live["kind"] == "ws"
-                    assert live["stream_time_s"] == pytest.approx(3.0, abs=0.01)
-                    assert live["genre"] in tiny_model.labels
-                    assert live["lag_s"] >= 0
-                    await stop_stream(ingest)
+        async with serving(make_config(), tiny_model) as (server, http):
+            assert (await http.get("/health")).json() == {"status": "ok"}
+            ready = (await http.get("/ready")).json()
+            assert ready["ready"] is True
+            assert ready["device"] == "cpu"
+            assert ready["labels"] == list(tiny_model.labels)
+            assert ready["window_s"] == 2.0
+            async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as ingest:
+                stream_id = await start_stream(ingest, name="live one")
+                await send_audio(ingest, music(3.0, RATE))
+                while (await recv_json(sub))["type"] != "genre.update":
+                    pass
+                streams = (await http.get("/streams")).json()["streams"]
+                live = next(s for s in streams if s["stream_id"] == stream_id)
+                assert live["state"] == "live"
+                assert live["kind"] == "ws"
+                assert live["stream_time_s"] == pytest.approx(3.0, abs=0.01)
+                assert live["genre"] in tiny_model.labels
+                assert live["lag_s"] >= 0
+                await stop_stream(ingest)
 
     run(scenario())
 
@@ -205,8 +203,7 @@ def test_two_streams_are_batched_together(
                 assert set(got) == {id_a, id_b}
                 await stop_stream(a)
                 await stop_stream(b)
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                metrics = await get_metrics(http)
+            metrics = await server_metrics(server)
             assert metrics["genrecast_batch_size_count"] == 1
             assert metrics["genrecast_batch_size_sum"] == 2
             assert metrics["genrecast_windows_computed_total"] == 2
@@ -271,8 +268,7 @@ def test_bad_input_is_rejected_clearly_and_hurts_no_other_stream(
                 m for m in messages if m["type"] == "stream.ended" and m["stream_id"] == gone_id
             ]
             assert gone and gone[0]["reason"] == "client disconnected"
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                metrics = await get_metrics(http)
+            metrics = await server_metrics(server)
             assert metrics["genrecast_errors_total{kind=unsupported_format}"] == 4
             assert metrics["genrecast_errors_total{kind=invalid_json}"] == 2
             assert metrics["genrecast_errors_total{kind=frame_too_large}"] == 1
@@ -335,8 +331,7 @@ def test_stalled_subscriber_is_dropped_without_delaying_a_healthy_one(
                     # 2x real time: every window is computed, about 20 updates a second.
                     feeder = asyncio.create_task(send_audio(ingest, music(12.0, RATE), pace=0.05))
                     messages = await collect_until_end_after(healthy, stream_id, feeder, ingest)
-                    async with httpx.AsyncClient(base_url=server.http_url) as http:
-                        metrics = await get_metrics(http)
+                    metrics = await server_metrics(server)
             finally:
                 stalled.close()
         updates = [m for m in messages if m["type"] == "genre.update"]
@@ -372,18 +367,16 @@ def test_timeline_survives_a_restart(
 ) -> None:
     async def scenario() -> None:
         config = make_config()
-        async with running_server(config, model=tiny_model) as server:
+        async with serving(config, tiny_model) as (server, http):
             async with ws(server, "/ws/ingest") as ingest:
                 stream_id = await start_stream(ingest, name="persisted")
                 await send_audio(ingest, music(5.0, RATE))
                 await stop_stream(ingest)
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                before = (await http.get(f"/streams/{stream_id}/timeline")).json()
+            before = (await http.get(f"/streams/{stream_id}/timeline")).json()
         assert before["segments"]
-        async with running_server(config, model=tiny_model) as again:
-            async with httpx.AsyncClient(base_url=again.http_url) as http:
-                after = (await http.get(f"/streams/{stream_id}/timeline")).json()
-                streams = (await http.get("/streams")).json()["streams"]
+        async with serving(config, tiny_model) as (_, http):
+            after = (await http.get(f"/streams/{stream_id}/timeline")).json()
+            streams = (await http.get("/streams")).json()["streams"]
         assert after == before
         assert any(s["stream_id"] == stream_id and s["state"] == "ended" for s in streams)
         assert (tmp_path / "timeline.db").is_file()
@@ -409,25 +402,24 @@ def test_deleting_a_pushed_stream_tells_and_disconnects_its_client(
     ``stream.ended`` and its socket is closed at once, and another stream carries on."""
 
     async def scenario() -> None:
-        async with running_server(make_config(), model=tiny_model) as server:
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                async with ws(server, "/ws/ingest") as doomed, ws(server, "/ws/ingest") as other:
-                    doomed_id = await start_stream(doomed, name="doomed")
-                    other_id = await start_stream(other, name="other")
-                    await send_audio(doomed, music(1.0, RATE))
-                    assert (await http.delete(f"/streams/{doomed_id}")).status_code == 200
-                    ended = await recv_json(doomed)
-                    assert ended["type"] == "stream.ended", ended
-                    assert ended["stream_id"] == doomed_id
-                    assert ended["reason"] == "stopped by request"
-                    with pytest.raises(ConnectionClosed) as closed:
-                        await asyncio.wait_for(doomed.recv(), TIMEOUT_S)
-                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
-                    await send_audio(other, music(3.0, RATE))
-                    assert (await stop_stream(other))["windows_computed"] >= 1
-                streams = (await http.get("/streams")).json()["streams"]
-                assert {s["stream_id"] for s in streams} >= {doomed_id, other_id}
-                assert all(s["state"] == "ended" for s in streams)
+        async with serving(make_config(), tiny_model) as (server, http):
+            async with ws(server, "/ws/ingest") as doomed, ws(server, "/ws/ingest") as other:
+                doomed_id = await start_stream(doomed, name="doomed")
+                other_id = await start_stream(other, name="other")
+                await send_audio(doomed, music(1.0, RATE))
+                assert (await http.delete(f"/streams/{doomed_id}")).status_code == 200
+                ended = await recv_json(doomed)
+                assert ended["type"] == "stream.ended", ended
+                assert ended["stream_id"] == doomed_id
+                assert ended["reason"] == "stopped by request"
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(doomed.recv(), TIMEOUT_S)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+                await send_audio(other, music(3.0, RATE))
+                assert (await stop_stream(other))["windows_computed"] >= 1
+            streams = (await http.get("/streams")).json()["streams"]
+            assert {s["stream_id"] for s in streams} >= {doomed_id, other_id}
+            assert all(s["state"] == "ended" for s in streams)
 
     run(scenario())
 
@@ -436,7 +428,7 @@ def test_push_returns_cleanly_when_its_stream_is_deleted(
     make_config: Callable[..., Config], tiny_model: LoadedModel
 ) -> None:
     async def scenario() -> None:
-        async with running_server(make_config(), model=tiny_model) as server:
+        async with serving(make_config(), tiny_model) as (server, http):
             started: asyncio.Queue[str] = asyncio.Queue()
             audio = music(20.0, RATE).astype(np.float32)
             step = round(FRAME_S * RATE)
@@ -451,8 +443,7 @@ def test_push_returns_cleanly_when_its_stream_is_deleted(
                 )
             )
             stream_id = await asyncio.wait_for(started.get(), TIMEOUT_S)
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                assert (await http.delete(f"/streams/{stream_id}")).status_code == 200
+            assert (await http.delete(f"/streams/{stream_id}")).status_code == 200
             result = await asyncio.wait_for(push, TIMEOUT_S)
             assert result.stream_id == stream_id
             assert result.ended is not None and result.ended["reason"] == "stopped by request"
@@ -498,12 +489,11 @@ def test_real_music_around_silence_on_a_live_stream(
     config = make_config(engine={"hop_s": 1.0})
 
     async def scenario() -> None:
-        async with running_server(config, model=model) as server:
+        async with serving(config, model) as (server, http):
             async with ws(server, "/ws/updates") as sub:
                 stream_id = await push_mono(server, audio, rate, "silence")
                 messages = await collect_until_end(sub, stream_id)
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                stored = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
+            stored = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
         updates = [m for m in messages if m["type"] == "genre.update"]
         changes = [(m["previous"], m["genre"]) for m in messages if m["type"] == "genre.change"]
         assert changes == [(None, "classical"), ("classical", "silence"), ("silence", "classical")]
@@ -513,9 +503,8 @@ def test_real_music_around_silence_on_a_live_stream(
         assert stored[1]["end_s"] == pytest.approx(18.0, abs=1.0)
         for a, b in itertools.pairwise(stored):
             assert a["end_s"] == b["start_s"]
-        async with running_server(config, model=model) as again:
-            async with httpx.AsyncClient(base_url=again.http_url) as http:
-                after = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
+        async with serving(config, model) as (_, http):
+            after = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
         assert after == stored
 
     run(scenario())
@@ -533,12 +522,11 @@ def test_a_plugged_in_speech_detector_shows_speech_live_and_stored(
     audio = np.concatenate([song, marker(4.0, rate, channels=1)[:, 0], song])
 
     async def scenario() -> None:
-        async with running_server(make_config(), model=model) as server:
+        async with serving(make_config(), model) as (server, http):
             async with ws(server, "/ws/updates") as sub:
                 stream_id = await push_mono(server, audio, rate, "speech")
                 messages = await collect_until_end(sub, stream_id)
-            async with httpx.AsyncClient(base_url=server.http_url) as http:
-                stored = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
+            stored = (await http.get(f"/streams/{stream_id}/timeline")).json()["segments"]
         updates = [m for m in messages if m["type"] == "genre.update"]
         assert "speech" in {u["genre"] for u in updates}
         changes = [m for m in messages if m["type"] == "genre.change"]

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -15,16 +16,50 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from stream_server.server import RunningServer
+from stream_server.auth import TOKEN_ENV
+from stream_server.config import Config
+from stream_server.model import LoadedModel
+from stream_server.server import RunningServer, running_server
 from tests.conftest import TIMEOUT_S, to_s16le
 
 #: The rate (Hz) of the audio these helpers send, and the length of one frame, in seconds.
 RATE = 44100
 FRAME_S = 0.1
 
+#: The tokens of :func:`install_tokens`, by scope: every scope, read only, ingest only.
+ALL = "every-scope-token-0123456789"
+READER = "reader-token-0123456789abcdef"
+FEEDER = "ingest-token-0123456789abcdef"
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 6 * TIMEOUT_S))
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 6 * TIMEOUT_S))
+
+
+def install_tokens(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str]]:
+    """Tokens for a test server: ``GENRECAST_TOKEN`` = :data:`ALL` (every scope), :data:`READER`
+    (read) in a file in ``tmp_path``, :data:`FEEDER` (ingest) in ``$FEEDER_TOKEN``. Returns the
+    ``[auth]`` table that names the last two."""
+    monkeypatch.setenv(TOKEN_ENV, ALL)
+    monkeypatch.setenv("FEEDER_TOKEN", FEEDER)
+    reader = tmp_path / "reader.token"
+    reader.write_text(READER + "\n")
+    return {"read_tokens": [f"file:{reader}"], "ingest_tokens": ["env:FEEDER_TOKEN"]}
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    config: Config, model: LoadedModel, **client: Any
+) -> AsyncIterator[tuple[RunningServer, httpx.AsyncClient]]:
+    """A server on loopback and an HTTP client of it that sends no token; ``client``: more
+    keyword arguments of :class:`httpx.AsyncClient` (``timeout=``)."""
+    async with (
+        running_server(config, model=model) as server,
+        httpx.AsyncClient(base_url=server.http_url, **client) as http,
+    ):
+        yield server, http
 
 
 @contextlib.asynccontextmanager
@@ -90,6 +125,19 @@ async def get_metrics(client: httpx.AsyncClient) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
     return samples
+
+
+async def server_metrics(server: RunningServer) -> dict[str, float]:
+    """:func:`get_metrics` of ``server`` through a client of its own."""
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        return await get_metrics(http)
+
+
+async def stream_ids(http: httpx.AsyncClient) -> set[str]:
+    """The ids ``GET /streams`` lists."""
+    reply = await http.get("/streams")
+    assert reply.status_code == 200, reply.text
+    return {stream["stream_id"] for stream in reply.json()["streams"]}
 
 
 async def expect_rejection(
