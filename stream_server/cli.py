@@ -171,6 +171,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
         host=args.host,
         follow=args.follow,
         workers=args.workers,
+        churn_s=args.churn,
     )
     options.check()  # before anything starts
     report = run_soak(options, log=sys.stderr).to_json()
@@ -517,6 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="client processes (default 0: as many as the load needs, at most the CPUs)",
+    )
+    p.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="each stream slot ends its stream and opens a new one after about this many "
+        "seconds, again and again (default 0: every stream lives the whole soak)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="loopback address to serve on (default 127.0.0.1)"

@@ -9,11 +9,16 @@ workers); the soak process itself only starts and stops the others, samples the 
 
 Streams. Each stream pushes real-time paced PCM (44.1 kHz mono s16le, 0.1 s frames) of synthetic
 music (decaying chords, a bass line and a noise beat, looped every 30 s) to ``/ws/ingest``. The
-streams start spread over the first tenth of the soak (at most 10 s), push until the soak's end,
-then send ``stop`` and take ``stream.ended`` (``windows_computed``, ``windows_skipped``).
+N stream slots start spread over the first tenth of the soak (at most 10 s), push until the
+soak's end, then send ``stop`` and take ``stream.ended`` (``windows_computed``,
+``windows_skipped``). With ``churn_s``, each slot instead ends its stream and opens a new one
+(a new id, a new connection) after ``churn_s`` seconds on average (0.5 to 1.4 times, varied by
+slot and generation), again and again until the soak's end: streams come and go all the time,
+as on a real server, and per-stream state that is never released shows as RSS growth.
 
-Subscribers. ``follow="stream"`` (the default): subscriber ``j`` follows stream ``j mod N`` only
-(``/ws/updates?stream_id=ID&since=SEQ``, from the stream's own ``stream.started``);
+Subscribers. ``follow="stream"`` (the default): subscriber ``j`` follows slot ``j mod N`` only:
+each stream of the slot in turn (``/ws/updates?stream_id=ID&since=SEQ``, from the stream's own
+``stream.started``, until its ``stream.ended``);
 ``follow="all"``: every subscriber follows every stream (``/ws/updates?since=0``), so the
 server sends N times as many messages. Subscribers read promptly (parse and count, nothing else)
 and never reconnect: one the server drops for being slow (close code 1013) keeps the updates it
@@ -87,6 +92,8 @@ MAX_STREAMS = 2000
 MAX_SUBSCRIBERS = 2000
 #: Most client worker processes.
 MAX_WORKERS = 32
+#: Shortest average stream life with churn (seconds).
+MIN_CHURN_S = 5.0
 
 #: PCM the streams send: rate (Hz), seconds per frame, seconds of synthetic music looped.
 SAMPLE_RATE = 44100
@@ -135,7 +142,8 @@ class SoakOptions:
     """What to run. ``minutes`` of soak; ``config`` the base config (``None``: the project's);
     ``model``/``device`` override it; ``token`` the clients send (``None``: ``$GENRECAST_TOKEN``),
     also given to the server as ``$GENRECAST_TOKEN``; ``host`` a loopback address to serve on;
-    ``workers`` client processes (0: :func:`auto_workers`)."""
+    ``workers`` client processes (0: :func:`auto_workers`); ``churn_s`` the average life of a
+    stream in seconds (0: every stream lives the whole soak)."""
 
     streams: int = 10
     subscribers: int = 10
@@ -147,6 +155,7 @@ class SoakOptions:
     host: str = "127.0.0.1"
     follow: Follow = "stream"
     workers: int = 0
+    churn_s: float = 0.0
 
     def check(self) -> None:
         """Raise :class:`SoakError` for anything outside the soak's bounds."""
@@ -168,6 +177,11 @@ class SoakOptions:
             raise SoakError(f"--follow must be 'stream' or 'all', got {self.follow!r}")
         if not 0 <= self.workers <= MAX_WORKERS:
             raise SoakError(f"--workers must be 0 (auto) to {MAX_WORKERS}, got {self.workers}")
+        if self.churn_s and not MIN_CHURN_S <= self.churn_s <= self.minutes * 60.0:
+            raise SoakError(
+                f"--churn must be 0 (off) or {MIN_CHURN_S:g} s to the soak's length, "
+                f"got {self.churn_s:g}"
+            )
 
 
 def auto_workers(streams: int, subscribers: int, follow: Follow, hop_s: float) -> int:
@@ -237,9 +251,11 @@ class Histogram:
 
 @dataclass
 class StreamOutcome:
-    """One pushed stream, as its pusher saw it. Times in seconds."""
+    """One pushed stream, as its pusher saw it; ``generation``: how many streams its slot had
+    before it. Times in seconds."""
 
     slot: int
+    generation: int = 0
     stream_id: str = ""
     seconds_sent: float = 0.0
     ended: bool = False
@@ -252,10 +268,12 @@ class StreamOutcome:
 
 @dataclass
 class SubscriberOutcome:
-    """One ``/ws/updates`` subscriber. ``slot``: the stream slot it follows (``None``: all)."""
+    """One ``/ws/updates`` subscriber. ``slot``: the stream slot it follows (``None``: all);
+    ``followed``: the ids of that slot's streams it subscribed to, in order."""
 
     index: int
     slot: int | None
+    followed: list[str] = field(default_factory=list)
     updates_by_stream: dict[str, int] = field(default_factory=dict)
     #: ``windows_computed`` of each ``stream.ended`` it received.
     ended: dict[str, int] = field(default_factory=dict)
@@ -280,6 +298,7 @@ class WorkerSpec:
     subscriber_count: int
     duration_s: float
     ramp_s: float
+    churn_s: float = 0.0
     slots: list[int] = field(default_factory=list)
     subscribers: list[tuple[int, int | None]] = field(default_factory=list)
 
@@ -356,14 +375,12 @@ class SoakResult:
         """Updates expected by and delivered to subscribers, lost and extra (received beyond what
         was published), with the subscribers dropped and those that lost any."""
         computed = self._computed()
-        by_slot = {s.slot: s.stream_id for s in self._streams() if s.stream_id}
         expected = delivered = lost = extra = losers = 0
         for sub in self._subscribers():
             if sub.slot is None:
                 followed = list(computed)
             else:
-                sid = by_slot.get(sub.slot)
-                followed = [sid] if sid in computed else []
+                followed = [sid for sid in sub.followed if sid in computed]
             want = sum(computed[s] for s in followed)
             got = sum(sub.updates_by_stream.get(s, 0) for s in followed)
             expected += want
@@ -452,6 +469,7 @@ class SoakResult:
             "streams": self.options.streams,
             "subscribers": self.options.subscribers,
             "follow": self.options.follow,
+            "churn_s": self.options.churn_s,
             "minutes": self.options.minutes,
             "duration_s": _round(self.duration_s),
             "model": self.model,
@@ -518,10 +536,12 @@ def format_report(report: dict[str, Any]) -> str:
     srv, cli = report["server"], report["clients"]
     follow = "every stream each" if report["follow"] == "all" else "one stream each"
     growth = rss["growth_mb_per_hour"]
+    churn = report.get("churn_s") or 0
+    churning = f", each slot a new stream every ~{churn:g} s" if churn else ""
     lines = [
-        f"soak: {report['streams']} streams, {report['subscribers']} subscribers ({follow}), "
-        f"{report['duration_s']:g} s; model {report['model']} on {report['device']}, "
-        f"{report['workers']} client process(es)",
+        f"soak: {report['streams']} streams, {report['subscribers']} subscribers ({follow}"
+        f"{churning}), {report['duration_s']:g} s; model {report['model']} on "
+        f"{report['device']}, {report['workers']} client process(es)",
         f"server RSS: {_mib(rss['idle_mb'])} idle, {_mib(rss['start_mb'])} after the "
         f"{rss['warmup_s']:g} s warm-up, {_mib(rss['end_mb'])} at the end of the streams, "
         f"{_mib(rss['after_mb'])} after them, max {_mib(rss['max_mb'])}",
@@ -602,7 +622,9 @@ class _Worker:
         self.clips = [_frames(seed) for seed in range(CLIPS)]
         self.step = round(FRAME_S * SAMPLE_RATE)
         self.sent: dict[str, _Sent] = {}
-        self.announced: dict[int, asyncio.Future[tuple[str, int]]] = {}
+        #: Per slot, one queue per subscriber of the slot: each new stream's ``(id, seq)``, then
+        #: ``None`` when the slot has no more streams.
+        self.listeners: dict[int, list[asyncio.Queue[tuple[str, int] | None]]] = {}
         self.server_latency = Histogram()
         self.client_delay = Histogram()
         self.loop_lag = Histogram()
@@ -613,16 +635,23 @@ class _Worker:
         # time.time() is common to every process; the loop runs on time.monotonic()
         self.t0 = time.monotonic() + (start_wall - time.time())
         self.end = self.t0 + self.spec.duration_s
-        loop = asyncio.get_running_loop()
-        self.announced = {slot: loop.create_future() for slot in self.spec.slots}
         cpu0, wall0 = time.process_time(), time.monotonic()
-        streams = [StreamOutcome(slot) for slot in self.spec.slots]
+        streams: list[StreamOutcome] = []
         subs = [SubscriberOutcome(i, slot) for i, slot in self.spec.subscribers]
+        self.listeners = {slot: [] for slot in self.spec.slots}
+        queues = {}
+        for sub in subs:
+            if sub.slot is not None:
+                queues[sub.index] = queue = asyncio.Queue[tuple[str, int] | None]()
+                self.listeners[sub.slot].append(queue)
         probe = asyncio.create_task(self._probe_lag())
         try:
             await asyncio.gather(
-                *(self._guard(self._push(s), f"stream {s.slot}") for s in streams),
-                *(self._guard(self._subscribe(s), f"subscriber {s.index}") for s in subs),
+                *(self._guard(self._slot(n, streams), f"slot {n}") for n in self.spec.slots),
+                *(
+                    self._guard(self._subscribe(s, queues.get(s.index)), f"subscriber {s.index}")
+                    for s in subs
+                ),
             )
         finally:
             probe.cancel()
@@ -657,18 +686,45 @@ class _Worker:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _push(self, out: StreamOutcome) -> None:
+    def _lifetime(self, slot: int, generation: int) -> float:
+        """Seconds stream ``generation`` of ``slot`` lives: the rest of the soak, or with churn
+        0.5 to 1.4 times ``churn_s``, varied by slot and generation."""
+        churn_s = self.spec.churn_s
+        if not churn_s:
+            return math.inf
+        return churn_s * (0.5 + ((slot * 7 + generation * 3) % 10) / 10.0)
+
+    def _announce(self, slot: int, item: tuple[str, int] | None) -> None:
+        for queue in self.listeners[slot]:
+            queue.put_nowait(item)
+
+    async def _slot(self, slot: int, outcomes: list[StreamOutcome]) -> None:
+        """Stream slot ``slot``: one stream after another until the soak's end."""
         spec = self.spec
-        announce = self.announced[out.slot]
-        begin = self.t0 + spec.ramp_s * out.slot / spec.streams
-        await self._sleep_until(begin)
+        try:
+            await self._sleep_until(self.t0 + spec.ramp_s * slot / spec.streams)
+            generation = 0
+            while time.monotonic() < self.end:
+                out = StreamOutcome(slot, generation)
+                outcomes.append(out)
+                until = min(self.end, time.monotonic() + self._lifetime(slot, generation))
+                if not await self._push(out, until):
+                    return
+                generation += 1
+        finally:
+            self._announce(slot, None)
+
+    async def _push(self, out: StreamOutcome, until: float) -> bool:
+        """Push one stream until ``until`` (``time.monotonic()``), then stop it; whether it
+        ended as it should."""
+        spec = self.spec
         frames = self.clips[out.slot % CLIPS]
         start = {
             "type": "start",
             "sample_rate": SAMPLE_RATE,
             "channels": 1,
             "format": "s16le",
-            "name": f"soak-{out.slot}",
+            "name": f"soak-{out.slot}-{out.generation}",
         }
         try:
             async with open_ws(
@@ -679,15 +735,15 @@ class _Worker:
                 out.stream_id = started["stream_id"]
                 sent = _Sent(array("d", bytes(8 * SEND_TIMES_KEPT)))
                 self.sent[out.stream_id] = sent
-                announce.set_result((out.stream_id, int(started["seq"])))
+                self._announce(out.slot, (out.stream_id, int(started["seq"])))
                 t_start = time.monotonic()
                 k = 0
-                offset = (out.slot * 37) % len(frames)
+                offset = (out.slot * 37 + out.generation * 101) % len(frames)
                 while True:
                     due = t_start + k * FRAME_S
                     await self._sleep_until(due)
                     now = time.monotonic()
-                    if now >= self.end:
+                    if now >= until:
                         break
                     out.max_send_lag_s = max(out.max_send_lag_s, now - due)
                     await ws.send(frames[(offset + k) % len(frames)])
@@ -701,13 +757,11 @@ class _Worker:
                 out.windows_computed = int(ended["windows_computed"])
                 out.windows_skipped = int(ended["windows_skipped"])
                 out.reason = str(ended["reason"])
+                return True
         except (ClientError, ConnectionClosed, OSError, TimeoutError) as exc:
             what = type(exc).__name__ if not str(exc) else str(exc)
             self.errors.append(f"stream {out.slot} ({out.stream_id or 'not started'}): {what}")
-        finally:
-            if not announce.done():
-                announce.set_exception(LookupError("the stream did not start"))
-                announce.exception()  # retrieved: a subscriber may never ask
+            return False
 
     async def _expect(self, ws: ClientConnection, wanted: str) -> dict[str, Any]:
         while True:
@@ -717,29 +771,38 @@ class _Worker:
             if message["type"] == wanted:
                 return message
 
-    async def _subscribe(self, out: SubscriberOutcome) -> None:
+    async def _subscribe(
+        self, out: SubscriberOutcome, queue: asyncio.Queue[tuple[str, int] | None] | None
+    ) -> None:
+        """Subscriber ``out``: every stream (one connection), or each stream of its slot in
+        turn (``queue`` announces them)."""
         spec = self.spec
-        if out.slot is None:
+        if queue is None:
             # connections spread like the streams; since=0 replays anything published before
             await self._sleep_until(self.t0 + spec.ramp_s * out.index / spec.subscriber_count)
-            url = ws_url(spec.url, "/ws/updates", since=0)
-        else:
-            try:
-                stream_id, seq = await self.announced[out.slot]
-            except LookupError:
-                return  # the stream's own error says why
+            await self._read(out, ws_url(spec.url, "/ws/updates", since=0), None)
+            return
+        while (announced := await queue.get()) is not None:
+            stream_id, seq = announced
+            out.followed.append(stream_id)
             url = ws_url(spec.url, "/ws/updates", stream_id=stream_id, since=seq - 1)
+            if not await self._read(out, url, stream_id):
+                return
+
+    async def _read(self, out: SubscriberOutcome, url: str, stream_id: str | None) -> bool:
+        """Read updates from ``url`` until ``stream_id`` ends (``None``: every stream of the
+        soak); whether that happened."""
         last_seq = 0
         try:
-            async with open_ws(url, token=spec.token) as ws:
-                while not self._done(out):
+            async with open_ws(url, token=self.spec.token) as ws:
+                while not self._done(out, stream_id):
                     remaining = self.end + END_GRACE_S - time.monotonic()
                     if remaining <= 0:
                         self.errors.append(
                             f"subscriber {out.index}: no stream.ended from "
-                            f"{self._waiting_for(out)} {END_GRACE_S:g} s after the end"
+                            f"{self._waiting_for(out, stream_id)} {END_GRACE_S:g} s after the end"
                         )
-                        return
+                        return False
                     try:
                         async with asyncio.timeout(min(remaining, 1.0)):
                             raw = await ws.recv()
@@ -754,10 +817,11 @@ class _Worker:
                     seq = int(message["seq"])
                     if seq <= last_seq:
                         out.out_of_order += 1
-                    elif out.slot is None:
+                    elif stream_id is None:
                         out.seq_gaps += seq - last_seq - 1
                     last_seq = max(seq, last_seq)
                     self._count(out, message, received)
+            return True
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             out.close = f"{rcvd.code} {rcvd.reason}".strip() if rcvd else "no close frame"
@@ -765,6 +829,7 @@ class _Worker:
             self.errors.append(f"subscriber {out.index}: closed by the server ({out.close})")
         except (ClientError, OSError, TimeoutError) as exc:
             self.errors.append(f"subscriber {out.index}: {exc or type(exc).__name__}")
+        return False
 
     def _count(self, out: SubscriberOutcome, message: dict[str, Any], received: float) -> None:
         """Count one published message; ``received``: its ``time.monotonic()``."""
@@ -783,18 +848,19 @@ class _Worker:
         elif kind == "stream.ended":
             out.ended[stream_id] = int(message["windows_computed"])
 
-    def _done(self, out: SubscriberOutcome) -> bool:
-        """Whether every stream ``out`` follows has ended: its one stream, or (following all)
-        every stream of the soak, or after the end every stream it saw start."""
-        if out.slot is not None:
-            return bool(out.ended)
-        if len(out.ended) >= self.spec.streams:
+    def _done(self, out: SubscriberOutcome, stream_id: str | None) -> bool:
+        """Whether what ``out`` reads now has ended: ``stream_id``, or (``None``: following all)
+        every stream of the soak's first generation, or after the end every stream it saw
+        start."""
+        if stream_id is not None:
+            return stream_id in out.ended
+        if not self.spec.churn_s and len(out.ended) >= self.spec.streams:
             return True
         return time.monotonic() > self.end + 2.0 and out.started <= out.ended.keys()
 
-    def _waiting_for(self, out: SubscriberOutcome) -> str:
-        if out.slot is not None:
-            return f"stream {out.slot}"
+    def _waiting_for(self, out: SubscriberOutcome, stream_id: str | None) -> str:
+        if stream_id is not None:
+            return f"stream {stream_id} of slot {out.slot}"
         return f"{len(out.started - out.ended.keys())} streams"
 
 
@@ -1018,7 +1084,9 @@ def _plan(
     subscriber on the worker of the stream it follows (round robin when it follows all)."""
     duration_s = options.minutes * 60.0
     specs = [
-        WorkerSpec(w, url, token, options.streams, options.subscribers, duration_s, ramp_s)
+        WorkerSpec(
+            w, url, token, options.streams, options.subscribers, duration_s, ramp_s, options.churn_s
+        )
         for w in range(workers)
     ]
     for slot in range(options.streams):

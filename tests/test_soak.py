@@ -108,6 +108,25 @@ def test_subscribers_following_every_stream(tiny_checkpoint: Path, tmp_path: Pat
     assert report["ok"] is True
 
 
+def test_streams_that_come_and_go_lose_no_update(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """With churn each slot ends its stream and opens a new one again and again; each
+    subscriber follows its slot's streams in turn and still gets every update of each."""
+    report = soak(
+        tmp_path,
+        tiny_checkpoint,
+        *("--streams", "2", "--subscribers", "3", "--minutes", "0.5", "--churn", "6"),
+    )
+    windows, updates = report["windows"], report["updates"]
+    assert report["churn_s"] == 6.0
+    # 30 s of 3 to 8.4 s streams per slot: at least four streams each
+    assert windows["streams_started"] == windows["streams_ended"] >= 8
+    assert updates["published"] == windows["computed"] >= windows["streams_started"]
+    assert updates["published"] < updates["expected"] == updates["delivered"]
+    assert updates["lost"] == updates["extra"] == updates["out_of_order"] == 0
+    assert report["ok"] is True, report["errors"]
+    assert "each slot a new stream every ~6 s" in format_report(report)
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -118,6 +137,8 @@ def test_subscribers_following_every_stream(tiny_checkpoint: Path, tmp_path: Pat
         (("--subscribers", "2001"), "--subscribers must be 0 to 2000"),
         (("--minutes", "61"), "at most 60"),
         (("--minutes", "0"), "more than 0"),
+        (("--churn", "1"), "--churn must be 0 (off) or 5 s"),
+        (("--minutes", "0.1", "--churn", "7"), "to the soak's length"),
     ],
 )
 def test_out_of_bounds_is_refused_before_anything_starts(
