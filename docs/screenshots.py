@@ -14,12 +14,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_dashboard import (  # noqa: E402
+from tests.helpers.audio import clips  # noqa: E402
+from tests.helpers.dashboard import (  # noqa: E402
     TITLE,
     Proc,
     browser_page,
     cli,
-    clips,
     dashboard,
     genrecast_server,
 )

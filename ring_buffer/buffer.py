@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stream_server.errors import WindowNotWritten, WindowOverwritten
+from ring_buffer.errors import WindowNotWritten, WindowOverwritten
 
 __all__ = ["RingBuffer"]
 

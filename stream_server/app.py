@@ -380,9 +380,15 @@ def _webrtc(service: Service) -> tuple[WebRTCGateway | None, Endpoint]:
     """The WebRTC gateway and its offer endpoint; ``None`` and a 501 without the extra."""
     if not EXTRAS["webrtc"].installed():
         return None, webrtc_not_installed
-    from stream_server.webrtc import WebRTCGateway, offer_endpoint
+    from stream_server.webrtc import WebRTCGateway, answer_request
 
-    return WebRTCGateway(service), offer_endpoint
+    gateway = WebRTCGateway(service, service.config.webrtc)
+
+    async def offer_endpoint(request: Request) -> Response:
+        """``POST /webrtc/offer``: see :mod:`stream_server.webrtc`."""
+        return await answer_request(gateway, request, client_address(request))
+
+    return gateway, offer_endpoint
 
 
 def required_scope(method: str, path: str, *, open_metrics: bool = False) -> Scope | None:

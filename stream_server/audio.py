@@ -10,6 +10,9 @@ Everything here is pure computation on numpy arrays (no I/O, no event loop):
   ``torchaudio.functional.resample`` (method ``sinc_interp_hann``); :func:`resample_once` is the
   offline form.
 
+The wire sample formats (``SampleFormat``, ``SAMPLE_FORMATS``) belong to the protocol and are
+defined in :mod:`stream_server.messages`; they are re-exported here.
+
 Shapes: "frames" are sampling instants; a multi-channel block is ``(frames, channels)``, a mono
 signal is ``(frames,)``. Lengths are counted in samples (frames), rates in Hz.
 """
@@ -17,13 +20,14 @@ signal is ``(frames,)``. Lengths are counted in samples (frames), rates in Hz.
 from __future__ import annotations
 
 import math
-from typing import Final, Literal, get_args
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from stream_server.errors import AudioFormatError
+from stream_server.messages import SAMPLE_FORMATS, SampleFormat
 
 __all__ = [
     "SAMPLE_FORMATS",
@@ -38,11 +42,6 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float32]
-
-SampleFormat = Literal["s16le", "f32le"]
-"""Wire sample formats: signed 16-bit little-endian integers, or IEEE float32 little-endian."""
-
-SAMPLE_FORMATS: Final[tuple[SampleFormat, ...]] = get_args(SampleFormat)
 
 _BYTES_PER_SAMPLE: Final[dict[str, int]] = {"s16le": 2, "f32le": 4}
 _DTYPES: Final[dict[str, str]] = {"s16le": "<i2", "f32le": "<f4"}

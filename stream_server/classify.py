@@ -11,11 +11,14 @@ report says which (``decoding``).
 
 :class:`OfflineStream` is that loop without the model: batches of windows out, probabilities in.
 :func:`classify_audio` drives it with a runner here; the server's ``POST /classify`` drives it with
-its engine thread (:mod:`stream_server.upload`).
+its engine thread (:mod:`stream_server.upload`). Both give a :class:`ClassifyReport` whose
+:meth:`~ClassifyReport.to_result` is the one result shape: the ``POST /classify`` answer, also
+printed by ``genrecast classify --json``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections import deque
@@ -48,7 +51,9 @@ from stream_server.timeline import Segment
 @dataclass
 class ClassifyReport:
     """Result of classifying one file. ``mean_probs`` is ``(labels,)``, the mean over the windows
-    labelled music (speech and silence do not count; all windows when none is music)."""
+    labelled music (speech and silence do not count; all windows when none is music).
+    ``processing_s`` is seconds from opening the file to the report, decoding included. Its one
+    outside shape is :meth:`to_result`."""
 
     source: str
     duration_s: float
@@ -68,34 +73,11 @@ class ClassifyReport:
         order = np.argsort(-self.mean_probs, kind="stable")
         return [(self.labels[i], float(self.mean_probs[i])) for i in order]
 
-    def to_json(self) -> dict[str, Any]:
-        ranking = self.ranking()
-        return {
-            "source": self.source,
-            "model": self.model,
-            "device": self.device,
-            "duration_s": round(self.duration_s, 3),
-            "processing_s": round(self.processing_s, 3),
-            "genre": ranking[0][0],
-            "confidence": round(ranking[0][1], 4),
-            "probabilities": {label: round(p, 4) for label, p in ranking},
-            "padded": self.padded,
-            "decoding": self.decoding,
-            "windows": [
-                {
-                    "start_s": w["window_start_s"],
-                    "end_s": w["stream_time_s"],
-                    "top": w["top"],
-                    "genre": w["genre"],
-                    "confidence": w["confidence"],
-                }
-                for w in self.windows
-            ],
-            "segments": [s.to_dict() for s in self.segments],
-        }
-
     def to_result(self, *, sha256: str = "", cached: bool = False) -> ClassifyResult:
-        """The report as the ``POST /classify`` answer (``processing_ms`` from ``processing_s``)."""
+        """The report as a :class:`~stream_server.messages.ClassifyResult`: the ``POST /classify``
+        answer, which ``genrecast classify --json`` prints too (``processing_ms`` from
+        ``processing_s``; ``sha256`` of the file, ``cached`` whether it was answered from the
+        cache)."""
         ranking = self.ranking()
         return ClassifyResult(
             source=self.source,
@@ -297,8 +279,8 @@ def classify_file(
         max_batch=eng.max_batch,
         level_samples=params.hop_samples,
     )
-    audio = decode_mono(path, params.model_rate)
     start = time.perf_counter()
+    audio = decode_mono(path, params.model_rate)
     outcome = classify_audio(audio, runner, params, progress=progress)
     return make_report(
         path,
@@ -309,6 +291,12 @@ def classify_file(
         device=str(runner.device),
         model=loaded.source,
     )
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of the file at ``path``, as ``POST /classify`` keys its answers."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def make_report(

@@ -129,20 +129,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from stream_server.classify import classify_file, format_report, format_result
+    from stream_server.classify import classify_file, file_sha256, format_result
 
     if args.server:
         from stream_server.client import classify_remote
 
         result = classify_remote(args.file, server=args.server, token=args.token)
-        print(json.dumps(result, indent=2) if args.json else format_result(result))
-        return 0
-    config = load_config_of(args)
-    report = classify_file(args.file, config, progress=not args.json)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
     else:
-        print(format_report(report))
+        report = classify_file(args.file, load_config_of(args), progress=not args.json)
+        result = report.to_result(sha256=file_sha256(args.file))
+    # one shape either way: the POST /classify answer (stream_server.messages.ClassifyResult)
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
 
 

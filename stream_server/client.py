@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from stream_server.auth import ADMIN, INGEST, READ, TOKEN_ENV, Scope
 from stream_server.decode import iter_pcm, probe
-from stream_server.errors import GenrecastError
+from stream_server.errors import AccessRefused, ClientError
 from stream_server.messages import (
     ClassifyResult,
     ServerMessage,
@@ -42,18 +42,6 @@ from stream_server.messages import (
 FRAME_SECONDS = 0.1
 #: Longest wait, in seconds, for the server to compute the next window when pushing ``fast``.
 PACE_TIMEOUT_S = 120.0
-
-
-class ClientError(GenrecastError):
-    """The server refused a client or broke off the conversation."""
-
-
-class AccessRefused(ClientError):
-    """The server wants a token (``status`` 401) or one with more scopes (403)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def resolve_token(token: str | None = None) -> str | None:

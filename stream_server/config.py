@@ -3,7 +3,9 @@
 Each TOML table maps to a frozen dataclass; :class:`Config` holds one of each. Unknown keys,
 wrong types and out-of-range values raise :class:`~stream_server.errors.ConfigError` naming the
 key (``engine.max_batch``) and the bad value. A missing key takes the default written here, which
-is also what the project's ``config.toml`` documents.
+is also what the project's ``config.toml`` documents. A key's range check is attached to its
+dataclass field (``metadata={CHECK: ...}``, read by :func:`field_checks`), so it goes wherever the
+field goes.
 
 Units are in the key names: ``*_s`` seconds, ``*_ms`` milliseconds, ``*_bytes`` bytes.
 """
@@ -25,92 +27,6 @@ from stream_server.errors import ConfigError
 #: The ``config.toml`` shipped at the project root (used when no path is given and it exists).
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """The HTTP/WebSocket listener and the limits it enforces on clients.
-
-    ``max_streams_per_client``: live streams one client address may hold at once;
-    ``start_timeout_s``: seconds an ingest connection may take to send ``start``;
-    ``idle_timeout_s``: seconds a pushed stream may send no audio before it is ended;
-    ``insecure``: listen on a non-loopback ``host`` although no token is configured ([auth]);
-    ``header_timeout_s``: seconds a connection may take to send a complete request head, from
-    connecting and from the first byte of each further request on a kept-alive connection
-    (:mod:`stream_server.http_timeouts`).
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_frame_bytes: int = 1 << 20
-    min_sample_rate: int = 8000
-    max_sample_rate: int = 384_000
-    max_channels: int = 8
-    max_streams: int = 64
-    max_streams_per_client: int = 16
-    start_timeout_s: float = 5.0
-    idle_timeout_s: float = 30.0
-    log_level: str = "info"
-    insecure: bool = False
-    header_timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which checkpoint to load: a local directory or a Hugging Face hub id; empty = built-in."""
-
-    path: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """The inference engine: device, batching and windowing (seconds of stream time)."""
-
-    device: str = "auto"
-    half_precision: bool = True
-    max_batch: int = 32
-    max_wait_ms: float = 20.0
-    hop_s: float = 1.0
-    window_s: float = 0.0
-    buffer_s: float = 30.0
-    top_k: int = 3
-
-
-@dataclass(frozen=True)
-class SmoothingConfig:
-    """Probability smoothing and the genre-change hysteresis (seconds of stream time).
-
-    A challenger leading the current genre by ``switch_margin`` for ``min_dwell_s`` takes over;
-    one leading by ``stale_margin`` takes over at once (1: never at once). The stored timeline
-    dates a confirmed change back to where the new genre took the lead, at most
-    ``backdate_max_s`` (0: not at all).
-    """
-
-    time_constant_s: float = 2.0
-    switch_margin: float = 0.2
-    min_dwell_s: float = 4.0
-    stale_margin: float = 0.5
-    backdate_max_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """The music / speech / silence gate (:mod:`stream_server.gate`).
-
-    A window whose newest hop is below ``silence_dbfs`` (RMS, dBFS) is silence; else one whose
-    speech probability is at least ``speech_threshold`` is speech; else music. A new kind shows
-    once its run of windows spans ``min_run_s``. ``enabled`` off: every window is music.
-    ``speech_model`` is the speech detector's directory: empty for the shipped one
-    (:data:`stream_server.speech.DEFAULT_SPEECH_DIR`), ``"none"`` for none (nothing is speech).
-    """
-
-    enabled: bool = True
-    silence_dbfs: float = -65.0
-    speech_threshold: float = 0.8
-    min_run_s: float = 1.0
-    speech_model: str = ""
-
-
 #: The decodings ``[offline] decoding`` may name (see :mod:`stream_server.decoding`), each with
 #: the words reports use for it.
 OFFLINE_DECODINGS: dict[str, str] = {
@@ -119,167 +35,10 @@ OFFLINE_DECODINGS: dict[str, str] = {
     "live": "causal, as a live stream of the same audio shows it",
 }
 
+#: The key of a field's ``metadata`` that holds its range check: a function of the already
+#: type-checked value returning an error text, or ``None`` when the value is in range.
+CHECK = "check"
 
-@dataclass(frozen=True)
-class OfflineConfig:
-    """How whole files are decoded: ``genrecast classify``, ``POST /classify``, ``evaluate``.
-
-    ``decoding = "viterbi"``: the best label path over every window of the file at once (it may
-    look ahead), each switch between genres costing ``switch_cost`` nats; ``"live"``: the causal
-    live path, exactly as a stream of the same audio would show it.
-    """
-
-    decoding: str = "viterbi"
-    switch_cost: float = 16.0
-
-
-@dataclass(frozen=True)
-class UpdatesConfig:
-    """Fan-out of messages to ``/ws/updates`` subscribers."""
-
-    queue_size: int = 256
-    history_size: int = 4096
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    """Where timelines are kept (SQLite, WAL mode), and for how long.
-
-    Streams that ended more than ``retention_days`` days ago are deleted with their timelines
-    and titles (checked at start and then hourly); 0 keeps every stream for ever. Live streams
-    are never deleted.
-    """
-
-    database: str = "genrecast.db"
-    retention_days: float = 30.0
-
-
-@dataclass(frozen=True)
-class SourcesConfig:
-    """Streams the server pulls itself (``POST /streams {"url"}``): radio, HLS, files.
-
-    ``open_timeout_s`` bounds connecting and probing; ``stall_s`` is how long a live source may
-    deliver no audio before it is dropped and reconnected; reconnects back off exponentially from
-    ``reconnect_min_s`` to ``reconnect_max_s``; after ``max_reconnects`` failed reconnects in a
-    row the stream fails (0: retry for ever).
-
-    What may be pulled (:mod:`stream_server.source_policy`): ``http``/``https`` URLs whose host
-    resolves only to public addresses, unless ``allow_private_addresses`` (a LAN: loopback,
-    private and link-local addresses; cloud metadata addresses stay refused) or the host is in
-    ``allowed_hosts`` (``"host"`` or ``"host:port"``: any address); and files inside
-    ``media_dir`` (empty: no local files at all).
-    """
-
-    open_timeout_s: float = 10.0
-    stall_s: float = 10.0
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    max_reconnects: int = 10
-    chunk_s: float = 0.1
-    media_dir: str = ""
-    allow_private_addresses: bool = False
-    allowed_hosts: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class WebRTCConfig:
-    """Browser microphones over WebRTC (``POST /webrtc/offer``, the ``/mic`` page).
-
-    ``stun_server`` empty means host candidates only (loopback included), enough on one machine or
-    a LAN; ``connect_timeout_s`` is how long a peer may take to connect before it is dropped;
-    at most ``max_pending`` peers may be connecting at once (more offers get 503).
-    """
-
-    stun_server: str = ""
-    connect_timeout_s: float = 20.0
-    max_pending: int = 8
-
-
-@dataclass(frozen=True)
-class UploadConfig:
-    """One-shot file classification (``POST /classify``).
-
-    Uploads over ``max_bytes`` or longer than ``max_duration_s`` of audio are refused (413/422);
-    the last ``cache_entries`` answers are kept, keyed by the SHA-256 of the content. At most
-    ``max_concurrent`` uploads are received and classified at once (503 beyond: each holds up to
-    ``max_duration_s`` of decoded audio in memory).
-    """
-
-    max_bytes: int = 50 * 1024 * 1024
-    max_duration_s: float = 1800.0
-    cache_entries: int = 128
-    max_concurrent: int = 4
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """Who may use the server (:mod:`stream_server.auth`).
-
-    ``read_tokens``, ``ingest_tokens`` and ``admin_tokens`` list tokens by scope, each
-    ``"env:NAME"`` or ``"file:PATH"`` (``GENRECAST_TOKEN`` in the environment is one more, with
-    every scope); with none at all the server is open and listens on loopback only. ``hosts``:
-    ``Host`` names it answers to besides loopback and its own address (``"*"``: any);
-    ``origins``: browser origins (``scheme://host:port``) allowed besides its own;
-    ``open_metrics``: ``/metrics`` without a token; ``ticket_s``: lifetime of browser tickets.
-    """
-
-    read_tokens: list[str] = field(default_factory=list)
-    ingest_tokens: list[str] = field(default_factory=list)
-    admin_tokens: list[str] = field(default_factory=list)
-    hosts: list[str] = field(default_factory=list)
-    origins: list[str] = field(default_factory=list)
-    open_metrics: bool = False
-    ticket_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration: one frozen dataclass per TOML table."""
-
-    server: ServerConfig = field(default_factory=ServerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    offline: OfflineConfig = field(default_factory=OfflineConfig)
-    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    sources: SourcesConfig = field(default_factory=SourcesConfig)
-    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
-    upload: UploadConfig = field(default_factory=UploadConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-
-    def replace(self, **tables: Any) -> Config:
-        """Return a copy with some tables swapped out."""
-        return dataclasses.replace(self, **tables)
-
-    def overridden(
-        self,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        model: str | None = None,
-        device: str | None = None,
-        insecure: bool | None = None,
-    ) -> Config:
-        """A copy with the command line's ``--host``, ``--port``, ``--model``, ``--device`` and
-        ``--insecure`` (``None``: the config's own value) as ``server.host``, ``server.port``,
-        ``model.path``, ``engine.device`` and ``server.insecure``."""
-        server, model_table, engine = self.server, self.model, self.engine
-        if host is not None:
-            server = dataclasses.replace(server, host=host)
-        if insecure is not None:
-            server = dataclasses.replace(server, insecure=insecure)
-        if port is not None:
-            server = dataclasses.replace(server, port=port)
-        if model is not None:
-            model_table = dataclasses.replace(model_table, path=model)
-        if device is not None:
-            engine = dataclasses.replace(engine, device=device)
-        return self.replace(server=server, model=model_table, engine=engine)
-
-
-# (table, key) -> check on the already type-checked value: returns an error text or None.
 _Check = typing.Callable[[Any], str | None]
 
 
@@ -357,54 +116,289 @@ def _origin_list(v: Any) -> str | None:
     return None
 
 
-_CHECKS: dict[str, _Check] = {
-    "server.port": _port,
-    "server.max_frame_bytes": _positive,
-    "server.min_sample_rate": _positive,
-    "server.max_sample_rate": _positive,
-    "server.max_channels": _positive,
-    "server.max_streams": _positive,
-    "server.max_streams_per_client": _positive,
-    "server.start_timeout_s": _positive,
-    "server.idle_timeout_s": _positive,
-    "server.header_timeout_s": _positive,
-    "server.log_level": _log_level,
-    "engine.device": _device,
-    "engine.max_batch": _positive,
-    "engine.max_wait_ms": _non_negative,
-    "engine.hop_s": _positive,
-    "engine.window_s": _non_negative,
-    "engine.buffer_s": _positive,
-    "engine.top_k": _positive,
-    "smoothing.time_constant_s": _non_negative,
-    "smoothing.switch_margin": _unit_interval,
-    "smoothing.min_dwell_s": _non_negative,
-    "smoothing.stale_margin": _unit_interval,
-    "smoothing.backdate_max_s": _non_negative,
-    "gate.silence_dbfs": _level_dbfs,
-    "gate.speech_threshold": _unit_interval,
-    "gate.min_run_s": _non_negative,
-    "offline.decoding": _decoding,
-    "offline.switch_cost": _non_negative,
-    "updates.queue_size": _positive,
-    "updates.history_size": _positive,
-    "storage.retention_days": _non_negative,
-    "sources.open_timeout_s": _positive,
-    "sources.stall_s": _positive,
-    "sources.reconnect_min_s": _positive,
-    "sources.reconnect_max_s": _positive,
-    "sources.max_reconnects": _non_negative,
-    "sources.chunk_s": _positive,
-    "sources.allowed_hosts": _host_list,
-    "webrtc.connect_timeout_s": _positive,
-    "webrtc.max_pending": _positive,
-    "upload.max_bytes": _positive,
-    "upload.max_duration_s": _positive,
-    "upload.cache_entries": _non_negative,
-    "upload.max_concurrent": _positive,
-    "auth.origins": _origin_list,
-    "auth.ticket_s": _positive,
-}
+def field_checks(cls: type[Any]) -> dict[str, _Check]:
+    """The range checks attached to the fields of the dataclass ``cls``, by field name."""
+    return {f.name: f.metadata[CHECK] for f in dataclasses.fields(cls) if CHECK in f.metadata}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP/WebSocket listener and the limits it enforces on clients.
+
+    ``max_streams_per_client``: live streams one client address may hold at once;
+    ``start_timeout_s``: seconds an ingest connection may take to send ``start``;
+    ``idle_timeout_s``: seconds a pushed stream may send no audio before it is ended;
+    ``insecure``: listen on a non-loopback ``host`` although no token is configured ([auth]);
+    ``header_timeout_s``: seconds a connection may take to send a complete request head, from
+    connecting and from the first byte of each further request on a kept-alive connection
+    (:mod:`stream_server.http_timeouts`).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata={CHECK: _port})
+    max_frame_bytes: int = field(default=1 << 20, metadata={CHECK: _positive})
+    min_sample_rate: int = field(default=8000, metadata={CHECK: _positive})
+    max_sample_rate: int = field(default=384_000, metadata={CHECK: _positive})
+    max_channels: int = field(default=8, metadata={CHECK: _positive})
+    max_streams: int = field(default=64, metadata={CHECK: _positive})
+    max_streams_per_client: int = field(default=16, metadata={CHECK: _positive})
+    start_timeout_s: float = field(default=5.0, metadata={CHECK: _positive})
+    idle_timeout_s: float = field(default=30.0, metadata={CHECK: _positive})
+    log_level: str = field(default="info", metadata={CHECK: _log_level})
+    insecure: bool = False
+    header_timeout_s: float = field(default=10.0, metadata={CHECK: _positive})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoint to load: a local directory or a Hugging Face hub id; empty = built-in."""
+
+    path: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The inference engine: device, batching and windowing (seconds of stream time)."""
+
+    device: str = field(default="auto", metadata={CHECK: _device})
+    half_precision: bool = True
+    max_batch: int = field(default=32, metadata={CHECK: _positive})
+    max_wait_ms: float = field(default=20.0, metadata={CHECK: _non_negative})
+    hop_s: float = field(default=1.0, metadata={CHECK: _positive})
+    window_s: float = field(default=0.0, metadata={CHECK: _non_negative})
+    buffer_s: float = field(default=30.0, metadata={CHECK: _positive})
+    top_k: int = field(default=3, metadata={CHECK: _positive})
+
+
+@dataclass(frozen=True)
+class SmoothingParams:
+    """Tuning of the probability smoother and the genre tracker (:mod:`stream_server.smoothing`).
+
+    The keys of ``[smoothing]`` that the tracker uses; :class:`SmoothingConfig` adds the rest.
+    Unlike the other tables it checks its ranges when built (the smoothing core takes it
+    directly), raising :class:`ValueError` naming the field.
+
+    Attributes:
+        time_constant_s: Time constant of the exponential smoothing, in seconds of stream time.
+            ``0`` disables smoothing.
+        switch_margin: How far (in probability, ``0..1``) a challenger's smoothed probability
+            must exceed the current genre's for the challenger to count as ahead.
+        min_dwell_s: How long, in seconds of stream time, a challenger must stay ahead by at
+            least ``switch_margin`` without interruption before the current genre switches.
+        stale_margin: A challenger whose smoothed probability exceeds the current genre's by at
+            least this much (``0..1``) takes over at once, without dwell: the current genre
+            never stays this far below a clear leader. ``1`` turns the rule off.
+    """
+
+    time_constant_s: float = field(default=2.0, metadata={CHECK: _non_negative})
+    switch_margin: float = field(default=0.2, metadata={CHECK: _unit_interval})
+    min_dwell_s: float = field(default=4.0, metadata={CHECK: _non_negative})
+    stale_margin: float = field(default=0.5, metadata={CHECK: _unit_interval})
+
+    def __post_init__(self) -> None:
+        for name, check in field_checks(type(self)).items():
+            value = getattr(self, name)
+            problem = check(value)
+            if problem:
+                raise ValueError(f"{name} {problem}, got {value!r}")
+
+    def params(self) -> SmoothingParams:
+        """Just the tracker's tuning, as a plain :class:`SmoothingParams`."""
+        return SmoothingParams(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(SmoothingParams)}
+        )
+
+
+@dataclass(frozen=True)
+class SmoothingConfig(SmoothingParams):
+    """Probability smoothing and the genre-change hysteresis (seconds of stream time).
+
+    A challenger leading the current genre by ``switch_margin`` for ``min_dwell_s`` takes over;
+    one leading by ``stale_margin`` takes over at once (1: never at once). The stored timeline
+    dates a confirmed change back to where the new genre took the lead, at most
+    ``backdate_max_s`` (0: not at all). The first four keys are :class:`SmoothingParams`;
+    :meth:`params` gives them alone.
+    """
+
+    backdate_max_s: float = field(default=30.0, metadata={CHECK: _non_negative})
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The music / speech / silence gate (:mod:`stream_server.gate`).
+
+    A window whose newest hop is below ``silence_dbfs`` (RMS, dBFS) is silence; else one whose
+    speech probability is at least ``speech_threshold`` is speech; else music. A new kind shows
+    once its run of windows spans ``min_run_s``. ``enabled`` off: every window is music.
+    ``speech_model`` is the speech detector's directory: empty for the shipped one
+    (:data:`stream_server.speech.DEFAULT_SPEECH_DIR`), ``"none"`` for none (nothing is speech).
+    """
+
+    enabled: bool = True
+    silence_dbfs: float = field(default=-65.0, metadata={CHECK: _level_dbfs})
+    speech_threshold: float = field(default=0.8, metadata={CHECK: _unit_interval})
+    min_run_s: float = field(default=1.0, metadata={CHECK: _non_negative})
+    speech_model: str = ""
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """How whole files are decoded: ``genrecast classify``, ``POST /classify``, ``evaluate``.
+
+    ``decoding = "viterbi"``: the best label path over every window of the file at once (it may
+    look ahead), each switch between genres costing ``switch_cost`` nats; ``"live"``: the causal
+    live path, exactly as a stream of the same audio would show it.
+    """
+
+    decoding: str = field(default="viterbi", metadata={CHECK: _decoding})
+    switch_cost: float = field(default=16.0, metadata={CHECK: _non_negative})
+
+
+@dataclass(frozen=True)
+class UpdatesConfig:
+    """Fan-out of messages to ``/ws/updates`` subscribers."""
+
+    queue_size: int = field(default=256, metadata={CHECK: _positive})
+    history_size: int = field(default=4096, metadata={CHECK: _positive})
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where timelines are kept (SQLite, WAL mode), and for how long.
+
+    Streams that ended more than ``retention_days`` days ago are deleted with their timelines
+    and titles (checked at start and then hourly); 0 keeps every stream for ever. Live streams
+    are never deleted.
+    """
+
+    database: str = "genrecast.db"
+    retention_days: float = field(default=30.0, metadata={CHECK: _non_negative})
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """Streams the server pulls itself (``POST /streams {"url"}``): radio, HLS, files.
+
+    ``open_timeout_s`` bounds connecting and probing; ``stall_s`` is how long a live source may
+    deliver no audio before it is dropped and reconnected; reconnects back off exponentially from
+    ``reconnect_min_s`` to ``reconnect_max_s``; after ``max_reconnects`` failed reconnects in a
+    row the stream fails (0: retry for ever).
+
+    What may be pulled (:mod:`stream_server.source_policy`): ``http``/``https`` URLs whose host
+    resolves only to public addresses, unless ``allow_private_addresses`` (a LAN: loopback,
+    private and link-local addresses; cloud metadata addresses stay refused) or the host is in
+    ``allowed_hosts`` (``"host"`` or ``"host:port"``: any address); and files inside
+    ``media_dir`` (empty: no local files at all).
+    """
+
+    open_timeout_s: float = field(default=10.0, metadata={CHECK: _positive})
+    stall_s: float = field(default=10.0, metadata={CHECK: _positive})
+    reconnect_min_s: float = field(default=0.5, metadata={CHECK: _positive})
+    reconnect_max_s: float = field(default=30.0, metadata={CHECK: _positive})
+    max_reconnects: int = field(default=10, metadata={CHECK: _non_negative})
+    chunk_s: float = field(default=0.1, metadata={CHECK: _positive})
+    media_dir: str = ""
+    allow_private_addresses: bool = False
+    allowed_hosts: list[str] = field(default_factory=list, metadata={CHECK: _host_list})
+
+
+@dataclass(frozen=True)
+class WebRTCConfig:
+    """Browser microphones over WebRTC (``POST /webrtc/offer``, the ``/mic`` page).
+
+    ``stun_server`` empty means host candidates only (loopback included), enough on one machine or
+    a LAN; ``connect_timeout_s`` is how long a peer may take to connect before it is dropped;
+    at most ``max_pending`` peers may be connecting at once (more offers get 503).
+    """
+
+    stun_server: str = ""
+    connect_timeout_s: float = field(default=20.0, metadata={CHECK: _positive})
+    max_pending: int = field(default=8, metadata={CHECK: _positive})
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """One-shot file classification (``POST /classify``).
+
+    Uploads over ``max_bytes`` or longer than ``max_duration_s`` of audio are refused (413/422);
+    the last ``cache_entries`` answers are kept, keyed by the SHA-256 of the content. At most
+    ``max_concurrent`` uploads are received and classified at once (503 beyond: each holds up to
+    ``max_duration_s`` of decoded audio in memory).
+    """
+
+    max_bytes: int = field(default=50 * 1024 * 1024, metadata={CHECK: _positive})
+    max_duration_s: float = field(default=1800.0, metadata={CHECK: _positive})
+    cache_entries: int = field(default=128, metadata={CHECK: _non_negative})
+    max_concurrent: int = field(default=4, metadata={CHECK: _positive})
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may use the server (:mod:`stream_server.auth`).
+
+    ``read_tokens``, ``ingest_tokens`` and ``admin_tokens`` list tokens by scope, each
+    ``"env:NAME"`` or ``"file:PATH"`` (``GENRECAST_TOKEN`` in the environment is one more, with
+    every scope); with none at all the server is open and listens on loopback only. ``hosts``:
+    ``Host`` names it answers to besides loopback and its own address (``"*"``: any);
+    ``origins``: browser origins (``scheme://host:port``) allowed besides its own;
+    ``open_metrics``: ``/metrics`` without a token; ``ticket_s``: lifetime of browser tickets.
+    """
+
+    read_tokens: list[str] = field(default_factory=list)
+    ingest_tokens: list[str] = field(default_factory=list)
+    admin_tokens: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list, metadata={CHECK: _origin_list})
+    open_metrics: bool = False
+    ticket_s: float = field(default=60.0, metadata={CHECK: _positive})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration: one frozen dataclass per TOML table."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def replace(self, **tables: Any) -> Config:
+        """Return a copy with some tables swapped out."""
+        return dataclasses.replace(self, **tables)
+
+    def overridden(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        model: str | None = None,
+        device: str | None = None,
+        insecure: bool | None = None,
+    ) -> Config:
+        """A copy with the command line's ``--host``, ``--port``, ``--model``, ``--device`` and
+        ``--insecure`` (``None``: the config's own value) as ``server.host``, ``server.port``,
+        ``model.path``, ``engine.device`` and ``server.insecure``."""
+        server, model_table, engine = self.server, self.model, self.engine
+        if host is not None:
+            server = dataclasses.replace(server, host=host)
+        if insecure is not None:
+            server = dataclasses.replace(server, insecure=insecure)
+        if port is not None:
+            server = dataclasses.replace(server, port=port)
+        if model is not None:
+            model_table = dataclasses.replace(model_table, path=model)
+        if device is not None:
+            engine = dataclasses.replace(engine, device=device)
+        return self.replace(server=server, model=model_table, engine=engine)
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -444,6 +438,7 @@ def _build_table(name: str, cls: type[Any], raw: Any) -> Any:
         raise ConfigError(name, f"expected a table, got {raw!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    checks = field_checks(cls)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -453,7 +448,7 @@ def _build_table(name: str, cls: type[Any], raw: Any) -> Any:
     for key, value in raw.items():
         dotted = f"{name}.{key}"
         coerced = _coerce(dotted, value, hints[key])
-        check = _CHECKS.get(dotted)
+        check = checks.get(key)
         problem = check(coerced) if check else None
         if problem:
             raise ConfigError(dotted, f"{problem}, got {value!r}")
@@ -494,6 +489,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 __all__ = [
+    "CHECK",
     "OFFLINE_DECODINGS",
     "PROJECT_CONFIG",
     "AuthConfig",
@@ -504,12 +500,14 @@ __all__ = [
     "OfflineConfig",
     "ServerConfig",
     "SmoothingConfig",
+    "SmoothingParams",
     "SourcesConfig",
     "StorageConfig",
     "UpdatesConfig",
     "UploadConfig",
     "WebRTCConfig",
     "config_from_dict",
+    "field_checks",
     "load_config",
     "parse_host_entry",
 ]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_server.errors import GenrecastError
+from stream_server.errors import EngineStopped
 from stream_server.runner import InferenceRunner, WindowScores
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,6 @@ class WindowResult:
     batch_seconds: float
     level_dbfs: float = 0.0
     speech_prob: float = 0.0
-
-
-class EngineStopped(GenrecastError):
-    """The engine stopped before it ran the work it was given."""
 
 
 @dataclass(eq=False)

@@ -1,31 +1,54 @@
-"""The one exception root of genrecast.
+"""The one exception root of genrecast, and every exception class it raises.
 
-Every error genrecast raises on purpose derives from :class:`GenrecastError`::
+Every error genrecast raises on purpose derives from :class:`GenrecastError`, and every such
+class is defined here::
 
     GenrecastError
     ├── ConfigError            a config key is unknown, mistyped or out of range (names it)
     ├── ProtocolError          a client broke the protocol; has a message code and a close code
     │   └── AudioFormatError   the announced PCM format cannot be ingested
-    ├── WindowUnavailable      a ring-buffer read asked for samples it does not hold
-    │   ├── WindowOverwritten  ... because they were already overwritten (reader too slow)
-    │   └── WindowNotWritten   ... because they have not been written yet
     ├── DecodeError            an audio file or URL could not be opened or decoded
-    │   └── SourceStalled      a pulled source delivered no audio for ``sources.stall_s`` (puller)
+    │   └── SourceStalled      a pulled source delivered no audio for ``sources.stall_s``
     ├── ModelLoadError         a checkpoint could not be found or loaded
     ├── MissingExtraError      a command needs an optional extra that is not installed
     ├── DatasetError           a training / evaluation dataset is missing, empty or malformed
     ├── StorageError           the timeline database could not be read or written
-    ├── EngineStopped          the engine stopped before a one-shot run finished (engine)
-    ├── StreamStateError       a pulled stream was moved to a state it cannot reach (puller)
+    ├── EngineStopped          the engine stopped before a one-shot run finished
+    ├── StreamStateError       a pulled stream was moved to a state it cannot reach
     ├── SourceRefused          a source to pull is not allowed (or does not exist: same message)
-    ├── UploadError            an uploaded file was refused; has an HTTP status (upload)
-    ├── WebRTCError            a WebRTC offer was refused; has an HTTP status (webrtc)
-    └── ClientError            the command-line client could not talk to a server (client)
+    ├── NotHttp                a server to pull answered ``ICY 200 OK``, not HTTP (the puller
+    │                          then asks it by hand)
+    ├── UploadError            an uploaded file was refused; has an HTTP status
+    ├── WebRTCError            a WebRTC offer was refused; has an HTTP status
+    ├── ClientError            the command-line client could not talk to a server
+    │   └── AccessRefused      ... because it wants a token (401) or more scopes (403)
+    ├── SoakError              a soak was asked for outside its bounds or could not start
+    └── _Stopped               private to :mod:`stream_server.puller`: a puller was stopped while
+                               reading (control flow; it never leaves the puller)
 
-The classes marked with a module live there, next to the code that raises them.
+The ring buffer (:mod:`ring_buffer`, a pure package that depends on numpy only) has exceptions of
+its own, in :mod:`ring_buffer.errors`, re-exported here::
+
+    RingBufferError            (an Exception, not a GenrecastError)
+    └── WindowUnavailable      a ring-buffer read asked for samples it does not hold
+        ├── WindowOverwritten  ... because they were already overwritten (reader too slow)
+        └── WindowNotWritten   ... because they have not been written yet
+
+They are not :class:`GenrecastError` subclasses: the pure core cannot import the application,
+and application-level subclasses of both would not catch what the ring buffer itself raises.
+``except WindowUnavailable`` (imported from here or from :mod:`ring_buffer`) catches them; an
+``except GenrecastError`` does not (a window read that fails is a bug of the reader, never an
+error shown to a user).
 """
 
 from __future__ import annotations
+
+from ring_buffer.errors import (
+    RingBufferError,
+    WindowNotWritten,
+    WindowOverwritten,
+    WindowUnavailable,
+)
 
 
 class GenrecastError(Exception):
@@ -60,20 +83,12 @@ class AudioFormatError(ProtocolError):
         super().__init__(message, code="unsupported_format", close_code=1003)
 
 
-class WindowUnavailable(GenrecastError):
-    """A window ``[start, start + n)`` of samples cannot be read from a ring buffer."""
-
-
-class WindowOverwritten(WindowUnavailable):
-    """The window starts before the oldest sample the buffer still holds."""
-
-
-class WindowNotWritten(WindowUnavailable):
-    """The window ends after the newest sample written so far."""
-
-
 class DecodeError(GenrecastError):
     """Audio could not be opened or decoded."""
+
+
+class SourceStalled(DecodeError):
+    """A pulled source delivered no audio for ``sources.stall_s`` seconds."""
 
 
 class ModelLoadError(GenrecastError):
@@ -114,3 +129,81 @@ class SourceRefused(GenrecastError):
         super().__init__(self.MESSAGE)
         self.detail = detail
         self.transient = transient
+
+
+class EngineStopped(GenrecastError):
+    """The engine stopped before it ran the work it was given."""
+
+
+class StreamStateError(GenrecastError):
+    """A pulled stream was asked to make a state change its state machine does not allow."""
+
+
+class NotHttp(GenrecastError):
+    """A server answered with something that is not HTTP (``ICY 200 OK``); ``url`` is where."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"{url!r} did not answer in HTTP")
+        self.url = url
+
+
+class UploadError(GenrecastError):
+    """An upload was refused; ``status`` is the HTTP status to answer with (4xx, or 503)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WebRTCError(GenrecastError):
+    """An offer cannot be answered, or the received audio cannot be ingested.
+
+    ``status`` is the HTTP status the offer endpoint answers with (400: the client's offer).
+    """
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClientError(GenrecastError):
+    """The server refused a client or broke off the conversation."""
+
+
+class AccessRefused(ClientError):
+    """The server wants a token (``status`` 401) or one with more scopes (403)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SoakError(GenrecastError):
+    """A soak was asked for outside its bounds, or could not start its server."""
+
+
+__all__ = [
+    "AccessRefused",
+    "AudioFormatError",
+    "ClientError",
+    "ConfigError",
+    "DatasetError",
+    "DecodeError",
+    "EngineStopped",
+    "GenrecastError",
+    "MissingExtraError",
+    "ModelLoadError",
+    "NotHttp",
+    "ProtocolError",
+    "RingBufferError",
+    "SoakError",
+    "SourceRefused",
+    "SourceStalled",
+    "StorageError",
+    "StreamStateError",
+    "UploadError",
+    "WebRTCError",
+    "WindowNotWritten",
+    "WindowOverwritten",
+    "WindowUnavailable",
+]

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from typing import Any, Final, Literal, NotRequired, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypedDict, get_args
 
-from stream_server.audio import SampleFormat
 from stream_server.errors import AudioFormatError, ProtocolError
 
-SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("s16le", "f32le")
+SampleFormat = Literal["s16le", "f32le"]
+"""Wire sample formats: signed 16-bit little-endian integers, or IEEE float32 little-endian."""
+
+SAMPLE_FORMATS: Final[tuple[SampleFormat, ...]] = get_args(SampleFormat)
 
 #: The ``genre`` of an update, a change or a timeline segment while the audio is speech or
 #: silence rather than music (:mod:`stream_server.gate`); every other value is a genre label.
@@ -251,7 +253,9 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         raise ProtocolError(f"unknown message type {kind!r} (expected 'start' or 'stop')")
     fmt = obj.get("format", "s16le")
     if fmt not in SAMPLE_FORMATS:
-        raise AudioFormatError(f"unknown sample format {fmt!r} (supported: s16le, f32le)")
+        raise AudioFormatError(
+            f"unknown sample format {fmt!r} (supported: {', '.join(SAMPLE_FORMATS)})"
+        )
     start = StartMessage(
         type="start",
         sample_rate=_int_field(obj, "sample_rate"),
@@ -320,6 +324,8 @@ class ClassifyResult(TypedDict):
     says how the timeline was decoded (``"viterbi"``: the whole file at once, looking ahead;
     ``"live"``: causally, as a live stream); ``windows[].genre`` is the decoded label of each
     window. A ``genre`` of a window or segment may be :data:`SPEECH` or :data:`SILENCE`.
+    ``genrecast classify --json`` prints this same shape for a file classified locally
+    (``processing_ms`` then from opening the file, ``cached`` false).
     """
 
     source: str

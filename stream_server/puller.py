@@ -3,7 +3,7 @@
 ``POST /streams {"url": ...}`` opens a live stream of kind ``"url"`` and a :class:`Puller` whose
 worker thread connects, decodes packet by packet (:func:`stream_server.decode.iter_pcm`: corrupt
 packets are skipped and counted), resamples statefully to mono float32 at the model's rate and
-hands ``chunk_s`` blocks to :meth:`Service.feed` on the event loop with
+hands ``chunk_s`` blocks to its :class:`~stream_server.types.StreamSink` on the event loop with
 ``loop.call_soon_threadsafe``. The loop never waits on the network or the decoder.
 
 * **What may be pulled** is decided by :class:`~stream_server.source_policy.SourcePolicy`
@@ -57,7 +57,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -66,7 +66,14 @@ from av.container import InputContainer
 
 from stream_server.config import SourcesConfig
 from stream_server.decode import DecodeStats, Readable, iter_pcm
-from stream_server.errors import DecodeError, GenrecastError, SourceRefused
+from stream_server.errors import (
+    DecodeError,
+    GenrecastError,
+    NotHttp,
+    SourceRefused,
+    SourceStalled,
+    StreamStateError,
+)
 from stream_server.source_policy import (
     MediaFile,
     SourcePolicy,
@@ -76,17 +83,14 @@ from stream_server.source_policy import (
     open_media,
     playlist_uris,
 )
+from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
 from stream_server.web_fetch import (
-    NotHttp,
     checked_client,
     fetch,
     icy_get,
     read_playlist,
     socket_of,
 )
-
-if TYPE_CHECKING:
-    from stream_server.service import LiveStream, Service
 
 __all__ = [
     "HLS_OPTIONS",
@@ -96,9 +100,7 @@ __all__ = [
     "IcyDemuxer",
     "Puller",
     "ReconnectPolicy",
-    "SourceStalled",
     "StreamEvent",
-    "StreamState",
     "StreamStateError",
     "format_hint",
     "is_url",
@@ -108,7 +110,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-StreamState = Literal["connecting", "live", "reconnecting", "ended", "failed"]
 StreamEvent = Literal["audio", "lost", "finished", "stopped", "gave_up"]
 
 #: Seconds of audio that may wait on the event loop before new chunks are dropped (and counted).
@@ -157,14 +158,6 @@ _MIME_FORMATS: Final[dict[str, str]] = {
     "audio/mpegurl": "hls",
     "audio/x-mpegurl": "hls",
 }
-
-
-class StreamStateError(GenrecastError):
-    """A pulled stream was asked to make a state change its state machine does not allow."""
-
-
-class SourceStalled(DecodeError):
-    """A pulled source delivered no audio for ``sources.stall_s`` seconds."""
 
 
 class _Stopped(GenrecastError):
@@ -461,26 +454,25 @@ class HlsInput:
 class Puller:
     """Pulls one source into one live stream from a worker thread; see the module docstring.
 
-    Every change to the :class:`LiveStream` (state, counters, audio, titles, gaps) is posted to
-    the event loop; the worker never touches the service directly.
+    Every change to the stream (state, counters, audio, titles, gaps, its end) is posted to the
+    event loop as a call on its :class:`~stream_server.types.StreamSink`; the worker never
+    touches it directly.
     """
 
     def __init__(
         self,
-        service: Service,
-        live: LiveStream,
+        sink: StreamSink,
         source: str,
         config: SourcesConfig,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self._service = service
-        self._live = live
+        self._sink = sink
         self.source = source
         self._config = config
         self._loop = loop
         self._policy = ReconnectPolicy.from_config(config)
         self._sources = SourcePolicy.from_config(config)
-        self._rate = live.session.params.model_rate
+        self._rate = sink.sample_rate
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending = 0
@@ -490,9 +482,8 @@ class Puller:
         self._last_audio: float | None = None  # time.monotonic() of the last chunk delivered
         self._connection_start = time.monotonic()
         self._delivered_now = False  # this connection has delivered audio
-        stream_id = live.session.stream_id
         self._thread = threading.Thread(
-            target=self._run, name=f"genrecast-pull-{stream_id}", daemon=True
+            target=self._run, name=f"genrecast-pull-{sink.stream_id}", daemon=True
         )
 
     # -- control (event loop) ---------------------------------------------------------------
@@ -528,18 +519,11 @@ class Puller:
         new = transition(self._state, event)
         if new != self._state:
             self._state = new
-            self._post(self._set_state, new)
+            self._post(self._sink.set_state, new)
 
-    def _set_state(self, state: StreamState) -> None:
-        if not self._live.ended:
-            self._live.state = state
-
-    def _count(self, field: str, n: int = 1) -> None:
+    def _count(self, counter: SourceCounter, n: int = 1) -> None:
         if n:
-            self._post(self._add, field, n)
-
-    def _add(self, field: str, n: int) -> None:
-        setattr(self._live, field, getattr(self._live, field) + n)
+            self._post(self._sink.count, counter, n)
 
     def _deliver(self, block: np.ndarray) -> None:
         """Hand one mono float32 block to the stream, or drop it if the loop is behind."""
@@ -552,23 +536,23 @@ class Puller:
         if drop:
             self._count("dropped")
             return
-        self._post(self._feed, np.ascontiguousarray(block, dtype="<f4").tobytes())
+        self._post(self._feed, np.ascontiguousarray(block.reshape(-1), dtype=np.float32))
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, samples: FloatArray) -> None:
         with self._lock:
             self._pending -= 1
-        self._service.feed(self._live, data)
+        self._sink.feed_samples(samples)
 
     def _title(self, title: str) -> None:
-        self._post(self._service.track_change, self._live, title)
+        self._post(self._sink.title, title)
 
     def _finish(self, event: StreamEvent, reason: str) -> None:
         self._state = transition(self._state, event)
         final = self._state
 
         async def end() -> None:
-            self._live.state = final
-            await self._service.end_stream(self._live, reason)
+            self._sink.set_state(final)
+            await self._sink.end(reason)
 
         try:
             future = asyncio.run_coroutine_threadsafe(end(), self._loop)
@@ -696,7 +680,7 @@ class Puller:
     def _went_live(self, now: float) -> None:
         """First audio of a connection: mark the gap since the last audio, if any."""
         if self._last_audio is not None:
-            self._post(self._service.mark_gap, self._live, max(0.0, now - self._last_audio))
+            self._post(self._sink.gap, max(0.0, now - self._last_audio))
         self._event("audio")
 
     @contextlib.contextmanager

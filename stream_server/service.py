@@ -36,12 +36,13 @@ from stream_server.messages import (
 )
 from stream_server.metrics import Metrics
 from stream_server.model import LoadedModel
-from stream_server.puller import Puller, StreamState
+from stream_server.puller import Puller
 from stream_server.runner import InferenceRunner
 from stream_server.session import StreamSession, session_params, window_seconds
 from stream_server.source_policy import SourcePolicy
 from stream_server.store import StreamRecord, TimelineStore, TrackTitle
 from stream_server.timeline import Segment
+from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,21 @@ class LiveStream:
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    def record(self) -> StreamRecord:
+        """The stream as the store keeps it (not ended yet)."""
+        s = self.session
+        return StreamRecord(
+            stream_id=s.stream_id,
+            name=s.name,
+            kind=s.kind,
+            source=self.source,
+            created_at=s.started_wall,
+            ended_at=None,
+            sample_rate=s.sample_rate,
+            channels=s.channels,
+            fmt=s.fmt,
+        )
 
 
 class Service:
@@ -350,17 +366,7 @@ class Service:
         )
         live = LiveStream(session, source, client=client)
         assert self.store is not None
-        record = StreamRecord(
-            stream_id=stream_id,
-            name=session.name,
-            kind=kind,
-            source=source,
-            created_at=session.started_wall,
-            ended_at=None,
-            sample_rate=session.sample_rate,
-            channels=session.channels,
-            fmt=session.fmt,
-        )
+        record = live.record()
         # Stored first, registered after: a stream the store refused never exists.
         self._opening_by[client] = self._opening_by.get(client, 0) + 1
         try:
@@ -389,16 +395,40 @@ class Service:
         )
         return live, started
 
+    async def open_sink(
+        self, start: StartMessage, *, kind: str, source: str, client: str
+    ) -> StreamSink:
+        """:meth:`open_stream` for a source: the stream as a :class:`StreamSink`."""
+        live, _ = await self.open_stream(start, kind=kind, source=source, client=client)
+        return LiveSink(self, live)
+
+    def count_error(self, kind: str) -> None:
+        self.metrics.errors.labels(kind=kind).inc()
+
     def feed(self, live: LiveStream, data: bytes) -> None:
         """PCM bytes in; the due window (if any) goes to the engine (latest wins)."""
-        if live.ended:
-            return
+        if not live.ended:
+            self._fed(live, live.session.feed, data, len(data))
+
+    def feed_samples(self, live: LiveStream, samples: FloatArray) -> None:
+        """Mono float32 samples at the model's rate in, shape ``(n,)`` (a pulled source decodes
+        and resamples itself); the due window (if any) goes to the engine."""
+        if not live.ended:
+            self._fed(live, live.session.feed_samples, samples, samples.nbytes)
+
+    def _fed(
+        self,
+        live: LiveStream,
+        feed: Callable[[Any, float], WindowJob | None],
+        audio: Any,
+        size: int,
+    ) -> None:
         session = live.session
         overruns, skipped = session.buffer.overruns, session.windows_skipped
         now = time.monotonic()
         live.last_audio = now
-        job = session.feed(data, now)
-        self.metrics.ingest_bytes.inc(len(data))
+        job = feed(audio, now)
+        self.metrics.ingest_bytes.inc(size)
         self._submit(live, job)
         self.metrics.buffer_overruns.inc(session.buffer.overruns - overruns)
         self.metrics.windows_skipped.inc(session.windows_skipped - skipped)
@@ -564,7 +594,7 @@ class Service:
         live, _ = await self.open_stream(start, kind="url", source=source)
         live.state = "connecting"
         assert self._loop is not None
-        puller = Puller(self, live, source, self.config.sources, self._loop)
+        puller = Puller(LiveSink(self, live), source, self.config.sources, self._loop)
         self.pullers[live.session.stream_id] = puller
         puller.start()
         return live
@@ -627,28 +657,34 @@ class Service:
         """Live streams first, then stored ones, as JSON-ready dicts."""
         assert self.store is not None
         records: list[StreamRecord] = await self._in_db(self.store.list_streams, 100)
-        out: list[dict[str, Any]] = [self.describe(live) for live in self.streams.values()]
-        for record in records:
-            if record.stream_id not in self.streams:
-                described = _describe_record(record)
-                described.update(self._final_states.get(record.stream_id, {}))
-                out.append(described)
+        out = [self.describe(live) for live in self.streams.values()]
+        out += [self.describe(r) for r in records if r.stream_id not in self.streams]
         return out
 
-    def describe(self, live: LiveStream) -> dict[str, Any]:
-        s = live.session
+    def describe(self, stream: LiveStream | StreamRecord) -> dict[str, Any]:
+        """One stream as ``GET /streams`` lists it, live or stored: the stored record's fields;
+        a live stream adds its state and live figures, a stored one is ``"ended"`` (a pulled
+        stream that ended in this run: its final state, reason and counters)."""
+        record = stream.record() if isinstance(stream, LiveStream) else stream
+        described: dict[str, Any] = {
+            "stream_id": record.stream_id,
+            "name": record.name,
+            "kind": record.kind,
+            "source": record.source,
+            "state": "ended",
+            "created_at": record.created_at,
+            "ended_at": record.ended_at,
+            "sample_rate": record.sample_rate,
+            "channels": record.channels,
+            "format": record.fmt,
+        }
+        if not isinstance(stream, LiveStream):
+            described.update(self._final_states.get(record.stream_id, {}))
+            return described
+        live, s = stream, stream.session
         update = s.last_update
-        return {
-            "stream_id": s.stream_id,
-            "name": s.name,
-            "kind": s.kind,
-            "source": live.source,
-            "state": live.state,
-            "created_at": s.started_wall,
-            "ended_at": None,
-            "sample_rate": s.sample_rate,
-            "channels": s.channels,
-            "format": s.fmt,
+        described["state"] = live.state
+        return described | {
             "stream_time_s": round(s.stream_time_s, 3),
             "lag_s": round(s.stream_time_s - update["stream_time_s"], 3) if update else None,
             "windows_computed": s.windows_computed,
@@ -663,16 +699,53 @@ class Service:
         }
 
 
-def _describe_record(record: StreamRecord) -> dict[str, Any]:
-    return {
-        "stream_id": record.stream_id,
-        "name": record.name,
-        "kind": record.kind,
-        "source": record.source,
-        "state": "ended",
-        "created_at": record.created_at,
-        "ended_at": record.ended_at,
-        "sample_rate": record.sample_rate,
-        "channels": record.channels,
-        "format": record.fmt,
-    }
+class LiveSink:
+    """A :class:`LiveStream` of ``service`` as a :class:`~stream_server.types.StreamSink`: what a
+    source may do to its stream, and nothing else."""
+
+    def __init__(self, service: Service, live: LiveStream) -> None:
+        self._service = service
+        self._live = live
+
+    @property
+    def stream_id(self) -> str:
+        return self._live.session.stream_id
+
+    @property
+    def ended(self) -> bool:
+        return self._live.ended
+
+    @property
+    def sample_rate(self) -> int:
+        return self._live.session.params.model_rate
+
+    def feed(self, data: bytes) -> None:
+        self._service.feed(self._live, data)
+
+    def feed_samples(self, samples: FloatArray) -> None:
+        self._service.feed_samples(self._live, samples)
+
+    def title(self, title: str) -> None:
+        self._service.track_change(self._live, title)
+
+    def gap(self, seconds: float) -> None:
+        self._service.mark_gap(self._live, seconds)
+
+    def set_state(self, state: StreamState) -> None:
+        if not self._live.ended:
+            self._live.state = state
+
+    def count(self, counter: SourceCounter, n: int = 1) -> None:
+        live = self._live
+        if counter == "dropped":
+            live.dropped += n
+        elif counter == "corrupt_packets":
+            live.corrupt_packets += n
+        else:
+            live.reconnects += n
+
+    async def end(self, reason: str, *, drain: bool = True) -> None:
+        await self._service.end_stream(self._live, reason, drain=drain)
+
+    def on_end(self, callback: Callable[[str], None]) -> None:
+        self._live.on_end = lambda ended: callback(ended["reason"])

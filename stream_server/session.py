@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 
 from ring_buffer import RingBuffer
-from stream_server.audio import PcmDecoder, SampleFormat, StreamingResampler
-from stream_server.config import Config
+from stream_server.audio import PcmDecoder, StreamingResampler
+from stream_server.config import Config, SmoothingParams
 from stream_server.decoding import OfflineParams
 from stream_server.engine import WindowJob
 from stream_server.gate import GateParams
 from stream_server.labelling import Labeller, LabelParams
-from stream_server.messages import GenreChange, GenreUpdate, LabelProb
+from stream_server.messages import GenreChange, GenreUpdate, LabelProb, SampleFormat
 from stream_server.model import LoadedModel
-from stream_server.smoothing import SmoothingParams
 from stream_server.timeline import Segment
 
 
@@ -129,9 +128,7 @@ def session_params(config: Config, model: LoadedModel) -> SessionParams:
         buffer_samples=max(round(eng.buffer_s * rate), window + hop),
         labels=labels,
         top_k=eng.top_k,
-        smoothing=SmoothingParams(
-            sm.time_constant_s, sm.switch_margin, sm.min_dwell_s, sm.stale_margin
-        ),
+        smoothing=sm.params(),
         label_map=tuple(labels.index(d) for d in display) if len(labels) < len(display) else (),
         gate=GateParams(gate.enabled, gate.silence_dbfs, gate.speech_threshold, gate.min_run_s),
         backdate_max_s=sm.backdate_max_s,
@@ -192,6 +189,14 @@ class StreamSession:
         mono = self._decoder.decode(data)
         if mono.size:
             self.buffer.write(self._resampler.process(mono))
+        return self._due_window(time.monotonic() if arrival is None else arrival)
+
+    def feed_samples(self, samples: np.ndarray, arrival: float | None = None) -> WindowJob | None:
+        """Add mono float32 samples already at the model's rate, shape ``(n,)`` (no decoding or
+        resampling); return the newest window that became due, if any."""
+        self.bytes_in += samples.nbytes
+        if samples.size:
+            self.buffer.write(samples)
         return self._due_window(time.monotonic() if arrival is None else arrival)
 
     def finish(self, arrival: float | None = None) -> WindowJob | None:

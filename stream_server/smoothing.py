@@ -7,7 +7,8 @@ where ``C`` is the number of genre labels; label indices refer to positions in t
 :class:`ProbabilitySmoother` turns the noisy per-hop classifier output into a smoothed vector;
 :class:`GenreTracker` decides, from the smoothed vector, which single genre is current, switching
 only when a challenger stays clearly ahead for long enough, so the live timeline does not flicker,
-and at once when a challenger leads by far, so the current genre is never stale.
+and at once when a challenger leads by far, so the current genre is never stale. Their tuning,
+:class:`~stream_server.config.SmoothingParams`, is the ``[smoothing]`` table's (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from stream_server.config import SmoothingParams
 
 __all__ = [
     "GenreChange",
@@ -57,36 +60,6 @@ def _as_probability_vector(
     if np.any(arr < 0):
         raise ValueError(f"{name} contains negative values")
     return arr
-
-
-@dataclass(frozen=True)
-class SmoothingParams:
-    """Tuning of the smoother and the tracker.
-
-    Attributes:
-        time_constant_s: Time constant of the exponential smoothing, in seconds of stream time.
-            ``0`` disables smoothing.
-        switch_margin: How far (in probability, ``0..1``) a challenger's smoothed probability
-            must exceed the current genre's for the challenger to count as ahead.
-        min_dwell_s: How long, in seconds of stream time, a challenger must stay ahead by at
-            least ``switch_margin`` without interruption before the current genre switches.
-        stale_margin: A challenger whose smoothed probability exceeds the current genre's by at
-            least this much (``0..1``) takes over at once, without dwell: the current genre
-            never stays this far below a clear leader. ``1`` turns the rule off.
-    """
-
-    time_constant_s: float = 2.0
-    switch_margin: float = 0.2
-    min_dwell_s: float = 4.0
-    stale_margin: float = 0.5
-
-    def __post_init__(self) -> None:
-        _check_non_negative("time_constant_s", self.time_constant_s)
-        _check_non_negative("switch_margin", self.switch_margin)
-        _check_non_negative("min_dwell_s", self.min_dwell_s)
-        _check_non_negative("stale_margin", self.stale_margin)
-        if self.stale_margin > 1:
-            raise ValueError(f"stale_margin must be in [0, 1], got {self.stale_margin!r}")
 
 
 class ProbabilitySmoother:

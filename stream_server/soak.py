@@ -82,9 +82,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from stream_server.auth import INGEST, TOKEN_ENV, is_loopback_host
-from stream_server.client import ClientError, open_ws, ws_url
+from stream_server.client import open_ws, ws_url
 from stream_server.config import Config, config_from_dict, load_config
-from stream_server.errors import GenrecastError
+from stream_server.errors import ClientError, SoakError
 
 #: Upper bounds of a soak: it is a bounded test, not a load generator.
 MAX_MINUTES = 60.0
@@ -131,10 +131,6 @@ STREAMS_PER_WORKER = 250
 UPDATES_PER_S_PER_WORKER = 4000.0
 
 Follow = Literal["stream", "all"]
-
-
-class SoakError(GenrecastError):
-    """A soak was asked for outside its bounds, or could not start its server."""
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ from starlette.types import Message, Receive
 from stream_server.classify import OfflineStream, make_report
 from stream_server.config import UploadConfig
 from stream_server.decode import iter_pcm, probe
-from stream_server.engine import Engine, EngineStopped
-from stream_server.errors import DecodeError, GenrecastError
+from stream_server.engine import Engine
+from stream_server.errors import DecodeError, EngineStopped, UploadError
 from stream_server.messages import ClassifyResult, GenreUpdate
 from stream_server.runner import WindowScores
 from stream_server.service import Service
@@ -68,14 +68,6 @@ RAW_TYPES = frozenset({"application/octet-stream", "application/ogg"})
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-class UploadError(GenrecastError):
-    """An upload was refused; ``status`` is the HTTP status to answer with (4xx, or 503)."""
-
-    def __init__(self, message: str, *, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ResultCache(Generic[K, V]):

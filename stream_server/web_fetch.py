@@ -29,7 +29,7 @@ from urllib.parse import urljoin
 import httpcore
 import httpx
 
-from stream_server.errors import DecodeError, GenrecastError
+from stream_server.errors import DecodeError, NotHttp
 from stream_server.source_policy import SourcePolicy
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "REQUEST_HEADERS",
     "CheckedBackend",
     "IcyResponse",
-    "NotHttp",
     "checked_client",
     "fetch",
     "icy_get",
@@ -61,14 +60,6 @@ REQUEST_HEADERS: Final = {"Icy-MetaData": "1", "User-Agent": "genrecast"}
 
 _READ_BYTES: Final = 64 * 1024
 _END_OF_HEADERS: Final = re.compile(rb"\r?\n\r?\n")
-
-
-class NotHttp(GenrecastError):
-    """A server answered with something that is not HTTP (``ICY 200 OK``); ``url`` is where."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(f"{url!r} did not answer in HTTP")
-        self.url = url
 
 
 class CheckedBackend(httpcore.SyncBackend):

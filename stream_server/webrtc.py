@@ -61,11 +61,11 @@ from aiortc.mediastreams import MediaStreamError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from stream_server.errors import GenrecastError, ProtocolError
-from stream_server.guard import client_address
+from stream_server.config import WebRTCConfig
+from stream_server.errors import GenrecastError, ProtocolError, WebRTCError
 from stream_server.messages import MAX_NAME_CHARS, StartMessage, check_text
-from stream_server.service import LiveStream, Service
 from stream_server.source_policy import address_problem
+from stream_server.types import StreamHost, StreamSink
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +85,6 @@ LOOPBACK_V4: Final = "127.0.0.1"
 LOOPBACK_V6: Final = "::1"
 
 _FULL_SCALE: Final = 32767.0
-
-
-class WebRTCError(GenrecastError):
-    """An offer cannot be answered, or the received audio cannot be ingested.
-
-    ``status`` is the HTTP status the offer endpoint answers with (400: the client's offer).
-    """
-
-    def __init__(self, message: str, *, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 # -- pure parts ---------------------------------------------------------------------------------
@@ -342,15 +331,15 @@ class WebRTCPeer:
 
     def __init__(
         self,
-        service: Service,
+        host: StreamHost,
         pc: Any,
         *,
         connect_timeout_s: float,
         on_closed: Callable[[WebRTCPeer], None],
     ) -> None:
-        self.service = service
+        self.host = host
         self.pc = pc
-        self.live: LiveStream | None = None
+        self.sink: StreamSink | None = None
         self.connect_timeout_s = connect_timeout_s
         self._on_closed = on_closed
         self._track: Any = None
@@ -362,18 +351,18 @@ class WebRTCPeer:
 
     @property
     def stream_id(self) -> str | None:
-        return self.live.session.stream_id if self.live is not None else None
+        return self.sink.stream_id if self.sink is not None else None
 
     @property
     def connected(self) -> bool:
         """Whether the peer has connected (until then it counts as a pending offer)."""
         return self._connected.is_set()
 
-    def start(self, live: LiveStream) -> None:
-        """Feed ``live`` from the audio track (once it exists) and watch the connect deadline.
+    def start(self, sink: StreamSink) -> None:
+        """Feed ``sink`` from the audio track (once it exists) and watch the connect deadline.
         However the stream ends (idle, ``DELETE``, server stop), the connection closes with it."""
-        self.live = live
-        live.on_end = lambda ended: self._end_from_service(ended["reason"])
+        self.sink = sink
+        sink.on_end(self._end_from_service)
         self._spawn(self._watch_connect())
         if self._track is not None:
             self._spawn(self._pump(self._track))
@@ -387,7 +376,7 @@ class WebRTCPeer:
         if track.kind != "audio" or self._track is not None:
             return
         self._track = track
-        if self.live is not None and self._closing is None:
+        if self.sink is not None and self._closing is None:
             self._spawn(self._pump(track))
 
     def _on_state(self) -> None:
@@ -401,18 +390,18 @@ class WebRTCPeer:
         try:
             await asyncio.wait_for(self._connected.wait(), self.connect_timeout_s)
         except TimeoutError:
-            self.service.metrics.errors.labels(kind="webrtc_timeout").inc()
+            self.host.count_error("webrtc_timeout")
             self.close(f"WebRTC peer did not connect within {self.connect_timeout_s:g} s")
 
     async def _pump(self, track: Any) -> None:
-        live = self.live
-        assert live is not None
+        sink = self.sink
+        assert sink is not None
         reason = "the microphone track ended"
         try:
-            while not live.ended:
+            while not sink.ended:
                 frame = await track.recv()
-                if not live.ended:
-                    self.service.feed(live, frame_to_pcm(frame))
+                if not sink.ended:
+                    sink.feed(frame_to_pcm(frame))
         except MediaStreamError:
             pass
         except WebRTCError as exc:
@@ -440,8 +429,8 @@ class WebRTCPeer:
         try:
             with contextlib.suppress(Exception):
                 await self.pc.close()
-            if self.live is not None:
-                await self.service.end_stream(self.live, reason, drain=drain)
+            if self.sink is not None:
+                await self.sink.end(reason, drain=drain)
         finally:
             self._on_closed(self)
         log.info("WebRTC peer of stream %s closed: %s", self.stream_id, reason)
@@ -450,8 +439,9 @@ class WebRTCPeer:
 class WebRTCGateway:
     """Answers offers and keeps every peer until it closes; :meth:`close` ends them all."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, host: StreamHost, config: WebRTCConfig) -> None:
+        self.host = host
+        self.config = config
         self.peers: set[WebRTCPeer] = set()
         include_loopback_candidates()
 
@@ -464,7 +454,7 @@ class WebRTCGateway:
                 model loads, when ``server.max_streams`` streams are live (or the client's
                 share), or when ``webrtc.max_pending`` peers are still connecting.
         """
-        cfg = self.service.config.webrtc
+        cfg = self.config
         pending = sum(1 for peer in self.peers if not peer.connected)
         if pending >= cfg.max_pending:
             raise WebRTCError(
@@ -474,7 +464,7 @@ class WebRTCGateway:
             )
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(cfg.stun_server)))
         peer = WebRTCPeer(
-            self.service,
+            self.host,
             pc,
             connect_timeout_s=cfg.connect_timeout_s,
             on_closed=self.peers.discard,
@@ -483,7 +473,7 @@ class WebRTCGateway:
         try:
             await _apply_offer(pc, offer.sdp, client)
             try:
-                live, _ = await self.service.open_stream(
+                sink = await self.host.open_sink(
                     StartMessage(
                         type="start",
                         sample_rate=WEBRTC_SAMPLE_RATE,
@@ -497,7 +487,7 @@ class WebRTCGateway:
                 )
             except ProtocolError as exc:
                 raise WebRTCError(str(exc), status=503) from None
-            peer.start(live)
+            peer.start(sink)
             try:
                 await pc.setLocalDescription(await pc.createAnswer())
             except _AIORTC_ERRORS as exc:
@@ -507,7 +497,7 @@ class WebRTCGateway:
             await asyncio.shield(peer.close(reason, drain=False))
             raise
         answer = pc.localDescription
-        return {"sdp": answer.sdp, "type": answer.type, "stream_id": live.session.stream_id}
+        return {"sdp": answer.sdp, "type": answer.type, "stream_id": sink.stream_id}
 
     async def close(self) -> None:
         """Close every peer and end its stream (the server is stopping); never raises."""
@@ -567,14 +557,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def offer_endpoint(request: Request) -> Response:
-    """``POST /webrtc/offer``: the answer as JSON, or ``{"error"}`` with a 4xx/503 status."""
-    gateway: WebRTCGateway = request.app.state.webrtc
+async def answer_request(gateway: WebRTCGateway, request: Request, client: str) -> Response:
+    """``POST /webrtc/offer`` from ``client`` (its address): the answer as JSON, or
+    ``{"error"}`` with a 4xx/503 status."""
     try:
         offer = parse_offer(await _read_body(request, MAX_OFFER_BYTES))
-        answer = await gateway.answer(offer, client_address(request))
+        answer = await gateway.answer(offer, client)
     except WebRTCError as exc:
-        gateway.service.metrics.errors.labels(kind="webrtc_offer").inc()
+        gateway.host.count_error("webrtc_offer")
         log.info("WebRTC offer refused (%d): %s", exc.status, exc)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     return JSONResponse(answer)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from stream_server.augment import add_noise, beta_quantile, colour, mixup, spec_mask
-from tests.conftest import DEVICES
+from tests.helpers.devices import DEVICES
 
 RATE = 22050
 

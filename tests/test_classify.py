@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -10,16 +11,24 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.classify import ClassifyReport, classify_audio, classify_file, format_report
+from stream_server.classify import (
+    ClassifyReport,
+    classify_audio,
+    classify_file,
+    file_sha256,
+    format_report,
+)
 from stream_server.config import Config
 from stream_server.decode import decode_mono
 from stream_server.loading import with_speech_detector
+from stream_server.messages import ClassifyResult
 from stream_server.mixes import label_at
 from stream_server.model import LoadedModel, resolve_model
 from stream_server.runner import InferenceRunner, WindowScores
 from stream_server.session import SessionParams, session_params
 from stream_server.timeline import Segment
-from tests.conftest import LABELS, encode_audio, music, real_clip
+from tests.helpers.audio import encode_audio, music, real_clip
+from tests.helpers.constants import LABELS
 from tests.helpers.speech import ToneSpeech, marker
 
 RATE = 22050  # the tiny model's rate
@@ -179,7 +188,11 @@ def check_report(report: ClassifyReport, path: Path, tiny_model: LoadedModel) ->
     assert report.padded is False
     assert report.processing_s > 0
 
-    data = report.to_json()
+    data = report.to_result()
+    # one shape for the local report and the server's POST /classify answer
+    assert set(data) == set(ClassifyResult.__annotations__)
+    assert data["processing_ms"] == round(report.processing_s * 1000.0, 1)
+    assert data["sha256"] == "" and data["cached"] is False
     ranking = report.ranking()
     assert [label for label, _ in ranking] == sorted(
         LABELS, key=lambda lb: -report.mean_probs[LABELS.index(lb)]
@@ -220,6 +233,12 @@ def test_classify_file_wav(
     np.testing.assert_allclose(report.window_probs, probs, atol=1e-5, rtol=0)
 
 
+def test_file_sha256_is_the_hash_of_the_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "clip.bin"
+    path.write_bytes(b"\x00\x01" * 100_000)
+    assert file_sha256(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_classify_file_short_is_padded(
     tmp_path: Path, config: Config, tiny_model: LoadedModel
 ) -> None:
@@ -227,7 +246,7 @@ def test_classify_file_short_is_padded(
     report = classify_file(str(path), config, model=tiny_model)
     assert report.padded is True
     assert len(report.windows) == 1
-    assert report.to_json()["padded"] is True
+    assert report.to_result()["padded"] is True
     assert "padded with silence" in format_report(report)
 
 
@@ -303,12 +322,11 @@ def test_reports_say_how_they_were_decoded(
 ) -> None:
     path = encode_audio(tmp_path / "clip.wav", music(4.0, rate=44100, channels=2), 44100)
     viterbi = classify_file(str(path), make_config(), model=tiny_model)
-    assert viterbi.to_json()["decoding"] == "viterbi"
     assert viterbi.to_result()["decoding"] == "viterbi"
     assert "decoding: viterbi (the whole file at once, looking ahead" in format_report(viterbi)
     live = classify_file(str(path), make_config(offline={"decoding": "live"}), model=tiny_model)
-    assert live.to_json()["decoding"] == "live"
+    assert live.to_result()["decoding"] == "live"
     assert "decoding: live (causal" in format_report(live)
     # same windows and probabilities either way; the JSON keeps its shape
     np.testing.assert_allclose(viterbi.window_probs, live.window_probs)
-    assert set(viterbi.to_json()) == set(live.to_json())
+    assert set(viterbi.to_result()) == set(live.to_result())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import (
     GENRECAST,
     free_port,
@@ -21,6 +22,7 @@ from tests.helpers.cli import (
     stop_server,
     write_config,
 )
+from tests.helpers.constants import TIMEOUT_S
 
 
 def write_wav(path: Path, seconds: float) -> Path:
@@ -87,6 +89,13 @@ def test_classify_prints_genres_and_timeline(cli_config: Path, tmp_path: Path) -
     result = genrecast("classify", str(wav), "--config", str(cli_config), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    # the shape of the server's POST /classify answer (see tests/test_upload.py)
+    assert set(report) == {
+        "source", "sha256", "model", "device", "duration_s", "processing_ms", "cached",
+        "genre", "confidence", "probabilities", "padded", "decoding", "windows", "segments",
+    }  # fmt: skip
+    assert report["sha256"] == hashlib.sha256(wav.read_bytes()).hexdigest()
+    assert report["processing_ms"] > 0 and report["cached"] is False
     assert set(report["probabilities"]) == {"blues", "classical", "jazz", "rock"}
     assert sum(report["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert report["genre"] == max(report["probabilities"], key=report["probabilities"].get)

@@ -28,7 +28,7 @@ from stream_server.client import ClientError
 from stream_server.config import Config
 from stream_server.model import LoadedModel
 from stream_server.server import running_server
-from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.helpers.audio import encode_audio, music
 from tests.helpers.browser import (
     NEEDS_BROWSER,
     WAIT_MS,
@@ -37,6 +37,7 @@ from tests.helpers.browser import (
     launch,
 )
 from tests.helpers.cli import GENRECAST, free_port, genrecast
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import ALL, FEEDER, READER, install_tokens, run
 
 WRONG = "wrong-token-0123456789abcdef"

@@ -24,6 +24,7 @@ from stream_server.config import (
     StorageConfig,
     UpdatesConfig,
     config_from_dict,
+    field_checks,
     load_config,
 )
 from stream_server.errors import ConfigError, GenrecastError
@@ -364,6 +365,107 @@ def test_infinite_durations_are_rejected(table: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict({table: {key: math.inf}})
     assert info.value.key == f"{table}.{key}"
+
+
+#: Every key with a range check. The checks live on the dataclass fields, so a renamed field
+#: keeps its check; this list catches one that is dropped (or added without a test value).
+CHECKED_KEYS = frozenset(
+    {
+        "server.port",
+        "server.max_frame_bytes",
+        "server.min_sample_rate",
+        "server.max_sample_rate",
+        "server.max_channels",
+        "server.max_streams",
+        "server.max_streams_per_client",
+        "server.start_timeout_s",
+        "server.idle_timeout_s",
+        "server.header_timeout_s",
+        "server.log_level",
+        "engine.device",
+        "engine.max_batch",
+        "engine.max_wait_ms",
+        "engine.hop_s",
+        "engine.window_s",
+        "engine.buffer_s",
+        "engine.top_k",
+        "smoothing.time_constant_s",
+        "smoothing.switch_margin",
+        "smoothing.min_dwell_s",
+        "smoothing.stale_margin",
+        "smoothing.backdate_max_s",
+        "gate.silence_dbfs",
+        "gate.speech_threshold",
+        "gate.min_run_s",
+        "offline.decoding",
+        "offline.switch_cost",
+        "updates.queue_size",
+        "updates.history_size",
+        "storage.retention_days",
+        "sources.open_timeout_s",
+        "sources.stall_s",
+        "sources.reconnect_min_s",
+        "sources.reconnect_max_s",
+        "sources.max_reconnects",
+        "sources.chunk_s",
+        "sources.allowed_hosts",
+        "webrtc.connect_timeout_s",
+        "webrtc.max_pending",
+        "upload.max_bytes",
+        "upload.max_duration_s",
+        "upload.cache_entries",
+        "upload.max_concurrent",
+        "auth.origins",
+        "auth.ticket_s",
+    }
+)
+
+#: A value each kind of check refuses (a new kind of check needs one here).
+OUT_OF_RANGE: dict[str, Any] = {
+    "_positive": 0,
+    "_non_negative": -1,
+    "_port": 70000,
+    "_unit_interval": 2,
+    "_level_dbfs": 1,
+    "_device": "tpu",
+    "_decoding": "forward",
+    "_log_level": "verbose",
+    "_host_list": ["radio.lan/stream"],
+    "_origin_list": ["radio.lan"],
+}
+
+
+def table_classes() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def checked_fields() -> list[tuple[str, str, Any]]:
+    """``(table, key, check)`` for every field of every table that carries a check."""
+    return [
+        (table, key, check)
+        for table, cls in table_classes().items()
+        for key, check in field_checks(cls).items()
+    ]
+
+
+def test_every_range_check_is_attached_to_a_field() -> None:
+    attached = {f"{table}.{key}" for table, key, _ in checked_fields()}
+    assert attached == CHECKED_KEYS
+    for table, key, check in checked_fields():
+        assert callable(check)
+        default = getattr(table_classes()[table](), key)
+        assert check(default) is None, f"the default of {table}.{key} fails its own check"
+
+
+@pytest.mark.parametrize(("table", "key", "check"), checked_fields())
+def test_each_check_names_its_key(table: str, key: str, check: Any) -> None:
+    value = OUT_OF_RANGE[check.__name__]
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({table: {key: value}})
+    assert info.value.key == f"{table}.{key}"
+    assert str(info.value).startswith(f"config key '{table}.{key}': ")
+    assert f"got {value!r}" in str(info.value)
 
 
 def test_min_sample_rate_above_max(tmp_path: Path) -> None:

@@ -6,16 +6,7 @@ Processes: ``genrecast serve`` (default model, SQLite in a temp dir), ``genrecas
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
-import re
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,142 +15,25 @@ import numpy as np
 import pytest
 
 from stream_server.decode import decode_mono
-from tests.conftest import SHARED_GENRES, TIMEOUT_S, encode_audio
-from tests.test_puller import EndlessMp3, mp3_file
-
-CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[1]
-TITLE = "genrecast live dashboard"
-
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None
+from tests.helpers.audio import clips, encode_audio
+from tests.helpers.browser import CHROMIUM, WAIT_MS
+from tests.helpers.cli import free_port
+from tests.helpers.constants import TIMEOUT_S
+from tests.helpers.dashboard import (
+    TITLE,
+    Proc,
+    browser_page,
+    cli,
+    dashboard,
+    genrecast_server,
+    sync_playwright,
+)
+from tests.helpers.radio import EndlessMp3, mp3_file
 
 pytestmark = [
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed"),
     pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}"),
 ]
-
-#: Selector waits, in milliseconds (Playwright's unit).
-WAIT_MS = 2 * TIMEOUT_S * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def clips(genre: str, count: int) -> list[Path]:
-    folder = SHARED_GENRES / genre
-    found = sorted(folder.glob("*.opus"))[:count] if folder.is_dir() else []
-    if len(found) < count:
-        pytest.skip(f"shared data set not found at {SHARED_GENRES}")
-    return found
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "stream_server.cli", *args]
-
-
-class Proc:
-    """A child process whose output lines are read by a thread (so its pipe never fills)."""
-
-    def __init__(self, command: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        self._reader.join(5)
-        assert self.popen.stdout is not None
-        if not self._reader.is_alive():  # closing under a blocked reader would wait for it
-            self.popen.stdout.close()
-
-
-@contextlib.contextmanager
-def genrecast_server(tmp_path: Path) -> Iterator[str]:
-    """``genrecast serve`` on a free port with the default model; yields its http URL."""
-    config = tmp_path / "config.toml"
-    config.write_text(
-        '[server]\nport = 0\nlog_level = "warning"\n'
-        '[engine]\ndevice = "cpu"\n'
-        f'[storage]\ndatabase = "{tmp_path / "timeline.db"}"\n'
-        # the test's radio station is on loopback: a LAN set-up
-        "[sources]\nallow_private_addresses = true\n"
-    )
-    proc = Proc(cli("serve", "--config", str(config)))
-    lines = proc.lines
-    try:
-        deadline = time.monotonic() + 3 * TIMEOUT_S
-        seen: list[str] = []
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                pytest.fail(f"the server did not get ready: {''.join(seen)[-2000:]}")
-            seen.append(line)
-            match = re.search(r"genrecast ready on (http://\S+)", line)
-            if match:
-                break
-        yield match.group(1).rstrip("/")
-    finally:
-        proc.stop()
-
-
-@contextlib.contextmanager
-def dashboard(server: str) -> Iterator[str]:
-    """``genrecast dashboard`` on a free port; yields its URL once Streamlit answers."""
-    port = free_port()
-    proc = Proc(cli("dashboard", "--server", server, "--port", str(port)))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 3 * TIMEOUT_S
-        while True:
-            assert proc.popen.poll() is None, "the dashboard exited"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/_stcore/health", timeout=1.0, trust_env=False).is_success:
-                    break
-            assert time.monotonic() < deadline, "the dashboard did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.stop()
-
-
-@contextlib.contextmanager
-def browser_page() -> Iterator[Any]:
-    assert sync_playwright is not None
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(WAIT_MS)
-            yield page
-        finally:
-            browser.close()
 
 
 def streams_of(server: str) -> list[dict[str, Any]]:

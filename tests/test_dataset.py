@@ -33,7 +33,7 @@ from stream_server.dataset import (
     windows_of,
 )
 from stream_server.errors import DatasetError
-from tests.conftest import encode_audio, music
+from tests.helpers.audio import encode_audio, music
 
 RATE = 22050  # the rate clips are decoded to
 

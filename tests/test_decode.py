@@ -20,7 +20,7 @@ from stream_server.decode import (
     probe,
 )
 from stream_server.errors import DecodeError
-from tests.conftest import encode_audio
+from tests.helpers.audio import encode_audio
 
 SECONDS = 3.0
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "genres"

@@ -20,7 +20,7 @@ from stream_server.musicnn import TEACHERS_DIR
 from stream_server.preprocessing import MusicnnPreprocessing
 from stream_server.runner import InferenceRunner
 from stream_server.session import session_params
-from tests.conftest import SHARED_GENRES, TIMEOUT_S
+from tests.helpers.constants import SHARED_GENRES, TIMEOUT_S
 
 MAX_BYTES = 25 * 1024 * 1024
 

@@ -18,7 +18,8 @@ import torch
 from stream_server.engine import Engine, EngineStopped, WindowJob, WindowResult
 from stream_server.model import LoadedModel
 from stream_server.runner import BatchTiming, InferenceRunner, WindowScores
-from tests.conftest import TIMEOUT_S, music
+from tests.helpers.audio import music
+from tests.helpers.constants import TIMEOUT_S
 
 WINDOW = 44100  # 2 s at 22050 Hz, the tiny model's window
 

@@ -21,7 +21,8 @@ from stream_server.evaluate import (
     save_report,
 )
 from stream_server.model import LoadedModel
-from tests.conftest import LABELS, encode_audio, music
+from tests.helpers.audio import encode_audio, music
+from tests.helpers.constants import LABELS
 
 RATE = 22050  # the tiny model's rate; its windows are 2 s long
 HOP_S = 1.0

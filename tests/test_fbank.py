@@ -30,7 +30,8 @@ from stream_server.model import GenreClassifier, LoadedModel, load_model, save_c
 from stream_server.preprocessing import AudioPreprocessing
 from stream_server.runner import InferenceRunner
 from stream_server.session import session_params
-from tests.conftest import DEVICES, cuda_param, encode_audio, music
+from tests.helpers.audio import encode_audio, music
+from tests.helpers.devices import DEVICES, cuda_param
 
 RATE = 16000
 GENRES = ("ska", "drone", "gospel")

@@ -13,7 +13,8 @@ import torchaudio
 
 from stream_server.features import LogMelImage, db_to_image, mel_power, power_to_db_ref_max
 from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
-from tests.conftest import DEVICES, music
+from tests.helpers.audio import music
+from tests.helpers.devices import DEVICES
 
 SHORT = AudioPreprocessing(window_seconds=2.0)
 

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from stream_server.config import Config
 from stream_server.model import LoadedModel
 from stream_server.server import RunningServer, running_server
-from tests.conftest import music, to_s16le
+from tests.helpers.audio import music, to_s16le
 from tests.helpers.live import (
     RATE,
     expected_windows,

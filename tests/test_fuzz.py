@@ -40,7 +40,8 @@ from stream_server.auth import TOKEN_ENV
 from stream_server.config import config_from_dict
 from stream_server.messages import close_reason
 from stream_server.model import LoadedModel
-from tests.conftest import LABELS, TIMEOUT_S, encode_audio, music
+from tests.helpers.audio import encode_audio, music
+from tests.helpers.constants import LABELS, TIMEOUT_S
 from tests.helpers.fuzz import FuzzServer, due_windows, random_bytes
 from tests.helpers.live import ws
 

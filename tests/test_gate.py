@@ -20,7 +20,7 @@ from stream_server.gate import (
 )
 from stream_server.loading import with_speech_detector
 from stream_server.model import LoadedModel
-from tests.conftest import DEVICES
+from tests.helpers.devices import DEVICES
 from tests.helpers.speech import ToneSpeech
 
 
@@ -121,7 +121,7 @@ def test_with_speech_detector_plugs_a_module_in(tiny_model: LoadedModel) -> None
 
 
 def test_the_test_speech_module_hears_the_marker_tone() -> None:
-    from tests.conftest import music
+    from tests.helpers.audio import music
     from tests.helpers.speech import marker
 
     rate = 22050

@@ -13,8 +13,9 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import TIMEOUT_S, music, to_s16le
+from tests.helpers.audio import music, to_s16le
 from tests.helpers.cli import start_server, write_config
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import RATE, start
 
 

@@ -18,7 +18,7 @@ from stream_server.errors import ProtocolError
 from stream_server.messages import check_text, parse_client_message, parse_stream_request
 from stream_server.model import LoadedModel
 from stream_server.server import RunningServer, running_server
-from tests.conftest import music
+from tests.helpers.audio import music
 from tests.helpers.live import (
     RATE,
     collect_until_end,

@@ -26,7 +26,7 @@ from stream_server.preprocessing import PREPROCESSING_FILE, MusicnnPreprocessing
 from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
 from stream_server.train import REPORT_FILE, build_model, train
 from stream_server.train_hybrid import feature_stats, lowpass, lowpass_for, mask_tokens
-from tests.conftest import encode_audio, music
+from tests.helpers.audio import encode_audio, music
 
 GENRES = ("drone", "whistle")
 #: One-second windows: 63 musicnn frames, three tokens of 16 frames.

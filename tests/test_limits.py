@@ -15,7 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from stream_server.config import Config
 from stream_server.model import LoadedModel
 from stream_server.server import running_server
-from tests.conftest import TIMEOUT_S, encode_audio, music, to_s16le
+from tests.helpers.audio import encode_audio, music, to_s16le
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import (
     RATE,
     expect_rejection,

@@ -11,7 +11,7 @@ from stream_server.config import Config
 from stream_server.loading import with_speech_detector
 from stream_server.model import LoadedModel
 from stream_server.server import running_server
-from tests.conftest import encode_audio, music
+from tests.helpers.audio import encode_audio, music
 from tests.helpers.browser import (
     NEEDS_BROWSER,
     WAIT_MS,

@@ -35,7 +35,7 @@ from stream_server.session import session_params
 from stream_server.smoothing import SmoothingParams
 from stream_server.speech import CONFIG_FILE as SPEECH_CONFIG
 from stream_server.speech import DEFAULT_SPEECH_DIR
-from tests.conftest import encode_audio, music
+from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import genrecast
 from tests.helpers.speech import ToneSpeech, marker, write_speech_set
 

@@ -26,7 +26,8 @@ from stream_server.model import (
     untrained_model,
 )
 from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
-from tests.conftest import LABELS, music
+from tests.helpers.audio import music
+from tests.helpers.constants import LABELS
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -7,27 +7,23 @@ import contextlib
 import itertools
 import json
 import shutil
-import socket
 import socketserver
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
 from stream_server.client import http_base, wants_pull
 from stream_server.config import Config
 from stream_server.engine import WindowJob
 from stream_server.errors import GenrecastError
-from stream_server.messages import parse_server_message
 from stream_server.puller import (
     HttpBody,
     IcyDemuxer,
@@ -37,14 +33,16 @@ from stream_server.puller import (
     parse_stream_title,
     transition,
 )
-from stream_server.server import RunningServer, running_server
+from stream_server.server import running_server
 from stream_server.session import SessionParams, StreamSession
 from stream_server.store import SCHEMA_VERSION, StreamRecord, TimelineStore, TrackTitle
-from tests.conftest import SHARED_GENRES, TIMEOUT_S, encode_audio, music
+from tests.helpers.audio import music_source
+from tests.helpers.cli import free_port
+from tests.helpers.constants import TIMEOUT_S
+from tests.helpers.live import next_message, of_type, run, stream_info, updates
+from tests.helpers.radio import FFMPEG, EndlessMp3, LoopbackServer, mp3_file, need, send_paced_mp3
 
 ICECAST = shutil.which("icecast2") or "/usr/bin/icecast2"
-FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
-MP3_BYTES_PER_S = 16_000  # 128 kbit/s
 
 # -- pure parts ---------------------------------------------------------------------------------
 
@@ -248,127 +246,6 @@ def test_titles_are_stored_and_a_version_1_file_gains_the_table(tmp_path: Path) 
 # -- real sources -------------------------------------------------------------------------------
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 3 * TIMEOUT_S))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def need(binary: str) -> None:
-    if not Path(binary).is_file():
-        pytest.skip(f"{binary} is not installed")
-
-
-def music_source(tmp_path: Path) -> Path:
-    """A real clip from the shared data set if present, else synthetic music as WAV."""
-    clips = sorted((SHARED_GENRES / "jazz").glob("*.opus")) if SHARED_GENRES.is_dir() else []
-    if clips:
-        return clips[0]
-    return encode_audio(tmp_path / "music.wav", music(12.0, 44100), 44100)
-
-
-def mp3_file(tmp_path: Path, seconds: float) -> Path:
-    need(FFMPEG)
-    out = tmp_path / f"clip{seconds:g}.mp3"
-    subprocess.run(
-        [
-            *(FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
-            *("-i", str(music_source(tmp_path)), "-t", str(seconds), "-ac", "2"),
-            *("-c:a", "libmp3lame", "-b:a", "128k", "-write_xing", "0", "-id3v2_version", "0"),
-            str(out),
-        ],
-        check=True,
-        timeout=TIMEOUT_S,
-    )
-    return out
-
-
-class LoopbackServer:
-    """A ``socketserver`` server on a free loopback port, served by a background thread while
-    the ``with`` block runs; ``stop`` is set on exit so endless handlers return."""
-
-    def __init__(self, server: socketserver.TCPServer, path: str) -> None:
-        self.stop = threading.Event()
-        self.server = server
-        self.server.daemon_threads = True  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{server.server_address[1]}{path}"
-        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def send_paced_mp3(write: Callable[[bytes], object], mp3: bytes, stop: threading.Event) -> None:
-    """Write ``mp3`` in a loop at real time (half a second ahead) until ``stop`` is set."""
-    t0, sent, step = time.monotonic(), 0, 4000
-    with contextlib.suppress(OSError):
-        while not stop.is_set():
-            pos = sent % len(mp3)
-            chunk = (mp3 + mp3)[pos : pos + step]
-            write(chunk)
-            sent += len(chunk)
-            ahead = sent / MP3_BYTES_PER_S - (time.monotonic() - t0)
-            stop.wait(max(0.0, ahead - 0.5))
-
-
-class EndlessMp3(LoopbackServer):
-    """A plain HTTP server (``http.server``) sending an MP3 for ever at real time."""
-
-    def __init__(self, mp3: bytes) -> None:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "audio/mpeg")
-                self.end_headers()
-                send_paced_mp3(self.wfile.write, mp3, owner.stop)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler), "/endless.mp3")
-
-
-@contextlib.asynccontextmanager
-async def updates(server: RunningServer, stream_id: str) -> AsyncIterator[ClientConnection]:
-    url = f"{server.ws_url}/ws/updates?stream_id={stream_id}&since=0"
-    async with connect(url, compression=None, proxy=None) as conn:
-        yield conn
-
-
-async def next_message(
-    conn: ClientConnection, wanted: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    while True:
-        message: dict[str, Any] = dict(
-            parse_server_message(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
-        )
-        if wanted(message):
-            return message
-
-
-def of_type(kind: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda m: m["type"] == kind
-
-
-async def stream_info(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
-    streams = (await http.get("/streams")).json()["streams"]
-    (info,) = [s for s in streams if s["stream_id"] == stream_id]
-    return dict(info)
-
-
 async def wait_state(
     http: httpx.AsyncClient, stream_id: str, states: set[str], seen: list[str] | None = None
 ) -> dict[str, Any]:
@@ -448,7 +325,7 @@ def test_endless_http_mp3_goes_live_via_the_cli_and_delete_stops_it(
                 timeline = (await http.get(f"/streams/{stream_id}/timeline")).json()
                 assert timeline["segments"] and timeline["titles"] == []
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 class HlsFolder(LoopbackServer):
@@ -507,7 +384,7 @@ def test_hls_playlist_goes_live_and_produces_updates(
                     await http.delete(f"/streams/{stream_id}")
                     await next_message(conn, of_type("stream.ended"))
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 class ShoutcastV1(LoopbackServer):
@@ -579,7 +456,7 @@ def test_an_icy_200_ok_server_is_read_with_its_titles(
         assert by_hand[0] == "GET /live HTTP/1.0", by_hand
         assert "Icy-MetaData: 1" in by_hand
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_bad_requests_are_refused_with_a_clear_message(
@@ -610,7 +487,7 @@ def test_bad_requests_are_refused_with_a_clear_message(
             assert (await http.delete("/streams/nope")).status_code == 404
             assert (await http.get("/streams")).json()["streams"] == []
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_unreachable_source_reconnects_then_fails_without_hurting_another_stream(
@@ -645,7 +522,7 @@ def test_unreachable_source_reconnects_then_fails_without_hurting_another_stream
                 assert after["stream_id"] == good["stream_id"]
                 assert (await stream_info(http, good["stream_id"]))["state"] == "live"
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_local_file_with_garbage_is_decoded_around_it_paced_and_ends(
@@ -680,7 +557,7 @@ def test_local_file_with_garbage_is_decoded_around_it_paced_and_ends(
             assert info["corrupt_packets"] > 0  # FFmpeg's mp3 decoder rejected damaged frames
             assert info["reconnects"] == 0
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 # -- a real Icecast2 server fed by a real ffmpeg source client ------------------------------------
@@ -867,7 +744,7 @@ def test_icecast_radio_goes_live_reconnects_with_a_gap_and_reports_titles(
             assert [t["title"] for t in timeline["titles"]] == ["Ella Fitzgerald - Misty"]
             assert timeline["titles"][0]["stream_time_s"] == change["stream_time_s"]
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_push_pulls_only_web_urls_and_hints_an_http_address() -> None:

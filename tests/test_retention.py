@@ -17,7 +17,7 @@ from stream_server.errors import ConfigError
 from stream_server.model import LoadedModel
 from stream_server.store import StreamRecord, TimelineStore, TrackTitle
 from stream_server.timeline import Segment
-from tests.conftest import TIMEOUT_S
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run, serving, stream_ids
 
 DAY_S = 86400.0

@@ -14,7 +14,9 @@ from stream_server.gate import LEVEL_FLOOR_DBFS, levels_dbfs
 from stream_server.loading import with_speech_detector
 from stream_server.model import LoadedModel, load_model
 from stream_server.runner import BatchTiming, InferenceRunner
-from tests.conftest import DEVICES, LABELS, cuda_param, music
+from tests.helpers.audio import music
+from tests.helpers.constants import LABELS
+from tests.helpers.devices import DEVICES, cuda_param
 from tests.helpers.speech import ToneSpeech, marker
 
 

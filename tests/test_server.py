@@ -23,7 +23,8 @@ from stream_server.listen import bind
 from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
 from stream_server.preprocessing import AudioPreprocessing
 from stream_server.server import RunningServer, running_server
-from tests.conftest import TIMEOUT_S, music, to_s16le
+from tests.helpers.audio import music, to_s16le
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import (
     FRAME_S,
     RATE,
@@ -478,7 +479,7 @@ def test_real_music_around_silence_on_a_live_stream(
     genre on both sides, and it is the same after a restart."""
     from stream_server.decode import decode_mono
     from stream_server.model import resolve_model
-    from tests.conftest import real_clip
+    from tests.helpers.audio import real_clip
 
     model = resolve_model("")
     rate = model.preprocessing.sample_rate

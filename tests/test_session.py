@@ -17,7 +17,8 @@ from stream_server.model import LoadedModel
 from stream_server.session import SessionParams, StreamSession, session_params, window_seconds
 from stream_server.smoothing import SmoothingParams
 from stream_server.timeline import Segment
-from tests.conftest import LABELS, music, to_s16le
+from tests.helpers.audio import music, to_s16le
+from tests.helpers.constants import LABELS
 
 RATE = 22050
 WINDOW = 2 * RATE  # 2 s

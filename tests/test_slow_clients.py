@@ -18,7 +18,7 @@ from stream_server.errors import ConfigError
 from stream_server.http_timeouts import header_timeout_protocol
 from stream_server.model import LoadedModel
 from stream_server.server import RunningServer, running_server
-from tests.conftest import TIMEOUT_S
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
 
 #: The request-head deadline the tests configure, in seconds.

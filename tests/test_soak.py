@@ -19,8 +19,8 @@ from stream_server.soak import (
     config_toml,
     format_report,
 )
-from tests.conftest import TIMEOUT_S
 from tests.helpers.cli import genrecast, write_config
+from tests.helpers.constants import TIMEOUT_S
 
 SOAK_TIMEOUT_S = 6 * TIMEOUT_S
 

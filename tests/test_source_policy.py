@@ -29,16 +29,11 @@ from stream_server.source_policy import (
     address_problem,
     playlist_uris,
 )
-from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.helpers.audio import encode_audio, music
+from tests.helpers.cli import free_port
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.hls import HLS_TYPE, TS_TYPE, aac_segments, media_playlist
-from tests.test_puller import (
-    free_port,
-    next_message,
-    of_type,
-    run,
-    stream_info,
-    updates,
-)
+from tests.helpers.live import next_message, of_type, run, stream_info, updates
 
 REFUSED = SourceRefused.MESSAGE
 
@@ -431,7 +426,7 @@ def test_files_outside_the_media_folder_get_the_answer_a_missing_file_gets(
                 ended = await next_message(conn, of_type("stream.ended"))
             assert ended["reason"] == "end of source" and ended["windows_computed"] > 0
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 class TcpListener:
@@ -500,7 +495,7 @@ def test_other_protocols_never_reach_ffmpeg(
             assert (await http.get("/streams")).json()["streams"] == []
 
     try:
-        run(scenario())
+        run(scenario(), limit_s=3 * TIMEOUT_S)
     finally:
         service.close()
 
@@ -543,8 +538,8 @@ def test_loopback_http_is_refused_by_default_and_pulled_with_the_lan_switch(
         assert site.hits == ["/music.wav"]
 
     with Site({"/music.wav": wav_route(tmp_path)}) as site:
-        run(refused(site))
-        run(pulled(site))
+        run(refused(site), limit_s=3 * TIMEOUT_S)
+        run(pulled(site), limit_s=3 * TIMEOUT_S)
 
 
 def test_every_redirect_is_checked(make_config: Callable[..., Config], tmp_path: Path) -> None:
@@ -600,7 +595,7 @@ def test_every_redirect_is_checked(make_config: Callable[..., Config], tmp_path:
                     await http.delete(f"/streams/{stream_id}")
             assert target.hits == []
 
-        run(scenario())
+        run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_hls_segments_and_variants_on_refused_hosts_are_never_fetched(
@@ -661,7 +656,7 @@ def test_hls_segments_and_variants_on_refused_hosts_are_never_fetched(
             assert target.hits == []
             assert "/variant.m3u8" in first.hits  # the variant was read, to be checked
 
-        run(scenario())
+        run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_what_the_hls_demuxer_fetches_later_is_checked_too(
@@ -717,7 +712,7 @@ def test_what_the_hls_demuxer_fetches_later_is_checked_too(
                 assert first.hits.count("/live.m3u8") >= 2, first.hits  # a reload happened
             assert target.hits == []
 
-        run(scenario())
+        run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_a_body_ffmpeg_would_read_as_a_playlist_opens_nothing(
@@ -746,7 +741,7 @@ def test_a_body_ffmpeg_would_read_as_a_playlist_opens_nothing(
             assert first.hits.count("/radio?f=.m3u8") == 2
             assert target.hits == []
 
-        run(scenario())
+        run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
 def test_a_source_that_sends_a_moment_of_audio_and_drops_still_reaches_the_bound(
@@ -777,7 +772,7 @@ def test_a_source_that_sends_a_moment_of_audio_and_drops_still_reaches_the_bound
         assert site.hits == ["/moment"] * 3
 
     with Site({"/moment": route}) as site:
-        run(scenario(site))
+        run(scenario(site), limit_s=3 * TIMEOUT_S)
 
 
 def test_failed_pulls_stop_after_the_bound_with_the_reason_in_get_streams(
@@ -797,4 +792,4 @@ def test_failed_pulls_stop_after_the_bound_with_the_reason_in_get_streams(
             assert "ConnectError" in info["reason"], info
             assert not server.service.pullers and not server.service.streams
 
-    run(scenario())
+    run(scenario(), limit_s=3 * TIMEOUT_S)

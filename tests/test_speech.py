@@ -27,7 +27,7 @@ from stream_server.train_speech import (
     train_speech,
     validation_clips,
 )
-from tests.conftest import encode_audio, music
+from tests.helpers.audio import encode_audio, music
 from tests.helpers.speech import write_speech_set
 
 

@@ -35,7 +35,8 @@ from stream_server.train import (
     train,
     training_images,
 )
-from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.helpers.audio import encode_audio, music
+from tests.helpers.constants import TIMEOUT_S
 
 RATE = 22050
 GENRES = ("drone", "noise", "whistle")

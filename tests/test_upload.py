@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,12 @@ from stream_server.upload import (
     source_name,
     upload_kind,
 )
-from tests.conftest import LABELS, TIMEOUT_S, encode_audio, music, real_clip
-from tests.helpers.live import get_metrics, send_audio, start_stream, stop_stream
+from tests.helpers.audio import encode_audio, music, real_clip
+from tests.helpers.cli import GENRECAST
+from tests.helpers.constants import LABELS, TIMEOUT_S
+from tests.helpers.live import get_metrics, run, send_audio, start_stream, stop_stream
 
-GENRECAST = [sys.executable, "-m", "stream_server.cli"]
 RATE = 22050
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 6 * TIMEOUT_S))
 
 
 def wav(path: Path, seconds: float, seed: int = 0) -> Path:

@@ -37,7 +37,8 @@ from stream_server.webrtc import (
     parse_offer,
     with_loopback,
 )
-from tests.conftest import TIMEOUT_S, music
+from tests.helpers.audio import music
+from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import (
     RATE,
     expected_windows,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TIMEOUT_S
+from tests.helpers.constants import TIMEOUT_S
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -10,13 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.constants import TIMEOUT_S
+
 #: ``genrecast`` run by this interpreter from this checkout.
 GENRECAST = [sys.executable, "-m", "stream_server.cli"]
 
 #: Runs ``genrecast`` with some installed packages hidden: ``[*WITHOUT, "aiortc,streamlit", ...]``.
 WITHOUT = [sys.executable, "-m", "tests.helpers.without"]
-
-TIMEOUT_S = float(os.environ.get("GENRECAST_TEST_TIMEOUT_S", "20"))
 
 
 def write_config(

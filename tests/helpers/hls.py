@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT_S, encode_audio, music
+from tests.helpers.audio import encode_audio, music
+from tests.helpers.constants import TIMEOUT_S
 
 HLS_TYPE = (("Content-Type", "application/vnd.apple.mpegurl"),)
 TS_TYPE = (("Content-Type", "video/mp2t"),)

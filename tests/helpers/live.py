@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,9 +18,11 @@ from websockets.exceptions import ConnectionClosed
 
 from stream_server.auth import TOKEN_ENV
 from stream_server.config import Config
+from stream_server.messages import parse_server_message
 from stream_server.model import LoadedModel
 from stream_server.server import RunningServer, running_server
-from tests.conftest import TIMEOUT_S, to_s16le
+from tests.helpers.audio import to_s16le
+from tests.helpers.constants import TIMEOUT_S
 
 #: The rate (Hz) of the audio these helpers send, and the length of one frame, in seconds.
 RATE = 44100
@@ -34,8 +36,9 @@ FEEDER = "ingest-token-0123456789abcdef"
 T = TypeVar("T")
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 6 * TIMEOUT_S))
+def run(coro: Coroutine[Any, Any, T], limit_s: float = 6 * TIMEOUT_S) -> T:
+    """Run ``coro`` to its end in a new event loop; it fails after ``limit_s`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, limit_s))
 
 
 def install_tokens(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str]]:
@@ -66,6 +69,37 @@ async def serving(
 async def ws(server: RunningServer, path: str) -> AsyncIterator[ClientConnection]:
     async with connect(server.ws_url + path, compression=None, proxy=None) as conn:
         yield conn
+
+
+@contextlib.asynccontextmanager
+async def updates(server: RunningServer, stream_id: str) -> AsyncIterator[ClientConnection]:
+    """``/ws/updates`` of one stream, from its first update on."""
+    async with ws(server, f"/ws/updates?stream_id={stream_id}&since=0") as conn:
+        yield conn
+
+
+async def next_message(
+    conn: ClientConnection, wanted: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The next server message that is ``wanted``, each checked by the message parser; the
+    others are skipped."""
+    while True:
+        message: dict[str, Any] = dict(
+            parse_server_message(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
+        )
+        if wanted(message):
+            return message
+
+
+def of_type(kind: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m["type"] == kind
+
+
+async def stream_info(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
+    """The entry of ``GET /streams`` for one stream."""
+    streams = (await http.get("/streams")).json()["streams"]
+    (info,) = [s for s in streams if s["stream_id"] == stream_id]
+    return dict(info)
 
 
 async def recv_json(conn: ClientConnection) -> dict[str, Any]:

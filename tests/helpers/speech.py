@@ -54,7 +54,7 @@ def write_speech_set(
     """A speech set as ``genrecast train-speech`` and ``evaluate --speech`` read it: clip ``i``
     of ``speech`` as ``speech/s{i}.wav`` (speaker ``i``), of ``music`` as ``music/m{i}.wav``
     (band ``i``), and ``MANIFEST.tsv``. Clips are ``(frames, channels)`` float32 at ``rate``."""
-    from tests.conftest import encode_audio
+    from tests.helpers.audio import encode_audio
 
     rows = ["file\tlabel\tsource_repo\tsource_path\tspeaker_or_artist"]
     for label, clips, stem, who in (

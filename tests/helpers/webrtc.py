@@ -15,7 +15,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from tests.conftest import music
+from tests.helpers.audio import music
 
 #: The rate (Hz) of WebRTC audio, and the samples of one 20 ms frame at it.
 WEBRTC_RATE = 48000
