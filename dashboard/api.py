@@ -3,8 +3,8 @@
 Timeouts are seconds. ``Reply.error`` is a one-line reason shown to the user (server down, a
 refusal with the server's own ``error`` text, a malformed answer) and ``Reply.data`` is the
 decoded JSON (or text for CSV and metrics) when the call succeeded. Every request carries the
-token of :func:`stream_server.client.auth_headers` (``$GENRECAST_TOKEN`` unless one is given); a
-401 or a 403 for want of a scope says so in ``Reply.error``.
+token of :func:`stream_server.tools.client.auth_headers` (``$GENRECAST_TOKEN`` unless one is given);
+a 401 or a 403 for want of a scope says so in ``Reply.error``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from stream_server.auth import ADMIN, INGEST, READ, Scope
-from stream_server.client import auth_headers, http_base, refusal
+from stream_server.serve.auth import ADMIN, INGEST, READ, Scope
+from stream_server.tools.client import auth_headers, http_base, refusal
 
 #: Seconds one quick request (lists, health, metrics, forms) may take.
 QUICK_TIMEOUT_S = 3.0

@@ -29,9 +29,9 @@ from dashboard.state import (
     recent,
     segments_from_json,
 )
-from stream_server.client import resolve_token
+from stream_server.core.timeline import segments_to_csv
 from stream_server.messages import NON_MUSIC_LABELS
-from stream_server.timeline import segments_to_csv
+from stream_server.tools.client import resolve_token
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TITLE = "genrecast live dashboard"

@@ -8,8 +8,8 @@ from typing import Any
 import altair as alt
 
 from dashboard.state import ChangeEntry
+from stream_server.core.timeline import Segment
 from stream_server.messages import NON_MUSIC_LABELS
-from stream_server.timeline import Segment
 
 #: The colour of speech and silence: one neutral grey, unlike any genre's.
 NEUTRAL = "#9e9e9e"

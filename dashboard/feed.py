@@ -5,7 +5,8 @@ applied ``seq`` (``since=0`` at first, to replay the server's recent history), a
 message under a lock and, when the connection drops or cannot be made, retries every
 :data:`RETRY_S` seconds. Nothing it does raises into the page: problems become :attr:`Feed.status`
 (a refused token too: the server may be given one while the feed retries). The handshake carries
-the token of :func:`stream_server.client.auth_headers` (``$GENRECAST_TOKEN`` unless one is given).
+the token of :func:`stream_server.tools.client.auth_headers` (``$GENRECAST_TOKEN`` unless one is
+given).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import connect
 
 from dashboard.state import DashboardState
-from stream_server.auth import READ
-from stream_server.client import auth_headers, refusal, ws_url
 from stream_server.errors import ProtocolError
 from stream_server.messages import parse_server_message
+from stream_server.serve.auth import READ
+from stream_server.tools.client import auth_headers, refusal, ws_url
 
 #: Seconds between two connection attempts.
 RETRY_S = 1.0

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from stream_server.core.timeline import Segment, TimelineBuilder
 from stream_server.messages import GenreChange, GenreUpdate, ServerMessage, TrackChange
-from stream_server.timeline import Segment, TimelineBuilder
 
 #: Genre changes kept in the change log (all streams together).
 MAX_CHANGES = 500

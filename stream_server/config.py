@@ -27,7 +27,7 @@ from stream_server.errors import ConfigError
 #: The ``config.toml`` shipped at the project root (used when no path is given and it exists).
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
-#: The decodings ``[offline] decoding`` may name (see :mod:`stream_server.decoding`), each with
+#: The decodings ``[offline] decoding`` may name (see :mod:`stream_server.core.decoding`), each with
 #: the words reports use for it.
 OFFLINE_DECODINGS: dict[str, str] = {
     "viterbi": "the whole file at once, looking ahead (Viterbi over the window probabilities); "
@@ -131,7 +131,7 @@ class ServerConfig:
     ``insecure``: listen on a non-loopback ``host`` although no token is configured ([auth]);
     ``header_timeout_s``: seconds a connection may take to send a complete request head, from
     connecting and from the first byte of each further request on a kept-alive connection
-    (:mod:`stream_server.http_timeouts`).
+    (:mod:`stream_server.serve.http_timeouts`).
     """
 
     host: str = "127.0.0.1"
@@ -173,7 +173,8 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class SmoothingParams:
-    """Tuning of the probability smoother and the genre tracker (:mod:`stream_server.smoothing`).
+    """Tuning of the probability smoother and the genre tracker
+    (:mod:`stream_server.core.smoothing`).
 
     The keys of ``[smoothing]`` that the tracker uses; :class:`SmoothingConfig` adds the rest.
     Unlike the other tables it checks its ranges when built (the smoothing core takes it
@@ -226,13 +227,14 @@ class SmoothingConfig(SmoothingParams):
 
 @dataclass(frozen=True)
 class GateConfig:
-    """The music / speech / silence gate (:mod:`stream_server.gate`).
+    """The music / speech / silence gate (:mod:`stream_server.core.gate`).
 
     A window whose newest hop is below ``silence_dbfs`` (RMS, dBFS) is silence; else one whose
     speech probability is at least ``speech_threshold`` is speech; else music. A new kind shows
     once its run of windows spans ``min_run_s``. ``enabled`` off: every window is music.
     ``speech_model`` is the speech detector's directory: empty for the shipped one
-    (:data:`stream_server.speech.DEFAULT_SPEECH_DIR`), ``"none"`` for none (nothing is speech).
+    (:data:`stream_server.inference.speech.DEFAULT_SPEECH_DIR`), ``"none"`` for none (nothing is
+    speech).
     """
 
     enabled: bool = True
@@ -285,8 +287,8 @@ class SourcesConfig:
     ``reconnect_min_s`` to ``reconnect_max_s``; after ``max_reconnects`` failed reconnects in a
     row the stream fails (0: retry for ever).
 
-    What may be pulled (:mod:`stream_server.source_policy`): ``http``/``https`` URLs whose host
-    resolves only to public addresses, unless ``allow_private_addresses`` (a LAN: loopback,
+    What may be pulled (:mod:`stream_server.sources.source_policy`): ``http``/``https`` URLs whose
+    host resolves only to public addresses, unless ``allow_private_addresses`` (a LAN: loopback,
     private and link-local addresses; cloud metadata addresses stay refused) or the host is in
     ``allowed_hosts`` (``"host"`` or ``"host:port"``: any address); and files inside
     ``media_dir`` (empty: no local files at all).
@@ -335,7 +337,7 @@ class UploadConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Who may use the server (:mod:`stream_server.auth`).
+    """Who may use the server (:mod:`stream_server.serve.auth`).
 
     ``read_tokens``, ``ingest_tokens`` and ``admin_tokens`` list tokens by scope, each
     ``"env:NAME"`` or ``"file:PATH"`` (``GENRECAST_TOKEN`` in the environment is one more, with

@@ -23,8 +23,8 @@ class is defined here::
     ├── ClientError            the command-line client could not talk to a server
     │   └── AccessRefused      ... because it wants a token (401) or more scopes (403)
     ├── SoakError              a soak was asked for outside its bounds or could not start
-    └── _Stopped               private to :mod:`stream_server.puller`: a puller was stopped while
-                               reading (control flow; it never leaves the puller)
+    └── _Stopped               private to the puller (:mod:`stream_server.sources.puller`): it
+                               was stopped while reading (control flow; it never leaves it)
 
 The ring buffer (:mod:`ring_buffer`, a pure package that depends on numpy only) has exceptions of
 its own, in :mod:`ring_buffer.errors`, re-exported here::
@@ -111,7 +111,8 @@ class StorageError(GenrecastError):
 
 
 class SourceRefused(GenrecastError):
-    """A source the server was asked to pull is not allowed (:mod:`stream_server.source_policy`).
+    """A source the server was asked to pull is not allowed
+    (:mod:`stream_server.sources.source_policy`).
 
     The message is the same whatever the reason, so that a client cannot tell a file that does
     not exist from one it may not read, nor a name that does not resolve from one that resolves

@@ -29,7 +29,7 @@ SampleFormat = Literal["s16le", "f32le"]
 SAMPLE_FORMATS: Final[tuple[SampleFormat, ...]] = get_args(SampleFormat)
 
 #: The ``genre`` of an update, a change or a timeline segment while the audio is speech or
-#: silence rather than music (:mod:`stream_server.gate`); every other value is a genre label.
+#: silence rather than music (:mod:`stream_server.core.gate`); every other value is a genre label.
 SPEECH: Final = "speech"
 SILENCE: Final = "silence"
 NON_MUSIC_LABELS: frozenset[str] = frozenset({SPEECH, SILENCE})

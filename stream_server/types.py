@@ -2,8 +2,8 @@
 
 Sources (the pulled-stream worker, the WebRTC peers) never see the service itself: a source
 feeds one :class:`StreamSink`, and a source that opens its own streams asks a :class:`StreamHost`
-for them. The service implements both (:mod:`stream_server.service`); tests may pass their own.
-Standard library and numpy only.
+for them. The service implements both (:mod:`stream_server.serve.service`); tests may pass their
+own. Standard library and numpy only.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from stream_server.config import Config, config_from_dict
-from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
-from stream_server.preprocessing import AudioPreprocessing
+from stream_server.inference.model import LoadedModel, load_model, save_checkpoint, tiny_vit
+from stream_server.inference.preprocessing import AudioPreprocessing
 from tests.helpers.constants import LABELS
 
 

@@ -11,11 +11,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from stream_server.auth import TOKEN_ENV
 from stream_server.config import Config
 from stream_server.errors import ConfigError
-from stream_server.model import LoadedModel
-from stream_server.server import RunningServer, running_server
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.auth import TOKEN_ENV
+from stream_server.serve.server import RunningServer, running_server
 from tests.helpers.cli import genrecast
 from tests.helpers.fuzz import LogRecorder
 from tests.helpers.live import (

@@ -1,4 +1,4 @@
-"""Tests for stream_server.audio: PCM parsing, downmix, format checks and the resampler."""
+"""Tests for stream_server.core.audio: PCM parsing, downmix, format checks and the resampler."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torchaudio.functional as taf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_server.audio import (
+from stream_server.core.audio import (
     SAMPLE_FORMATS,
     PcmDecoder,
     StreamingResampler,

@@ -1,4 +1,5 @@
-"""Tests for stream_server.augment: noise, SpecAugment masks, mixup and the Beta quantile."""
+"""Tests for stream_server.training.augment: noise, SpecAugment masks, mixup and the Beta
+quantile."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from stream_server.augment import add_noise, beta_quantile, colour, mixup, spec_mask
+from stream_server.training.augment import add_noise, beta_quantile, colour, mixup, spec_mask
 from tests.helpers.devices import DEVICES
 
 RATE = 22050

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_server.auth import (
+from stream_server.errors import ConfigError
+from stream_server.serve.auth import (
     ADMIN,
     INGEST,
     READ,
@@ -20,7 +21,6 @@ from stream_server.auth import (
     load_tokens,
     origin_allowed,
 )
-from stream_server.errors import ConfigError
 
 ALL = "all-scopes-token-0123456789"
 READER = "reader-token-0123456789abcdef"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from stream_server.bench import run_bench
 from stream_server.config import Config
+from stream_server.tools.bench import run_bench
 
 
 def test_bench_accounts_for_every_window(make_config: Callable[..., Config]) -> None:

@@ -1,4 +1,5 @@
-"""Tests for stream_server.classify: offline files go through the live windowing and the runner."""
+"""Tests for stream_server.inference.classify: offline files go through the live windowing and the
+runner."""
 
 from __future__ import annotations
 
@@ -11,22 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.classify import (
+from stream_server.config import Config
+from stream_server.core.session import SessionParams
+from stream_server.core.timeline import Segment
+from stream_server.inference.classify import (
     ClassifyReport,
     classify_audio,
     classify_file,
     file_sha256,
     format_report,
 )
-from stream_server.config import Config
-from stream_server.decode import decode_mono
-from stream_server.loading import with_speech_detector
+from stream_server.inference.loading import session_params, with_speech_detector
+from stream_server.inference.model import LoadedModel, resolve_model
+from stream_server.inference.runner import InferenceRunner, WindowScores
+from stream_server.media.decode import decode_mono
 from stream_server.messages import ClassifyResult
-from stream_server.mixes import label_at
-from stream_server.model import LoadedModel, resolve_model
-from stream_server.runner import InferenceRunner, WindowScores
-from stream_server.session import SessionParams, session_params
-from stream_server.timeline import Segment
+from stream_server.training.mixes import label_at
 from tests.helpers.audio import encode_audio, music, real_clip
 from tests.helpers.constants import LABELS
 from tests.helpers.speech import ToneSpeech, marker

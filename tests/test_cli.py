@@ -132,7 +132,7 @@ def test_the_parser_builds_without_torch_or_any_server_library() -> None:
     heavy += ["starlette", "uvicorn", "websockets", "httpx", "matplotlib", "asyncio"]
     probe = (
         "import sys\n"
-        "from stream_server.cli import build_parser\n"
+        "from stream_server.tools.cli import build_parser\n"
         "parser = build_parser()\n"
         "assert parser.parse_args(['doctor', '--json']).json\n"
         f"print(','.join(sorted(set({heavy!r}) & set(sys.modules))))\n"

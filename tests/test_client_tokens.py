@@ -21,13 +21,13 @@ import pytest
 
 from dashboard.api import Api
 from dashboard.feed import Feed
-from stream_server import bench_upload, cli
-from stream_server.auth import TOKEN_ENV
-from stream_server.bench import run_bench
-from stream_server.client import ClientError
 from stream_server.config import Config
-from stream_server.model import LoadedModel
-from stream_server.server import running_server
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.auth import TOKEN_ENV
+from stream_server.serve.server import running_server
+from stream_server.tools import bench_upload, cli
+from stream_server.tools.bench import run_bench
+from stream_server.tools.client import ClientError
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.browser import (
     NEEDS_BROWSER,

@@ -91,9 +91,9 @@ def test_defaults_of_each_table() -> None:
 
 def test_the_cores_defaults_are_the_configs() -> None:
     """The pure cores' parameter defaults are the config defaults (tuned once, in one place)."""
-    from stream_server.decoding import OfflineParams
-    from stream_server.gate import GateParams
-    from stream_server.smoothing import SmoothingParams
+    from stream_server.core.decoding import OfflineParams
+    from stream_server.core.gate import GateParams
+    from stream_server.core.smoothing import SmoothingParams
 
     c = Config()
     for core, table in (

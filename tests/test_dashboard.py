@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from stream_server.decode import decode_mono
+from stream_server.media.decode import decode_mono
 from tests.helpers.audio import clips, encode_audio
 from tests.helpers.browser import CHROMIUM, WAIT_MS
 from tests.helpers.cli import free_port

@@ -6,6 +6,7 @@ import pytest
 
 from dashboard.metrics import key_metrics, parse_metrics, quantile_from_buckets
 from dashboard.state import DashboardState, format_age, merge_segments, recent
+from stream_server.core.timeline import Segment
 from stream_server.messages import (
     GenreChange,
     GenreUpdate,
@@ -15,7 +16,6 @@ from stream_server.messages import (
     TrackChange,
     error,
 )
-from stream_server.timeline import Segment
 
 
 def started(seq: int, sid: str = "s1") -> StreamStarted:

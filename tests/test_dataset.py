@@ -1,4 +1,5 @@
-"""Tests for stream_server.dataset: scanning genre folders, splits, decoding through the cache."""
+"""Tests for stream_server.training.dataset: scanning genre folders, splits, decoding through the
+cache."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_server.dataset import (
+from stream_server.errors import DatasetError
+from stream_server.training.dataset import (
     SPLIT_FILE,
     Clip,
     cached_array,
@@ -32,7 +34,6 @@ from stream_server.dataset import (
     window_starts,
     windows_of,
 )
-from stream_server.errors import DatasetError
 from tests.helpers.audio import encode_audio, music
 
 RATE = 22050  # the rate clips are decoded to
@@ -393,7 +394,7 @@ def test_unreadable_cache_file_is_replaced(
     decoded = load_clip(source, RATE, cache)
     (file,) = cache.glob("*.npy")
     file.write_bytes(b"garbage, not an npy file")
-    with caplog.at_level(logging.WARNING, logger="stream_server.dataset"):
+    with caplog.at_level(logging.WARNING, logger="stream_server.training.dataset"):
         np.testing.assert_array_equal(load_clip(source, RATE, cache), decoded)
     assert "ignoring unreadable cache file" in caplog.text
     np.testing.assert_array_equal(np.load(file), decoded)
@@ -410,7 +411,7 @@ def test_broken_clips_are_skipped(
     assert len(clips) == 7
     missing = Clip("g/deleted.wav", "g")
     cache = tmp_path / "cache" if use_cache else None
-    with caplog.at_level(logging.WARNING, logger="stream_server.dataset"):
+    with caplog.at_level(logging.WARNING, logger="stream_server.training.dataset"):
         kept, audio = load_audio(clip_root, [*clips, missing], RATE, cache)
     assert [c.path for c in kept] == list(SECONDS)
     assert len(audio) == 4
@@ -429,7 +430,7 @@ def test_broken_clips_are_skipped(
 
 def test_short_clips_are_skipped(clip_root: Path, caplog: pytest.LogCaptureFixture) -> None:
     clips = scan(clip_root)
-    with caplog.at_level(logging.WARNING, logger="stream_server.dataset"):
+    with caplog.at_level(logging.WARNING, logger="stream_server.training.dataset"):
         kept, audio = load_audio(clip_root, clips, RATE, min_samples=round(1.2 * RATE))
     assert [c.path for c in kept] == ["g/b.flac", "g/c.opus"]
     assert all(a.size >= round(1.2 * RATE) for a in audio)

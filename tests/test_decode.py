@@ -1,4 +1,4 @@
-"""Tests for stream_server.decode: probing and packet-by-packet decoding with PyAV."""
+"""Tests for stream_server.media.decode: probing and packet-by-packet decoding with PyAV."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from stream_server.decode import (
+from stream_server.errors import DecodeError
+from stream_server.media.decode import (
     DecodeStats,
     SourceInfo,
     _Converter,
@@ -19,7 +20,6 @@ from stream_server.decode import (
     iter_pcm,
     probe,
 )
-from stream_server.errors import DecodeError
 from tests.helpers.audio import encode_audio
 
 SECONDS = 3.0

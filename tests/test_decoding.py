@@ -1,4 +1,4 @@
-"""Tests for stream_server.decoding: the offline, non-causal decoding of a whole file."""
+"""Tests for stream_server.core.decoding: the offline, non-causal decoding of a whole file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_server.decoding import (
+from stream_server.core.decoding import (
     OfflineParams,
     absorb_short_runs,
     decode,
@@ -18,8 +18,8 @@ from stream_server.decoding import (
     segments_of,
     viterbi,
 )
-from stream_server.gate import MUSIC, SILENCE, SPEECH, GateParams
-from stream_server.timeline import Segment
+from stream_server.core.gate import MUSIC, SILENCE, SPEECH, GateParams
+from stream_server.core.timeline import Segment
 
 LABELS = ("blues", "jazz", "rock")
 

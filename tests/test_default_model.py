@@ -11,15 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.classify import classify_audio
 from stream_server.config import load_config
-from stream_server.dataset import SPLIT_FILE, Clip, load_split
-from stream_server.decode import decode_mono
-from stream_server.model import DEFAULT_GENRES, DEFAULT_MODEL_DIR, LoadedModel, resolve_model
-from stream_server.musicnn import TEACHERS_DIR
-from stream_server.preprocessing import MusicnnPreprocessing
-from stream_server.runner import InferenceRunner
-from stream_server.session import session_params
+from stream_server.inference.classify import classify_audio
+from stream_server.inference.loading import session_params
+from stream_server.inference.model import (
+    DEFAULT_GENRES,
+    DEFAULT_MODEL_DIR,
+    LoadedModel,
+    resolve_model,
+)
+from stream_server.inference.musicnn import TEACHERS_DIR
+from stream_server.inference.preprocessing import MusicnnPreprocessing
+from stream_server.inference.runner import InferenceRunner
+from stream_server.media.decode import decode_mono
+from stream_server.training.dataset import SPLIT_FILE, Clip, load_split
 from tests.helpers.constants import SHARED_GENRES, TIMEOUT_S
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -128,7 +133,13 @@ def test_held_out_clips_are_recognised(default_model: LoadedModel, held_out: lis
 def test_classify_needs_no_configuration(held_out: list[Clip]) -> None:
     clip = next(c for c in held_out if c.label == "classical")
     done = subprocess.run(
-        [sys.executable, "-m", "stream_server.cli", "classify", str(SHARED_GENRES / clip.path)],
+        [
+            sys.executable,
+            "-m",
+            "stream_server.tools.cli",
+            "classify",
+            str(SHARED_GENRES / clip.path),
+        ],
         capture_output=True,
         text=True,
         timeout=6 * TIMEOUT_S,

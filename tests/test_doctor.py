@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from stream_server.config import Config, ModelConfig, ServerConfig, StorageConfig
-from stream_server.doctor import (
+from stream_server.serve.store import TimelineStore
+from stream_server.tools.doctor import (
     LOCK_FILE,
     Check,
     check_database,
@@ -22,7 +23,6 @@ from stream_server.doctor import (
     check_port,
     compare_with_lock,
 )
-from stream_server.store import TimelineStore
 from tests.helpers.cli import free_port, genrecast, start_server, stop_server, write_config
 
 NEEDED = ("python", "config", "lock", "torch", "torchaudio", "pyav", "codecs", "cuda", "model")

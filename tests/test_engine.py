@@ -1,4 +1,4 @@
-"""Tests for stream_server.engine: batching across streams, latest wins, errors, shutdown.
+"""Tests for stream_server.inference.engine: batching across streams, latest wins, errors, shutdown.
 
 The engine runs a real :class:`InferenceRunner` over the tiny test checkpoint on the CPU.
 Callbacks run on the engine thread; tests wait for them with queues and events (timeouts only
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.engine import Engine, EngineStopped, WindowJob, WindowResult
-from stream_server.model import LoadedModel
-from stream_server.runner import BatchTiming, InferenceRunner, WindowScores
+from stream_server.core.windows import WindowJob
+from stream_server.inference.engine import Engine, EngineStopped, WindowResult
+from stream_server.inference.model import LoadedModel
+from stream_server.inference.runner import BatchTiming, InferenceRunner, WindowScores
 from tests.helpers.audio import music
 from tests.helpers.constants import TIMEOUT_S
 

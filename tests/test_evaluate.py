@@ -1,4 +1,5 @@
-"""Tests for stream_server.evaluate: figures from a confusion matrix, a whole run, its reports."""
+"""Tests for stream_server.training.evaluate: figures from a confusion matrix, a whole run, its
+reports."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.dataset import Clip, load_audio, scan, window_starts, windows_of
 from stream_server.errors import DatasetError
-from stream_server.evaluate import (
+from stream_server.inference.model import LoadedModel
+from stream_server.training.dataset import Clip, load_audio, scan, window_starts, windows_of
+from stream_server.training.evaluate import (
     EvalReport,
     GenreFigures,
     confusion_matrix,
@@ -20,7 +22,6 @@ from stream_server.evaluate import (
     per_genre_figures,
     save_report,
 )
-from stream_server.model import LoadedModel
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.constants import LABELS
 

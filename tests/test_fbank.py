@@ -1,4 +1,5 @@
-"""Tests for stream_server.fbank and AST checkpoints: Kaldi filter banks, loading, classifying."""
+"""Tests for stream_server.inference.fbank and AST checkpoints: Kaldi filter banks, loading,
+classifying."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from stream_server.classify import classify_audio, classify_file
 from stream_server.config import Config
 from stream_server.errors import ModelLoadError
-from stream_server.fbank import (
+from stream_server.inference.classify import classify_audio, classify_file
+from stream_server.inference.fbank import (
     AST_MEAN,
     AST_STD,
     PROCESSOR_FILE,
@@ -25,11 +26,11 @@ from stream_server.fbank import (
     normalize,
     pad_or_truncate,
 )
-from stream_server.features import LogMelImage, make_features
-from stream_server.model import GenreClassifier, LoadedModel, load_model, save_checkpoint
-from stream_server.preprocessing import AudioPreprocessing
-from stream_server.runner import InferenceRunner
-from stream_server.session import session_params
+from stream_server.inference.features import LogMelImage, make_features
+from stream_server.inference.loading import session_params
+from stream_server.inference.model import GenreClassifier, LoadedModel, load_model, save_checkpoint
+from stream_server.inference.preprocessing import AudioPreprocessing
+from stream_server.inference.runner import InferenceRunner
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.devices import DEVICES, cuda_param
 

@@ -1,4 +1,5 @@
-"""Tests for stream_server.features: log-mel spectrogram, dB against the item max, image layout."""
+"""Tests for stream_server.inference.features: log-mel spectrogram, dB against the item max, image
+layout."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ import pytest
 import torch
 import torchaudio
 
-from stream_server.features import LogMelImage, db_to_image, mel_power, power_to_db_ref_max
-from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
+from stream_server.inference.features import (
+    LogMelImage,
+    db_to_image,
+    mel_power,
+    power_to_db_ref_max,
+)
+from stream_server.inference.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
 from tests.helpers.audio import music
 from tests.helpers.devices import DEVICES
 

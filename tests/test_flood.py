@@ -19,8 +19,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from stream_server.config import Config
-from stream_server.model import LoadedModel
-from stream_server.server import RunningServer, running_server
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.server import RunningServer, running_server
 from tests.helpers.audio import music, to_s16le
 from tests.helpers.live import (
     RATE,

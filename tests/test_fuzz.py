@@ -36,10 +36,10 @@ from uvicorn.protocols.websockets import websockets_sansio_impl
 from websockets.asyncio import connection as websockets_connection
 from websockets.exceptions import ConnectionClosed
 
-from stream_server.auth import TOKEN_ENV
 from stream_server.config import config_from_dict
+from stream_server.inference.model import LoadedModel
 from stream_server.messages import close_reason
-from stream_server.model import LoadedModel
+from stream_server.serve.auth import TOKEN_ENV
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.constants import LABELS, TIMEOUT_S
 from tests.helpers.fuzz import FuzzServer, due_windows, random_bytes

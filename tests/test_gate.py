@@ -1,4 +1,4 @@
-"""Tests for stream_server.gate: window levels, the music / speech / silence decision, the
+"""Tests for stream_server.core.gate: window levels, the music / speech / silence decision, the
 speech-detector plug."""
 
 from __future__ import annotations
@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.gate import (
+from stream_server.core.gate import (
     LEVEL_FLOOR_DBFS,
     MUSIC,
     SILENCE,
     SPEECH,
     GateParams,
     judge,
-    levels_dbfs,
 )
-from stream_server.loading import with_speech_detector
-from stream_server.model import LoadedModel
+from stream_server.inference.levels import levels_dbfs
+from stream_server.inference.loading import with_speech_detector
+from stream_server.inference.model import LoadedModel
 from tests.helpers.devices import DEVICES
 from tests.helpers.speech import ToneSpeech
 

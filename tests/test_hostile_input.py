@@ -15,9 +15,9 @@ from websockets.exceptions import ConnectionClosed
 
 from stream_server.config import Config
 from stream_server.errors import ProtocolError
+from stream_server.inference.model import LoadedModel
 from stream_server.messages import check_text, parse_client_message, parse_stream_request
-from stream_server.model import LoadedModel
-from stream_server.server import RunningServer, running_server
+from stream_server.serve.server import RunningServer, running_server
 from tests.helpers.audio import music
 from tests.helpers.live import (
     RATE,

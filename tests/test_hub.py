@@ -1,4 +1,5 @@
-"""Tests for stream_server.hub: sequence numbers, filters, resume history and slow subscribers."""
+"""Tests for stream_server.serve.hub: sequence numbers, filters, resume history and slow
+subscribers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from stream_server.hub import Subscriber, UpdateHub
 from stream_server.messages import StreamEnded, StreamStarted, error
+from stream_server.serve.hub import Subscriber, UpdateHub
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.dataset import windows_of
 from stream_server.errors import GenrecastError, ModelLoadError
-from stream_server.features import make_features
-from stream_server.hybrid_data import clip_tokens
-from stream_server.model import load_model, save_checkpoint
-from stream_server.musicnn_tokens import (
+from stream_server.inference.features import make_features
+from stream_server.inference.model import load_model, save_checkpoint
+from stream_server.inference.musicnn_tokens import (
     FRAME_FEATURES,
     TOKEN_FEATURES,
     MusicnnTokens,
     pool_tokens,
     token_count,
 )
-from stream_server.preprocessing import PREPROCESSING_FILE, MusicnnPreprocessing
-from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
-from stream_server.train import REPORT_FILE, build_model, train
-from stream_server.train_hybrid import feature_stats, lowpass, lowpass_for, mask_tokens
+from stream_server.inference.preprocessing import PREPROCESSING_FILE, MusicnnPreprocessing
+from stream_server.training.dataset import windows_of
+from stream_server.training.hybrid_data import clip_tokens
+from stream_server.training.recipes import ARCHITECTURES, Architecture, TrainOptions
+from stream_server.training.train import REPORT_FILE, build_model, train
+from stream_server.training.train_hybrid import feature_stats, lowpass, lowpass_for, mask_tokens
 from tests.helpers.audio import encode_audio, music
 
 GENRES = ("drone", "whistle")

@@ -1,4 +1,4 @@
-"""Tests for stream_server.labelling: the live label, the gate in the stream, dating back."""
+"""Tests for stream_server.core.labelling: the live label, the gate in the stream, dating back."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_server.gate import GateParams
-from stream_server.labelling import Labeller, LabelParams, LabelStep, lead_split
-from stream_server.smoothing import SmoothingParams
-from stream_server.timeline import Segment
+from stream_server.core.gate import GateParams
+from stream_server.core.labelling import Labeller, LabelParams, LabelStep, lead_split
+from stream_server.core.smoothing import SmoothingParams
+from stream_server.core.timeline import Segment
 
 LABELS = ("blues", "country", "jazz", "rock")
 WINDOW_S = 5.0

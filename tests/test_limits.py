@@ -13,8 +13,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from stream_server.config import Config
-from stream_server.model import LoadedModel
-from stream_server.server import running_server
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.server import running_server
 from tests.helpers.audio import encode_audio, music, to_s16le
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import (

@@ -1,4 +1,5 @@
-"""Tests for stream_server.loading: which genre model and speech detector a config serves."""
+"""Tests for stream_server.inference.loading: which genre model and speech detector a config
+serves."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 from stream_server.config import Config
 from stream_server.errors import ModelLoadError
-from stream_server.loading import load_configured_model, speech_model_dir
-from stream_server.speech import DEFAULT_SPEECH_DIR, SpeechDetector
+from stream_server.inference.loading import load_configured_model, speech_model_dir
+from stream_server.inference.speech import DEFAULT_SPEECH_DIR, SpeechDetector
 
 
 def test_the_speech_model_directory_follows_the_gate(

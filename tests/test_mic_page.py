@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from stream_server.config import Config
-from stream_server.loading import with_speech_detector
-from stream_server.model import LoadedModel
-from stream_server.server import running_server
+from stream_server.inference.loading import with_speech_detector
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.server import running_server
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.browser import (
     NEEDS_BROWSER,

@@ -1,4 +1,5 @@
-"""Tests for stream_server.mix_eval and ``genrecast evaluate --mixes``: mixes of real audio files
+"""Tests for stream_server.training.mix_eval and ``genrecast evaluate --mixes``: mixes of real audio
+files
 through the live and offline paths, with the model run once per window."""
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.classify import classify_audio
 from stream_server.config import Config
-from stream_server.dataset import load_audio, scan
-from stream_server.loading import with_speech_detector
-from stream_server.mix_eval import (
+from stream_server.core.smoothing import SmoothingParams
+from stream_server.inference.classify import classify_audio
+from stream_server.inference.loading import session_params, with_speech_detector
+from stream_server.inference.model import LoadedModel
+from stream_server.inference.runner import InferenceRunner, WindowScores
+from stream_server.inference.speech import CONFIG_FILE as SPEECH_CONFIG
+from stream_server.inference.speech import DEFAULT_SPEECH_DIR
+from stream_server.training.dataset import load_audio, scan
+from stream_server.training.mix_eval import (
     MixOptions,
     Prepared,
     figures,
@@ -28,13 +34,7 @@ from stream_server.mix_eval import (
     prepare,
     quiet_clips,
 )
-from stream_server.mixes import mix_window, window_ends, window_source
-from stream_server.model import LoadedModel
-from stream_server.runner import InferenceRunner, WindowScores
-from stream_server.session import session_params
-from stream_server.smoothing import SmoothingParams
-from stream_server.speech import CONFIG_FILE as SPEECH_CONFIG
-from stream_server.speech import DEFAULT_SPEECH_DIR
+from stream_server.training.mixes import mix_window, window_ends, window_source
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import genrecast
 from tests.helpers.speech import ToneSpeech, marker, write_speech_set
@@ -338,8 +338,8 @@ def test_evaluate_mixes_with_a_speech_set(
 def test_tune_smoothing_on_validation_mixes(
     data_root: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from stream_server import tune_smoothing
-    from stream_server.dataset import SPLIT_FILE, save_split
+    from stream_server.tools import tune_smoothing
+    from stream_server.training.dataset import SPLIT_FILE, save_split
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, model_dir)
@@ -371,7 +371,7 @@ def test_tune_smoothing_on_validation_mixes(
 
 
 def test_tuning_costs() -> None:
-    from stream_server.tune_smoothing import FALSE_CHANGE_COST_S, live_cost, offline_cost
+    from stream_server.tools.tune_smoothing import FALSE_CHANGE_COST_S, live_cost, offline_cost
 
     assert live_cost(1.0, 1.0, 0.0) == 0.0
     assert live_cost(0.9, 0.8, 2.0) == pytest.approx(360 + 720 + 2 * FALSE_CHANGE_COST_S)

@@ -1,4 +1,5 @@
-"""Tests for stream_server.mixes: building mixes, finding their windows, scoring timelines."""
+"""Tests for stream_server.training.mixes: building mixes, finding their windows, scoring
+timelines."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from stream_server.mixes import (
+from stream_server.core.timeline import Segment
+from stream_server.training.mixes import (
     Mix,
     MixPart,
     build_mixes,
@@ -21,7 +23,6 @@ from stream_server.mixes import (
     window_ends,
     window_source,
 )
-from stream_server.timeline import Segment
 
 RATE = 100  # samples per second: small numbers, same arithmetic
 HOP = 100

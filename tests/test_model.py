@@ -1,4 +1,5 @@
-"""Tests for stream_server.model: checkpoints on disk, preprocessing fallbacks, load errors."""
+"""Tests for stream_server.inference.model: checkpoints on disk, preprocessing fallbacks, load
+errors."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 import torch
 
 from stream_server.errors import ModelLoadError
-from stream_server.features import LogMelImage
-from stream_server.model import (
+from stream_server.inference.features import LogMelImage
+from stream_server.inference.model import (
     DEFAULT_GENRES,
     UNTRAINED,
     GenreClassifier,
@@ -25,7 +26,7 @@ from stream_server.model import (
     tiny_vit,
     untrained_model,
 )
-from stream_server.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
+from stream_server.inference.preprocessing import PREPROCESSING_FILE, AudioPreprocessing
 from tests.helpers.audio import music
 from tests.helpers.constants import LABELS
 
@@ -354,23 +355,23 @@ def test_untrained_model() -> None:
 
 
 def test_resolve_model_untrained_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="stream_server.model"):
+    with caplog.at_level(logging.WARNING, logger="stream_server.inference.model"):
         loaded = resolve_model(UNTRAINED)
     assert loaded.trained is False
     assert loaded.labels == DEFAULT_GENRES
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "UNTRAINED" in warnings[0].getMessage()
-    assert warnings[0].name == "stream_server.model"
+    assert warnings[0].name == "stream_server.inference.model"
 
 
 def test_resolve_model_with_spec(tiny_checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="stream_server.model"):
+    with caplog.at_level(logging.WARNING, logger="stream_server.inference.model"):
         loaded = resolve_model(str(tiny_checkpoint))
     assert loaded.trained is True
     assert loaded.labels == LABELS
     assert loaded.preprocessing.window_seconds == 2.0
-    assert not [r for r in caplog.records if r.name == "stream_server.model"]
+    assert not [r for r in caplog.records if r.name == "stream_server.inference.model"]
 
 
 def test_home_relative_directory_is_expanded(

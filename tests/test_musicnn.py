@@ -1,4 +1,5 @@
-"""Tests for stream_server.musicnn: features, network, converted weights, golden outputs."""
+"""Tests for stream_server.inference.musicnn: features, network, converted weights, golden
+outputs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torchaudio.functional as AF
 from safetensors import safe_open
 
 from stream_server.errors import ModelLoadError
-from stream_server.musicnn import (
+from stream_server.inference.musicnn import (
     HOP_LENGTH,
     MIN_SAMPLES,
     MSD_TAGS,

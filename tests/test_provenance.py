@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_server.dataset import Clip, stratified_split
-from stream_server.provenance import (
+from stream_server.training.dataset import Clip, stratified_split
+from stream_server.training.provenance import (
     Provenance,
     classify_source,
     provenance_of,

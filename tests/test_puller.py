@@ -20,11 +20,13 @@ import httpx
 import numpy as np
 import pytest
 
-from stream_server.client import http_base, wants_pull
 from stream_server.config import Config
-from stream_server.engine import WindowJob
+from stream_server.core.session import SessionParams, StreamSession
+from stream_server.core.windows import WindowJob
 from stream_server.errors import GenrecastError
-from stream_server.puller import (
+from stream_server.serve.server import running_server
+from stream_server.serve.store import SCHEMA_VERSION, StreamRecord, TimelineStore, TrackTitle
+from stream_server.sources.puller import (
     HttpBody,
     IcyDemuxer,
     ReconnectPolicy,
@@ -33,9 +35,7 @@ from stream_server.puller import (
     parse_stream_title,
     transition,
 )
-from stream_server.server import running_server
-from stream_server.session import SessionParams, StreamSession
-from stream_server.store import SCHEMA_VERSION, StreamRecord, TimelineStore, TrackTitle
+from stream_server.tools.client import http_base, wants_pull
 from tests.helpers.audio import music_source
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
@@ -290,7 +290,7 @@ def test_endless_http_mp3_goes_live_via_the_cli_and_delete_stops_it(
                 cli = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "stream_server.cli",
+                    "stream_server.tools.cli",
                     "push",
                     source.url,
                     "--server",

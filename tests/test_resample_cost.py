@@ -18,7 +18,7 @@ import pytest
 import torch
 import torchaudio.functional as taf
 
-from stream_server.audio import PcmDecoder, StreamingResampler, resample_once
+from stream_server.core.audio import PcmDecoder, StreamingResampler, resample_once
 
 Signal = npt.NDArray[np.float32]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from stream_server.config import Config, config_from_dict
+from stream_server.core.timeline import Segment
 from stream_server.errors import ConfigError
-from stream_server.model import LoadedModel
-from stream_server.store import StreamRecord, TimelineStore, TrackTitle
-from stream_server.timeline import Segment
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.store import StreamRecord, TimelineStore, TrackTitle
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run, serving, stream_ids
 
@@ -150,7 +150,7 @@ def test_server_prunes_old_ended_streams_at_start(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = make_config()  # storage.retention_days: the default, 30
-    caplog.set_level(logging.INFO, logger="stream_server.service")
+    caplog.set_level(logging.INFO, logger="stream_server.serve.service")
     listed, path = streams_after_start(config, tiny_model)
     assert listed == {"recent", "live"}  # "live" was left open by a crash: ended at start
     assert set(rows_by_stream(path)) == {"recent", "live"}

@@ -1,4 +1,4 @@
-"""Tests for stream_server.runner: device choice and batched inference on CPU and CUDA."""
+"""Tests for stream_server.inference.runner: device choice and batched inference on CPU and CUDA."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.device import pick_device
+from stream_server.core.gate import LEVEL_FLOOR_DBFS
 from stream_server.errors import ConfigError
-from stream_server.gate import LEVEL_FLOOR_DBFS, levels_dbfs
-from stream_server.loading import with_speech_detector
-from stream_server.model import LoadedModel, load_model
-from stream_server.runner import BatchTiming, InferenceRunner
+from stream_server.inference.device import pick_device
+from stream_server.inference.levels import levels_dbfs
+from stream_server.inference.loading import with_speech_detector
+from stream_server.inference.model import LoadedModel, load_model
+from stream_server.inference.runner import BatchTiming, InferenceRunner
 from tests.helpers.audio import music
 from tests.helpers.constants import LABELS
 from tests.helpers.devices import DEVICES, cuda_param

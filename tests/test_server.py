@@ -17,12 +17,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from stream_server.client import push_frames
 from stream_server.config import Config
-from stream_server.listen import bind
-from stream_server.model import LoadedModel, load_model, save_checkpoint, tiny_vit
-from stream_server.preprocessing import AudioPreprocessing
-from stream_server.server import RunningServer, running_server
+from stream_server.inference.model import LoadedModel, load_model, save_checkpoint, tiny_vit
+from stream_server.inference.preprocessing import AudioPreprocessing
+from stream_server.serve.listen import bind
+from stream_server.serve.server import RunningServer, running_server
+from stream_server.tools.client import push_frames
 from tests.helpers.audio import music, to_s16le
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import (
@@ -477,8 +477,8 @@ def test_real_music_around_silence_on_a_live_stream(
     """A real clip, digital silence, low noise, the clip again, pushed live: the updates and
     changes say ``silence``, the stored timeline has the silence where it was and the music's
     genre on both sides, and it is the same after a restart."""
-    from stream_server.decode import decode_mono
-    from stream_server.model import resolve_model
+    from stream_server.inference.model import resolve_model
+    from stream_server.media.decode import decode_mono
     from tests.helpers.audio import real_clip
 
     model = resolve_model("")
@@ -514,7 +514,7 @@ def test_real_music_around_silence_on_a_live_stream(
 def test_a_plugged_in_speech_detector_shows_speech_live_and_stored(
     make_config: Callable[..., Config], tiny_model: LoadedModel
 ) -> None:
-    from stream_server.loading import with_speech_detector
+    from stream_server.inference.loading import with_speech_detector
     from tests.helpers.speech import ToneSpeech, marker
 
     rate = tiny_model.preprocessing.sample_rate

@@ -1,4 +1,4 @@
-"""Tests for stream_server.session: PCM in, due windows out, scores in, messages out."""
+"""Tests for stream_server.core.session: PCM in, due windows out, scores in, messages out."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from stream_server.audio import SampleFormat, downmix, pcm_to_float, resample_once
 from stream_server.config import Config
-from stream_server.decoding import OfflineParams
-from stream_server.engine import WindowJob
-from stream_server.gate import MUSIC, SILENCE, SPEECH, GateParams
-from stream_server.model import LoadedModel
-from stream_server.session import SessionParams, StreamSession, session_params, window_seconds
-from stream_server.smoothing import SmoothingParams
-from stream_server.timeline import Segment
+from stream_server.core.audio import SampleFormat, downmix, pcm_to_float, resample_once
+from stream_server.core.decoding import OfflineParams
+from stream_server.core.gate import MUSIC, SILENCE, SPEECH, GateParams
+from stream_server.core.session import SessionParams, StreamSession
+from stream_server.core.smoothing import SmoothingParams
+from stream_server.core.timeline import Segment
+from stream_server.core.windows import WindowJob
+from stream_server.inference.loading import session_params, window_seconds
+from stream_server.inference.model import LoadedModel
 from tests.helpers.audio import music, to_s16le
 from tests.helpers.constants import LABELS
 

@@ -15,9 +15,9 @@ from websockets.asyncio.client import connect
 
 from stream_server.config import Config, config_from_dict
 from stream_server.errors import ConfigError
-from stream_server.http_timeouts import header_timeout_protocol
-from stream_server.model import LoadedModel
-from stream_server.server import RunningServer, running_server
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.http_timeouts import header_timeout_protocol
+from stream_server.serve.server import RunningServer, running_server
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
 

@@ -1,4 +1,4 @@
-"""Tests for stream_server.smoothing: exponential smoothing and the genre hysteresis rule."""
+"""Tests for stream_server.core.smoothing: exponential smoothing and the genre hysteresis rule."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_server.smoothing import (
+from stream_server.core.smoothing import (
     GenreChange,
     GenreTracker,
     ProbabilitySmoother,

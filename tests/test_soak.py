@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from stream_server.config import config_from_dict, load_config
-from stream_server.soak import (
+from stream_server.tools.soak import (
     Histogram,
     SoakError,
     SoakOptions,

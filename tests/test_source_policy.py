@@ -20,9 +20,9 @@ import pytest
 
 from stream_server.config import Config, SourcesConfig, config_from_dict
 from stream_server.errors import ConfigError, GenrecastError, SourceRefused
-from stream_server.puller import RECOVERED_S
-from stream_server.server import RunningServer, running_server
-from stream_server.source_policy import (
+from stream_server.serve.server import RunningServer, running_server
+from stream_server.sources.puller import RECOVERED_S
+from stream_server.sources.source_policy import (
     MediaFile,
     SourcePolicy,
     WebUrl,

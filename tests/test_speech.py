@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.dataset import Clip, save_split
 from stream_server.errors import ModelLoadError
-from stream_server.speech import (
+from stream_server.inference.speech import (
     CONFIG_FILE,
     N_MELS,
     RATE,
@@ -19,7 +18,8 @@ from stream_server.speech import (
     load_detector,
     save_detector,
 )
-from stream_server.train_speech import (
+from stream_server.training.dataset import Clip, save_split
+from stream_server.training.train_speech import (
     SpeechTrainOptions,
     format_speech_report,
     speaker_group,

@@ -1,4 +1,4 @@
-"""Tests for stream_server.store: SQLite persistence of streams and timelines."""
+"""Tests for stream_server.serve.store: SQLite persistence of streams and timelines."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from stream_server.core.timeline import Segment, TimelineBuilder
 from stream_server.errors import GenrecastError, StorageError
-from stream_server.store import SCHEMA_VERSION, StreamRecord, TimelineStore
-from stream_server.timeline import Segment, TimelineBuilder
+from stream_server.serve.store import SCHEMA_VERSION, StreamRecord, TimelineStore
 
 
 def record(stream_id: str, created_at: float = 1_700_000_000.0, **kw: object) -> StreamRecord:

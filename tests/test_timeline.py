@@ -1,4 +1,4 @@
-"""Tests for stream_server.timeline: segment building, gaps and CSV export."""
+"""Tests for stream_server.core.timeline: segment building, gaps and CSV export."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from stream_server.timeline import CSV_FIELDS, Segment, TimelineBuilder, segments_to_csv
+from stream_server.core.timeline import CSV_FIELDS, Segment, TimelineBuilder, segments_to_csv
 
 
 def feed(builder: TimelineBuilder, updates: list[tuple[float, str, float]]) -> list[Segment]:

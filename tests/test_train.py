@@ -1,4 +1,5 @@
-"""Tests for stream_server.train: real clips on disk, real HF models, saved and loaded back."""
+"""Tests for stream_server.training.train: real clips on disk, real HF models, saved and loaded
+back."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from stream_server.config import Config
-from stream_server.dataset import SPLIT_FILE, Clip, genre_weights, load_split
+from stream_server.core.session import StreamSession
 from stream_server.errors import DatasetError, GenrecastError
-from stream_server.features import LogMelImage, make_features
-from stream_server.model import load_model, save_checkpoint
-from stream_server.optim import lr_at, soft_cross_entropy
-from stream_server.recipes import ARCHITECTURES, Architecture, TrainOptions
-from stream_server.session import StreamSession, session_params
-from stream_server.train import (
+from stream_server.inference.features import LogMelImage, make_features
+from stream_server.inference.loading import session_params
+from stream_server.inference.model import load_model, save_checkpoint
+from stream_server.training.dataset import SPLIT_FILE, Clip, genre_weights, load_split
+from stream_server.training.optim import lr_at, soft_cross_entropy
+from stream_server.training.recipes import ARCHITECTURES, Architecture, TrainOptions
+from stream_server.training.train import (
     REPORT_FILE,
     STATE_FILE,
     TEACHER_FILE,
@@ -345,7 +347,7 @@ def test_resume_refuses_other_genres(dataset: Path, tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stream_server.cli", *args],
+        [sys.executable, "-m", "stream_server.tools.cli", *args],
         capture_output=True,
         text=True,
         timeout=12 * TIMEOUT_S,

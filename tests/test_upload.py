@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from starlette.requests import Request
 
-from stream_server.classify import classify_file, format_result
 from stream_server.config import Config
-from stream_server.model import LoadedModel
-from stream_server.server import RunningServer, running_server
-from stream_server.upload import (
+from stream_server.inference.classify import classify_file, format_result
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.server import RunningServer, running_server
+from stream_server.serve.upload import (
     ResultCache,
     Spool,
     UploadError,
@@ -455,7 +455,7 @@ def test_classify_with_an_unreachable_server(tmp_path: Path) -> None:
 def test_format_result_matches_the_offline_report(
     tmp_path: Path, make_config: Callable[..., Config], tiny_model: LoadedModel
 ) -> None:
-    from stream_server.classify import format_report
+    from stream_server.inference.classify import format_report
 
     path = wav(tmp_path / "clip.wav", 4.0)
     report = classify_file(str(path), make_config(), model=tiny_model)
@@ -472,7 +472,7 @@ def test_an_upload_with_silence_and_speech_is_gated_as_offline(
 ) -> None:
     """The server's engine computes the gate's inputs for uploads too: silence and (with a
     speech detector plugged in) speech show in the answer exactly as offline."""
-    from stream_server.loading import with_speech_detector
+    from stream_server.inference.loading import with_speech_detector
     from tests.helpers.speech import ToneSpeech, marker
 
     model = with_speech_detector(tiny_model, ToneSpeech(RATE))

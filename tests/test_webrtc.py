@@ -22,9 +22,9 @@ from aiortc.sdp import SessionDescription
 from websockets.asyncio.client import ClientConnection
 
 from stream_server.config import Config
-from stream_server.model import LoadedModel
-from stream_server.server import running_server
-from stream_server.webrtc import (
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.server import running_server
+from stream_server.sources.webrtc import (
     MAX_OFFER_BYTES,
     MAX_REMOTE_CANDIDATES,
     Offer,
@@ -554,7 +554,7 @@ def test_the_server_sends_checks_only_to_the_clients_own_address(
     include_loopback_candidates()
     # Both peers gather on 127.0.0.1 alone, so no check goes to another address of this machine.
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    caplog.set_level(logging.INFO, logger="stream_server.webrtc")
+    caplog.set_level(logging.INFO, logger="stream_server.sources.webrtc")
 
     async def scenario() -> None:
         async with (

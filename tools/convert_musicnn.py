@@ -6,7 +6,7 @@ Music Technology Group, Universitat Pompeu Fabra), which ships its TensorFlow 1 
 ``musicnn/MSD_musicnn/`` and ``musicnn/MTT_musicnn/``. For each model this writes:
 
 - ``model.safetensors``: the float32 weights and batch-norm statistics, renamed and transposed
-  for :class:`stream_server.musicnn.MusicnnNet` (optimizer slots are left out);
+  for :class:`stream_server.inference.musicnn.MusicnnNet` (optimizer slots are left out);
 - ``config.json``: tags, sample rate, STFT, mel and patch settings, and the source wheel's hash;
 - ``LICENSE``: the wheel's ISC licence text (``musicnn-0.1.0.dist-info/LICENSE.md``);
 - ``README.md``: origin, contents, citation and these instructions.
@@ -28,7 +28,7 @@ The conversion was checked against musicnn's own TensorFlow code: ``musicnn.extr
 (with the wheel installed ``--no-deps`` next to ``librosa==0.10.2.post1`` and librosa's STFT
 padding set back to ``reflect``, its default when musicnn was published) on real music clips
 and on the synthetic signals of ``tests/test_musicnn.py``, against
-``stream_server.musicnn.Musicnn`` on the same 16 kHz samples. The figures are in each README.
+``stream_server.inference.musicnn.Musicnn`` on the same 16 kHz samples. The figures are in each README.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def wheel_tags(config_source: str, name: str) -> list[str]:
 
 
 def model_config(name: str, tags: list[str], wheel_sha256: str) -> dict[str, Any]:
-    """``config.json``: what :func:`stream_server.musicnn.load_musicnn` checks, and provenance."""
+    """``config.json``: what :func:`stream_server.inference.musicnn.load_musicnn` checks, and provenance."""
     checkpoint, _, data = MODELS[name]
     return {
         "architecture": "musicnn",
@@ -212,7 +212,7 @@ def model_config(name: str, tags: list[str], wheel_sha256: str) -> dict[str, Any
     }
 
 
-#: Largest absolute differences between ``stream_server.musicnn.Musicnn`` and musicnn's own
+#: Largest absolute differences between ``stream_server.inference.musicnn.Musicnn`` and musicnn's own
 #: ``musicnn.extractor.extractor`` (TensorFlow 2.15, librosa 0.10.2 with reflect padding), fed the
 #: same 16 kHz samples: six 12 s music clips (blues, classical, electronic, hip-hop, jazz, metal:
 #: 24 patches) and the two synthetic signals of ``tests/test_musicnn.py``. Per model: tag
@@ -247,7 +247,7 @@ README = """# musicnn ({name}): a pretrained music tagger used as a frozen teach
 
 The `{checkpoint}` model of [musicnn](https://github.com/jordipons/musicnn) {version}, trained
 on {data} to predict 50 tags from 3 s of audio.
-`stream_server.musicnn.load_musicnn("{name}")` loads it as a frozen teacher and feature
+`stream_server.inference.musicnn.load_musicnn("{name}")` loads it as a frozen teacher and feature
 extractor for genre models.
 
 - Files: `model.safetensors` ({size_mb:.2f} MB: {values} float32 values, the {params}

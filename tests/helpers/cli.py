@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.helpers.constants import TIMEOUT_S
 
 #: ``genrecast`` run by this interpreter from this checkout.
-GENRECAST = [sys.executable, "-m", "stream_server.cli"]
+GENRECAST = [sys.executable, "-m", "stream_server.tools.cli"]
 
 #: Runs ``genrecast`` with some installed packages hidden: ``[*WITHOUT, "aiortc,streamlit", ...]``.
 WITHOUT = [sys.executable, "-m", "tests.helpers.without"]

@@ -26,8 +26,8 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection
 
 from stream_server.config import Config
-from stream_server.model import LoadedModel
-from stream_server.server import RunningServer, running_server
+from stream_server.inference.model import LoadedModel
+from stream_server.serve.server import RunningServer, running_server
 from tests.helpers.audio import music, to_s16le
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import expected_windows, recv_json, ws

@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from stream_server.auth import TOKEN_ENV
 from stream_server.config import Config
+from stream_server.inference.model import LoadedModel
 from stream_server.messages import parse_server_message
-from stream_server.model import LoadedModel
-from stream_server.server import RunningServer, running_server
+from stream_server.serve.auth import TOKEN_ENV
+from stream_server.serve.server import RunningServer, running_server
 from tests.helpers.audio import to_s16le
 from tests.helpers.constants import TIMEOUT_S
 

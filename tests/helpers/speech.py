@@ -1,6 +1,6 @@
 """A deterministic stand-in for a speech model, and the audio it answers to.
 
-:class:`ToneSpeech` has the speech detector's interface (:mod:`stream_server.gate`):
+:class:`ToneSpeech` has the speech detector's interface (:mod:`stream_server.core.gate`):
 ``forward(wave)`` takes ``(batch, samples)`` float32 windows and returns ``(batch,)``
 probabilities. It calls "speech" what carries a marker tone: each window's probability is the
 share of its power at ``freq`` Hz, so a stretch of :func:`marker` audio is speech and music is

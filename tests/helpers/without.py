@@ -30,7 +30,7 @@ class HideModules(importlib.abc.MetaPathFinder):
 def main() -> int:
     hidden = {name for name in sys.argv[1].split(",") if name}
     sys.meta_path.insert(0, HideModules(hidden))
-    from stream_server.cli import main as genrecast
+    from stream_server.tools.cli import main as genrecast
 
     return genrecast(sys.argv[2:])
 

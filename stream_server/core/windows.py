@@ -1,0 +1,25 @@
+"""A window due for inference: what a session hands to the engine (pure data, numpy only)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["WindowJob"]
+
+
+@dataclass(eq=False)
+class WindowJob:
+    """One window of one stream, due for inference.
+
+    ``window`` is ``(samples,)`` float32 at the model's rate; ``end_sample`` the absolute index one
+    past its last sample; ``arrival`` the ``time.monotonic()`` at which that last sample arrived.
+    """
+
+    stream_id: str
+    window: np.ndarray
+    end_sample: int
+    arrival: float
+    enqueued: float = field(default_factory=time.monotonic)

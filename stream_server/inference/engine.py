@@ -1,0 +1,264 @@
+"""The one owner of the model: a thread that batches due windows across streams.
+
+Streams hand in :class:`WindowJob` objects with :meth:`Engine.submit` from any thread. Each stream
+has at most one pending job: a newer job replaces an older one that has not started (latest
+wins), and the replaced job is returned to the caller to count as skipped, so a slow engine never
+builds up lag. The engine thread waits for the first pending job, then up to ``max_wait_s`` more
+for the batch to fill to ``max_batch``, runs the batch and hands the results to ``on_results``
+(called on the engine thread; the server forwards them to its event loop with
+``loop.call_soon_threadsafe``). A failed batch goes to ``on_error`` and the engine carries on.
+
+One-shot work (a whole uploaded file) comes in through :meth:`Engine.run_windows`, which returns a
+:class:`concurrent.futures.Future` of :class:`~stream_server.inference.runner.WindowScores`. The
+same thread runs it in chunks of ``max_batch`` windows, taking turns with live batches, so a long
+file delays a live stream by at most one chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream_server.core.windows import WindowJob
+from stream_server.errors import EngineStopped
+from stream_server.inference.runner import InferenceRunner, WindowScores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowResult:
+    """What the engine computed for a job, with the batch it ran in.
+
+    ``probs`` is ``(labels,)``; ``level_dbfs`` the level of the window's newest hop (dBFS) and
+    ``speech_prob`` its speech probability (``0`` without a speech detector): the gate's inputs
+    (:mod:`stream_server.core.gate`).
+    """
+
+    job: WindowJob
+    probs: np.ndarray
+    batch_size: int
+    batch_seconds: float
+    level_dbfs: float = 0.0
+    speech_prob: float = 0.0
+
+
+@dataclass(eq=False)
+class _OneShot:
+    """Windows ``(n, samples)`` queued by :meth:`Engine.run_windows`; ``done`` of them are run."""
+
+    windows: np.ndarray
+    future: Future[WindowScores]
+    done: int = 0
+    parts: list[WindowScores] = field(default_factory=list)
+
+
+def _settle(future: Future[WindowScores], outcome: WindowScores | BaseException) -> None:
+    """Resolve ``future`` with a result or an exception, unless its caller cancelled it."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass
+
+
+ResultsCallback = Callable[[Sequence[WindowResult]], None]
+ErrorCallback = Callable[[Sequence[WindowJob], BaseException], None]
+
+
+class Engine:
+    """Batches :class:`WindowJob` across streams on a single thread."""
+
+    def __init__(
+        self,
+        runner: InferenceRunner,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        on_results: ResultsCallback,
+        on_error: ErrorCallback,
+    ) -> None:
+        self.runner = runner
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._on_results = on_results
+        self._on_error = on_error
+        self._cond = threading.Condition()
+        self._pending: dict[str, WindowJob] = {}
+        self._in_flight: set[str] = set()
+        self._oneshots: deque[_OneShot] = deque()
+        self._oneshot_turn = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="genrecast-engine", daemon=True)
+        self.batches = 0
+        self.computed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to finish its current batch and exit; pending jobs are dropped."""
+        with self._cond:
+            self._stopping = True
+            self._pending.clear()
+            shots = list(self._oneshots)
+            self._oneshots.clear()
+            self._cond.notify_all()
+        for shot in shots:
+            _settle(shot.future, EngineStopped("the engine stopped"))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit(self, job: WindowJob) -> WindowJob | None:
+        """Queue ``job``; returns the older pending job of the same stream it replaced, if any."""
+        with self._cond:
+            if self._stopping:
+                return job
+            replaced = self._pending.get(job.stream_id)
+            self._pending[job.stream_id] = job
+            self._cond.notify_all()
+        return replaced
+
+    def run_windows(self, windows: np.ndarray) -> Future[WindowScores]:
+        """Run ``(n, samples)`` float32 windows on the engine thread; their scores come back.
+
+        The windows are run in chunks of ``max_batch``, taking turns with live batches. The future
+        fails with the runner's exception if a chunk fails, or with :class:`EngineStopped`; a
+        caller that cancels it before it is done stops the chunks still to run.
+        """
+        if windows.ndim != 2:
+            raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
+        future: Future[WindowScores] = Future()
+        if len(windows) == 0:
+            future.set_result(WindowScores.empty(len(self.runner.labels)))
+            return future
+        with self._cond:
+            if self._stopping:
+                future.set_exception(EngineStopped("the engine is stopped"))
+                return future
+            self._oneshots.append(_OneShot(windows, future))
+            self._cond.notify_all()
+        return future
+
+    def cancel(self, stream_id: str) -> WindowJob | None:
+        """Drop the stream's pending job (returned) if it has not started."""
+        with self._cond:
+            job = self._pending.pop(stream_id, None)
+            self._cond.notify_all()
+            return job
+
+    def busy(self, stream_id: str) -> bool:
+        """Whether the stream has a job pending or running."""
+        with self._cond:
+            return stream_id in self._pending or stream_id in self._in_flight
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def _take_batch(self) -> list[WindowJob] | _OneShot | None:
+        """The next work: a live batch, or the one-shot whose next chunk is due (alternating)."""
+        with self._cond:
+            while True:
+                while not self._pending and not self._oneshots and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return None
+                if self._oneshots and (self._oneshot_turn or not self._pending):
+                    self._oneshot_turn = False
+                    return self._oneshots[0]
+                deadline = min(j.enqueued for j in self._pending.values()) + self.max_wait_s
+                # With one-shot work queued the thread does not idle waiting for a fuller batch.
+                while (
+                    self._pending
+                    and len(self._pending) < self.max_batch
+                    and not self._oneshots
+                    and not self._stopping
+                ):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._stopping:
+                    return None
+                if self._pending:  # else every waiting job was cancelled: wait afresh
+                    break
+            jobs = sorted(self._pending.values(), key=lambda j: j.enqueued)[: self.max_batch]
+            for job in jobs:
+                del self._pending[job.stream_id]
+                self._in_flight.add(job.stream_id)
+            self._oneshot_turn = True
+            return jobs
+
+    def _loop(self) -> None:
+        while (jobs := self._take_batch()) is not None:
+            if isinstance(jobs, _OneShot):
+                self._run_chunk(jobs)
+                continue
+            try:
+                windows = np.stack([job.window for job in jobs])
+                scores, timing = self.runner.timed_score(windows)
+            except Exception as exc:
+                log.exception("inference failed for a batch of %d windows", len(jobs))
+                self._finish(jobs)
+                self._on_error(jobs, exc)
+                continue
+            self.batches += 1
+            self.computed += len(jobs)
+            results = [
+                WindowResult(
+                    job,
+                    scores.probs[i],
+                    timing.batch_size,
+                    timing.seconds,
+                    float(scores.level_dbfs[i]),
+                    float(scores.speech[i]),
+                )
+                for i, job in enumerate(jobs)
+            ]
+            self._finish(jobs)
+            try:
+                self._on_results(results)
+            except Exception:  # the callback belongs to the caller; keep the engine alive
+                log.exception("result callback failed")
+
+    def _run_chunk(self, shot: _OneShot) -> None:
+        """Run the next ``max_batch`` windows of ``shot``; settle its future after the last."""
+        outcome: WindowScores | BaseException | None = None
+        if not shot.future.cancelled():
+            chunk = shot.windows[shot.done : shot.done + self.max_batch]
+            try:
+                scores, _ = self.runner.timed_score(chunk)
+            except Exception as exc:
+                log.exception("inference failed for %d windows of a one-shot run", len(chunk))
+                outcome = exc
+            else:
+                self.batches += 1
+                self.computed += len(chunk)
+                shot.parts.append(scores)
+                shot.done += len(chunk)
+                if shot.done >= len(shot.windows):
+                    outcome = WindowScores.concat(shot.parts)
+        if outcome is None and not shot.future.cancelled():
+            return
+        with self._cond:
+            if self._oneshots and self._oneshots[0] is shot:
+                self._oneshots.popleft()
+        if outcome is not None:
+            _settle(shot.future, outcome)
+
+    def _finish(self, jobs: Sequence[WindowJob]) -> None:
+        with self._cond:
+            for job in jobs:
+                self._in_flight.discard(job.stream_id)
+            self._cond.notify_all()

@@ -1,0 +1,82 @@
+"""What a configuration serves: the genre model ``[model] path`` names, with the speech
+detector ``[gate] speech_model`` names attached (fed at the genre model's sample rate)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from stream_server.config import Config
+from stream_server.core.decoding import OfflineParams
+from stream_server.core.gate import GateParams
+from stream_server.core.session import SessionParams
+from stream_server.inference.model import LoadedModel, resolve_model
+from stream_server.inference.speech import DEFAULT_SPEECH_DIR, load_detector
+
+#: ``[gate] speech_model`` value for no speech detector.
+NO_SPEECH_MODEL = "none"
+
+
+def load_configured_model(config: Config) -> LoadedModel:
+    """The genre model and speech detector of ``config``.
+
+    Without the gate, or with ``speech_model = "none"``, the model has no speech detector.
+
+    Raises:
+        ModelLoadError: either cannot be loaded.
+    """
+    model = resolve_model(config.model.path)
+    directory = speech_model_dir(config)
+    if directory is None:
+        return model
+    detector = load_detector(directory, model.preprocessing.sample_rate)
+    return with_speech_detector(model, detector)
+
+
+def speech_model_dir(config: Config) -> Path | None:
+    """The directory of the speech detector ``config`` serves (``[gate] speech_model``, the
+    shipped one for ``""``); ``None`` when the gate is off or ``speech_model`` is ``"none"``."""
+    spec = config.gate.speech_model
+    if not config.gate.enabled or spec == NO_SPEECH_MODEL:
+        return None
+    return Path(spec) if spec else DEFAULT_SPEECH_DIR
+
+
+def with_speech_detector(loaded: LoadedModel, detector: nn.Module | None) -> LoadedModel:
+    """``loaded`` with ``detector`` as its speech detector (``None``: without one).
+
+    This is where a speech model is plugged in: the runner computes its ``(batch,)`` speech
+    probabilities next to the genre probabilities of every batch (the interface is in
+    :mod:`stream_server.core.gate`).
+    """
+    return dataclasses.replace(loaded, speech_detector=detector)
+
+
+def window_seconds(config: Config, model: LoadedModel) -> float:
+    """Window length in seconds: ``engine.window_s`` if set, else the model's own."""
+    return config.engine.window_s or model.preprocessing.window_seconds
+
+
+def session_params(config: Config, model: LoadedModel) -> SessionParams:
+    """Windowing, labels and smoothing for ``model`` under ``config``."""
+    pre, eng, sm, gate = model.preprocessing, config.engine, config.smoothing, config.gate
+    rate = pre.sample_rate
+    window = round(window_seconds(config, model) * rate)
+    hop = round(eng.hop_s * rate)
+    display = [config.model.labels.get(label, label) for label in model.labels]
+    labels = tuple(dict.fromkeys(display))  # merged labels appear once, in first-seen order
+    return SessionParams(
+        model_rate=rate,
+        window_samples=window,
+        hop_samples=hop,
+        buffer_samples=max(round(eng.buffer_s * rate), window + hop),
+        labels=labels,
+        top_k=eng.top_k,
+        smoothing=sm.params(),
+        label_map=tuple(labels.index(d) for d in display) if len(labels) < len(display) else (),
+        gate=GateParams(gate.enabled, gate.silence_dbfs, gate.speech_threshold, gate.min_run_s),
+        backdate_max_s=sm.backdate_max_s,
+        offline=OfflineParams(config.offline.decoding, config.offline.switch_cost),
+    )

@@ -1,0 +1,753 @@
+"""The running service: live streams, the engine, the update hub, the store and the metrics.
+
+This is the glue between the pure parts (sessions, hub) and the engine thread. It lives on the
+event loop: engine results arrive through ``loop.call_soon_threadsafe`` and SQLite writes go to a
+single writer thread, so the loop never waits on the model or the disk. The HTTP/WebSocket layer
+(:mod:`stream_server.serve.app`) only moves bytes in and out of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_server.config import Config
+from stream_server.core.audio import validate_format
+from stream_server.core.session import StreamSession
+from stream_server.core.timeline import Segment
+from stream_server.core.windows import WindowJob
+from stream_server.errors import ProtocolError, SourceRefused
+from stream_server.inference.device import pick_device
+from stream_server.inference.engine import Engine, WindowResult
+from stream_server.inference.loading import load_configured_model, session_params, window_seconds
+from stream_server.inference.model import LoadedModel
+from stream_server.inference.runner import InferenceRunner
+from stream_server.messages import (
+    MAX_NAME_CHARS,
+    StartMessage,
+    StreamEnded,
+    StreamStarted,
+    TrackChange,
+    check_text,
+    error,
+)
+from stream_server.serve.hub import Subscriber, UpdateHub
+from stream_server.serve.metrics import Metrics
+from stream_server.serve.store import StreamRecord, TimelineStore, TrackTitle
+from stream_server.sources.puller import Puller
+from stream_server.sources.source_policy import SourcePolicy
+from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
+
+log = logging.getLogger(__name__)
+
+#: Longest wait, in seconds, for a stream's last window to come back from the engine at its end.
+DRAIN_TIMEOUT_S = 10.0
+
+#: Seconds between two prunings of the store (``storage.retention_days``) after the one at start.
+PRUNE_INTERVAL_S = 3600.0
+
+
+@dataclass(eq=False)
+class LiveStream:
+    """A session plus what the service tracks around it on the event loop.
+
+    ``state`` and the counters matter for pulled streams (:mod:`stream_server.sources.puller`):
+    ``dropped`` audio chunks the loop could not take in time, ``corrupt_packets`` the decoder
+    rejected, ``reconnects`` started. Other kinds stay ``"live"`` with zero counters.
+    """
+
+    session: StreamSession
+    source: str
+    outstanding: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+    state: StreamState = "live"
+    dropped: int = 0
+    corrupt_packets: int = 0
+    reconnects: int = 0
+    title: str | None = None
+    #: Who opened it (the client's address; empty: the server itself), for per-client limits.
+    client: str = ""
+    #: ``time.monotonic()`` of the last audio fed (or of the start): idle streams are ended.
+    last_audio: float = field(default_factory=time.monotonic)
+    #: Called on the loop with the ``stream.ended`` message when the stream ends, whoever ended
+    #: it (the ingest connection uses it to close its socket after a ``DELETE``).
+    on_end: Callable[[StreamEnded], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def record(self) -> StreamRecord:
+        """The stream as the store keeps it (not ended yet)."""
+        s = self.session
+        return StreamRecord(
+            stream_id=s.stream_id,
+            name=s.name,
+            kind=s.kind,
+            source=self.source,
+            created_at=s.started_wall,
+            ended_at=None,
+            sample_rate=s.sample_rate,
+            channels=s.channels,
+            fmt=s.fmt,
+        )
+
+
+class Service:
+    """Owns every live stream and the shared machinery; see the module docstring."""
+
+    def __init__(self, config: Config, *, model: LoadedModel | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.hub = UpdateHub(
+            config.updates.queue_size,
+            config.updates.history_size,
+            on_drop=self._on_subscriber_dropped,
+        )
+        self.streams: dict[str, LiveStream] = {}
+        # Streams between their checks and their registration (waiting for the store), by client.
+        self._opening_by: dict[str, int] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        #: Set by :meth:`drain`: no new stream or upload is accepted.
+        self.stopping = False
+        self.model: LoadedModel | None = model
+        self.runner: InferenceRunner | None = None
+        self.engine: Engine | None = None
+        self.store: TimelineStore | None = None
+        self.load_error: str | None = None
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrecast-db")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+        self.pullers: dict[str, Puller] = {}
+        # Pulled streams ended in this run: final state ("ended" or "failed") and counters.
+        self._final_states: dict[str, dict[str, Any]] = {}
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and load the model (both off the event loop), then start the engine."""
+        self._loop = asyncio.get_running_loop()
+        self.store = await self._in_db(TimelineStore, self.config.storage.database)
+        await self._in_db(self._close_orphans)
+        if self.config.storage.retention_days > 0:
+            await self._prune()
+            self._pruner = asyncio.create_task(self._prune_periodically())
+        self._load_task = asyncio.create_task(self._load_in_background())
+        self._reaper = asyncio.create_task(self._reap_idle())
+        self.started.set()
+
+    async def _reap_idle(self) -> None:
+        """End every pushed stream (WebSocket, WebRTC) that sent no audio for
+        ``server.idle_timeout_s``: an idle client must not hold a slot. Pulled streams have
+        their own stall rule (``sources.stall_s``)."""
+        idle_s = self.config.server.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            now = time.monotonic()
+            for live in list(self.streams.values()):
+                if live.session.kind != "url" and now - live.last_audio > idle_s:
+                    self.metrics.errors.labels(kind="idle").inc()
+                    await self.end_stream(live, f"idle: no audio for {idle_s:g} s")
+
+    async def _prune(self) -> None:
+        """Delete the streams that ended more than ``storage.retention_days`` ago (on the
+        database thread); a failure is logged and counted, never raised."""
+        assert self.store is not None
+        cutoff = time.time() - self.config.storage.retention_days * 86400.0
+        try:
+            pruned: int = await self._in_db(self.store.prune, cutoff)
+        except Exception as exc:
+            self.metrics.errors.labels(kind="storage").inc()
+            log.error("pruning old streams failed: %s", exc)
+            return
+        if pruned:
+            log.info(
+                "pruned %d stream(s) ended over %g day(s) ago",
+                pruned,
+                self.config.storage.retention_days,
+            )
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+            await self._prune()
+
+    async def _load_in_background(self) -> None:
+        try:
+            await asyncio.to_thread(self._load_model)
+        except Exception as exc:
+            self.load_error = str(exc)
+            self.metrics.errors.labels(kind="model_load").inc()
+            log.error("model could not be loaded: %s", exc)
+
+    async def wait_ready(self) -> None:
+        """Wait until the model is loaded; raises if loading failed."""
+        assert self._load_task is not None, "start() first"
+        await asyncio.shield(self._load_task)
+        if self.load_error is not None:
+            raise RuntimeError(self.load_error)
+
+    def _close_orphans(self) -> None:
+        """Streams left open by a previous run ended when it stopped."""
+        assert self.store is not None
+        for record in self.store.list_streams(limit=10_000):
+            if record.ended_at is None:
+                self.store.end_stream(record.stream_id, time.time())
+
+    def _load_model(self) -> None:
+        cfg = self.config.engine
+        loaded = self.model if self.model is not None else load_configured_model(self.config)
+        device = pick_device(cfg.device)
+        runner = InferenceRunner(
+            loaded,
+            device,
+            half=cfg.half_precision,
+            max_batch=cfg.max_batch,
+            level_samples=session_params(self.config, loaded).hop_samples,
+        )
+        self.model = loaded
+        self.runner = runner
+        engine = Engine(
+            runner,
+            max_batch=cfg.max_batch,
+            max_wait_s=cfg.max_wait_ms / 1000.0,
+            on_results=self._results_from_engine,
+            on_error=self._error_from_engine,
+        )
+        engine.start()
+        self.engine = engine
+        log.info(
+            "model %s on %s: %d labels, window %.1f s, hop %.1f s",
+            loaded.source,
+            device,
+            len(loaded.labels),
+            self.window_s,
+            cfg.hop_s,
+        )
+
+    async def drain(
+        self, reason: str = "server stopping", timeout_s: float = DRAIN_TIMEOUT_S
+    ) -> None:
+        """The first step of a graceful stop, while connections are still open: refuse new
+        streams and uploads (``stopping``), end every live stream once its in-flight windows
+        are back (``stream.ended`` with ``reason`` to its subscribers), then wait until the
+        subscribers' queues are sent. Bounded by ``timeout_s`` in all."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for puller in list(self.pullers.values()):
+            puller.stop()
+        ends = [self.end_stream(live, reason) for live in list(self.streams.values())]
+        if ends:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*ends), max(0.0, deadline - loop.time()))
+        # The subscribers' pumps empty the queues; look every 20 ms, until the deadline.
+        while self.hub.backlog and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        for task in (self._reaper, self._pruner):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._load_task is not None:
+            await asyncio.gather(self._load_task, return_exceptions=True)
+        pullers = list(self.pullers.values())
+        for puller in pullers:
+            puller.stop()
+        for live in list(self.streams.values()):
+            await self.end_stream(live, "server stopping", drain=False)
+        for puller in pullers:
+            await asyncio.to_thread(puller.join, DRAIN_TIMEOUT_S)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+        if self.store is not None:
+            await self._in_db(self.store.close)
+        self._db.shutdown(wait=True)
+
+    @property
+    def opening(self) -> int:
+        """Streams checked and waiting for the store, not yet registered."""
+        return sum(self._opening_by.values())
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def window_s(self) -> float:
+        """Window length in seconds: the config's, else the model's own."""
+        assert self.model is not None
+        return window_seconds(self.config, self.model)
+
+    async def _in_db(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, fn, *args)
+
+    def _db_write(self, fn: Any, *args: Any) -> None:
+        """Queue a write on the database thread without waiting for it."""
+        future = self._db.submit(fn, *args)
+        future.add_done_callback(self._log_db_failure)
+
+    def _log_db_failure(self, future: Any) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self.metrics.errors.labels(kind="storage").inc()
+            log.error("timeline storage failed: %s", exc)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    @property
+    def display_labels(self) -> tuple[str, ...]:
+        """The model's labels renamed through ``[model.labels]``."""
+        assert self.model is not None
+        return session_params(self.config, self.model).labels
+
+    async def open_stream(
+        self, start: StartMessage, *, kind: str = "ws", source: str = "", client: str = ""
+    ) -> tuple[LiveStream, str]:
+        """Validate ``start`` and open a live stream; returns it and its ``stream.started`` JSON.
+
+        ``client`` is who asks (an address): each may hold ``server.max_streams_per_client``
+        streams at once ("" is not limited: the server's own).
+
+        Raises:
+            ProtocolError: not ready, a bad format or name, too many streams (``busy``, in all
+                or for this client), or the store refused the stream.
+        """
+        if not self.ready:
+            raise ProtocolError(
+                "the model is still loading; try again", code="not_ready", close_code=1013
+            )
+        if self.stopping:
+            raise ProtocolError("the server is stopping", code="stopping", close_code=1012)
+        srv = self.config.server
+        validate_format(
+            start["sample_rate"],
+            start["channels"],
+            start["format"],
+            min_rate=srv.min_sample_rate,
+            max_rate=srv.max_sample_rate,
+            max_channels=srv.max_channels,
+        )
+        if len(self.streams) + self.opening >= srv.max_streams:
+            raise ProtocolError(
+                f"too many live streams (limit {srv.max_streams})", code="busy", close_code=1013
+            )
+        if client:
+            mine = sum(1 for live in self.streams.values() if live.client == client)
+            mine += self._opening_by.get(client, 0)
+            if mine >= srv.max_streams_per_client:
+                raise ProtocolError(
+                    f"this client already has {mine} live streams "
+                    f"(limit {srv.max_streams_per_client})",
+                    code="busy",
+                    close_code=1013,
+                )
+        assert self.model is not None
+        name = check_text(start.get("name", ""), "name", MAX_NAME_CHARS)
+        stream_id = secrets.token_hex(6)
+        session = StreamSession(
+            stream_id,
+            session_params(self.config, self.model),
+            sample_rate=start["sample_rate"],
+            channels=start["channels"],
+            fmt=start["format"],
+            name=name,
+            kind=kind,
+        )
+        live = LiveStream(session, source, client=client)
+        assert self.store is not None
+        record = live.record()
+        # Stored first, registered after: a stream the store refused never exists.
+        self._opening_by[client] = self._opening_by.get(client, 0) + 1
+        try:
+            await self._in_db(self.store.add_stream, record)
+        except Exception as exc:
+            self.metrics.errors.labels(kind="storage").inc()
+            log.error("stream %s could not be stored: %s", stream_id, exc)
+            raise ProtocolError(
+                "the stream could not be stored; try again", code="storage", close_code=1011
+            ) from None
+        finally:
+            self._opening_by[client] -= 1
+            if not self._opening_by[client]:
+                del self._opening_by[client]
+        self.streams[stream_id] = live
+        self.metrics.active_streams.set(len(self.streams))
+        started = self.hub.publish(
+            StreamStarted(
+                type="stream.started",
+                seq=0,
+                stream_id=stream_id,
+                name=session.name,
+                kind=kind,
+                wall_time=time.time(),
+            )
+        )
+        return live, started
+
+    async def open_sink(
+        self, start: StartMessage, *, kind: str, source: str, client: str
+    ) -> StreamSink:
+        """:meth:`open_stream` for a source: the stream as a :class:`StreamSink`."""
+        live, _ = await self.open_stream(start, kind=kind, source=source, client=client)
+        return LiveSink(self, live)
+
+    def count_error(self, kind: str) -> None:
+        self.metrics.errors.labels(kind=kind).inc()
+
+    def feed(self, live: LiveStream, data: bytes) -> None:
+        """PCM bytes in; the due window (if any) goes to the engine (latest wins)."""
+        if not live.ended:
+            self._fed(live, live.session.feed, data, len(data))
+
+    def feed_samples(self, live: LiveStream, samples: FloatArray) -> None:
+        """Mono float32 samples at the model's rate in, shape ``(n,)`` (a pulled source decodes
+        and resamples itself); the due window (if any) goes to the engine."""
+        if not live.ended:
+            self._fed(live, live.session.feed_samples, samples, samples.nbytes)
+
+    def _fed(
+        self,
+        live: LiveStream,
+        feed: Callable[[Any, float], WindowJob | None],
+        audio: Any,
+        size: int,
+    ) -> None:
+        session = live.session
+        overruns, skipped = session.buffer.overruns, session.windows_skipped
+        now = time.monotonic()
+        live.last_audio = now
+        job = feed(audio, now)
+        self.metrics.ingest_bytes.inc(size)
+        self._submit(live, job)
+        self.metrics.buffer_overruns.inc(session.buffer.overruns - overruns)
+        self.metrics.windows_skipped.inc(session.windows_skipped - skipped)
+
+    def _submit(self, live: LiveStream, job: WindowJob | None) -> None:
+        if job is None or self.engine is None:
+            return
+        if self.engine.submit(job) is None:
+            live.outstanding += 1
+            live.idle.clear()
+        else:
+            live.session.skipped()
+
+    async def end_stream(
+        self, live: LiveStream, reason: str, *, drain: bool = True
+    ) -> StreamEnded | None:
+        """End a stream once its last window is back (``drain``); publishes ``stream.ended``."""
+        if live.ended:
+            return None
+        live.ended = True
+        session = live.session
+        puller = self.pullers.pop(session.stream_id, None)
+        if puller is not None:
+            puller.stop()
+            if live.state not in ("ended", "failed"):
+                live.state = "ended"
+            self._final_states[session.stream_id] = {
+                "state": live.state,
+                "reason": reason,
+                "dropped": live.dropped,
+                "corrupt_packets": live.corrupt_packets,
+                "reconnects": live.reconnects,
+            }
+        if drain:
+            skipped = session.windows_skipped
+            self._submit(live, session.finish())
+            self.metrics.windows_skipped.inc(session.windows_skipped - skipped)
+        if drain and live.outstanding:
+            try:
+                await asyncio.wait_for(live.idle.wait(), DRAIN_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("stream %s ended before its last window came back", session.stream_id)
+        if self.engine is not None and self.engine.cancel(session.stream_id) is not None:
+            session.skipped()
+            self.metrics.windows_skipped.inc()
+        self.streams.pop(session.stream_id, None)
+        self.metrics.active_streams.set(len(self.streams))
+        ended_at = time.time()
+        if self.store is not None:
+            self._db_write(self.store.end_stream, session.stream_id, ended_at)
+        message = StreamEnded(
+            type="stream.ended",
+            seq=0,
+            stream_id=session.stream_id,
+            reason=reason,
+            stream_time_s=round(session.stream_time_s, 3),
+            wall_time=ended_at,
+            windows_computed=session.windows_computed,
+            windows_skipped=session.windows_skipped,
+        )
+        self.hub.publish(message)
+        if live.on_end is not None:
+            live.on_end(message)
+        return message
+
+    # -- engine results ---------------------------------------------------------------------
+
+    def _results_from_engine(self, results: Sequence[WindowResult]) -> None:
+        """Engine thread: hand the batch to the event loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, results)
+
+    def _error_from_engine(self, jobs: Sequence[WindowJob], exc: BaseException) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver_error, jobs, str(exc))
+
+    def _deliver(self, results: Sequence[WindowResult]) -> None:
+        m = self.metrics
+        m.batch_size.observe(results[0].batch_size)
+        m.inference_seconds.observe(results[0].batch_seconds)
+        m.windows_computed.inc(len(results))
+        for result in results:
+            live = self.streams.get(result.job.stream_id)
+            if live is None:
+                continue
+            if live.session.is_stale(result.job):
+                self._resolved(live)
+                continue
+            try:
+                scored = live.session.on_scores(
+                    result.job,
+                    result.probs,
+                    time.monotonic(),
+                    level_dbfs=result.level_dbfs,
+                    speech_prob=result.speech_prob,
+                )
+            except ValueError as exc:  # one window's scores refused: the rest go on
+                log.warning("stream %s: window dropped: %s", result.job.stream_id, exc)
+                m.errors.labels(kind="scores").inc()
+                self._resolved(live)
+                continue
+            self.hub.publish(scored.update)
+            if scored.change is not None:
+                self.hub.publish(scored.change)
+            m.latency_seconds.observe(scored.update["latency_ms"] / 1000.0)
+            self._store_segments(live, scored.segments)
+            self._resolved(live)
+
+    def _store_segments(self, live: LiveStream, segments: list[tuple[int, Segment]]) -> None:
+        """Queue the write of a timeline tail (``(index, segment)``, consecutive indices)."""
+        if self.store is not None and segments:
+            self._db_write(
+                self.store.write_tail,
+                live.session.stream_id,
+                segments[0][0],
+                [segment for _, segment in segments],
+            )
+
+    def _deliver_error(self, jobs: Sequence[WindowJob], reason: str) -> None:
+        self.metrics.errors.labels(kind="inference").inc()
+        for job in jobs:
+            live = self.streams.get(job.stream_id)
+            if live is None:
+                continue
+            self.hub.notify(error("inference", f"inference failed: {reason}", job.stream_id))
+            self._resolved(live)
+
+    def _resolved(self, live: LiveStream) -> None:
+        live.outstanding -= 1
+        if live.outstanding <= 0:
+            live.outstanding = 0
+            live.idle.set()
+
+    def _on_subscriber_dropped(self, sub: Subscriber) -> None:
+        self.metrics.subscribers_dropped.inc()
+
+    # -- pulled streams (stream_server.sources.puller)
+    # -----------------------------------------------
+
+    async def pull(self, source: str, *, name: str = "") -> LiveStream:
+        """Open a stream whose audio the server fetches itself from ``source`` (URL or path).
+
+        Returns at once in state ``"connecting"``; a worker thread connects, decodes and feeds.
+        The source is checked first (:mod:`stream_server.sources.source_policy`, off the event loop:
+        it resolves host names and looks at files); nothing is registered if it is refused.
+
+        Raises:
+            ProtocolError: not ready, or too many streams (as :meth:`open_stream`).
+            SourceRefused: the source may not be pulled, or does not exist (one message).
+        """
+        if not self.ready or self.model is None:
+            raise ProtocolError(
+                "the model is still loading; try again", code="not_ready", close_code=1013
+            )
+        policy = SourcePolicy.from_config(self.config.sources)
+        try:
+            await asyncio.to_thread(policy.check_source, source)
+        except SourceRefused as exc:
+            log.info("refused to pull %r: %s", source, exc.detail)
+            raise
+        rate = self.model.preprocessing.sample_rate
+        start = StartMessage(type="start", sample_rate=rate, channels=1, format="f32le")
+        start["name"] = name or source.rstrip("/").rsplit("/", 1)[-1] or source
+        live, _ = await self.open_stream(start, kind="url", source=source)
+        live.state = "connecting"
+        assert self._loop is not None
+        puller = Puller(LiveSink(self, live), source, self.config.sources, self._loop)
+        self.pullers[live.session.stream_id] = puller
+        puller.start()
+        return live
+
+    async def stop_stream(self, stream_id: str, reason: str = "stopped by request") -> bool:
+        """End a live stream of any kind (a pulled one stops fetching); False if not live."""
+        live = self.streams.get(stream_id)
+        if live is None:
+            return False
+        await self.end_stream(live, reason)
+        return True
+
+    def mark_gap(self, live: LiveStream, gap_s: float) -> None:
+        """The stream's source was away for ``gap_s`` seconds and is back (on the loop)."""
+        if live.ended:
+            return
+        self._store_segments(live, live.session.mark_gap(gap_s))
+
+    def track_change(self, live: LiveStream, title: str) -> None:
+        """The stream announced ``title``: publish ``track.change`` and store it (on the loop)."""
+        if live.ended or title == live.title:
+            return
+        live.title = title
+        session = live.session
+        record = TrackTitle(round(session.stream_time_s, 3), time.time(), title)
+        self.hub.publish(
+            TrackChange(
+                type="track.change",
+                seq=0,
+                stream_id=session.stream_id,
+                title=title,
+                stream_time_s=record.stream_time_s,
+                wall_time=record.wall_time,
+            )
+        )
+        if self.store is not None:
+            self._db_write(self.store.add_title, session.stream_id, record)
+
+    async def titles(self, stream_id: str) -> list[TrackTitle]:
+        """Titles a stream announced, oldest first (after every queued write)."""
+        assert self.store is not None
+        titles: list[TrackTitle] = await self._in_db(self.store.titles, stream_id)
+        return titles
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def timeline(self, stream_id: str) -> list[Segment] | None:
+        """A stream's segments: live from memory, else from the store; None if unknown."""
+        live = self.streams.get(stream_id)
+        if live is not None:
+            return live.session.segments()
+        assert self.store is not None
+        record = await self._in_db(self.store.get_stream, stream_id)
+        if record is None:
+            return None
+        segments: list[Segment] = await self._in_db(self.store.timeline, stream_id)
+        return segments
+
+    async def list_streams(self) -> list[dict[str, Any]]:
+        """Live streams first, then stored ones, as JSON-ready dicts."""
+        assert self.store is not None
+        records: list[StreamRecord] = await self._in_db(self.store.list_streams, 100)
+        out = [self.describe(live) for live in self.streams.values()]
+        out += [self.describe(r) for r in records if r.stream_id not in self.streams]
+        return out
+
+    def describe(self, stream: LiveStream | StreamRecord) -> dict[str, Any]:
+        """One stream as ``GET /streams`` lists it, live or stored: the stored record's fields;
+        a live stream adds its state and live figures, a stored one is ``"ended"`` (a pulled
+        stream that ended in this run: its final state, reason and counters)."""
+        record = stream.record() if isinstance(stream, LiveStream) else stream
+        described: dict[str, Any] = {
+            "stream_id": record.stream_id,
+            "name": record.name,
+            "kind": record.kind,
+            "source": record.source,
+            "state": "ended",
+            "created_at": record.created_at,
+            "ended_at": record.ended_at,
+            "sample_rate": record.sample_rate,
+            "channels": record.channels,
+            "format": record.fmt,
+        }
+        if not isinstance(stream, LiveStream):
+            described.update(self._final_states.get(record.stream_id, {}))
+            return described
+        live, s = stream, stream.session
+        update = s.last_update
+        described["state"] = live.state
+        return described | {
+            "stream_time_s": round(s.stream_time_s, 3),
+            "lag_s": round(s.stream_time_s - update["stream_time_s"], 3) if update else None,
+            "windows_computed": s.windows_computed,
+            "windows_skipped": s.windows_skipped,
+            "overrun_samples": s.buffer.overruns,
+            "dropped": live.dropped,
+            "corrupt_packets": live.corrupt_packets,
+            "reconnects": live.reconnects,
+            "title": live.title,
+            "genre": update["genre"] if update else None,
+            "confidence": update["confidence"] if update else None,
+        }
+
+
+class LiveSink:
+    """A :class:`LiveStream` of ``service`` as a :class:`~stream_server.types.StreamSink`: what a
+    source may do to its stream, and nothing else."""
+
+    def __init__(self, service: Service, live: LiveStream) -> None:
+        self._service = service
+        self._live = live
+
+    @property
+    def stream_id(self) -> str:
+        return self._live.session.stream_id
+
+    @property
+    def ended(self) -> bool:
+        return self._live.ended
+
+    @property
+    def sample_rate(self) -> int:
+        return self._live.session.params.model_rate
+
+    def feed(self, data: bytes) -> None:
+        self._service.feed(self._live, data)
+
+    def feed_samples(self, samples: FloatArray) -> None:
+        self._service.feed_samples(self._live, samples)
+
+    def title(self, title: str) -> None:
+        self._service.track_change(self._live, title)
+
+    def gap(self, seconds: float) -> None:
+        self._service.mark_gap(self._live, seconds)
+
+    def set_state(self, state: StreamState) -> None:
+        if not self._live.ended:
+            self._live.state = state
+
+    def count(self, counter: SourceCounter, n: int = 1) -> None:
+        live = self._live
+        if counter == "dropped":
+            live.dropped += n
+        elif counter == "corrupt_packets":
+            live.corrupt_packets += n
+        else:
+            live.reconnects += n
+
+    async def end(self, reason: str, *, drain: bool = True) -> None:
+        await self._service.end_stream(self._live, reason, drain=drain)
+
+    def on_end(self, callback: Callable[[str], None]) -> None:
+        self._live.on_end = lambda ended: callback(ended["reason"])

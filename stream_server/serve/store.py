@@ -1,0 +1,388 @@
+"""SQLite persistence of streams and their genre timelines.
+
+One database file holds every stream the server has seen and the timeline segments of each, so
+timelines survive a restart. The file is opened in WAL mode with ``synchronous=NORMAL``; one
+connection is shared by all threads and guarded by a lock. Every public method is short and
+synchronous; the server calls them from a worker thread.
+
+Times: ``created_at`` / ``ended_at`` are wall-clock unix seconds; segment ``start_s`` / ``end_s``
+are seconds of stream time, and so is a title's ``stream_time_s`` (its ``wall_time`` is unix
+seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from stream_server.core.timeline import Segment
+from stream_server.errors import StorageError
+
+__all__ = ["SCHEMA_VERSION", "StreamRecord", "TimelineStore", "TrackTitle"]
+
+#: Schema version stored in ``PRAGMA user_version`` and in the ``schema_version`` table.
+#: Version 2 added the ``titles`` table (a version 1 file gains it when opened).
+SCHEMA_VERSION = 2
+
+_MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id   TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    ended_at    REAL,
+    sample_rate INTEGER,
+    channels    INTEGER,
+    fmt         TEXT
+);
+CREATE INDEX IF NOT EXISTS streams_created_at ON streams (created_at);
+CREATE TABLE IF NOT EXISTS segments (
+    stream_id  TEXT NOT NULL REFERENCES streams (stream_id) ON DELETE CASCADE,
+    idx        INTEGER NOT NULL,
+    start_s    REAL NOT NULL,
+    end_s      REAL NOT NULL,
+    genre      TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    updates    INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS titles (
+    stream_id     TEXT NOT NULL REFERENCES streams (stream_id) ON DELETE CASCADE,
+    stream_time_s REAL NOT NULL,
+    wall_time     REAL NOT NULL,
+    title         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS titles_stream ON titles (stream_id, stream_time_s);
+"""
+
+_STREAM_COLUMNS = "stream_id, name, kind, source, created_at, ended_at, sample_rate, channels, fmt"
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One stream the server has ingested.
+
+    Attributes:
+        stream_id: Unique id of the stream.
+        name: Human-readable name.
+        kind: How the audio arrives (e.g. ``"ws"``, ``"file"``, ``"url"``).
+        source: Where it comes from (client address, file path or URL).
+        created_at: When the stream started, wall-clock unix seconds.
+        ended_at: When it ended, wall-clock unix seconds; ``None`` while live.
+        sample_rate: Announced sample rate in Hz, if known.
+        channels: Announced channel count, if known.
+        fmt: Announced sample format (e.g. ``"s16le"``), if known.
+    """
+
+    stream_id: str
+    name: str
+    kind: str
+    source: str
+    created_at: float
+    ended_at: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    fmt: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackTitle:
+    """A title a stream announced (a track change).
+
+    Attributes:
+        stream_time_s: When, in seconds of stream time.
+        wall_time: When, wall-clock unix seconds.
+        title: The announced title, e.g. ``"Artist - Song"``.
+    """
+
+    stream_time_s: float
+    wall_time: float
+    title: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form; ``stream_time_s`` rounded to 3 decimals."""
+        return {
+            "stream_time_s": round(self.stream_time_s, 3),
+            "wall_time": self.wall_time,
+            "title": self.title,
+        }
+
+
+_StreamRow = tuple[str, str, str, str, float, float | None, int | None, int | None, str | None]
+
+
+def _record_from_row(row: _StreamRow) -> StreamRecord:
+    return StreamRecord(*row)
+
+
+class TimelineStore:
+    """Streams and timelines in one SQLite file, safe to share between threads.
+
+    ``path`` may be ``":memory:"`` (tests; nothing survives :meth:`close`, and the journal mode
+    is ``"memory"`` rather than ``"wal"``). Every :mod:`sqlite3` error is raised as
+    :class:`~stream_server.errors.StorageError` naming the file and the operation. The store is
+    also a context manager that closes itself on exit.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open (creating if needed) the database at ``path`` and its parent directories.
+
+        Raises:
+            StorageError: the directory cannot be created, the file is not a SQLite database
+                (or is corrupt), or its schema is newer than this code understands.
+        """
+        self._path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        if self._path != _MEMORY:
+            try:
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"open on {self._path!r} failed: {exc}") from exc
+        try:
+            self._conn = sqlite3.connect(self._path, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"open on {self._path!r} failed: {exc}") from exc
+        try:
+            self._init_schema()
+        except BaseException:
+            self._conn.close()
+            self._closed = True
+            raise
+
+    def _init_schema(self) -> None:
+        with self._op("open"):
+            conn = self._conn
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"open on {self._path!r} failed: schema version {version} is newer than "
+                    f"the supported version {SCHEMA_VERSION}"
+                )
+            if version < SCHEMA_VERSION:
+                # One transaction: a failure leaves the file untouched (the connection is then
+                # closed by __init__, discarding the partial work).
+                conn.executescript(
+                    "BEGIN;\n"
+                    + _SCHEMA
+                    + "DELETE FROM schema_version;\n"
+                    + f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});\n"
+                    + f"PRAGMA user_version = {SCHEMA_VERSION};\n"
+                    + "COMMIT;\n"
+                )
+
+    @contextmanager
+    def _op(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """Hold the lock for one operation; turn sqlite errors into :class:`StorageError`.
+
+        Writers nest ``with conn:`` inside, which commits, or rolls back before the error
+        reaches this wrapper.
+        """
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"{operation} on {self._path!r} failed: the store is closed")
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StorageError(f"{operation} on {self._path!r} failed: {exc}") from exc
+
+    @property
+    def path(self) -> str:
+        """The database path as given (``":memory:"`` for an in-memory store)."""
+        return self._path
+
+    @property
+    def journal_mode(self) -> str:
+        """SQLite journal mode in effect, lower case (``"wal"`` for a file database)."""
+        with self._op("journal_mode") as conn:
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        return str(mode).lower()
+
+    def add_stream(self, record: StreamRecord) -> None:
+        """Insert a new stream.
+
+        Raises:
+            StorageError: a stream with the same id exists, or the write failed.
+        """
+        with self._op("add_stream") as conn, conn:
+            conn.execute(
+                f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.stream_id,
+                    record.name,
+                    record.kind,
+                    record.source,
+                    record.created_at,
+                    record.ended_at,
+                    record.sample_rate,
+                    record.channels,
+                    record.fmt,
+                ),
+            )
+
+    def end_stream(self, stream_id: str, ended_at: float) -> None:
+        """Mark a stream as ended at ``ended_at`` (wall-clock unix seconds).
+
+        Raises:
+            StorageError: no such stream, or the write failed.
+        """
+        with self._op("end_stream") as conn, conn:
+            cur = conn.execute(
+                "UPDATE streams SET ended_at = ? WHERE stream_id = ?", (ended_at, stream_id)
+            )
+            if cur.rowcount == 0:
+                raise StorageError(
+                    f"end_stream on {self._path!r} failed: no stream with id {stream_id!r}"
+                )
+
+    def get_stream(self, stream_id: str) -> StreamRecord | None:
+        """The stream with this id, or ``None``."""
+        with self._op("get_stream") as conn:
+            row = conn.execute(
+                f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream_id = ?", (stream_id,)
+            ).fetchone()
+        return None if row is None else _record_from_row(row)
+
+    def list_streams(self, limit: int = 100) -> list[StreamRecord]:
+        """Up to ``limit`` (>= 0) streams, newest ``created_at`` first (ties: newest insert first).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit!r}")
+        with self._op("list_streams") as conn:
+            rows = conn.execute(
+                f"SELECT {_STREAM_COLUMNS} FROM streams "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_record_from_row(row) for row in rows]
+
+    def write_tail(self, stream_id: str, index: int, segments: Sequence[Segment]) -> None:
+        """Make ``segments`` the stream's timeline from segment number ``index`` on.
+
+        In one transaction: every stored segment at ``index`` or after is dropped, then
+        ``segments`` are written at ``index``, ``index + 1``, ... So a live timeline whose tail
+        was rewritten (a change dated back, two segments merged) is stored exactly, and a crash
+        leaves either the old tail or the new one.
+
+        Raises:
+            ValueError: ``index`` is negative.
+            StorageError: the stream does not exist, or the write failed.
+        """
+        if index < 0:
+            raise ValueError(f"index must be >= 0, got {index!r}")
+        with self._op("write_tail") as conn, conn:
+            conn.execute(
+                "DELETE FROM segments WHERE stream_id = ? AND idx >= ?", (stream_id, index)
+            )
+            conn.executemany(
+                "INSERT INTO segments "
+                "(stream_id, idx, start_s, end_s, genre, confidence, updates) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        stream_id,
+                        index + i,
+                        segment.start_s,
+                        segment.end_s,
+                        segment.genre,
+                        segment.confidence,
+                        segment.updates,
+                    )
+                    for i, segment in enumerate(segments)
+                ],
+            )
+
+    def timeline(self, stream_id: str) -> list[Segment]:
+        """The stored segments of a stream ordered by index (empty for an unknown stream)."""
+        with self._op("timeline") as conn:
+            rows = conn.execute(
+                "SELECT start_s, end_s, genre, confidence, updates FROM segments "
+                "WHERE stream_id = ? ORDER BY idx",
+                (stream_id,),
+            ).fetchall()
+        return [Segment(*row) for row in rows]
+
+    def add_title(self, stream_id: str, title: TrackTitle) -> None:
+        """Record a title announced by a stream.
+
+        Raises:
+            StorageError: the stream does not exist, or the write failed.
+        """
+        with self._op("add_title") as conn, conn:
+            conn.execute(
+                "INSERT INTO titles (stream_id, stream_time_s, wall_time, title) "
+                "VALUES (?, ?, ?, ?)",
+                (stream_id, title.stream_time_s, title.wall_time, title.title),
+            )
+
+    def titles(self, stream_id: str) -> list[TrackTitle]:
+        """The titles of a stream in the order announced (empty for an unknown stream)."""
+        with self._op("titles") as conn:
+            rows = conn.execute(
+                "SELECT stream_time_s, wall_time, title FROM titles "
+                "WHERE stream_id = ? ORDER BY rowid",
+                (stream_id,),
+            ).fetchall()
+        return [TrackTitle(*row) for row in rows]
+
+    def prune(self, before_wall_time: float) -> int:
+        """Delete every stream that ended before ``before_wall_time`` (wall-clock unix seconds),
+        with its segments and titles, in one transaction; returns how many streams went.
+
+        Live streams (``ended_at`` unset) are never deleted. Segments and titles are deleted
+        explicitly, so nothing is left behind even on a connection without foreign keys.
+
+        Raises:
+            ValueError: ``before_wall_time`` is NaN.
+            StorageError: the write failed (nothing was deleted).
+        """
+        if math.isnan(before_wall_time):
+            raise ValueError("before_wall_time must be a number, got NaN")
+        old = "SELECT stream_id FROM streams WHERE ended_at IS NOT NULL AND ended_at < ?"
+        with self._op("prune") as conn, conn:
+            conn.execute(f"DELETE FROM segments WHERE stream_id IN ({old})", (before_wall_time,))
+            conn.execute(f"DELETE FROM titles WHERE stream_id IN ({old})", (before_wall_time,))
+            cur = conn.execute(
+                "DELETE FROM streams WHERE ended_at IS NOT NULL AND ended_at < ?",
+                (before_wall_time,),
+            )
+            return cur.rowcount
+
+    def close(self) -> None:
+        """Close the database; later calls raise :class:`StorageError`. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+
+    def __enter__(self) -> TimelineStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

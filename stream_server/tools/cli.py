@@ -1,0 +1,700 @@
+"""The ``genrecast`` command line: serve, push, watch, classify."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stream_server import version
+from stream_server.config import Config, load_config
+from stream_server.errors import GenrecastError
+from stream_server.extras import require as require_extra
+from stream_server.serve.auth import TOKEN_ENV
+from stream_server.training.recipes import ARCHITECTURES, TrainOptions, with_overrides
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TOKEN_HELP = (
+    f"bearer token for a server that requires one (default: ${TOKEN_ENV}; the variable keeps it "
+    "out of the process list)"
+)
+
+
+def load_config_of(args: argparse.Namespace) -> Config:
+    """The config of ``args.config`` with the command's ``--host``/``--port``/``--model``/
+    ``--device`` applied (those the command has)."""
+    return load_config(args.config).overridden(
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        model=getattr(args, "model", None),
+        device=getattr(args, "device", None),
+        insecure=getattr(args, "insecure", None) or None,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from stream_server.inference.loading import load_configured_model
+    from stream_server.serve.server import checked_tokens, serve
+
+    config = load_config_of(args)
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
+    checked_tokens(config)  # refuse an unguarded non-loopback address before anything loads
+    model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
+    serve(config, model=model)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream_server.tools.client import (
+        http_base,
+        print_progress,
+        pull,
+        push,
+        resolve_token,
+        wants_pull,
+    )
+
+    if args.pull or wants_pull(args.source):
+        # A local path goes as an absolute path: the server reads it from its own file system.
+        source = args.source if "://" in args.source else str(Path(args.source).resolve())
+        stream = asyncio.run(
+            pull(source, server=args.server, name=args.name or "", token=args.token)
+        )
+        stream_id = stream["stream_id"]
+        print(stream_id)
+        if not args.quiet:
+            # the token is named, never printed
+            bearer = (
+                f'-H "Authorization: Bearer ${TOKEN_ENV}" ' if resolve_token(args.token) else ""
+            )
+            stop = f"curl -X DELETE {bearer}{http_base(args.server)}/streams/{stream_id}"
+            print(
+                f"the server is pulling {stream['source']} as stream {stream_id}; "
+                f"watch it with: genrecast watch --stream {stream_id}; stop it with: {stop}",
+                file=sys.stderr,
+            )
+        return 0
+
+    def started(stream_id: str) -> None:
+        print(f"stream {stream_id} started; watch it with: genrecast watch --stream {stream_id}")
+
+    result = asyncio.run(
+        push(
+            args.source,
+            server=args.server,
+            name=args.name or "",
+            pace="realtime" if args.realtime else "flood" if args.flood else "fast",
+            on_started=started,
+            progress=None if args.quiet else print_progress(),
+            token=args.token,
+        )
+    )
+    if not args.quiet:
+        sys.stderr.write("\n")
+    ended = result.ended
+    computed = ended["windows_computed"] if ended else 0
+    skipped = ended["windows_skipped"] if ended else 0
+    reason = ended["reason"] if ended else ""
+    why = f" ({reason})" if reason and reason != "stopped by client" else ""
+    print(
+        f"stream {result.stream_id} ended{why}: {result.seconds_sent:.1f} s of audio sent, "
+        f"{computed} windows computed, {skipped} skipped"
+    )
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream_server.tools.client import watch
+
+    asyncio.run(
+        watch(
+            server=args.server,
+            stream_id=args.stream,
+            since=args.since,
+            as_json=args.json,
+            count=args.count,
+            until_end=args.until_end,
+            token=args.token,
+        )
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from stream_server.inference.classify import classify_file, file_sha256, format_result
+
+    if args.server:
+        from stream_server.tools.client import classify_remote
+
+        result = classify_remote(args.file, server=args.server, token=args.token)
+    else:
+        report = classify_file(args.file, load_config_of(args), progress=not args.json)
+        result = report.to_result(sha256=file_sha256(args.file))
+    # one shape either way: the POST /classify answer (stream_server.messages.ClassifyResult)
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stream_server.tools.bench import run_bench
+
+    config = load_config_of(args)
+    result = run_bench(
+        config, streams=args.streams, seconds=args.seconds, speed=args.speed, token=args.token
+    )
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from stream_server.tools.soak import SoakOptions, format_report, run_soak
+
+    options = SoakOptions(
+        streams=args.streams,
+        subscribers=args.subscribers,
+        minutes=args.minutes,
+        config=args.config,
+        model=args.model,
+        device=args.device,
+        token=args.token,
+        host=args.host,
+        follow=args.follow,
+        workers=args.workers,
+        churn_s=args.churn,
+    )
+    options.check()  # before anything starts
+    report = run_soak(options, log=sys.stderr).to_json()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
+def _genres(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--genres a,b`` as a tuple; ``None`` when not given."""
+    return tuple(g for g in args.genres.split(",") if g) if args.genres else None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    require_extra("train")
+    from stream_server.training.train import main_log_setup, train
+
+    main_log_setup()
+    opts = with_overrides(
+        TrainOptions(data=args.data, out=args.out),
+        arch=args.arch,
+        genres=_genres(args),
+        min_clips=args.min_clips,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        teacher=args.teacher,
+        batch_size=args.batch_size,
+        windows_per_clip=args.windows_per_clip,
+        grid_seconds=args.grid_seconds,
+        balance=args.balance,
+        codec_prob=args.codec_prob,
+        lowpass_prob=args.lowpass_prob,
+        lr=args.lr,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        device=args.device,
+        cache_dir=args.cache,
+        resume=args.resume or None,
+        progress=False if args.quiet else None,
+    )
+    result = train(opts)
+    last = result.history[-1]
+    print(
+        f"model saved to {result.out} ({len(result.labels)} genres): "
+        f"validation clip accuracy {last.val_clip_accuracy:.3f}, "
+        f"window accuracy {last.val_window_accuracy:.3f}"
+    )
+    return 0
+
+
+def cmd_train_speech(args: argparse.Namespace) -> int:
+    from stream_server.training.train import main_log_setup
+    from stream_server.training.train_speech import (
+        SpeechTrainOptions,
+        format_speech_report,
+        train_speech,
+    )
+
+    main_log_setup()
+    defaults = SpeechTrainOptions(speech="", music="", out="")
+    opts = dataclasses.replace(
+        defaults,
+        speech=args.speech,
+        music=args.music,
+        out=args.out,
+        genre_split=args.genre_split or defaults.genre_split,
+        epochs=args.epochs or defaults.epochs,
+        seed=defaults.seed if args.seed is None else args.seed,
+    )
+    report = train_speech(opts)
+    print(format_speech_report(report))
+    print(f"speech detector saved to {opts.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    require_extra("train")
+    from stream_server.inference.device import pick_device
+    from stream_server.inference.loading import load_configured_model, speech_model_dir
+    from stream_server.inference.speech import DEFAULT_SPEECH_DIR
+    from stream_server.training.dataset import SPLIT_FILE, load_split, scan
+    from stream_server.training.evaluate import evaluate, format_report, save_report
+
+    if args.speech and not args.mixes:
+        raise GenrecastError("--speech measures timelines: it needs --mixes N")
+    config = load_config_of(args)
+    model = load_configured_model(config)
+    if args.split == "all":
+        clips = scan(args.data, _genres(args))
+    else:
+        split = Path(model.source).expanduser() / SPLIT_FILE
+        if not split.is_file():
+            raise GenrecastError(
+                f"--split {args.split} needs {SPLIT_FILE} beside the model; {split} does not exist"
+            )
+        clips = load_split(split, args.split)
+    device = str(pick_device(config.engine.device))
+    report = evaluate(
+        model,
+        args.data,
+        clips,
+        device=device,
+        hop_seconds=args.hop,
+        cache_dir=args.cache,
+        progress=not args.json,
+    )
+    extra = {}
+    mix_text = ""
+    if args.mixes:
+        from stream_server.inference.loading import session_params
+        from stream_server.inference.runner import InferenceRunner
+        from stream_server.training.mix_eval import (
+            MixOptions,
+            figures,
+            format_figures,
+            perfect,
+            prepare,
+            quiet_clips,
+            speech_clips,
+        )
+
+        options = MixOptions(
+            mixes=args.mixes,
+            seed=args.mix_seed,
+            parts=args.mix_parts,
+            min_s=args.mix_min_s,
+            max_s=args.mix_max_s,
+        )
+        runner = InferenceRunner(
+            model,
+            pick_device(config.engine.device),
+            half=config.engine.half_precision,
+            max_batch=config.engine.max_batch,
+            level_samples=session_params(config, model).hop_samples,
+        )
+        rate = model.preprocessing.sample_rate
+        others = []
+        if args.speech:
+            if model.speech_detector is None:
+                print(
+                    'warning: no speech detector ([gate] is off or speech_model is "none"): '
+                    "no second will be labelled speech",
+                    file=sys.stderr,
+                )
+            detector_dir = speech_model_dir(config) or DEFAULT_SPEECH_DIR
+            others = speech_clips(args.speech, rate, args.cache, detector_dir) + quiet_clips(rate)
+        prepared = prepare(
+            model, args.data, clips, config, runner, options, others=others,
+            cache_dir=args.cache, progress=not args.json,
+        )  # fmt: skip
+        params = session_params(config, model)
+        mixed = figures(prepared, params)
+        ceiling = figures(perfect(prepared, params), params)
+        extra["mixes"] = {**mixed.to_json(), "perfect_windows": ceiling.to_json()}
+        mix_text = (
+            format_figures(mixed)
+            + "\n\nthe same with perfect genre probabilities (each genre's share of the window): "
+            "what the settings and the window length cost alone\n" + format_figures(ceiling)
+        )
+    if args.out:
+        save_report(report, args.out, extra)
+    if args.json:
+        print(json.dumps({**report.to_json(), **extra}, indent=2))
+    else:
+        print(format_report(report))
+        if mix_text:
+            print("\n" + mix_text)
+        if args.out:
+            out = Path(args.out)
+            print(f"\nwrote {out / 'evaluation.json'} and {out / 'confusion.png'}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    require_extra("dashboard")
+    app = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", args.host,
+        "--server.port", str(args.port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--", "--server", args.server,
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if args.token is not None:  # through the environment: never on a command line
+        env[TOKEN_ENV] = args.token
+    os.execve(sys.executable, command, env)  # Streamlit takes over this process (and its signals)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from stream_server.config import PROJECT_CONFIG
+    from stream_server.errors import ConfigError
+    from stream_server.tools.doctor import doctor
+
+    try:
+        config = load_config_of(args)
+    except ConfigError as exc:
+        return doctor(None, str(exc), as_json=args.json)
+    path = args.config or (PROJECT_CONFIG if PROJECT_CONFIG.is_file() else None)
+    return doctor(config, f"{path}" if path else "no config.toml: the defaults", as_json=args.json)
+
+
+def _client_args(
+    parser: argparse.ArgumentParser,
+    *,
+    server_help: str = f"server URL (default {DEFAULT_SERVER})",
+    server_default: str | None = DEFAULT_SERVER,
+    token_help: str = TOKEN_HELP,
+) -> None:
+    """``--server`` and ``--token``: how a client command reaches a server."""
+    parser.add_argument("--server", default=server_default, help=server_help)
+    parser.add_argument("--token", help=token_help)
+
+
+class _Version(argparse.Action):
+    """``--version``: looks the version up only when asked (the lookup reads package metadata)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"genrecast {version()}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Builds without importing torch, PyAV or any server library."""
+    parser = argparse.ArgumentParser(prog="genrecast", description="Real-time music-genre monitor.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--host", help="listen address (config: server.host)")
+    p.add_argument("--port", type=int, help="listen port, 0 for any free one (config: server.port)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen on a non-loopback --host although no token is set (GENRECAST_TOKEN or "
+        "[auth]): anyone who reaches the port may then use every stream (config: server.insecure)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "push",
+        help="stream an audio file to a server as PCM, or have the server pull an http(s) URL",
+    )
+    p.add_argument(
+        "source",
+        help="anything PyAV can read: a file path or URL; http(s) URLs are pulled by the server",
+    )
+    _client_args(p)
+    p.add_argument("--name", help="stream name (default: the file name)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="send at the audio's own pace")
+    pace.add_argument(
+        "--fast",
+        action="store_true",
+        help="send as fast as the server computes windows, skipping none (default)",
+    )
+    pace.add_argument(
+        "--flood",
+        action="store_true",
+        help="send as fast as the connection allows; the server skips windows it cannot keep up",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--pull",
+        action="store_true",
+        help="have the server read SOURCE itself (an http(s) URL, or a file in the server's "
+        "media folder, [sources] media_dir); prints the stream id and returns",
+    )
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("watch", help="print live updates")
+    _client_args(p)
+    p.add_argument("--stream", help="only this stream id")
+    p.add_argument("--since", type=int, help="replay messages after this seq")
+    p.add_argument("--json", action="store_true", help="print raw JSON messages")
+    p.add_argument("--count", type=int, help="exit after this many genre.update messages")
+    p.add_argument("--until-end", action="store_true", help="exit when the stream ends")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("classify", help="classify an audio file, offline or on a server")
+    p.add_argument("file", help="audio file (anything PyAV can read)")
+    _client_args(
+        p,
+        server_help="upload the file to this server's POST /classify instead of loading a model "
+        "here",
+        server_default=None,
+        token_help=f"with --server: {TOKEN_HELP}",
+    )
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("bench", help="measure throughput and latency with concurrent streams")
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument("--streams", type=int, default=8, help="concurrent streams (default 8)")
+    p.add_argument("--seconds", type=float, default=30.0, help="audio per stream (default 30)")
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="send at this multiple of real time (default 1)"
+    )
+    p.add_argument(
+        "--token",
+        help="token the clients send, for a config or environment that sets some "
+        f"(default: ${TOKEN_ENV})",
+    )
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "soak",
+        help="run N live streams and M subscribers against a server process for T minutes: "
+        "RSS growth, lost updates, latency",
+    )
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument(
+        "--streams", type=int, default=10, help="live streams, at most 2000 (default 10)"
+    )
+    p.add_argument(
+        "--subscribers",
+        type=int,
+        default=10,
+        help="/ws/updates subscribers, at most 2000 (default 10)",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=1.0, help="length of the soak, at most 60 (default 1)"
+    )
+    p.add_argument(
+        "--follow",
+        choices=("stream", "all"),
+        default="stream",
+        help="each subscriber follows one stream (subscriber j: stream j mod N; default) or "
+        "every stream",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="client processes (default 0: as many as the load needs, at most the CPUs)",
+    )
+    p.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="each stream slot ends its stream and opens a new one after about this many "
+        "seconds, again and again (default 0: every stream lives the whole soak)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="loopback address to serve on (default 127.0.0.1)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--token",
+        help="token the server is started with and the clients send (default: "
+        f"${TOKEN_ENV}, passed through to the server)",
+    )
+    p.set_defaults(func=cmd_soak)
+
+    d = TrainOptions(data="", out="")
+    p = sub.add_parser("train", help="train a genre model on a folder-per-genre dataset")
+    p.add_argument("--data", required=True, help="dataset root: one folder of clips per genre")
+    p.add_argument("--out", required=True, help="output directory for the checkpoint")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), help=f"model recipe (default {d.arch})")
+    p.add_argument("--genres", help="comma-separated genre folders (default: all large enough)")
+    p.add_argument(
+        "--min-clips",
+        type=int,
+        help=f"without --genres, skip folders with fewer clips (default {d.min_clips})",
+    )
+    p.add_argument("--epochs", type=int, help=f"student epochs (default {d.epochs})")
+    p.add_argument(
+        "--teacher-epochs",
+        type=int,
+        help=f"CNN teacher epochs, with --teacher cnn (default {d.teacher_epochs})",
+    )
+    p.add_argument(
+        "--teacher",
+        choices=("musicnn", "cnn", "none"),
+        help="distillation teacher: a classifier on the pretrained musicnn's embeddings, a "
+        "small CNN trained first (deit, levit), or none (vit, hybrid: the labels alone) "
+        f"(default {d.teacher})",
+    )
+    p.add_argument("--batch-size", type=int, help=f"windows per step (default {d.batch_size})")
+    p.add_argument(
+        "--windows-per-clip",
+        type=int,
+        help=f"random windows per training clip per epoch (default {d.windows_per_clip})",
+    )
+    p.add_argument(
+        "--grid-seconds",
+        type=float,
+        help=f"seconds between the starts of the windows training draws (default {d.grid_seconds})",
+    )
+    p.add_argument(
+        "--balance",
+        type=float,
+        help="genre balancing: clips drawn with weight count(genre) ** -BALANCE; 0 none, 1 every "
+        f"genre equally often (default {d.balance})",
+    )
+    p.add_argument(
+        "--codec-prob",
+        type=float,
+        help=f"share of training windows through a lossy codec (default {d.codec_prob})",
+    )
+    p.add_argument(
+        "--lowpass-prob",
+        type=float,
+        help=f"share of training windows band-limited (default {d.lowpass_prob})",
+    )
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"share of each genre held out (default {d.val_fraction})",
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--cache", help=f"decoded-audio cache directory (default {d.cache_dir})")
+    p.add_argument("--resume", action="store_true", help="continue from the saved state in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "train-speech", help="train the speech detector that gates music from speech"
+    )
+    p.add_argument(
+        "--speech", required=True, help="speech set: speech/ and music/ with MANIFEST.tsv"
+    )
+    p.add_argument("--music", required=True, help="the genre dataset (music with vocals)")
+    p.add_argument("--out", required=True, help="output directory for the detector")
+    p.add_argument(
+        "--genre-split",
+        help="the genre model's split.json: its training music trains the detector, its "
+        "validation music measures it (default: the shipped model's)",
+    )
+    p.add_argument("--epochs", type=int, help="epochs (default 12)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.set_defaults(func=cmd_train_speech)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-genre figures and confusion on a dataset")
+    p.add_argument("--data", required=True, help="dataset root: one folder of clips per genre")
+    p.add_argument("--model", help="checkpoint directory or hub id (default: config model.path)")
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument(
+        "--split",
+        choices=("all", "val", "train"),
+        default="all",
+        help="all clips in --data (default), or one side of the model's split.json",
+    )
+    p.add_argument("--genres", help="comma-separated genre folders (with --split all)")
+    p.add_argument(
+        "--hop", type=float, default=2.5, help="seconds between window starts (default 2.5)"
+    )
+    p.add_argument("--cache", help="decoded-audio cache directory (default: none)")
+    p.add_argument("--out", help="write evaluation.json and confusion.png into this directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--mixes",
+        type=int,
+        default=0,
+        help="also build N mixes of the clips and measure how the live and offline timelines "
+        "follow them (default 0: none)",
+    )
+    p.add_argument("--mix-seed", type=int, default=0, help="seed of the mixes (default 0)")
+    p.add_argument(
+        "--speech",
+        help="with --mixes: a speech set (speech/, music/, MANIFEST.tsv); its validation speech "
+        "and three quiet clips join the mixes as 'speech' and 'silence', and the figures say "
+        "what each kind of second was labelled",
+    )
+    p.add_argument("--mix-parts", type=int, default=6, help="parts per mix (default 6)")
+    p.add_argument(
+        "--mix-min-s", type=float, default=10.0, help="shortest part, seconds (default 10)"
+    )
+    p.add_argument(
+        "--mix-max-s", type=float, default=40.0, help="longest part, seconds (default 40)"
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("dashboard", help="the live dashboard (Streamlit) for a running server")
+    _client_args(p)
+    p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check this installation: versions, CUDA, codecs, the model, the port, the database",
+    )
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument("--host", help="listen address to check (config: server.host)")
+    p.add_argument("--port", type=int, help="listen port to check (config: server.port)")
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except GenrecastError as exc:
+        print(f"genrecast: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the server is not reachable
+        print(f"genrecast: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
