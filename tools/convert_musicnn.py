@@ -28,7 +28,8 @@ The conversion was checked against musicnn's own TensorFlow code: ``musicnn.extr
 (with the wheel installed ``--no-deps`` next to ``librosa==0.10.2.post1`` and librosa's STFT
 padding set back to ``reflect``, its default when musicnn was published) on real music clips
 and on the synthetic signals of ``tests/test_musicnn.py``, against
-``stream_server.inference.musicnn.Musicnn`` on the same 16 kHz samples. The figures are in each README.
+``stream_server.inference.musicnn.Musicnn`` on the same 16 kHz samples. The figures are in each
+README.
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def wheel_tags(config_source: str, name: str) -> list[str]:
 
 
 def model_config(name: str, tags: list[str], wheel_sha256: str) -> dict[str, Any]:
-    """``config.json``: what :func:`stream_server.inference.musicnn.load_musicnn` checks, and provenance."""
+    """``config.json``: what :func:`stream_server.inference.musicnn.load_musicnn` checks, and
+    provenance."""
     checkpoint, _, data = MODELS[name]
     return {
         "architecture": "musicnn",
@@ -212,10 +214,10 @@ def model_config(name: str, tags: list[str], wheel_sha256: str) -> dict[str, Any
     }
 
 
-#: Largest absolute differences between ``stream_server.inference.musicnn.Musicnn`` and musicnn's own
-#: ``musicnn.extractor.extractor`` (TensorFlow 2.15, librosa 0.10.2 with reflect padding), fed the
-#: same 16 kHz samples: six 12 s music clips (blues, classical, electronic, hip-hop, jazz, metal:
-#: 24 patches) and the two synthetic signals of ``tests/test_musicnn.py``. Per model: tag
+#: Largest absolute differences between ``stream_server.inference.musicnn.Musicnn`` and musicnn's
+#: own ``musicnn.extractor.extractor`` (TensorFlow 2.15, librosa 0.10.2 with reflect padding), fed
+#: the same 16 kHz samples: six 12 s music clips (blues, classical, electronic, hip-hop, jazz,
+#: metal: 24 patches) and the two synthetic signals of ``tests/test_musicnn.py``. Per model: tag
 #: probabilities, penultimate embedding, mean-pooled and max-pooled mid-end features (the
 #: largest max-pooled value), then the tag probabilities and penultimate embedding when the
 #: network alone is fed musicnn's own log-mel patches.
