@@ -19,7 +19,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from stream_server.errors import ConfigError
@@ -172,13 +172,31 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
-class SmoothingParams:
-    """Tuning of the probability smoother and the genre tracker
-    (:mod:`stream_server.core.smoothing`).
+class CoreParams:
+    """Parameters a pure core takes directly (smoothing, the gate, offline decoding): each checks
+    its fields' ranges when built, raising :class:`ValueError` naming the field. A config table
+    extends its core's parameters with keys of its own, and ``params()`` gives the core's alone.
+    """
 
-    The keys of ``[smoothing]`` that the tracker uses; :class:`SmoothingConfig` adds the rest.
-    Unlike the other tables it checks its ranges when built (the smoothing core takes it
-    directly), raising :class:`ValueError` naming the field.
+    def __post_init__(self) -> None:
+        for name, check in field_checks(type(self)).items():
+            value = getattr(self, name)
+            problem = check(value)
+            if problem:
+                raise ValueError(f"{name} {problem}, got {value!r}")
+
+    def _only(self, cls: type[P]) -> P:
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+
+P = TypeVar("P", bound=CoreParams)
+
+
+@dataclass(frozen=True)
+class SmoothingParams(CoreParams):
+    """Tuning of the probability smoother and the genre tracker
+    (:mod:`stream_server.core.smoothing`): the keys of ``[smoothing]`` the tracker uses;
+    :class:`SmoothingConfig` adds the rest.
 
     Attributes:
         time_constant_s: Time constant of the exponential smoothing, in seconds of stream time.
@@ -197,18 +215,9 @@ class SmoothingParams:
     min_dwell_s: float = field(default=4.0, metadata={CHECK: _non_negative})
     stale_margin: float = field(default=0.5, metadata={CHECK: _unit_interval})
 
-    def __post_init__(self) -> None:
-        for name, check in field_checks(type(self)).items():
-            value = getattr(self, name)
-            problem = check(value)
-            if problem:
-                raise ValueError(f"{name} {problem}, got {value!r}")
-
     def params(self) -> SmoothingParams:
         """Just the tracker's tuning, as a plain :class:`SmoothingParams`."""
-        return SmoothingParams(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(SmoothingParams)}
-        )
+        return self._only(SmoothingParams)
 
 
 @dataclass(frozen=True)
@@ -226,35 +235,64 @@ class SmoothingConfig(SmoothingParams):
 
 
 @dataclass(frozen=True)
-class GateConfig:
-    """The music / speech / silence gate (:mod:`stream_server.core.gate`).
+class GateParams(CoreParams):
+    """Tuning of the music / speech / silence gate (:mod:`stream_server.core.gate`).
 
-    A window whose newest hop is below ``silence_dbfs`` (RMS, dBFS) is silence; else one whose
-    speech probability is at least ``speech_threshold`` is speech; else music. A new kind shows
-    once its run of windows spans ``min_run_s``. ``enabled`` off: every window is music.
-    ``speech_model`` is the speech detector's directory: empty for the shipped one
-    (:data:`stream_server.inference.speech.DEFAULT_SPEECH_DIR`), ``"none"`` for none (nothing is
-    speech).
+    Attributes:
+        enabled: Off: every window is music (the gate is not consulted).
+        silence_dbfs: A window whose newest hop is below this RMS level (dBFS) is silence.
+        speech_threshold: A non-silent window whose speech probability (``0..1``) is at least
+            this is speech.
+        min_run_s: A run of windows of a new kind must span this many seconds of stream time
+            (from its first window to its latest) before it shows; shorter runs are absorbed by
+            what surrounds them. ``0``: every window shows its own kind.
     """
 
     enabled: bool = True
     silence_dbfs: float = field(default=-65.0, metadata={CHECK: _level_dbfs})
     speech_threshold: float = field(default=0.8, metadata={CHECK: _unit_interval})
     min_run_s: float = field(default=1.0, metadata={CHECK: _non_negative})
-    speech_model: str = ""
 
 
 @dataclass(frozen=True)
-class OfflineConfig:
-    """How whole files are decoded: ``genrecast classify``, ``POST /classify``, ``evaluate``.
+class GateConfig(GateParams):
+    """``[gate]``: :class:`GateParams`, and ``speech_model``, the speech detector's directory:
+    empty for the shipped one (:data:`stream_server.inference.speech.DEFAULT_SPEECH_DIR`),
+    ``"none"`` for none (nothing is speech)."""
+
+    speech_model: str = ""
+
+    def params(self) -> GateParams:
+        """Just the gate's tuning, as a plain :class:`GateParams`."""
+        return self._only(GateParams)
+
+
+@dataclass(frozen=True)
+class OfflineParams(CoreParams):
+    """How whole files are decoded (:mod:`stream_server.core.decoding`): ``genrecast
+    classify``, ``POST /classify``, ``evaluate``.
 
     ``decoding = "viterbi"``: the best label path over every window of the file at once (it may
-    look ahead), each switch between genres costing ``switch_cost`` nats; ``"live"``: the causal
-    live path, exactly as a stream of the same audio would show it.
+    look ahead), each switch between genres costing ``switch_cost`` nats (the log-probability a
+    path pays for it); ``"live"``: the causal live path, exactly as a stream of the same audio
+    would show it.
     """
 
     decoding: str = field(default="viterbi", metadata={CHECK: _decoding})
     switch_cost: float = field(default=16.0, metadata={CHECK: _non_negative})
+
+    def describe(self) -> str:
+        """One line saying how the timeline was decoded."""
+        return f"{self.decoding}: {OFFLINE_DECODINGS[self.decoding]}"
+
+
+@dataclass(frozen=True)
+class OfflineConfig(OfflineParams):
+    """``[offline]``: :class:`OfflineParams` as a config table."""
+
+    def params(self) -> OfflineParams:
+        """The same values as a plain :class:`OfflineParams`."""
+        return self._only(OfflineParams)
 
 
 @dataclass(frozen=True)
@@ -496,10 +534,13 @@ __all__ = [
     "PROJECT_CONFIG",
     "AuthConfig",
     "Config",
+    "CoreParams",
     "EngineConfig",
     "GateConfig",
+    "GateParams",
     "ModelConfig",
     "OfflineConfig",
+    "OfflineParams",
     "ServerConfig",
     "SmoothingConfig",
     "SmoothingParams",

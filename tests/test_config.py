@@ -89,24 +89,47 @@ def test_defaults_of_each_table() -> None:
     assert c.storage == StorageConfig("genrecast.db", 30.0)
 
 
-def test_the_cores_defaults_are_the_configs() -> None:
-    """The pure cores' parameter defaults are the config defaults (tuned once, in one place)."""
+def test_a_table_gives_its_cores_parameters_with_the_values_read() -> None:
+    """Each core's parameters are defined once, in the config: the table extends them, and
+    ``params()`` gives the core exactly the values the file set."""
     from stream_server.core.decoding import OfflineParams
     from stream_server.core.gate import GateParams
     from stream_server.core.smoothing import SmoothingParams
 
-    c = Config()
-    for core, table in (
-        (SmoothingParams(), c.smoothing),
-        (GateParams(), c.gate),
-        (OfflineParams(), c.offline),
-    ):
-        shared = {f.name for f in dataclasses.fields(core)} & {
-            f.name for f in dataclasses.fields(table)
+    c = config_from_dict(
+        {
+            "smoothing": {"min_dwell_s": 7.0, "backdate_max_s": 3.0},
+            "gate": {"silence_dbfs": -50.0, "speech_model": "none"},
+            "offline": {"decoding": "live", "switch_cost": 2.5},
         }
-        # every tuning field of the core is a config key (the config has more: which model...)
-        assert shared == {f.name for f in dataclasses.fields(core)}
-        assert {n: getattr(core, n) for n in shared} == {n: getattr(table, n) for n in shared}
+    )
+    assert c.smoothing.params() == SmoothingParams(min_dwell_s=7.0)
+    assert c.gate.params() == GateParams(silence_dbfs=-50.0)
+    assert c.offline.params() == OfflineParams("live", 2.5)
+    for table, core in (
+        (c.smoothing, SmoothingParams),
+        (c.gate, GateParams),
+        (c.offline, OfflineParams),
+    ):
+        assert isinstance(table, core) and type(table.params()) is core
+
+
+@pytest.mark.parametrize(
+    ("core", "changes", "needle"),
+    [
+        ("smoothing", {"switch_margin": 1.5}, "switch_margin"),
+        ("gate", {"silence_dbfs": 3.0}, "silence_dbfs"),
+        ("offline", {"decoding": "forward"}, "decoding"),
+    ],
+)
+def test_core_parameters_check_their_ranges_when_built(
+    core: str, changes: dict[str, object], needle: str
+) -> None:
+    from stream_server.config import GateParams, OfflineParams, SmoothingParams
+
+    cls = {"smoothing": SmoothingParams, "gate": GateParams, "offline": OfflineParams}[core]
+    with pytest.raises(ValueError, match=needle):
+        cls(**changes)
 
 
 def test_empty_file_and_empty_tables_give_defaults(tmp_path: Path) -> None:

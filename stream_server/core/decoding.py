@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from stream_server.config import OFFLINE_DECODINGS
+from stream_server.config import OFFLINE_DECODINGS, OfflineParams
 from stream_server.core.gate import MUSIC, SILENCE, SPEECH, GateParams, judge
 from stream_server.core.labelling import mostly_after_silence
 from stream_server.core.timeline import Segment
@@ -52,25 +52,6 @@ DECODINGS = tuple(OFFLINE_DECODINGS)
 _EPS = 1e-6
 
 FloatArray = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class OfflineParams:
-    """How whole files are decoded: ``decoding`` one of :data:`DECODINGS`; ``switch_cost`` in
-    nats (the log-probability a path pays for each switch between genres)."""
-
-    decoding: str = "viterbi"
-    switch_cost: float = 16.0
-
-    def __post_init__(self) -> None:
-        if self.decoding not in DECODINGS:
-            raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}")
-        if not (math.isfinite(self.switch_cost) and self.switch_cost >= 0):
-            raise ValueError(f"switch_cost must be a finite number >= 0, got {self.switch_cost!r}")
-
-    def describe(self) -> str:
-        """One line saying how the timeline was decoded."""
-        return f"{self.decoding}: {OFFLINE_DECODINGS[self.decoding]}"
 
 
 def _log_transitions(states: int, switch_cost: float) -> tuple[float, float]:

@@ -26,12 +26,12 @@ Pure functions on tensors and arrays, with a batch axis; no I/O.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from stream_server.config import GateParams
 
 __all__ = [
     "KIND_NAMES",
@@ -56,34 +56,6 @@ KIND_NAMES: tuple[str, str, str] = ("music", "speech", "silence")
 #: Level, in dBFS, of all-zero audio: the lowest level
 #: :func:`stream_server.inference.levels.levels_dbfs` returns.
 LEVEL_FLOOR_DBFS: Final = -120.0
-
-
-@dataclass(frozen=True)
-class GateParams:
-    """Tuning of the gate.
-
-    Attributes:
-        enabled: Off: every window is music (the gate is not consulted).
-        silence_dbfs: A window whose newest hop is below this RMS level (dBFS) is silence.
-        speech_threshold: A non-silent window whose speech probability (``0..1``) is at least
-            this is speech.
-        min_run_s: A run of windows of a new kind must span this many seconds of stream time
-            (from its first window to its latest) before it shows; shorter runs are absorbed by
-            what surrounds them. ``0``: every window shows its own kind.
-    """
-
-    enabled: bool = True
-    silence_dbfs: float = -65.0
-    speech_threshold: float = 0.8
-    min_run_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.silence_dbfs):
-            raise ValueError(f"silence_dbfs must be finite, got {self.silence_dbfs!r}")
-        if not 0.0 <= self.speech_threshold <= 1.0:
-            raise ValueError(f"speech_threshold must be in [0, 1], got {self.speech_threshold!r}")
-        if not (math.isfinite(self.min_run_s) and self.min_run_s >= 0):
-            raise ValueError(f"min_run_s must be a finite number >= 0, got {self.min_run_s!r}")
 
 
 def judge(

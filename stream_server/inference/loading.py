@@ -9,8 +9,6 @@ from pathlib import Path
 from torch import nn
 
 from stream_server.config import Config
-from stream_server.core.decoding import OfflineParams
-from stream_server.core.gate import GateParams
 from stream_server.core.session import SessionParams
 from stream_server.inference.model import LoadedModel, resolve_model
 from stream_server.inference.speech import DEFAULT_SPEECH_DIR, load_detector
@@ -76,7 +74,7 @@ def session_params(config: Config, model: LoadedModel) -> SessionParams:
         top_k=eng.top_k,
         smoothing=sm.params(),
         label_map=tuple(labels.index(d) for d in display) if len(labels) < len(display) else (),
-        gate=GateParams(gate.enabled, gate.silence_dbfs, gate.speech_threshold, gate.min_run_s),
+        gate=gate.params(),
         backdate_max_s=sm.backdate_max_s,
-        offline=OfflineParams(config.offline.decoding, config.offline.switch_cost),
+        offline=config.offline.params(),
     )

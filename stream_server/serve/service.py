@@ -41,6 +41,7 @@ from stream_server.messages import (
 from stream_server.serve.hub import Subscriber, UpdateHub
 from stream_server.serve.metrics import Metrics
 from stream_server.serve.store import StreamRecord, TimelineStore, TrackTitle
+from stream_server.serve.upload import Classifier
 from stream_server.sources.puller import Puller
 from stream_server.sources.source_policy import SourcePolicy
 from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
@@ -305,6 +306,14 @@ class Service:
             log.error("timeline storage failed: %s", exc)
 
     # -- streams ----------------------------------------------------------------------------
+
+    def classifier(self) -> Classifier | None:
+        """What an upload is classified with (:class:`~stream_server.serve.upload.UploadHost`);
+        ``None`` until the model is loaded."""
+        if self.engine is None or self.model is None or self.runner is None:
+            return None
+        params = session_params(self.config, self.model)
+        return Classifier(self.engine, params, str(self.runner.device), self.model.source)
 
     @property
     def display_labels(self) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 
 import av.error
 import numpy as np
@@ -50,11 +50,10 @@ from stream_server.core.timeline import Segment
 from stream_server.errors import DecodeError, EngineStopped, UploadError
 from stream_server.inference.classify import OfflineStream, make_report
 from stream_server.inference.engine import Engine
-from stream_server.inference.loading import session_params
 from stream_server.inference.runner import WindowScores
 from stream_server.media.decode import iter_pcm, probe
 from stream_server.messages import ClassifyResult, GenreUpdate
-from stream_server.serve.service import Service
+from stream_server.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -354,20 +353,46 @@ async def classify_on_engine(
 # -- the endpoint ------------------------------------------------------------------------------
 
 
-class Uploads:
-    """The upload side of one service: its limits, its answer cache, its metrics."""
+@dataclass(frozen=True)
+class Classifier:
+    """What classifying an upload takes: the engine its windows run on, the session parameters
+    of the loaded model, and, for the answer, the device's and the model's names."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.config: UploadConfig = service.config.upload
+    engine: Engine
+    params: SessionParams
+    device: str
+    model: str
+
+
+class UploadHost(Protocol):
+    """What uploads need of the service."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def stopping(self) -> bool:
+        """No new upload is taken (the server is draining)."""
+
+    def classifier(self) -> Classifier | None:
+        """The engine and parameters to classify with; ``None`` until the model is loaded."""
+
+
+class Uploads:
+    """The upload side of one server: its limits, its answer cache, its metrics. ``host`` is
+    what it needs of the service (:class:`UploadHost`)."""
+
+    def __init__(self, host: UploadHost, config: UploadConfig, metrics: Metrics) -> None:
+        self.host = host
+        self.config = config
+        self.metrics = metrics
         self.cache: ResultCache[str, ClassifyResult] = ResultCache(self.config.cache_entries)
         #: Uploads being received or classified now (at most ``max_concurrent``).
         self.active = 0
 
     async def handle(self, request: Request) -> Response:
-        service = self.service
-        metrics = service.metrics
-        if service.stopping:
+        metrics = self.metrics
+        if self.host.stopping:
             return JSONResponse({"error": "the server is stopping"}, status_code=503)
         if self.active >= self.config.max_concurrent:
             metrics.uploads.labels(result="refused").inc()
@@ -386,11 +411,10 @@ class Uploads:
             self.active -= 1
 
     async def _handle(self, request: Request) -> Response:
-        service = self.service
-        metrics = service.metrics
+        metrics = self.metrics
         spool = Spool(self.config.max_bytes)
         try:
-            if not service.ready:
+            if not self.host.ready:
                 raise UploadError("the model is still loading; try again", status=503)
             await spool.open()
             name = await receive_upload(request, spool, self.config.max_bytes)
@@ -429,23 +453,23 @@ class Uploads:
             hit["cached"] = True
             hit["processing_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
             return hit
-        service = self.service
-        engine, model, runner = service.engine, service.model, service.runner
-        assert engine is not None and model is not None and runner is not None
-        params = session_params(service.config, model)
+        classifier = self.host.classifier()
+        if classifier is None:
+            raise UploadError("the model is still loading; try again", status=503)
+        engine, params = classifier.engine, classifier.params
         audio = await asyncio.to_thread(
             decode_upload, spool.path, params.model_rate, self.config.max_duration_s
         )
         outcome = await classify_on_engine(audio, engine, params)
-        service.metrics.upload_windows.inc(len(outcome[0]))
+        self.metrics.upload_windows.inc(len(outcome[0]))
         report = make_report(
             name,
             audio.size / params.model_rate,
             params,
             outcome,
             time.perf_counter() - start,
-            device=str(runner.device),
-            model=model.source,
+            device=classifier.device,
+            model=classifier.model,
         )
         result = report.to_result(sha256=spool.sha256)
         self.cache.put(spool.sha256, result)
@@ -457,7 +481,8 @@ def uploads_of(request: Request) -> Uploads:
     state = request.app.state
     uploads: Uploads | None = getattr(state, "uploads", None)
     if uploads is None:
-        uploads = Uploads(state.service)
+        service = state.service
+        uploads = Uploads(service, service.config.upload, service.metrics)
         state.uploads = uploads
     return uploads
 
