@@ -21,7 +21,7 @@ import pytest
 from stream_server.config import Config, SourcesConfig, config_from_dict
 from stream_server.errors import ConfigError, GenrecastError, SourceRefused
 from stream_server.serve.server import RunningServer, running_server
-from stream_server.sources.puller import RECOVERED_S
+from stream_server.sources.puller import MAX_BURST_S, RECOVERED_S
 from stream_server.sources.source_policy import (
     MediaFile,
     SourcePolicy,
@@ -29,6 +29,7 @@ from stream_server.sources.source_policy import (
     address_problem,
     playlist_uris,
 )
+from stream_server.sources.web_fetch import MAX_PLAYLIST_BYTES
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
@@ -715,6 +716,42 @@ def test_what_the_hls_demuxer_fetches_later_is_checked_too(
         run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
+def test_a_reloaded_playlist_is_bounded_like_the_first(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """A live playlist that grows past ``MAX_PLAYLIST_BYTES`` at a reload (read by FFmpeg through
+    the checked client) ends the connection, as the first playlist would; the stream fails with
+    the reason once its reconnects are spent."""
+    segments = aac_segments(tmp_path, 4.0)
+    huge = media_playlist(["/s1.ts"] * 70_000, ended=False)
+    assert len(huge) > MAX_PLAYLIST_BYTES
+    with Site() as site:
+        for k, data in enumerate(segments):
+            site.routes[f"/s{k}.ts"] = Route(200, TS_TYPE, data)
+        live = media_playlist(["/s0.ts", "/s1.ts"], ended=False)
+        site.routes["/live.m3u8"] = Route(200, HLS_TYPE, live)
+        config = source_config(make_config, allow_private_addresses=True, max_reconnects=1)
+
+        async def scenario() -> None:
+            async with (
+                running_server(config) as server,
+                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
+            ):
+                reply = await post(http, f"{site.base}/live.m3u8")
+                assert reply.status_code == 201, reply.text
+                stream_id = reply.json()["stream_id"]
+                deadline = time.monotonic() + TIMEOUT_S
+                while "/s0.ts" not in site.hits:  # FFmpeg is reading the first playlist
+                    assert time.monotonic() < deadline, site.hits
+                    await asyncio.sleep(0.02)
+                site.routes["/live.m3u8"] = Route(200, HLS_TYPE, huge)
+                info = await failed_with_id(http, stream_id)
+                assert info["state"] == "failed", info
+                assert f"HLS playlist larger than {MAX_PLAYLIST_BYTES} bytes" in info["reason"]
+
+        run(scenario(), limit_s=3 * TIMEOUT_S)
+
+
 def test_a_body_ffmpeg_would_read_as_a_playlist_opens_nothing(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
@@ -772,6 +809,37 @@ def test_a_source_that_sends_a_moment_of_audio_and_drops_still_reaches_the_bound
         assert site.hits == ["/moment"] * 3
 
     with Site({"/moment": route}) as site:
+        run(scenario(site), limit_s=3 * TIMEOUT_S)
+
+
+def test_a_live_source_runs_at_most_a_burst_ahead_of_the_clock(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """A live body (no length) that arrives all at once is decoded up to ``MAX_BURST_S``
+    seconds ahead of the wall clock and then at real time, not as fast as it comes."""
+    audio = encode_audio(tmp_path / "long.wav", music(40.0, 22050), 22050).read_bytes()
+    route = Route(200, (("Content-Type", "audio/wav"),), audio, length=False)
+    config = source_config(make_config, allow_private_addresses=True)
+
+    async def scenario(site: Site) -> None:
+        async with (
+            running_server(config) as server,
+            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
+        ):
+            reply = await post(http, f"{site.base}/long.wav")
+            assert reply.status_code == 201, reply.text
+            stream_id = reply.json()["stream_id"]
+            deadline = time.monotonic() + TIMEOUT_S
+            while (await stream_info(http, stream_id))["state"] != "live":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            live_at = time.monotonic()
+            await asyncio.sleep(2.0)
+            info = await stream_info(http, stream_id)
+            elapsed = time.monotonic() - live_at
+            assert 5.0 <= info["stream_time_s"] <= MAX_BURST_S + elapsed + 1.0, (info, elapsed)
+
+    with Site({"/long.wav": route}) as site:
         run(scenario(site), limit_s=3 * TIMEOUT_S)
 
 

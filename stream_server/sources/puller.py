@@ -27,9 +27,10 @@ and hands ``chunk_s`` blocks to its :class:`~stream_server.types.StreamSink` on 
 * **FFmpeg never opens anything itself**: a body read here, or a media file (opened here, after
   its check), is handed over as a file object with an empty ``protocol_whitelist``, so a playlist
   or ``ffconcat`` script inside it cannot make FFmpeg open any file or URL.
-* **Pacing**: a live source paces itself; a finite one (a local file, an HTTP body with a
-  ``Content-Length``, a container with a known duration) is paced at real time and ends the
-  stream at its end.
+* **Pacing**: a finite source (a local file, an HTTP body with a ``Content-Length``, a
+  container with a known duration) is paced at real time and ends the stream at its end. A live
+  source paces itself, but may run at most :data:`MAX_BURST_S` seconds of audio ahead of the wall
+  clock (the burst a radio server sends on connect); beyond that it is read at real time.
 * **Reconnects**: the end of a live source, a connection error, or no audio for ``stall_s``
   seconds drops the connection; the puller reconnects after a capped exponential backoff
   (:class:`ReconnectPolicy`) and keeps the stream id. The gap is marked on the timeline
@@ -87,6 +88,7 @@ from stream_server.sources.web_fetch import (
     checked_client,
     fetch,
     icy_get,
+    playlist_chunks,
     read_playlist,
     socket_of,
 )
@@ -94,6 +96,7 @@ from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamSta
 
 __all__ = [
     "HLS_OPTIONS",
+    "MAX_BURST_S",
     "RECOVERED_S",
     "HlsInput",
     "HttpBody",
@@ -121,6 +124,9 @@ MAX_PENDING_S: Final = 5.0
 NO_PROTOCOLS: Final = ""
 
 _AVIO_FLAG_WRITE: Final = 2
+
+#: Seconds of audio a live source may deliver ahead of the wall clock since it connected.
+MAX_BURST_S: Final = 10.0
 
 #: Most playlists a master playlist may list.
 MAX_VARIANT_PLAYLISTS: Final = 16
@@ -388,7 +394,9 @@ class HlsInput:
 
     The first playlist, already read and checked by the puller, is served from memory.
     Encrypted segments (``crypto+http``) are not supported; a segment answered with an HTTP
-    error is served empty, so FFmpeg skips it as it would its own failed request. After a
+    error is served empty, so FFmpeg skips it as it would its own failed request. A reloaded
+    playlist is refused past :data:`~stream_server.sources.web_fetch.MAX_PLAYLIST_BYTES`, as the
+    first one is. After a
     refusal every further request is refused too (FFmpeg would go on to the next segment); the
     refusal ends the decoding.
     """
@@ -443,7 +451,10 @@ class HlsInput:
             self._open.discard(stack)
             stack.close()
 
-        return self._reader(response.iter_bytes(), response.headers, url, release)
+        chunks = response.iter_bytes()
+        if format_hint(response.headers.get("content-type"), url) == "hls":
+            chunks = playlist_chunks(chunks)  # a reloaded playlist: bounded like the first
+        return self._reader(chunks, response.headers, url, release)
 
     def close(self) -> None:
         """Close every response FFmpeg has not closed."""
@@ -656,10 +667,13 @@ class Puller:
                         sent += block.shape[0]
                         self._count("corrupt_packets", stats.corrupt_packets - reported)
                         reported = stats.corrupt_packets
-                        if opened.finite:
-                            ahead = sent / self._rate - (time.monotonic() - paced_t0)
-                            if ahead > 0 and self._stop.wait(ahead):
-                                break
+                        # a finite source plays at real time; a live one may be ahead by a
+                        # burst, no more (a playlist listing hours of segments is not a
+                        # reason to decode hours of audio at once)
+                        burst = 0.0 if opened.finite else MAX_BURST_S
+                        ahead = sent / self._rate - (time.monotonic() - paced_t0) - burst
+                        if ahead > 0 and self._stop.wait(ahead):
+                            break
                 finished = opened.finite and not self._stop.is_set()
                 return _Outcome(sent / self._rate, finished, "end of stream")
         except _Stopped:

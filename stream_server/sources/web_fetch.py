@@ -42,6 +42,7 @@ __all__ = [
     "checked_client",
     "fetch",
     "icy_get",
+    "playlist_chunks",
     "read_playlist",
     "socket_of",
 ]
@@ -214,12 +215,21 @@ def read_playlist(response: httpx.Response) -> bytes:
     Raises:
         DecodeError: the playlist is larger.
     """
-    data = bytearray()
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) > MAX_PLAYLIST_BYTES:
+    return b"".join(playlist_chunks(response.iter_bytes()))
+
+
+def playlist_chunks(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` of an HLS playlist, refused once they pass :data:`MAX_PLAYLIST_BYTES`.
+
+    Raises:
+        DecodeError: the playlist is larger.
+    """
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > MAX_PLAYLIST_BYTES:
             raise DecodeError(f"HLS playlist larger than {MAX_PLAYLIST_BYTES} bytes")
-    return bytes(data)
+        yield chunk
 
 
 def socket_of(response: httpx.Response) -> socket.socket | None:
