@@ -24,7 +24,6 @@ from stream_server.config import Config
 from stream_server.core.session import SessionParams, StreamSession
 from stream_server.core.windows import WindowJob
 from stream_server.errors import GenrecastError
-from stream_server.serve.server import running_server
 from stream_server.serve.store import SCHEMA_VERSION, StreamRecord, TimelineStore, TrackTitle
 from stream_server.sources.puller import (
     HttpBody,
@@ -39,7 +38,7 @@ from stream_server.tools.client import http_base, wants_pull
 from tests.helpers.audio import music_source
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
-from tests.helpers.live import next_message, of_type, run, stream_info, updates
+from tests.helpers.live import next_message, of_type, run, serving, stream_info, updates
 from tests.helpers.radio import FFMPEG, EndlessMp3, LoopbackServer, mp3_file, need, send_paced_mp3
 
 ICECAST = shutil.which("icecast2") or "/usr/bin/icecast2"
@@ -283,10 +282,7 @@ def test_endless_http_mp3_goes_live_via_the_cli_and_delete_stops_it(
 
     async def scenario() -> None:
         with EndlessMp3(mp3) as source:
-            async with (
-                running_server(pull_config(make_config)) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(pull_config(make_config)) as (server, http):
                 cli = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
@@ -365,10 +361,7 @@ def test_hls_playlist_goes_live_and_produces_updates(
 
     async def scenario() -> None:
         with HlsFolder(tmp_path, 6.0) as hls:
-            async with (
-                running_server(pull_config(make_config)) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(pull_config(make_config)) as (server, http):
                 reply = await http.post("/streams", json={"url": hls.url, "name": "hls"})
                 assert reply.status_code == 201, reply.text
                 stream_id = reply.json()["stream_id"]
@@ -436,10 +429,7 @@ def test_an_icy_200_ok_server_is_read_with_its_titles(
 
     async def scenario() -> None:
         with ShoutcastV1(mp3, "Old Radio - Song") as radio:
-            async with (
-                running_server(pull_config(make_config)) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(pull_config(make_config)) as (server, http):
                 reply = await http.post("/streams", json={"url": radio.url})
                 assert reply.status_code == 201, reply.text
                 stream_id = reply.json()["stream_id"]
@@ -463,10 +453,7 @@ def test_bad_requests_are_refused_with_a_clear_message(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        async with (
-            running_server(pull_config(make_config)) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(pull_config(make_config)) as (_, http):
             cases: list[tuple[Any, str]] = [
                 (b"{not json", "invalid JSON"),
                 (b"[1, 2]", "JSON object"),
@@ -499,10 +486,7 @@ def test_unreachable_source_reconnects_then_fails_without_hurting_another_stream
 
     async def scenario() -> None:
         with EndlessMp3(mp3) as source:
-            async with (
-                running_server(config) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(config) as (server, http):
                 good = (await http.post("/streams", json={"url": source.url})).json()
                 reply = await http.post("/streams", json={"url": dead, "name": "dead"})
                 assert reply.status_code == 201
@@ -537,10 +521,7 @@ def test_local_file_with_garbage_is_decoded_around_it_paced_and_ends(
     damaged.write_bytes(bytes(data))
 
     async def scenario() -> None:
-        async with (
-            running_server(pull_config(make_config, media_dir=str(tmp_path))) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(pull_config(make_config, media_dir=str(tmp_path))) as (server, http):
             t0 = time.monotonic()
             reply = await http.post("/streams", json={"url": str(damaged)})
             assert reply.status_code == 201, reply.text
@@ -703,10 +684,7 @@ def test_icecast_radio_goes_live_reconnects_with_a_gap_and_reports_titles(
     icecast.start_source(clip)
 
     async def scenario() -> None:
-        async with (
-            running_server(pull_config(make_config)) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(pull_config(make_config)) as (server, http):
             reply = await http.post("/streams", json={"url": icecast.url, "name": "radio"})
             assert reply.status_code == 201, reply.text
             stream_id = reply.json()["stream_id"]

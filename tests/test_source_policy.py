@@ -20,7 +20,7 @@ import pytest
 
 from stream_server.config import Config, SourcesConfig, config_from_dict
 from stream_server.errors import ConfigError, GenrecastError, SourceRefused
-from stream_server.serve.server import RunningServer, running_server
+from stream_server.serve.server import RunningServer
 from stream_server.sources.puller import MAX_BURST_S, RECOVERED_S
 from stream_server.sources.source_policy import (
     MediaFile,
@@ -34,7 +34,7 @@ from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.hls import HLS_TYPE, TS_TYPE, aac_segments, media_playlist
-from tests.helpers.live import next_message, of_type, run, stream_info, updates
+from tests.helpers.live import next_message, of_type, run, serving, stream_info, updates
 
 REFUSED = SourceRefused.MESSAGE
 
@@ -367,6 +367,14 @@ async def assert_refused(http: httpx.AsyncClient, server: RunningServer, url: st
     assert not server.service.streams, url
 
 
+async def hit(site: Site, path: str) -> None:
+    """Wait (polling every 20 ms, up to TIMEOUT_S seconds) until ``site`` was asked for ``path``."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while path not in site.hits:
+        assert time.monotonic() < deadline, site.hits
+        await asyncio.sleep(0.02)
+
+
 async def failed_with(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
     """Pull ``url`` (accepted: 201) and wait, polling ``GET /streams`` every 50 ms for up to
     TIMEOUT_S seconds, until the stream has ended and lists its final ``reason``."""
@@ -400,10 +408,7 @@ def test_files_outside_the_media_folder_get_the_answer_a_missing_file_gets(
     config = source_config(make_config, media_dir=str(media))
 
     async def scenario() -> None:
-        async with (
-            running_server(config) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(config) as (server, http):
             for url in (
                 "/etc/shadow",
                 "/etc/passwd",
@@ -472,10 +477,7 @@ def test_other_protocols_never_reach_ffmpeg(
     config = source_config(make_config, allow_private_addresses=True, media_dir=str(tmp_path))
 
     async def scenario() -> None:
-        async with (
-            running_server(config) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(config) as (server, http):
             for url in (
                 f"tcp://127.0.0.1:{listen_port}?listen=1",
                 f"gopher://127.0.0.1:{service.port}/_SET%20owned%201",
@@ -505,10 +507,7 @@ def test_loopback_http_is_refused_by_default_and_pulled_with_the_lan_switch(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
     async def refused(site: Site) -> None:
-        async with (
-            running_server(source_config(make_config)) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(source_config(make_config)) as (server, http):
             for url in (
                 f"{site.base}/music.wav",
                 f"http://localhost:{site.port}/music.wav",
@@ -521,10 +520,7 @@ def test_loopback_http_is_refused_by_default_and_pulled_with_the_lan_switch(
 
     async def pulled(site: Site) -> None:
         config = source_config(make_config, allow_private_addresses=True)
-        async with (
-            running_server(config) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(config) as (server, http):
             reply = await post(http, f"{site.base}/music.wav")
             assert reply.status_code == 201, reply.text
             stream_id = reply.json()["stream_id"]
@@ -566,10 +562,7 @@ def test_every_redirect_is_checked(make_config: Callable[..., Config], tmp_path:
         )
 
         async def scenario() -> None:
-            async with (
-                running_server(config) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(config) as (server, http):
                 await assert_refused(http, server, f"{target.base}/music.wav")
                 for path in (
                     "/to-other-port",
@@ -640,10 +633,7 @@ def test_hls_segments_and_variants_on_refused_hosts_are_never_fetched(
         )
 
         async def scenario() -> None:
-            async with (
-                running_server(config) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(config) as (_, http):
                 for path in (
                     "/segments-elsewhere.m3u8",
                     "/key-elsewhere.m3u8",
@@ -682,10 +672,7 @@ def test_what_the_hls_demuxer_fetches_later_is_checked_too(
         )
 
         async def scenario() -> None:
-            async with (
-                running_server(config) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(config) as (server, http):
                 reply = await post(http, f"{first.base}/redirecting.m3u8")
                 assert reply.status_code == 201, reply.text
                 stream_id = reply.json()["stream_id"]
@@ -699,10 +686,7 @@ def test_what_the_hls_demuxer_fetches_later_is_checked_too(
                 reply = await post(http, f"{first.base}/live.m3u8")
                 assert reply.status_code == 201, reply.text
                 stream_id = reply.json()["stream_id"]
-                deadline = time.monotonic() + TIMEOUT_S
-                while "/s0.ts" not in first.hits:  # FFmpeg is reading the first playlist
-                    assert time.monotonic() < deadline, first.hits
-                    await asyncio.sleep(0.02)
+                await hit(first, "/s0.ts")  # FFmpeg is reading the first playlist
                 later = ["/s1.ts", "/s2.ts", f"{target.base}/s3.ts"]
                 first.routes["/live.m3u8"] = Route(
                     200, HLS_TYPE, media_playlist(later, first=1, ended=False)
@@ -712,6 +696,35 @@ def test_what_the_hls_demuxer_fetches_later_is_checked_too(
                 assert info["reconnects"] == 0, "a refused source is not retried"
                 assert first.hits.count("/live.m3u8") >= 2, first.hits  # a reload happened
             assert target.hits == []
+
+        run(scenario(), limit_s=3 * TIMEOUT_S)
+
+
+def test_playlists_read_for_the_check_are_not_fetched_again(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """The puller reads a master playlist and its variant to check them; FFmpeg then gets both
+    from memory, so each is asked for once, and the stream plays."""
+    segments = aac_segments(tmp_path, 4.0)
+    with Site() as site:
+        for k, data in enumerate(segments):
+            site.routes[f"/s{k}.ts"] = Route(200, TS_TYPE, data)
+        uris = [f"/s{k}.ts" for k in range(len(segments))]
+        site.routes["/variant.m3u8"] = Route(200, HLS_TYPE, media_playlist(uris))
+        master = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=96000\nvariant.m3u8\n"
+        site.routes["/master.m3u8"] = Route(200, HLS_TYPE, master)
+        config = source_config(make_config, allow_private_addresses=True)
+
+        async def scenario() -> None:
+            async with serving(config) as (server, http):
+                reply = await post(http, f"{site.base}/master.m3u8")
+                assert reply.status_code == 201, reply.text
+                stream_id = reply.json()["stream_id"]
+                async with updates(server, stream_id) as conn:
+                    await next_message(conn, of_type("genre.update"))
+                assert "/s1.ts" in site.hits, site.hits
+                assert site.hits.count("/master.m3u8") == 1, site.hits
+                assert site.hits.count("/variant.m3u8") == 1, site.hits
 
         run(scenario(), limit_s=3 * TIMEOUT_S)
 
@@ -733,17 +746,11 @@ def test_a_reloaded_playlist_is_bounded_like_the_first(
         config = source_config(make_config, allow_private_addresses=True, max_reconnects=1)
 
         async def scenario() -> None:
-            async with (
-                running_server(config) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(config) as (_, http):
                 reply = await post(http, f"{site.base}/live.m3u8")
                 assert reply.status_code == 201, reply.text
                 stream_id = reply.json()["stream_id"]
-                deadline = time.monotonic() + TIMEOUT_S
-                while "/s0.ts" not in site.hits:  # FFmpeg is reading the first playlist
-                    assert time.monotonic() < deadline, site.hits
-                    await asyncio.sleep(0.02)
+                await hit(site, "/s0.ts")  # FFmpeg is reading the first playlist
                 site.routes["/live.m3u8"] = Route(200, HLS_TYPE, huge)
                 info = await failed_with_id(http, stream_id)
                 assert info["state"] == "failed", info
@@ -769,10 +776,7 @@ def test_a_body_ffmpeg_would_read_as_a_playlist_opens_nothing(
         config = source_config(make_config, allow_private_addresses=True, max_reconnects=1)
 
         async def scenario() -> None:
-            async with (
-                running_server(config) as server,
-                httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-            ):
+            async with serving(config) as (_, http):
                 info = await failed_with(http, f"{first.base}/radio?f=.m3u8")
                 assert info["state"] == "failed", info
             assert first.hits.count("/radio?f=.m3u8") == 2
@@ -793,10 +797,7 @@ def test_a_source_that_sends_a_moment_of_audio_and_drops_still_reaches_the_bound
     assert RECOVERED_S > 3.0
 
     async def scenario(site: Site) -> None:
-        async with (
-            running_server(config) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(config) as (server, http):
             reply = await post(http, f"{site.base}/moment")
             assert reply.status_code == 201, reply.text
             stream_id = reply.json()["stream_id"]
@@ -822,10 +823,7 @@ def test_a_live_source_runs_at_most_a_burst_ahead_of_the_clock(
     config = source_config(make_config, allow_private_addresses=True)
 
     async def scenario(site: Site) -> None:
-        async with (
-            running_server(config) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(config) as (_, http):
             reply = await post(http, f"{site.base}/long.wav")
             assert reply.status_code == 201, reply.text
             stream_id = reply.json()["stream_id"]
@@ -850,10 +848,7 @@ def test_failed_pulls_stop_after_the_bound_with_the_reason_in_get_streams(
     config = source_config(make_config, allow_private_addresses=True, max_reconnects=2)
 
     async def scenario() -> None:
-        async with (
-            running_server(config) as server,
-            httpx.AsyncClient(base_url=server.http_url, trust_env=False) as http,
-        ):
+        async with serving(config) as (server, http):
             info = await failed_with(http, dead)
             assert info["state"] == "failed" and info["reconnects"] == 2
             assert info["reason"].startswith("source failed 3 times in a row; last: "), info

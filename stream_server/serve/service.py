@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from stream_server.config import Config
 from stream_server.core.audio import validate_format
@@ -47,6 +47,9 @@ from stream_server.sources.source_policy import SourcePolicy
 from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
 
 log = logging.getLogger(__name__)
+
+#: PCM bytes or float32 samples, as :meth:`Service.feed` and :meth:`Service.feed_samples` take.
+_Audio = TypeVar("_Audio", bytes, FloatArray)
 
 #: Longest wait, in seconds, for a stream's last window to come back from the engine at its end.
 DRAIN_TIMEOUT_S = 10.0
@@ -429,8 +432,8 @@ class Service:
     def _fed(
         self,
         live: LiveStream,
-        feed: Callable[[Any, float], WindowJob | None],
-        audio: Any,
+        feed: Callable[[_Audio, float], WindowJob | None],
+        audio: _Audio,
         size: int,
     ) -> None:
         session = live.session

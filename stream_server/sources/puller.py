@@ -392,7 +392,8 @@ class HlsInput:
     asks for is fetched here, through the puller's checked client (:func:`fetch`: every address
     and every redirect checked), and handed back as a file.
 
-    The first playlist, already read and checked by the puller, is served from memory.
+    The playlists the puller has already read and checked (the first, and a master playlist's
+    variants) are served from memory, once each.
     Encrypted segments (``crypto+http``) are not supported; a segment answered with an HTTP
     error is served empty, so FFmpeg skips it as it would its own failed request. A reloaded
     playlist is refused past :data:`~stream_server.sources.web_fetch.MAX_PLAYLIST_BYTES`, as the
@@ -407,23 +408,21 @@ class HlsInput:
         policy: SourcePolicy,
         reader: Callable[[Iterator[bytes], Mapping[str, str], str, Callable[[], object]], Readable],
         on_socket: Callable[[socket.socket | None], None],
-        first_url: str,
-        first: bytes,
+        read: Mapping[str, bytes],
     ) -> None:
         self._client = client
         self._policy = policy
         self._reader = reader
         self._on_socket = on_socket
-        self._first: tuple[str, bytes] | None = (first_url, first)
+        self._read = dict(read)
         self._open: set[contextlib.ExitStack] = set()
         self._refused: SourceRefused | None = None
 
     def __call__(self, url: str, flags: int, options: Mapping[str, str]) -> Readable:
         if flags & _AVIO_FLAG_WRITE:
             raise DecodeError(f"FFmpeg asked to write {url!r}")
-        if self._first is not None and url == self._first[0]:
-            data = self._first[1]
-            self._first = None
+        data = self._read.pop(url, None)
+        if data is not None:
             return io.BytesIO(data)
         if self._refused is not None:  # FFmpeg goes on to the next segment: refuse it too
             raise self._refused
@@ -729,10 +728,9 @@ class Puller:
                 playlist_url = str(response.url)
                 playlist = read_playlist(response)
                 response.close()
-                self._check_playlist(client, playlist_url, playlist.decode("utf-8", "replace"))
-                hls = HlsInput(
-                    client, self._sources, self._reader, self._set_socket, playlist_url, playlist
-                )
+                text = playlist.decode("utf-8", "replace")
+                read = {playlist_url: playlist, **self._check_playlist(client, playlist_url, text)}
+                hls = HlsInput(client, self._sources, self._reader, self._set_socket, read)
                 stack.callback(hls.close)
                 options = dict(HLS_OPTIONS)
                 yield _Opened(playlist_url, "hls", options, False, True, io_open=hls)
@@ -771,9 +769,10 @@ class Puller:
     def _set_socket(self, sock: socket.socket | None) -> None:
         self._socket = sock
 
-    def _check_playlist(self, client: httpx.Client, url: str, text: str) -> None:
+    def _check_playlist(self, client: httpx.Client, url: str, text: str) -> dict[str, bytes]:
         """Check the host of every URI an HLS playlist names; a master playlist's own playlists
-        are fetched (checked, as every fetch) and their URIs checked too.
+        are fetched (checked, as every fetch) and their URIs checked too. Returns the playlists
+        read, by the URL they came from (after redirects), for FFmpeg to get from memory.
 
         Raises:
             SourceRefused: a URI is not an allowed http(s) URL, or there are too many playlists.
@@ -781,18 +780,22 @@ class Puller:
         playlists, others = playlist_uris(text, url)
         if len(playlists) > MAX_VARIANT_PLAYLISTS:
             raise SourceRefused(f"{url!r} lists more than {MAX_VARIANT_PLAYLISTS} playlists")
+        read: dict[str, bytes] = {}
         for variant in dict.fromkeys(playlists):
             self._sources.check_url(variant)
             with fetch(client, variant, self._sources) as response:
                 if response.status_code >= 400:
                     raise DecodeError(f"HTTP {response.status_code} fetching {variant!r}")
-                sub_text = read_playlist(response).decode("utf-8", "replace")
+                data = read_playlist(response)
+            sub_text = data.decode("utf-8", "replace")
             if is_master_playlist(sub_text):
                 raise SourceRefused(f"{variant!r}: a master playlist inside a master playlist")
             others += playlist_uris(sub_text, str(response.url))[1]
+            read[str(response.url)] = data
         hosts = {(w.host, w.port) for w in map(self._sources.check_url, others)}
         for host, port in sorted(hosts):
             self._sources.check_address(host, port)
+        return read
 
 
 def _int_header(value: str | None) -> int | None:

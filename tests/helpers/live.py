@@ -54,13 +54,14 @@ def install_tokens(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str,
 
 @contextlib.asynccontextmanager
 async def serving(
-    config: Config, model: LoadedModel, **client: Any
+    config: Config, model: LoadedModel | None = None, **client: Any
 ) -> AsyncIterator[tuple[RunningServer, httpx.AsyncClient]]:
-    """A server on loopback and an HTTP client of it that sends no token; ``client``: more
+    """A server on loopback (``model``, else the one ``config`` names) and an HTTP client of
+    it that sends no token and ignores proxy settings of the environment; ``client``: more
     keyword arguments of :class:`httpx.AsyncClient` (``timeout=``)."""
     async with (
         running_server(config, model=model) as server,
-        httpx.AsyncClient(base_url=server.http_url, **client) as http,
+        httpx.AsyncClient(base_url=server.http_url, trust_env=False, **client) as http,
     ):
         yield server, http
 

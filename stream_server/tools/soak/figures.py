@@ -16,8 +16,6 @@ from stream_server.tools.soak.options import (
     SoakOptions,
 )
 
-# -- figures ----------------------------------------------------------------------------------
-
 
 class Histogram:
     """Counts of values in milliseconds, in log-spaced bins about 1.2 % wide from

@@ -46,8 +46,6 @@ from stream_server.tools.soak.worker import (
     worker_main,
 )
 
-# -- the soak process --------------------------------------------------------------------------
-
 
 def soak_config(config: Config, options: SoakOptions, database: Path) -> Config:
     """``config`` as the soak's server runs it: on ``options.host``, a free port, room for every
