@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from stream_server.config import Config
 from stream_server.core.session import SessionParams
 from stream_server.core.timeline import Segment
+from stream_server.core.windows import WindowJob
 from stream_server.inference.classify import (
     ClassifyReport,
     classify_audio,
@@ -156,9 +157,11 @@ def test_batches_follow_max_batch(
     calls: list[int] = []
 
     class CountingRunner(InferenceRunner):
-        def score(self, windows: np.ndarray) -> WindowScores:
+        def score(
+            self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+        ) -> WindowScores:
             calls.append(len(windows))
-            return super().score(windows)
+            return super().score(windows, jobs)
 
     counting = CountingRunner(tiny_model, torch.device("cpu"), max_batch=3)
     _, probs, _, _ = classify_audio(audio, counting, params, progress=True)

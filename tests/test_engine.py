@@ -203,13 +203,15 @@ def test_job_in_flight_is_not_replaced(
         def __init__(self) -> None:
             super().__init__(tiny_model, torch.device("cpu"), max_batch=4)
             self.entered = threading.Event()
-            self.release = threading.Event()
+            self.go = threading.Event()
 
-        def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
+        def timed_score(
+            self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+        ) -> tuple[WindowScores, BatchTiming]:
             if not self.entered.is_set():
                 self.entered.set()
-                assert self.release.wait(TIMEOUT_S)
-            return super().timed_score(windows)
+                assert self.go.wait(TIMEOUT_S)
+            return super().timed_score(windows, jobs)
 
     gated = GatedRunner()
     engine = make_engine(max_batch=4, max_wait_s=0.0, runner_=gated)
@@ -224,7 +226,7 @@ def test_job_in_flight_is_not_replaced(
     second = job("a", seed=2, end_sample=2 * WINDOW)
     assert engine.submit(second) is None
     assert engine.pending == 1
-    gated.release.set()
+    gated.go.set()
     assert [r.job for r in recorder.next_results()] == [first]
     assert [r.job for r in recorder.next_results()] == [second]
     assert engine.batches == 2
@@ -303,11 +305,13 @@ class FailingRunner(InferenceRunner):
         super().__init__(loaded, torch.device("cpu"), max_batch=4)
         self.failures = failures
 
-    def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
+    def timed_score(
+        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+    ) -> tuple[WindowScores, BatchTiming]:
         if self.failures > 0:
             self.failures -= 1
             raise RuntimeError(f"device lost on a batch of {len(windows)}")
-        return super().timed_score(windows)
+        return super().timed_score(windows, jobs)
 
 
 def test_failed_batch_goes_to_on_error_and_the_engine_carries_on(
@@ -416,14 +420,16 @@ class GatedRecordingRunner(InferenceRunner):
         super().__init__(loaded, torch.device("cpu"), max_batch=8)
         self.batches: list[np.ndarray] = []
         self.entered = threading.Event()
-        self.release = threading.Event()
+        self.go = threading.Event()
 
-    def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
+    def timed_score(
+        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+    ) -> tuple[WindowScores, BatchTiming]:
         self.batches.append(np.array(windows))
         if not self.entered.is_set():
             self.entered.set()
-            assert self.release.wait(TIMEOUT_S)
-        return super().timed_score(windows)
+            assert self.go.wait(TIMEOUT_S)
+        return super().timed_score(windows, jobs)
 
 
 def test_run_windows_runs_in_chunks_of_max_batch(
@@ -435,9 +441,11 @@ def test_run_windows_runs_in_chunks_of_max_batch(
     sizes: list[int] = []
 
     class CountingRunner(InferenceRunner):
-        def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
+        def timed_score(
+            self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+        ) -> tuple[WindowScores, BatchTiming]:
             sizes.append(len(windows))
-            return super().timed_score(windows)
+            return super().timed_score(windows, jobs)
 
     counting = CountingRunner(tiny_model, torch.device("cpu"), max_batch=8)
     engine = make_engine(max_batch=3, runner_=counting)
@@ -467,7 +475,7 @@ def test_live_batches_take_turns_with_a_one_shot_run(
     assert gated.entered.wait(TIMEOUT_S)  # the first chunk is running
     live = job("a", seed=40)
     engine.submit(live)
-    gated.release.set()
+    gated.go.set()
     probs = future.result(timeout=TIMEOUT_S).probs
     (result,) = recorder.next_results()
     assert result.job is live
@@ -520,7 +528,7 @@ def test_cancelling_a_one_shot_run_stops_its_remaining_chunks(
     assert gated.entered.wait(TIMEOUT_S)
     assert future.cancel()  # not done yet: the caller went away
     engine.submit(job("a"))
-    gated.release.set()
+    gated.go.set()
     assert [r.job.stream_id for r in recorder.next_results()] == ["a"]
     assert [len(b) for b in gated.batches] == [2, 1]
     assert engine.computed == 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 
 from stream_server.config import Config
 from stream_server.core.smoothing import SmoothingParams
+from stream_server.core.windows import WindowJob
 from stream_server.inference.classify import classify_audio
 from stream_server.inference.loading import session_params, with_speech_detector
 from stream_server.inference.model import LoadedModel
@@ -48,9 +49,9 @@ class CountingRunner(InferenceRunner):
 
     windows = 0
 
-    def score(self, windows: np.ndarray) -> WindowScores:
+    def score(self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None) -> WindowScores:
         self.windows += len(windows)
-        return super().score(windows)
+        return super().score(windows, jobs)
 
 
 @pytest.fixture(scope="module")

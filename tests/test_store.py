@@ -258,3 +258,33 @@ def test_concurrent_writers_share_one_store(store: TimelineStore) -> None:
     assert len(store.list_streams()) == threads_n
     for k in range(threads_n):
         assert len(store.timeline(f"t{k}")) == per_thread
+
+
+def test_write_tails_stores_a_batch_in_one_transaction_and_keeps_the_good_tails(
+    store: TimelineStore, db_path: Path
+) -> None:
+    store.add_stream(record("a"))
+    store.add_stream(record("b"))
+    store.write_tail("a", 0, [Segment(0.0, 1.0, "rock", 0.5, 1)])
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    failed = store.write_tails(
+        [
+            ("a", 1, [Segment(1.0, 2.0, "jazz", 0.6, 1)]),
+            ("unknown", 0, [Segment(0.0, 1.0, "pop", 0.5, 1)]),
+            ("b", 0, [Segment(0.0, 2.0, "blues", 0.9, 2), Segment(2.0, 3.0, "pop", 0.7, 1)]),
+            ("b", -1, []),
+        ]
+    )
+    store._conn.set_trace_callback(None)
+    assert [stream for stream, _ in failed] == ["unknown", "b"]
+    assert "FOREIGN KEY" in failed[0][1] and "index" in failed[1][1]
+    assert [s.genre for s in store.timeline("a")] == ["rock", "jazz"]
+    assert [s.genre for s in store.timeline("b")] == ["blues", "pop"]
+    assert store.timeline("unknown") == []
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    commits = [s for s in statements if s.startswith("COMMIT")]
+    assert len(begins) == 1 and len(commits) == 1, statements
+    store.close()
+    with TimelineStore(db_path) as again:  # committed
+        assert [s.genre for s in again.timeline("b")] == ["blues", "pop"]

@@ -190,7 +190,7 @@ class StreamSession:
         start = end - self.params.window_samples
         window = self.buffer.read(start, self.params.window_samples)
         self.buffer.consume(self._next_end - self.params.window_samples)
-        return WindowJob(self.stream_id, window, end, arrival)
+        return WindowJob(self.stream_id, window, end, arrival, since=max(0, self._gap_at))
 
     def mark_gap(self, gap_s: float) -> list[tuple[int, Segment]]:
         """The source was away for ``gap_s`` seconds and is back; call before its new audio.

@@ -15,7 +15,9 @@ class WindowJob:
     """One window of one stream, due for inference.
 
     ``window`` is ``(samples,)`` float32 at the model's rate; ``end_sample`` the absolute index one
-    past its last sample; ``arrival`` the ``time.monotonic()`` at which that last sample arrived.
+    past its last sample; ``arrival`` the ``time.monotonic()`` at which that last sample arrived;
+    ``since`` the absolute index from which the stream's audio runs without a gap up to
+    ``end_sample`` (a model that keeps state per stream starts afresh when it changes).
     """
 
     stream_id: str
@@ -23,3 +25,4 @@ class WindowJob:
     end_sample: int
     arrival: float
     enqueued: float = field(default_factory=time.monotonic)
+    since: int = 0

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -129,6 +130,8 @@ class OfflineStream:
         self._params = params
         self._max_batch = max_batch
         self._offset = 0
+        #: The runner's name for this stream (its updates say "offline").
+        self.stream_id = f"offline-{uuid.uuid4().hex}"
         self._session = StreamSession(
             "offline", params, sample_rate=params.model_rate, channels=1, fmt="f32le"
         )
@@ -144,8 +147,9 @@ class OfflineStream:
         """Share of the audio fed so far, 0 to 1."""
         return min(self._offset, self._audio.size) / self._audio.size
 
-    def next_batch(self) -> np.ndarray | None:
-        """The next ``(n, samples)`` windows, ``1 <= n <= max_batch``; None once all is fed."""
+    def next_batch(self) -> list[WindowJob] | None:
+        """The next windows' jobs, ``1 <= n <= max_batch`` (their windows ``(samples,)`` each, of
+        the stream :attr:`stream_id`); None once all is fed."""
         jobs: list[WindowJob] = []
         hop = self._params.hop_samples
         while len(jobs) < self._max_batch and self._offset < self._audio.size:
@@ -157,7 +161,7 @@ class OfflineStream:
         if not jobs:
             return None
         self._out.append(jobs)
-        return np.stack([job.window for job in jobs])
+        return [replace(job, stream_id=self.stream_id) for job in jobs]
 
     def add_scores(self, scores: WindowScores) -> None:
         """Score the oldest outstanding batch with its scores (``n`` windows)."""
@@ -248,10 +252,13 @@ def classify_audio(
     whether padding was needed.
     """
     stream = OfflineStream(audio, params, runner.max_batch)
-    while (windows := stream.next_batch()) is not None:
-        stream.add_scores(runner.score(windows))
-        if progress:
-            _progress(stream.fraction)
+    try:
+        while (jobs := stream.next_batch()) is not None:
+            stream.add_scores(runner.score_jobs(jobs))
+            if progress:
+                _progress(stream.fraction)
+    finally:
+        runner.release(stream.stream_id)
     if progress:
         _progress(1.0)
         sys.stderr.write("\n")

@@ -12,6 +12,11 @@ One-shot work (a whole uploaded file) comes in through :meth:`Engine.run_windows
 :class:`concurrent.futures.Future` of :class:`~stream_server.inference.runner.WindowScores`. The
 same thread runs it in chunks of ``max_batch`` windows, taking turns with live batches, so a long
 file delays a live stream by at most one chunk.
+
+A runner may keep state per stream (:meth:`InferenceRunner.release
+<stream_server.inference.runner.InferenceRunner.release>`): :meth:`Engine.cancel` and
+:meth:`Engine.release` free it on the engine thread, after any batch of the stream that is
+running.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class _OneShot:
 
     windows: np.ndarray
     future: Future[WindowScores]
+    jobs: Sequence[WindowJob] | None = None
     done: int = 0
     parts: list[WindowScores] = field(default_factory=list)
 
@@ -97,6 +103,7 @@ class Engine:
         self._in_flight: set[str] = set()
         self._oneshots: deque[_OneShot] = deque()
         self._oneshot_turn = False
+        self._released: set[str] = set()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="genrecast-engine", daemon=True)
         self.batches = 0
@@ -128,15 +135,22 @@ class Engine:
             self._cond.notify_all()
         return replaced
 
-    def run_windows(self, windows: np.ndarray) -> Future[WindowScores]:
+    def run_windows(
+        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+    ) -> Future[WindowScores]:
         """Run ``(n, samples)`` float32 windows on the engine thread; their scores come back.
 
-        The windows are run in chunks of ``max_batch``, taking turns with live batches. The future
-        fails with the runner's exception if a chunk fails, or with :class:`EngineStopped`; a
-        caller that cancels it before it is done stops the chunks still to run.
+        The windows are run in chunks of ``max_batch``, taking turns with live batches, after
+        the one-shot work queued before them. ``jobs`` (one per window: an offline stream's,
+        in order) go to the runner with them; :meth:`release` the stream when it is done. The
+        future fails with the runner's exception if a chunk fails, or with
+        :class:`EngineStopped`; a caller that cancels it before it is done stops the chunks still
+        to run.
         """
         if windows.ndim != 2:
             raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
+        if jobs is not None and len(jobs) != len(windows):
+            raise ValueError(f"{len(jobs)} jobs for {len(windows)} windows")
         future: Future[WindowScores] = Future()
         if len(windows) == 0:
             future.set_result(WindowScores.empty(len(self.runner.labels)))
@@ -145,16 +159,31 @@ class Engine:
             if self._stopping:
                 future.set_exception(EngineStopped("the engine is stopped"))
                 return future
-            self._oneshots.append(_OneShot(windows, future))
+            self._oneshots.append(_OneShot(windows, future, jobs))
             self._cond.notify_all()
         return future
 
     def cancel(self, stream_id: str) -> WindowJob | None:
-        """Drop the stream's pending job (returned) if it has not started."""
+        """The stream ended: drop its pending job (returned) if it has not started, and
+        :meth:`release` it."""
         with self._cond:
             job = self._pending.pop(stream_id, None)
+            self._released.add(stream_id)
             self._cond.notify_all()
             return job
+
+    def release(self, stream_id: str) -> None:
+        """Free the runner's state for a stream that is done, on the engine thread."""
+        with self._cond:
+            self._released.add(stream_id)
+            self._cond.notify_all()
+
+    def _release(self) -> None:
+        """Hand the released streams to the runner (engine thread, between batches)."""
+        with self._cond:
+            released, self._released = self._released, set()
+        for stream_id in released:
+            self.runner.release(stream_id)
 
     def busy(self, stream_id: str) -> bool:
         """Whether the stream has a job pending or running."""
@@ -167,13 +196,21 @@ class Engine:
             return len(self._pending)
 
     def _take_batch(self) -> list[WindowJob] | _OneShot | None:
-        """The next work: a live batch, or the one-shot whose next chunk is due (alternating)."""
+        """The next work: a live batch, or the one-shot whose next chunk is due (alternating);
+        an empty batch when there are only streams to release."""
         with self._cond:
             while True:
-                while not self._pending and not self._oneshots and not self._stopping:
+                while (
+                    not self._pending
+                    and not self._oneshots
+                    and not self._released
+                    and not self._stopping
+                ):
                     self._cond.wait()
                 if self._stopping:
                     return None
+                if not self._pending and not self._oneshots:
+                    return []
                 if self._oneshots and (self._oneshot_turn or not self._pending):
                     self._oneshot_turn = False
                     return self._oneshots[0]
@@ -202,43 +239,55 @@ class Engine:
 
     def _loop(self) -> None:
         while (jobs := self._take_batch()) is not None:
-            if isinstance(jobs, _OneShot):
-                self._run_chunk(jobs)
-                continue
             try:
-                windows = np.stack([job.window for job in jobs])
-                scores, timing = self.runner.timed_score(windows)
-            except Exception as exc:
-                log.exception("inference failed for a batch of %d windows", len(jobs))
-                self._finish(jobs)
-                self._on_error(jobs, exc)
-                continue
-            self.batches += 1
-            self.computed += len(jobs)
-            results = [
-                WindowResult(
-                    job,
-                    scores.probs[i],
-                    timing.batch_size,
-                    timing.seconds,
-                    float(scores.level_dbfs[i]),
-                    float(scores.speech[i]),
-                )
-                for i, job in enumerate(jobs)
-            ]
+                self._run(jobs)
+            finally:
+                self._release()  # after the batch: a stream ended during it is freed after it
+
+    def _run(self, jobs: list[WindowJob] | _OneShot) -> None:
+        """Run one batch of live jobs (none: nothing but releases) or one one-shot chunk."""
+        if isinstance(jobs, _OneShot):
+            self._run_chunk(jobs)
+            return
+        if not jobs:
+            return
+        try:
+            windows = np.stack([job.window for job in jobs])
+            scores, timing = self.runner.timed_score(windows, jobs)
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d windows", len(jobs))
             self._finish(jobs)
-            try:
-                self._on_results(results)
-            except Exception:  # the callback belongs to the caller; keep the engine alive
-                log.exception("result callback failed")
+            self._on_error(jobs, exc)
+            return
+        self.batches += 1
+        self.computed += len(jobs)
+        results = [
+            WindowResult(
+                job,
+                scores.probs[i],
+                timing.batch_size,
+                timing.seconds,
+                float(scores.level_dbfs[i]),
+                float(scores.speech[i]),
+            )
+            for i, job in enumerate(jobs)
+        ]
+        self._finish(jobs)
+        try:
+            self._on_results(results)
+        except Exception:  # the callback belongs to the caller; keep the engine alive
+            log.exception("result callback failed")
 
     def _run_chunk(self, shot: _OneShot) -> None:
         """Run the next ``max_batch`` windows of ``shot``; settle its future after the last."""
         outcome: WindowScores | BaseException | None = None
         if not shot.future.cancelled():
-            chunk = shot.windows[shot.done : shot.done + self.max_batch]
+            part = slice(shot.done, shot.done + self.max_batch)
+            chunk = shot.windows[part]
             try:
-                scores, _ = self.runner.timed_score(chunk)
+                scores, _ = self.runner.timed_score(
+                    chunk, None if shot.jobs is None else shot.jobs[part]
+                )
             except Exception as exc:
                 log.exception("inference failed for %d windows of a one-shot run", len(chunk))
                 outcome = exc

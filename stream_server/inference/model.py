@@ -76,7 +76,11 @@ class GenreClassifier(nn.Module):
         self.model = model
 
     def forward(self, wave: Tensor) -> Tensor:
-        inputs = self.features(wave)
+        return self.from_features(self.features(wave))
+
+    def from_features(self, inputs: Tensor) -> Tensor:
+        """The model alone: what ``features`` computed -> ``(batch, len(labels))``
+        probabilities (the features cast to the model's precision)."""
         inputs = inputs.to(next(self.model.parameters()).dtype)
         logits = self.model(**{self.features.input_name: inputs}).logits
         return torch.softmax(logits.float(), dim=-1)

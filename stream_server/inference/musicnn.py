@@ -167,16 +167,20 @@ def slaney_mel_filters(
     return (weights.double() * norm[:, None]).float().T.contiguous()
 
 
-def log_mel(wave: Tensor, window: Tensor, fbanks: Tensor) -> Tensor:
+def log_mel(wave: Tensor, window: Tensor, fbanks: Tensor, *, center: bool = True) -> Tensor:
     """musicnn's input: float16-rounded mel power, ``log10(10000 * power + 1)``.
 
     Args:
         wave: ``(batch, samples)`` float32 mono audio at :data:`SAMPLE_RATE` Hz, in [-1, 1].
         window: ``(N_FFT,)`` float64 periodic Hann window.
         fbanks: ``(N_FFT // 2 + 1, N_MELS)`` float32 filters (:func:`slaney_mel_filters`).
+        center: ``True`` (musicnn's extractor): frame ``j`` is centred on sample ``256 j``,
+            reflect padding at both ends; ``False``: frame ``j`` covers samples ``[256 j,
+            256 j + 512)``, no padding (a stream's frames, whatever its chunks).
     Returns:
-        ``(batch, frames, N_MELS)`` float32, ``frames = samples // HOP_LENGTH + 1`` (centred
-        STFT, reflect padding); values from 0 to about 7 for full-scale audio.
+        ``(batch, frames, N_MELS)`` float32, ``frames = samples // HOP_LENGTH + 1`` centred,
+        ``(samples - N_FFT) // HOP_LENGTH + 1`` not; values from 0 to about 7 for full-scale
+        audio.
 
     The windowed FFT runs in float64 and is rounded to complex64, the power and the mel sums in
     float32, as in librosa, so the float16 rounding falls as in musicnn's extractor.
@@ -186,7 +190,7 @@ def log_mel(wave: Tensor, window: Tensor, fbanks: Tensor) -> Tensor:
         n_fft=N_FFT,
         hop_length=HOP_LENGTH,
         window=window.double(),
-        center=True,
+        center=center,
         pad_mode="reflect",
         return_complex=True,
     ).to(torch.complex64)
@@ -268,7 +272,12 @@ class FrontendBlock(nn.Module):
         self.norm = nn.BatchNorm2d(maps, eps=BN_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.conv(F.pad(x, (0, 0, *self.pad)))  # (n, maps, frames, bands')
+        return self.valid(F.pad(x, (0, 0, *self.pad)))
+
+    def valid(self, x: Tensor) -> Tensor:
+        """Without padding: ``(n, 1, frames, mels)`` -> ``(n, maps, frames - kernel + 1)``,
+        output ``m`` seeing input frames ``m .. m + kernel - 1``."""
+        z = self.conv(x)  # (n, maps, frames, bands')
         if self.training or self.norm.running_var is None:
             maps: Tensor = self.norm(F.relu(z))
             return maps.amax(dim=3)
@@ -299,6 +308,12 @@ class MidendBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         maps: Tensor = self.norm(F.relu(self.conv(x)))
+        return maps
+
+    def valid(self, x: Tensor) -> Tensor:
+        """Without padding: ``(n, channels, frames)`` -> ``(n, maps, frames - 6)``."""
+        z = F.conv1d(x, self.conv.weight, self.conv.bias)
+        maps: Tensor = self.norm(F.relu(z))
         return maps
 
 

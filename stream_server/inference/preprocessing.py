@@ -82,6 +82,8 @@ FRAME_FEATURES = 753
 TOKEN_FEATURES = 2 * FRAME_FEATURES
 #: Features per token for each ``pooling``.
 POOLINGS = {"mean": FRAME_FEATURES, "mean+max": TOKEN_FEATURES}
+#: How a hybrid's frames see their neighbours: each window on its own, or the whole stream.
+CONTEXTS = ("window", "stream")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,11 @@ class MusicnnPreprocessing:
     token (``pooling`` ``"mean"``: 753 features; ``"mean+max"``: 1506, the means first),
     standardised with ``feature_mean`` and ``feature_std`` (one value per feature, from the
     training windows; empty: left as they are).
+
+    ``context`` ``"window"``: each window's frames are computed from the window alone (zeros past
+    its ends); ``"stream"``: from the whole stream, each frame once, the tokens on the stream's
+    own grid, a window the newest complete tokens (:mod:`stream_server.inference.musicnn_stream`;
+    16 kHz only).
     Saved as ``audio_preprocessing.json`` with ``"kind": "musicnn-tokens"``.
     """
 
@@ -104,6 +111,7 @@ class MusicnnPreprocessing:
     pooling: str = "mean+max"
     feature_mean: tuple[float, ...] = ()
     feature_std: tuple[float, ...] = ()
+    context: str = "window"
 
     @property
     def window_samples(self) -> int:

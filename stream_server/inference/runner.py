@@ -8,19 +8,30 @@ Only one thread may use a runner: the engine thread in the server, the caller in
 :meth:`InferenceRunner.score` also computes the gate's inputs for the same batch
 (:mod:`stream_server.core.gate`): each window's level in dBFS (of its newest ``level_samples``) and,
 when the model carries a speech detector, its speech probability (on the same device, in float32).
+
+A hybrid whose frames see the whole stream (``context = "stream"``) keeps a stream table
+(:class:`~stream_server.inference.musicnn_stream.StreamTokens`): :meth:`InferenceRunner.score`
+with the windows' jobs pushes only the audio each stream added since its previous window and
+takes the newest tokens; the caller releases (:meth:`~InferenceRunner.release`) a stream once
+it ended. Windows without jobs are each a stream of their own. The gate's inputs always come
+from the windows themselves.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from stream_server.core.windows import WindowJob
 from stream_server.inference.levels import levels_dbfs
 from stream_server.inference.model import LoadedModel
+from stream_server.inference.musicnn_stream import StreamTokens
+from stream_server.inference.musicnn_tokens import MusicnnTokens
 
 
 @dataclass(frozen=True)
@@ -48,8 +59,8 @@ class WindowScores:
     def __len__(self) -> int:
         return len(self.probs)
 
-    def __getitem__(self, index: slice) -> WindowScores:
-        """The scores of a slice of the windows."""
+    def __getitem__(self, index: slice | list[int]) -> WindowScores:
+        """The scores of a slice (or a list) of the windows."""
         return WindowScores(self.probs[index], self.level_dbfs[index], self.speech[index])
 
     @staticmethod
@@ -96,6 +107,12 @@ class InferenceRunner:
         self.classifier = classifier.eval()
         detector = loaded.speech_detector
         self.speech_detector = None if detector is None else detector.to(device).eval()
+        features = getattr(classifier, "features", None)
+        self.table: StreamTokens | None = None
+        if isinstance(features, MusicnnTokens) and features.pre.context == "stream":
+            self.table = StreamTokens(features, features.tokens, device=device)
+        #: Each stream's (end, since) of its newest window in the table.
+        self._ends: dict[str, tuple[int, int]] = {}
         self.stream: torch.cuda.Stream | None = None
         self._host_in: torch.Tensor | None = None
         self._host_out: torch.Tensor | None = None
@@ -113,32 +130,137 @@ class InferenceRunner:
         """Probabilities for a batch of windows (any batch size; split by ``max_batch``)."""
         return self.score(windows).probs
 
-    def score(self, windows: np.ndarray) -> WindowScores:
+    def score(self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None) -> WindowScores:
         """Probabilities, levels and speech probabilities for ``(batch, samples)`` windows (any
-        batch size; split by ``max_batch``)."""
+        batch size; split by ``max_batch``). ``jobs`` (one per window, each of another stream)
+        name their streams and where the windows end, for a model that keeps state per stream;
+        it sees each stream's windows in order."""
         if windows.ndim != 2:
             raise ValueError(f"windows must be (batch, samples), got shape {windows.shape}")
+        if jobs is not None and len(jobs) != len(windows):
+            raise ValueError(f"{len(jobs)} jobs for {len(windows)} windows")
         out = [
-            self._run_chunk(windows[i : i + self.max_batch])
+            self._run_chunk(
+                windows[i : i + self.max_batch],
+                None if jobs is None else jobs[i : i + self.max_batch],
+            )
             for i in range(0, len(windows), self.max_batch)
         ]
         if not out:
             return WindowScores.empty(len(self.labels))
         return WindowScores.concat(out)
 
-    def timed_score(self, windows: np.ndarray) -> tuple[WindowScores, BatchTiming]:
+    def score_jobs(self, jobs: Sequence[WindowJob]) -> WindowScores:
+        """:meth:`score` of the jobs' windows, with the jobs."""
+        if not jobs:
+            return WindowScores.empty(len(self.labels))
+        return self.score(np.stack([job.window for job in jobs]), jobs)
+
+    def timed_score(
+        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+    ) -> tuple[WindowScores, BatchTiming]:
         """:meth:`score` and the seconds it took."""
         start = time.perf_counter()
-        scores = self.score(windows)
+        scores = self.score(windows, jobs)
         return scores, BatchTiming(len(windows), time.perf_counter() - start)
 
+    def score_streams(
+        self, audio: Sequence[np.ndarray], ends: Sequence[Sequence[int]], window: int
+    ) -> list[WindowScores]:
+        """Score whole recordings as streams: ``audio[i]`` ``(samples,)`` at the model's rate,
+        its windows of ``window`` samples ending at ``ends[i]`` (increasing, each at least
+        ``window``). The windows of all recordings go in turns (the first window of each, then
+        the second, ...), so batches hold many streams. Returns each recording's scores."""
+        keys = [f"recording-{uuid.uuid4().hex}" for _ in audio]
+        turns = max((len(e) for e in ends), default=0)
+        jobs = [
+            WindowJob(keys[i], audio[i][e[k] - window : e[k]], e[k], 0.0)
+            for k in range(turns)
+            for i, e in enumerate(ends)
+            if k < len(e)
+        ]
+        try:
+            scores = WindowScores.concat(
+                [
+                    self.score_jobs(jobs[i : i + self.max_batch])
+                    for i in range(0, len(jobs), self.max_batch)
+                ]
+                or [WindowScores.empty(len(self.labels))]
+            )
+        finally:
+            for key in keys:
+                self.release(key)
+        rows: dict[str, list[int]] = {key: [] for key in keys}
+        for row, job in enumerate(jobs):
+            rows[job.stream_id].append(row)
+        return [
+            scores[rows[key]] if rows[key] else WindowScores.empty(len(self.labels)) for key in keys
+        ]
+
+    def release(self, stream_id: str) -> None:
+        """Forget a stream's state (it ended); no error if there is none."""
+        self._ends.pop(stream_id, None)
+        if self.table is not None:
+            self.table.release(stream_id)
+
+    def _stream_inputs(self, jobs: Sequence[WindowJob]) -> torch.Tensor:
+        """Push each job's new audio into the stream table; the model input of its window.
+
+        New audio is what the window holds past the stream's previous window. A stream not seen
+        before, one whose ``since`` moved (a gap) or one that missed more than a window (its
+        skipped windows' audio is gone) starts afresh with its whole window. Several windows of
+        one stream (an offline stream's batch) go in rounds, in order.
+        """
+        assert self.table is not None
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for i, job in enumerate(jobs):
+            turn = seen[job.stream_id] = seen.get(job.stream_id, -1) + 1
+            if turn == len(rounds):
+                rounds.append([])
+            rounds[turn].append(i)
+        parts: list[torch.Tensor] = []
+        order: list[int] = []
+        for members in rounds:
+            chunks = [self._new_audio(jobs[i]) for i in members]
+            keys = [jobs[i].stream_id for i in members]
+            self.table.push(keys, chunks)
+            parts.append(self.table.window(keys))
+            order.extend(members)
+        inputs = torch.cat(parts)
+        if len(parts) > 1:
+            inputs = inputs[torch.from_numpy(np.argsort(order)).to(inputs.device)]
+        return inputs
+
+    def _new_audio(self, job: WindowJob) -> np.ndarray:
+        """The samples of ``job``'s window the table has not seen (restarting the stream when
+        it cannot continue it)."""
+        assert self.table is not None
+        key, length = job.stream_id, len(job.window)
+        last = self._ends.get(key)
+        new = job.end_sample - last[0] if last is not None and last[1] == job.since else -1
+        if not 0 <= new <= length:
+            self.table.restart(key)
+            new = length
+        self._ends[key] = (job.end_sample, job.since)
+        return np.asarray(job.window[length - new :], dtype=np.float32)
+
+    def _probs(self, batch: torch.Tensor, jobs: Sequence[WindowJob] | None) -> torch.Tensor:
+        """``(n, labels)`` probabilities on ``batch``'s device."""
+        if jobs is None or self.table is None:
+            probs: torch.Tensor = self.classifier(batch)
+            return probs
+        return self.classifier.from_features(self._stream_inputs(jobs))
+
     @torch.inference_mode()
-    def _run_chunk(self, windows: np.ndarray) -> WindowScores:
+    def _run_chunk(
+        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+    ) -> WindowScores:
         batch = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         levels = levels_dbfs(batch, self.level_samples).numpy()
         n, samples = batch.shape
         if self.stream is None:
-            probs: np.ndarray = self.classifier(batch).numpy().copy()
+            probs: np.ndarray = self._probs(batch, jobs).numpy().copy()
             return _finite(WindowScores(probs, levels, self._speech(batch).cpu().numpy()))
         if self._host_in is None or self._host_in.shape[1] != samples:
             self._host_in = torch.empty((self.max_batch, samples), pin_memory=True)
@@ -147,7 +269,7 @@ class InferenceRunner:
         assert self._host_out is not None
         with torch.cuda.stream(self.stream):
             gpu_in = host_in.to(self.device, non_blocking=True)
-            gpu_probs = self.classifier(gpu_in)
+            gpu_probs = self._probs(gpu_in, jobs)
             gpu_speech = self._speech(gpu_in)
             host_out = self._host_out[:n]
             host_out.copy_(gpu_probs, non_blocking=True)

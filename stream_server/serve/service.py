@@ -40,7 +40,7 @@ from stream_server.messages import (
 )
 from stream_server.serve.hub import Subscriber, UpdateHub
 from stream_server.serve.metrics import Metrics
-from stream_server.serve.store import StreamRecord, TimelineStore, TrackTitle
+from stream_server.serve.store import StreamRecord, Tail, TimelineStore, TrackTitle
 from stream_server.serve.upload import Classifier
 from stream_server.sources.puller import Puller
 from stream_server.sources.source_policy import SourcePolicy
@@ -523,6 +523,7 @@ class Service:
         m.batch_size.observe(results[0].batch_size)
         m.inference_seconds.observe(results[0].batch_seconds)
         m.windows_computed.inc(len(results))
+        tails: list[Tail] = []
         for result in results:
             live = self.streams.get(result.job.stream_id)
             if live is None:
@@ -547,18 +548,23 @@ class Service:
             if scored.change is not None:
                 self.hub.publish(scored.change)
             m.latency_seconds.observe(scored.update["latency_ms"] / 1000.0)
-            self._store_segments(live, scored.segments)
+            if scored.segments:
+                tails.append(_tail(live, scored.segments))
             self._resolved(live)
+        if self.store is not None and tails:
+            self._db_write(self._write_tails, self.store, tails)
+
+    def _write_tails(self, store: TimelineStore, tails: Sequence[Tail]) -> None:
+        """One batch's timeline tails in one transaction (database thread); a tail that cannot
+        be stored is logged and counted, the others are kept."""
+        for stream_id, reason in store.write_tails(tails):
+            self.metrics.errors.labels(kind="storage").inc()
+            log.error("timeline storage failed for stream %s: %s", stream_id, reason)
 
     def _store_segments(self, live: LiveStream, segments: list[tuple[int, Segment]]) -> None:
         """Queue the write of a timeline tail (``(index, segment)``, consecutive indices)."""
         if self.store is not None and segments:
-            self._db_write(
-                self.store.write_tail,
-                live.session.stream_id,
-                segments[0][0],
-                [segment for _, segment in segments],
-            )
+            self._db_write(self.store.write_tail, *_tail(live, segments))
 
     def _deliver_error(self, jobs: Sequence[WindowJob], reason: str) -> None:
         self.metrics.errors.labels(kind="inference").inc()
@@ -763,3 +769,8 @@ class LiveSink:
 
     def on_end(self, callback: Callable[[str], None]) -> None:
         self._live.on_end = lambda ended: callback(ended["reason"])
+
+
+def _tail(live: LiveStream, segments: list[tuple[int, Segment]]) -> Tail:
+    """A session's changed timeline tail (``(index, segment)``, consecutive indices) to store."""
+    return live.session.stream_id, segments[0][0], [segment for _, segment in segments]

@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS titles (
 CREATE INDEX IF NOT EXISTS titles_stream ON titles (stream_id, stream_time_s);
 """
 
+#: A timeline tail to store: ``(stream_id, first segment index, segments from there on)``.
+Tail = tuple[str, int, Sequence[Segment]]
+
 _STREAM_COLUMNS = "stream_id, name, kind, source, created_at, ended_at, sample_rate, channels, fmt"
 
 
@@ -291,26 +294,58 @@ class TimelineStore:
         if index < 0:
             raise ValueError(f"index must be >= 0, got {index!r}")
         with self._op("write_tail") as conn, conn:
-            conn.execute(
-                "DELETE FROM segments WHERE stream_id = ? AND idx >= ?", (stream_id, index)
-            )
-            conn.executemany(
-                "INSERT INTO segments "
-                "(stream_id, idx, start_s, end_s, genre, confidence, updates) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        stream_id,
-                        index + i,
-                        segment.start_s,
-                        segment.end_s,
-                        segment.genre,
-                        segment.confidence,
-                        segment.updates,
-                    )
-                    for i, segment in enumerate(segments)
-                ],
-            )
+            self._replace_tail(conn, stream_id, index, segments)
+
+    @staticmethod
+    def _replace_tail(
+        conn: sqlite3.Connection, stream_id: str, index: int, segments: Sequence[Segment]
+    ) -> None:
+        """The statements of :meth:`write_tail`, in the caller's transaction."""
+        conn.execute("DELETE FROM segments WHERE stream_id = ? AND idx >= ?", (stream_id, index))
+        conn.executemany(
+            "INSERT INTO segments "
+            "(stream_id, idx, start_s, end_s, genre, confidence, updates) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    stream_id,
+                    index + i,
+                    segment.start_s,
+                    segment.end_s,
+                    segment.genre,
+                    segment.confidence,
+                    segment.updates,
+                )
+                for i, segment in enumerate(segments)
+            ],
+        )
+
+    def write_tails(self, tails: Sequence[Tail]) -> list[tuple[str, str]]:
+        """:meth:`write_tail` for many streams in one transaction (a batch of windows' updates).
+
+        Each tail is written as :meth:`write_tail` writes it, inside a savepoint of its own: a
+        tail that cannot be written (an unknown stream, a negative index) is rolled back alone
+        and the others are kept. Returns ``(stream_id, reason)`` of each tail not written.
+
+        Raises:
+            StorageError: the transaction itself failed (nothing was written).
+        """
+        failed: list[tuple[str, str]] = []
+        with self._op("write_tails") as conn, conn:
+            if not conn.in_transaction:
+                conn.execute("BEGIN")  # one transaction; each tail a savepoint inside it
+            for stream_id, index, segments in tails:
+                if index < 0:
+                    failed.append((stream_id, f"index must be >= 0, got {index!r}"))
+                    continue
+                conn.execute("SAVEPOINT tail")
+                try:
+                    self._replace_tail(conn, stream_id, index, segments)
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO tail")
+                    failed.append((stream_id, str(exc)))
+                conn.execute("RELEASE tail")
+        return failed
 
     def timeline(self, stream_id: str) -> list[Segment]:
         """The stored segments of a stream ordered by index (empty for an unknown stream)."""

@@ -338,16 +338,18 @@ async def classify_on_engine(
     try:
         while True:
             while len(pending) < PIPELINE_DEPTH:
-                windows = await asyncio.to_thread(stream.next_batch)
-                if windows is None:
+                jobs = await asyncio.to_thread(stream.next_batch)
+                if jobs is None:
                     break
-                pending.append(asyncio.wrap_future(engine.run_windows(windows)))
+                windows = np.stack([job.window for job in jobs])
+                pending.append(asyncio.wrap_future(engine.run_windows(windows, jobs)))
             if not pending:
                 return await asyncio.to_thread(stream.result)
             stream.add_scores(await pending.popleft())
     finally:
         for future in pending:
             future.cancel()
+        engine.release(stream.stream_id)
 
 
 # -- the endpoint ------------------------------------------------------------------------------

@@ -144,13 +144,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from stream_server.tools.bench import run_bench
+    from stream_server.tools.bench import format_report, options_from_args, run_bench
 
-    config = load_config_of(args)
-    result = run_bench(
-        config, streams=args.streams, seconds=args.seconds, speed=args.speed, token=args.token
-    )
-    print(json.dumps(result.to_json(), indent=2))
+    options = options_from_args(args)
+    options.check()  # before anything starts
+    report = run_bench(load_config_of(args), options, log=sys.stderr).to_json()
+    if not args.json:
+        print(format_report(report), file=sys.stderr)
+    # stdout carries the figures as JSON either way (scripts read it); --json keeps it on one line
+    print(json.dumps(report, indent=None if args.json else 2))
     return 0
 
 
@@ -471,19 +473,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("bench", help="measure throughput and latency with concurrent streams")
+    p = sub.add_parser(
+        "bench",
+        help="measure a server process under concurrent live streams from other processes: "
+        "windows/s against the model alone, latency from last sample sent to update received",
+    )
     p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
     p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
     p.add_argument("--streams", type=int, default=8, help="concurrent streams (default 8)")
-    p.add_argument("--seconds", type=float, default=30.0, help="audio per stream (default 30)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help="audio per stream, seconds (default 30; 20 per probe with --find-max)",
+    )
     p.add_argument(
         "--speed", type=float, default=1.0, help="send at this multiple of real time (default 1)"
     )
     p.add_argument(
+        "--procs",
+        type=int,
+        default=0,
+        help="pusher processes (default 0: min(4, CPUs), at most one per stream)",
+    )
+    p.add_argument(
+        "--audio",
+        type=Path,
+        help="folder of genre folders of audio clips to play (default: ../shared/datasets/genres "
+        "beside the repository where it exists, else synthetic music)",
+    )
+    p.add_argument("--clips", type=int, default=8, help="clips decoded from --audio (default 8)")
+    p.add_argument("--synthetic", action="store_true", help="synthetic music, even with --audio")
+    p.add_argument(
+        "--same-instant",
+        action="store_true",
+        help="start every stream at once (default: at random phases within a hop)",
+    )
+    p.add_argument(
+        "--compare-seed",
+        action="store_true",
+        help="also time the naive pipeline: one window per call, float32, features from scratch",
+    )
+    p.add_argument(
+        "--find-max",
+        action="store_true",
+        help="search the most real-time streams with p99 latency <= --max-p99-ms and none "
+        "skipped (doubling from --streams, then bisection)",
+    )
+    p.add_argument(
+        "--max-p99-ms",
+        type=float,
+        default=250.0,
+        help="p99 latency bound for --find-max, milliseconds (default 250)",
+    )
+    p.add_argument(
+        "--find-max-limit",
+        type=int,
+        default=1024,
+        help="most streams --find-max tries (default 1024)",
+    )
+    p.add_argument("--json", action="store_true", help="print only the JSON object, on one line")
+    p.add_argument(
         "--token",
         help="token the clients send, for a config or environment that sets some "
-        f"(default: ${TOKEN_ENV})",
+        f"(default: ${TOKEN_ENV}); it needs the ingest and read scopes",
     )
     p.set_defaults(func=cmd_bench)
 

@@ -1,8 +1,8 @@
 """Evaluating a genre model on a folder-per-genre dataset.
 
 Each clip is cut into windows of the model's length (``hop_seconds`` apart, the last one flush
-with the clip's end), the windows go through the model's own
-:class:`~stream_server.inference.model.GenreClassifier` in batches, and
+with the clip's end), the clip goes through the model as a live stream would
+(:meth:`~stream_server.inference.runner.InferenceRunner.score_streams`), and
 
 * window accuracy counts every window's argmax,
 * clip accuracy counts each clip's argmax of the *mean* window probability,
@@ -31,7 +31,8 @@ import torch
 
 from stream_server.errors import DatasetError
 from stream_server.inference.model import LoadedModel
-from stream_server.training.dataset import Clip, load_audio, windows_of
+from stream_server.inference.runner import InferenceRunner
+from stream_server.training.dataset import Clip, load_audio, window_starts
 from stream_server.training.provenance import provenance_of, read_provenance
 
 IntMatrix = npt.NDArray[np.int64]
@@ -150,7 +151,7 @@ def evaluate(
     pre = model.preprocessing
     window = pre.window_samples
     hop = max(1, round(hop_seconds * pre.sample_rate))
-    classifier = model.classifier.to(torch.device(device)).eval()
+    runner = InferenceRunner(model, torch.device(device), max_batch=batch_size)
     true_clip: list[int] = []
     pred_clip: list[int] = []
     window_hits = 0
@@ -163,12 +164,11 @@ def evaluate(
         except DatasetError:
             unreadable.append(clip.path)
             continue
-        wins = torch.from_numpy(windows_of(audio[0], window, hop))
-        probs = []
-        with torch.inference_mode():
-            for i in range(0, wins.shape[0], batch_size):
-                probs.append(classifier(wins[i : i + batch_size].to(device)).float().cpu())
-        p = torch.cat(probs)
+        wave = audio[0]
+        if wave.size < window:
+            wave = np.pad(wave, (0, window - wave.size))
+        ends = [start + window for start in window_starts(wave.size, window, hop)]
+        p = torch.from_numpy(runner.score_streams([wave], [ends], window)[0].probs)
         truth = index[clip.label]
         window_hits += int((p.argmax(1) == truth).sum())
         windows += p.shape[0]

@@ -29,7 +29,9 @@ window).
 
 The model runs once per window that exists: every clip's windows on its own hop grid are scored
 once in batches (:func:`prepare`), a mix window inside one part reuses its clip's scores, and only
-the windows that straddle two parts are computed again (batched across all mixes). So
+the windows that straddle two parts are computed again (batched across all mixes). A model that
+keeps state per stream (a hybrid with stream context) sees each clip and each mix as a stream
+instead, as the server would. So
 :func:`figures` can be run again for other settings without the model
 (:mod:`stream_server.tools.tune_smoothing`).
 """
@@ -266,7 +268,15 @@ def prepare(
     window, hop = params.window_samples, params.hop_samples
     computed = 0
     clip_scores: list[WindowScores] = []
-    for n, wave in enumerate(audio):
+    # A model that keeps state per stream sees every clip and every mix as a stream of its own.
+    streams = runner.table is not None
+    if streams:
+        _progress(f"scoring {len(audio)} clips as streams", progress)
+        clip_ends = [window_ends(wave.size, window, hop) for wave in audio]
+        clip_scores = runner.score_streams(audio, clip_ends, window)
+        computed += sum(len(e) for e in clip_ends)
+        _progress("\n", progress)
+    for n, wave in enumerate([] if streams else audio):
         ends = window_ends(wave.size, window, hop)
         if not ends:
             clip_scores.append(WindowScores.empty(len(model.labels)))
@@ -287,8 +297,27 @@ def prepare(
         min_s=options.min_s,
         max_s=options.max_s,
     )
+    if streams:
+        _progress(f"scoring {len(mixes)} mixes as streams", progress)
+        mix_ends = [window_ends(mix.length, window, hop) for mix in mixes]
+        renders = [mix_window(mix, audio, mix.length, mix.length) for mix in mixes]
+        streamed = runner.score_streams(renders, mix_ends, window)
+        computed += sum(len(e) for e in mix_ends)
+        _progress("\n", progress)
+        return Prepared(
+            clips=kept,
+            truth=truth,
+            lengths=lengths,
+            clip_scores=clip_scores,
+            mixes=mixes,
+            mix_scores=streamed,
+            options=options,
+            windows_computed=computed,
+            seconds=time.perf_counter() - started,
+        )
     # Each mix window: a clip window's row, or a straddling window computed below.
     sources: list[list[tuple[int, int] | int]] = []
+    mix_scores: list[WindowScores] = []
     straddling: list[np.ndarray] = []
     for mix in mixes:
         rows: list[tuple[int, int] | int] = []
@@ -307,7 +336,6 @@ def prepare(
         extra = runner.score(np.stack(straddling))
         computed += len(straddling)
         _progress("\n", progress)
-    mix_scores = []
     for rows in sources:
         picked = [
             clip_scores[r[0]][r[1] : r[1] + 1] if isinstance(r, tuple) else extra[r : r + 1]

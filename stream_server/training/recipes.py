@@ -32,7 +32,9 @@ class Architecture:
     tokens of the frozen, pretrained musicnn front-end
     (:mod:`stream_server.inference.musicnn_tokens`): ``patch`` is the musicnn frames pooled per
     token, ``image_size`` ``(1, tokens)`` and ``channels`` the features of a token (753: their
-    means; 1506: means and maxima); each 1x1 patch is one token.
+    means; 1506: means and maxima); each 1x1 patch is one token; ``context`` is where its
+    frames take their neighbours from
+    (:class:`~stream_server.inference.preprocessing.MusicnnPreprocessing`).
     """
 
     family: Literal["vit", "deit", "levit", "hybrid"]
@@ -46,6 +48,7 @@ class Architecture:
     dropout: float = 0.1
     about: str = ""
     stages: tuple[tuple[int, int, int], ...] = ()
+    context: str = "window"
 
     @property
     def distill(self) -> bool:
@@ -57,7 +60,10 @@ class Architecture:
         if self.family == "hybrid":
             pooling = "mean" if self.channels == FRAME_FEATURES else "mean+max"
             return MusicnnPreprocessing(
-                window_seconds=self.window_seconds, token_frames=self.patch, pooling=pooling
+                window_seconds=self.window_seconds,
+                token_frames=self.patch,
+                pooling=pooling,
+                context=self.context,
             )
         return AudioPreprocessing(
             window_seconds=self.window_seconds,
@@ -72,8 +78,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "musicnn-vit": Architecture(
         "hybrid", 192, 4, 3, 16, (1, 19), FRAME_FEATURES, 5.0,
         about="hybrid ViT: 4 blocks, 192 wide, over 19 tokens of 0.26 s (the mean of 16 frames of "
-        "the frozen musicnn front-end, pretrained on the Million Song Dataset) of a 5 s window "
-        "(the default)",
+        "the frozen musicnn front-end, pretrained on the Million Song Dataset, each frame "
+        "computed once per stream) of a 5 s window (the default)",
+        context="stream",
     ),
     "deit-tiny": Architecture(
         "deit", 192, 6, 3, 16, (128, 224), 1, 5.0,

@@ -268,6 +268,8 @@ def fit(
     decoded, train, extra = token_sets(opts, features, clips[0], index, variants=True)
     _, val, _ = token_sets(opts, features, clips[1], index, variants=False)
     targets = None
+    if opts.teacher == "musicnn" and pre.context == "stream":
+        raise GenrecastError("the musicnn teacher scores windows on their own: use --teacher none")
     if opts.teacher == "musicnn":
         log.info("musicnn teacher: out-of-fold targets for %d clips", len(decoded.clips))
         cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else None

@@ -1,0 +1,345 @@
+"""Stream-context musicnn tokens: the stream table computes, chunk by chunk and many streams at
+once, exactly what the whole clip gives; the runner and the engine keep one slot per stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from stream_server.config import Config, load_config
+from stream_server.core.session import SessionParams
+from stream_server.core.windows import WindowJob
+from stream_server.inference.classify import OfflineStream
+from stream_server.inference.engine import Engine
+from stream_server.inference.loading import session_params
+from stream_server.inference.model import GenreClassifier, LoadedModel
+from stream_server.inference.musicnn_stream import StreamTokens
+from stream_server.inference.musicnn_tokens import (
+    LOOKAHEAD_FRAMES,
+    MusicnnTokens,
+    final_frames,
+    token_count,
+)
+from stream_server.inference.preprocessing import MusicnnPreprocessing
+from stream_server.inference.runner import InferenceRunner
+from stream_server.training.hybrid_data import stream_windows
+from stream_server.training.recipes import Architecture
+from stream_server.training.train import build_model
+from tests.helpers.audio import music
+from tests.helpers.devices import DEVICES
+from tests.helpers.live import collect_until_end, recv_json, run, serving, updates, ws
+
+RATE = 16000
+#: Tolerance of the equality: float32 convolutions over differently cut inputs round apart (up
+#: to 1.3e-4 seen, on features of magnitude 0.1 to 10, after batch norms that scale them up).
+TOL = 1e-3
+
+
+def _pre(pooling: str = "mean+max", seconds: float = 1.0) -> MusicnnPreprocessing:
+    rng = np.random.default_rng(0)
+    width = 1506 if pooling == "mean+max" else 753
+    return MusicnnPreprocessing(
+        window_seconds=seconds,
+        pooling=pooling,
+        context="stream",
+        feature_mean=tuple(rng.normal(size=width).tolist()),
+        feature_std=tuple(rng.uniform(0.5, 2.0, width).tolist()),
+    )
+
+
+@pytest.fixture(scope="module")
+def features() -> MusicnnTokens:
+    return MusicnnTokens(_pre())
+
+
+def _audio(seconds: float, seed: int) -> np.ndarray:
+    return music(seconds, RATE, channels=1, seed=seed)[:, 0].copy()
+
+
+def _ring_tokens(table: StreamTokens, key: str, count: int) -> torch.Tensor:
+    """The newest ``count`` raw tokens of a stream, oldest first."""
+    slot = table.slot_of[key]
+    written = table.count(key)
+    places = [(t % table.capacity) for t in range(written - count, written)]
+    return table._ring[slot][:, places]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_incremental_tokens_equal_the_whole_clip_at_random_chunk_sizes(
+    features: MusicnnTokens, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    clips = [_audio(float(rng.uniform(3.0, 8.0)), seed=10 * seed + i) for i in range(4)]
+    table = StreamTokens(features, 3)
+    table.capacity = 64  # keep every token of these short clips to compare them all
+    table._ring = torch.zeros(table._ring.shape[0], table._ring.shape[1], 64)
+    offsets = [0] * len(clips)
+    while any(o < c.size for o, c in zip(offsets, clips, strict=True)):
+        keys, chunks = [], []
+        for i, clip in enumerate(clips):
+            if offsets[i] >= clip.size or rng.random() < 0.2:  # not every stream every tick
+                continue
+            size = int(
+                rng.choice([1, 255, 256, 257, 511, 4096, 16000, int(rng.integers(1, 30000))])
+            )
+            keys.append(f"s{i}")
+            chunks.append(clip[offsets[i] : offsets[i] + size])
+            offsets[i] += size
+        table.push(keys, chunks)
+    for i, clip in enumerate(clips):
+        whole = features.stream_raw(torch.from_numpy(clip)[None])[0]
+        assert table.count(f"s{i}") == whole.shape[1] == final_frames(clip.size) // 16 > 0
+        torch.testing.assert_close(
+            _ring_tokens(table, f"s{i}", whole.shape[1]), whole, rtol=TOL, atol=TOL
+        )
+
+
+def test_a_frame_is_final_only_with_its_look_ahead(features: MusicnnTokens) -> None:
+    """Tokens depend only on audio up to their look-ahead: more audio later changes none."""
+    clip = _audio(6.0, seed=5)
+    short = features.stream_raw(torch.from_numpy(clip[:64000])[None])[0]
+    longer = features.stream_raw(torch.from_numpy(clip)[None])[0]
+    torch.testing.assert_close(longer[:, : short.shape[1]], short, rtol=TOL, atol=TOL)
+    assert final_frames(64000) == (64000 - 512) // 256 + 1 - LOOKAHEAD_FRAMES == 176
+
+
+def test_windows_are_the_newest_tokens_and_zeros_before_the_start(
+    features: MusicnnTokens,
+) -> None:
+    table = StreamTokens(features, 3)
+    clip = _audio(4.0, seed=7)
+    table.push(["a"], [clip[: 16 * 256 * 2 + LOOKAHEAD_FRAMES * 256 + 256]])  # two tokens
+    assert table.count("a") == 2
+    first = table.window(["a"])
+    assert first.shape == (1, features.features, 1, 3)
+    assert torch.equal(first[0, :, 0, 0], torch.zeros(features.features))  # before the start
+    whole = features.stream_raw(torch.from_numpy(clip[: 16 * 256 * 2 + 73 * 256 + 256])[None])
+    torch.testing.assert_close(first[..., 1:], features.standardise(whole), rtol=TOL, atol=TOL)
+    table.push(["a"], [clip[16 * 256 * 2 + 73 * 256 + 256 :]])
+    later = table.window(["a"])
+    whole = features.stream_raw(torch.from_numpy(clip)[None])
+    torch.testing.assert_close(later, features.standardise(whole[:, :, -3:]), rtol=TOL, atol=TOL)
+
+
+def test_release_frees_the_slot_and_restart_starts_afresh(features: MusicnnTokens) -> None:
+    table = StreamTokens(features, 3)
+    clip, other = _audio(3.0, seed=1), _audio(3.0, seed=2)
+    table.push(["a", "b"], [clip, other])
+    table.restart("a")
+    assert table.count("a") == 0
+    table.push(["a"], [other])
+    torch.testing.assert_close(table.window(["a"]), table.window(["b"]), rtol=TOL, atol=TOL)
+    table.release("a")
+    table.release("a")  # twice: no error
+    assert "a" not in table and len(table) == 1
+    for i in range(20):  # slots are reused and grow past the first eight
+        table.push([f"n{i}"], [clip[:1000]])
+    assert len(table) == 21 and table._slots == 32
+    for i in range(20):
+        table.release(f"n{i}")
+    table.push(["c"], [clip])
+    assert table.slot_of["c"] in range(32)
+
+
+def test_a_window_on_its_own_is_a_stream_that_starts_with_it(features: MusicnnTokens) -> None:
+    pre = replace(features.pre, window_seconds=3.0)
+    tokens = MusicnnTokens(pre)
+    windows = torch.from_numpy(np.stack([_audio(3.0, seed=3), _audio(3.0, seed=4)]))
+    table = StreamTokens(tokens, tokens.tokens)
+    table.push(["x", "y"], list(windows.numpy()))
+    torch.testing.assert_close(tokens(windows), table.window(["x", "y"]), rtol=TOL, atol=TOL)
+    assert tokens.tokens == token_count(pre) == 11
+
+
+def test_training_windows_are_runs_of_the_clips_tokens(features: MusicnnTokens) -> None:
+    clip = _audio(5.0, seed=9)
+    wins = stream_windows(features, clip, hop=2 * 4096)
+    whole = features.stream_raw(torch.from_numpy(clip)[None])[0].half().numpy()
+    assert wins.shape[1:] == (1506, 3)
+    for i, win in enumerate(wins):
+        np.testing.assert_array_equal(win, whole[:, 2 * i : 2 * i + 3])
+    short = stream_windows(features, clip[:8000], hop=4096)  # padded to one window
+    assert short.shape == (1, 1506, 3)
+
+
+def test_stream_context_needs_16_khz_and_a_known_context() -> None:
+    with pytest.raises(ValueError, match="16000 Hz"):
+        MusicnnTokens(replace(_pre(), sample_rate=22050))
+    with pytest.raises(ValueError, match="context"):
+        MusicnnTokens(replace(_pre(), context="song"))
+
+
+# -- the runner and the engine ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stream_model() -> LoadedModel:
+    pre = _pre("mean", seconds=1.0)
+    arch = Architecture("hybrid", 32, 1, 2, 16, (1, 3), 753, 1.0, dropout=0.0, context="stream")
+    model = build_model(arch, ("a", "b", "c")).eval()
+    classifier = GenreClassifier(MusicnnTokens(pre), model)
+    return LoadedModel(classifier, ("a", "b", "c"), pre, "test", trained=False)
+
+
+def _params(model: LoadedModel) -> SessionParams:
+    return session_params(load_config(None), model)
+
+
+def _reference(model: LoadedModel, audio: np.ndarray, ends: list[int]) -> np.ndarray:
+    """Each window's probabilities from the whole clip's tokens (the newest complete at its
+    end)."""
+    features = model.classifier.features
+    assert isinstance(features, MusicnnTokens)
+    raw = features.stream_raw(torch.from_numpy(audio)[None])
+    n = features.tokens
+    out = []
+    with torch.inference_mode():
+        for end in ends:
+            have = final_frames(end) // 16
+            tok = raw[:, :, max(0, have - n) : have]
+            count = torch.tensor([tok.shape[2]])
+            tok = torch.nn.functional.pad(tok, (n - tok.shape[2], 0))
+            out.append(model.classifier.from_features(features.standardise(tok, count)))
+    return torch.cat(out).numpy()
+
+
+def test_an_offline_stream_scores_each_window_from_the_streams_tokens(
+    stream_model: LoadedModel,
+) -> None:
+    runner = InferenceRunner(stream_model, torch.device("cpu"), max_batch=4)
+    assert runner.table is not None
+    audio = _audio(7.0, seed=11)
+    stream = OfflineStream(audio, _params(stream_model), 4)
+    probs: list[np.ndarray] = []
+    ends: list[int] = []
+    while (jobs := stream.next_batch()) is not None:
+        probs.append(runner.score_jobs(jobs).probs)
+        ends.extend(job.end_sample for job in jobs)
+    np.testing.assert_allclose(
+        np.concatenate(probs), _reference(stream_model, audio, ends), rtol=TOL, atol=TOL
+    )
+    runner.release(stream.stream_id)
+    assert len(runner.table) == 0
+
+
+def test_live_jobs_push_only_new_audio_and_a_gap_or_a_miss_starts_afresh(
+    stream_model: LoadedModel,
+) -> None:
+    runner = InferenceRunner(stream_model, torch.device("cpu"), max_batch=8)
+    assert runner.table is not None
+    audio = _audio(8.0, seed=12)
+    window = RATE  # the model's 1 s windows
+
+    def job(end: int, since: int = 0, key: str = "live") -> WindowJob:
+        return WindowJob(key, audio[end - window : end], end, 0.0, since=since)
+
+    ends = [16000, 20000, 24000, 36000]  # a job replaced between 24000 and 36000: a miss
+    got = np.concatenate([runner.score_jobs([job(e)]).probs for e in ends])
+    expected = _reference(stream_model, audio, ends[:3])
+    np.testing.assert_allclose(got[:3], expected, rtol=TOL, atol=TOL)
+    # 12000 samples unseen fit in the 16000-sample window: the stream continues.
+    np.testing.assert_allclose(
+        got[3], _reference(stream_model, audio, [36000])[0], rtol=TOL, atol=TOL
+    )
+    # More than a window unseen: the stream restarts with its window, as a new one would.
+    far = runner.score_jobs([job(60000)]).probs
+    fresh = _reference(stream_model, audio[60000 - window : 60000], [window])
+    np.testing.assert_allclose(far, fresh, rtol=TOL, atol=TOL)
+    # A gap (since moved): afresh as well, even though the ends are close.
+    gap = runner.score_jobs([job(64000, since=48000)]).probs
+    np.testing.assert_allclose(
+        gap, _reference(stream_model, audio[48000:64000], [window]), rtol=TOL, atol=TOL
+    )
+
+
+def test_the_engine_releases_a_streams_slot_when_it_is_cancelled(
+    stream_model: LoadedModel,
+) -> None:
+    runner = InferenceRunner(stream_model, torch.device("cpu"), max_batch=4)
+    assert runner.table is not None
+    done = threading.Event()
+    engine = Engine(
+        runner,
+        max_batch=4,
+        max_wait_s=0.0,
+        on_results=lambda results: done.set(),
+        on_error=lambda jobs, exc: None,
+    )
+    engine.start()
+    try:
+        audio = _audio(1.0, seed=13)
+        for key in ("a", "b"):
+            done.clear()
+            engine.submit(WindowJob(key, audio, RATE, 0.0))
+            assert done.wait(30)
+        assert set(runner.table.slot_of) == {"a", "b"}
+        assert engine.cancel("a") is None
+        engine.release("b")
+        for _ in range(300):
+            if len(runner.table) == 0:
+                break
+            threading.Event().wait(0.01)
+        assert len(runner.table) == 0
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_table_runs_on_the_engines_device(device: str) -> None:
+    """On CUDA the table's state and work stay on the GPU (cuDNN may use TF32: looser)."""
+    tol = TOL if device == "cpu" else 2e-2
+    on_device = MusicnnTokens(_pre()).to(device)
+    reference = MusicnnTokens(_pre())
+    table = StreamTokens(on_device, 3, device=torch.device(device))
+    clips = [_audio(4.0, seed=20), _audio(4.0, seed=21)]
+    for start in range(0, clips[0].size, 5000):
+        table.push(["a", "b"], [clip[start : start + 5000] for clip in clips])
+    window = table.window(["a", "b"])
+    assert window.device.type == device
+    whole = reference.stream_raw(torch.from_numpy(np.stack(clips)))
+    torch.testing.assert_close(
+        window.cpu(), reference.standardise(whole[:, :, -3:]), rtol=tol, atol=tol
+    )
+
+
+def test_a_live_stream_through_the_server_gets_the_whole_streams_windows(
+    make_config: Callable[..., Config], stream_model: LoadedModel
+) -> None:
+    """PCM pushed over a real WebSocket: every update is the window of the whole stream's
+    tokens at its end, whether the engine kept up or skipped windows."""
+    audio = _audio(8.0, seed=30)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    heard = pcm.astype(np.float32) / 32768.0
+
+    async def scenario() -> list[dict[str, Any]]:
+        config = make_config(gate={"enabled": False})
+        async with serving(config, stream_model) as (server, _):
+            async with ws(server, "/ws/ingest") as ingest:
+                start = {"type": "start", "name": "s", "sample_rate": RATE, "channels": 1}
+                await ingest.send(json.dumps({**start, "format": "s16le"}))
+                stream_id = (await recv_json(ingest))["stream_id"]
+                async with updates(server, stream_id) as sub:
+                    for i in range(0, pcm.size, 1600):  # 0.1 s frames at 4x real time
+                        await ingest.send(pcm[i : i + 1600].tobytes())
+                        await asyncio.sleep(0.025)
+                    await ingest.send(json.dumps({"type": "stop"}))
+                    return await collect_until_end(sub, stream_id)
+
+    messages = run(scenario())
+    got = [m for m in messages if m["type"] == "genre.update"]
+    assert len(got) >= 5
+    ends = [round(m["stream_time_s"] * RATE) for m in got]
+    expected = _reference(stream_model, heard, ends)
+    labels = stream_model.labels
+    for message, probs in zip(got, expected, strict=True):
+        shown = {item["label"]: item["prob"] for item in message["top"]}
+        for label, prob in zip(labels, probs, strict=True):
+            assert shown[label] == pytest.approx(float(prob), abs=2e-3), (message, probs)
