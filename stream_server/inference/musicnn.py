@@ -277,13 +277,16 @@ class FrontendBlock(nn.Module):
     def valid(self, x: Tensor) -> Tensor:
         """Without padding: ``(n, 1, frames, mels)`` -> ``(n, maps, frames - kernel + 1)``,
         output ``m`` seeing input frames ``m .. m + kernel - 1``."""
-        z = self.conv(x)  # (n, maps, frames, bands')
         if self.training or self.norm.running_var is None:
-            maps: Tensor = self.norm(F.relu(z))
+            maps: Tensor = self.norm(F.relu(self.conv(x)))  # (n, maps, frames, bands')
             return maps.amax(dim=3)
-        low, high = torch.aminmax(z, dim=3)
+        # The map's minimum where its scale is negative is minus the maximum of the map computed
+        # with negated weights (exactly: negation commutes with IEEE rounding): one reduction.
         scale = self.norm.weight * torch.rsqrt(self.norm.running_var + self.norm.eps)
-        extreme = torch.where((scale >= 0)[:, None], high, low)
+        sign = torch.where(scale >= 0, 1.0, -1.0)
+        bias = None if self.conv.bias is None else self.conv.bias * sign
+        z = F.conv2d(x, self.conv.weight * sign[:, None, None, None], bias)
+        extreme = z.amax(dim=3) * sign[:, None]
         return F.batch_norm(
             F.relu(extreme),
             self.norm.running_mean,

@@ -135,7 +135,8 @@ class StreamTokens:
     a stream's slot, :meth:`restart` starts a stream again from nothing (after a gap). Only one
     thread may use a table (the engine's).
 
-    Slots grow by doubling; every tensor lives on ``device``.
+    Slots grow by doubling; every tensor lives on ``device`` (each stream's few samples short of
+    a frame wait in a host array).
     """
 
     def __init__(self, features: MusicnnTokens, tokens: int, *, device: torch.device | None = None):
@@ -153,8 +154,9 @@ class StreamTokens:
         midend = [block.conv.out_channels for block in self._midend_blocks]
         width = net.features
         self.width = width
-        # Token ring: the last ``tokens`` tokens, plus room for those one push adds.
-        self.capacity = tokens + 24
+        # Token ring: the last ``tokens`` tokens and some slack (a push keeps only its newest
+        # ``capacity`` tokens, so any push fits).
+        self.capacity = tokens + 8
         self.slot_of: dict[str, int] = {}
         self._free: list[int] = []
         self._slots = 0
@@ -197,6 +199,7 @@ class StreamTokens:
         self._clear([slot])
         return slot
 
+    @torch.inference_mode()
     def _clear(self, slots: Sequence[int]) -> None:
         index = torch.tensor(slots, dtype=torch.long, device=self.device)
         self._tail_n[list(slots)] = 0
@@ -217,6 +220,7 @@ class StreamTokens:
         if slot is not None:
             self._free.append(slot)
 
+    @torch.inference_mode()
     def restart(self, key: str) -> None:
         """Start a stream again from nothing: its next audio is a new stream's first."""
         if key in self.slot_of:
@@ -265,6 +269,8 @@ class StreamTokens:
         (a stream not seen before starts here)."""
         if not keys:
             return
+        if len(set(keys)) != len(keys):
+            raise ValueError("a stream may appear only once in a push")
         slots = [self.slot_of[k] if k in self.slot_of else self._take(k) for k in keys]
         rows = np.asarray(slots, dtype=np.int64)
         lengths = self._tail_n[rows] + np.array([a.size for a in audio], dtype=np.int64)

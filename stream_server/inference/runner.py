@@ -224,8 +224,13 @@ class InferenceRunner:
         for members in rounds:
             chunks = [self._new_audio(jobs[i]) for i in members]
             keys = [jobs[i].stream_id for i in members]
-            self.table.push(keys, chunks)
-            parts.append(self.table.window(keys))
+            try:
+                self.table.push(keys, chunks)
+                parts.append(self.table.window(keys))
+            except BaseException:
+                for key in keys:  # half-pushed state: each starts afresh with its next window
+                    self._ends.pop(key, None)
+                raise
             order.extend(members)
         inputs = torch.cat(parts)
         if len(parts) > 1:

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import OrderedDict, deque
 from collections.abc import Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar
@@ -334,7 +335,7 @@ async def classify_on_engine(
     batches of ``engine.max_batch`` at a time; the event loop only awaits them.
     """
     stream = OfflineStream(audio, params, engine.max_batch)
-    pending: deque[asyncio.Future[WindowScores]] = deque()
+    pending: deque[Future[WindowScores]] = deque()
     try:
         while True:
             while len(pending) < PIPELINE_DEPTH:
@@ -342,11 +343,14 @@ async def classify_on_engine(
                 if jobs is None:
                     break
                 windows = np.stack([job.window for job in jobs])
-                pending.append(asyncio.wrap_future(engine.run_windows(windows, jobs)))
+                pending.append(engine.run_windows(windows, jobs))
             if not pending:
                 return await asyncio.to_thread(stream.result)
-            stream.add_scores(await pending.popleft())
+            stream.add_scores(await asyncio.wrap_future(pending[0]))
+            pending.popleft()
     finally:
+        # The engine's own futures, cancelled now: a chunk not yet started never runs, so
+        # nothing of this stream runs after its release (which waits for a running chunk).
         for future in pending:
             future.cancel()
         engine.release(stream.stream_id)

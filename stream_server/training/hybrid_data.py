@@ -25,7 +25,7 @@ from stream_server.training.dataset import FloatArray, cached_array, windows_of
 
 
 def stream_windows(features: MusicnnTokens, audio: FloatArray, hop: int) -> FloatArray:
-    """Stream-context tokens of every window, float16: ``(windows, 1506, tokens)``.
+    """Stream-context tokens of every window, float16: ``(windows, POOLINGS[pooling], tokens)``.
 
     The clip is one stream (:meth:`MusicnnTokens.stream_raw`); its windows are runs of
     ``features.tokens`` consecutive tokens, about ``hop`` samples apart, the first at the clip's
