@@ -391,6 +391,40 @@ def test_the_table_runs_on_the_engines_device(device: str) -> None:
     )
 
 
+def test_warm_up_jobs_are_taken_in_and_not_scored(stream_model: LoadedModel) -> None:
+    runner = InferenceRunner(stream_model, torch.device("cpu"), max_batch=4)
+    assert runner.table is not None
+    results: list[Any] = []
+    done = threading.Event()
+
+    def on_results(batch: Sequence[Any]) -> None:
+        results.extend(batch)
+        done.set()
+
+    engine = Engine(
+        runner, max_batch=4, max_wait_s=0.0, on_results=on_results, on_error=lambda j, e: None
+    )
+    engine.start()
+    try:
+        audio = _audio(4.0, seed=16)
+        for end in (16000, 32000):  # the audio before the first 3 s window, hop by hop
+            engine.submit(WindowJob("w", audio[:end], end, 0.0, warm=True))
+            for _ in range(300):
+                if runner.table.count("w") or not engine.busy("w"):
+                    break
+                threading.Event().wait(0.01)
+        engine.submit(WindowJob("w", audio[:48000], 48000, 0.0))
+        assert done.wait(30)
+        assert [r.job.end_sample for r in results] == [48000]  # only the window is scored
+        seen = _recorded(stream_model)
+        torch.testing.assert_close(
+            seen, _reference(stream_model, audio, [48000]), rtol=TOL, atol=TOL
+        )
+        assert runner._ends["w"] == (48000, 0)
+    finally:
+        engine.stop()
+
+
 def test_a_cancelled_upload_leaves_no_state_behind(stream_model: LoadedModel) -> None:
     """Chunks of a one-shot stream queued behind a running one are cancelled, then the stream
     released: nothing of it runs afterwards, so no slot is left."""

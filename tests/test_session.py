@@ -568,3 +568,37 @@ def test_smallest_valid_buffer() -> None:
     assert params.buffer_samples == WINDOW + HOP
     assert params.top_k == 3
     assert SessionParams(RATE, 10, 5, 15, ("a",)).smoothing == SmoothingParams()
+
+
+def test_warm_up_jobs_bring_the_audio_before_each_first_window() -> None:
+    session = make_session(params=make_params(warm_up=True))
+    audio = music(6.0, rate=RATE, channels=1, seed=3)
+    signal = expected_signal(encode(audio, "f32le"), "f32le", 1, RATE)
+    step = HOP // 2
+    jobs = [session.feed(encode(audio[i : i + step], "f32le")) for i in range(0, 3 * HOP, step)]
+    warm = [job for job in jobs if job is not None]
+    # one warm-up job per hop boundary before the first window, each the audio so far
+    assert [job.end_sample for job in warm] == [HOP, 2 * HOP, 3 * HOP]
+    for job in warm:
+        assert job.warm and job.since == 0
+        np.testing.assert_array_equal(job.window, signal[: job.end_sample])
+    assert session.windows_due == 0 and session.windows_skipped == 0
+    first = session.feed(encode(audio[3 * HOP : WINDOW], "f32le"))
+    assert first is not None and not first.warm and first.end_sample == WINDOW
+    later = session.feed(encode(audio[WINDOW : WINDOW + HOP], "f32le"))
+    assert later is not None and not later.warm  # none after the first window
+    # after a gap: warm-up again, from the gap on
+    session.mark_gap(1.0)
+    gap_at = session.buffer.written
+    back = encode(audio[: 2 * HOP + 1], "f32le")
+    again = session.feed(back)
+    assert again is not None and again.warm
+    assert (again.since, again.end_sample) == (gap_at, gap_at + 2 * HOP)
+    after = expected_signal(back, "f32le", 1, RATE)
+    np.testing.assert_array_equal(again.window, after[: 2 * HOP])
+
+
+def test_no_warm_up_jobs_unless_asked() -> None:
+    session = make_session()
+    audio = music(1.9, rate=RATE, channels=1, seed=3)
+    assert session.feed(encode(audio, "f32le")) is None

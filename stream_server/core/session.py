@@ -43,7 +43,8 @@ class SessionParams:
     in ``labels`` when several model labels are merged into one; empty means one to one.
     ``smoothing``, ``gate`` and ``backdate_max_s`` govern the live labels and the stored timeline
     (:mod:`stream_server.core.labelling`); ``offline`` how whole files are decoded
-    (:mod:`stream_server.core.decoding`).
+    (:mod:`stream_server.core.decoding`). ``warm_up``: every hop before a stream's first window
+    (after its start or a gap) brings a warm-up job, for a model that keeps state per stream.
     """
 
     model_rate: int
@@ -57,6 +58,8 @@ class SessionParams:
     gate: GateParams = field(default_factory=GateParams)
     backdate_max_s: float = 30.0
     offline: OfflineParams = field(default_factory=OfflineParams)
+    #: Hand the engine warm-up jobs before each first window (:attr:`WindowJob.warm`).
+    warm_up: bool = False
 
     def __post_init__(self) -> None:
         if self.window_samples <= 0 or self.hop_samples <= 0:
@@ -133,6 +136,7 @@ class StreamSession:
         self._resampler = StreamingResampler(sample_rate, params.model_rate)
         self.buffer = RingBuffer(params.buffer_samples)
         self._next_end = params.window_samples
+        self._next_warm = params.hop_samples
         self._labeller = Labeller(params.labels, params.label_params())
         self.windows_due = 0
         self.windows_skipped = 0
@@ -180,7 +184,7 @@ class StreamSession:
     def _due_window(self, arrival: float) -> WindowJob | None:
         written = self.buffer.written
         if written < self._next_end:
-            return None
+            return self._warm_job(written, arrival) if self.params.warm_up else None
         hop = self.params.hop_samples
         due = (written - self._next_end) // hop + 1
         end = self._next_end + (due - 1) * hop
@@ -191,6 +195,19 @@ class StreamSession:
         window = self.buffer.read(start, self.params.window_samples)
         self.buffer.consume(self._next_end - self.params.window_samples)
         return WindowJob(self.stream_id, window, end, arrival, since=max(0, self._gap_at))
+
+    def _warm_job(self, written: int, arrival: float) -> WindowJob | None:
+        """The warm-up job due at the latest hop boundary, before the first window after the
+        stream's start or its latest gap; ``None`` when none is due."""
+        since = max(0, self._gap_at)
+        first = self._next_end == since + self.params.window_samples
+        if not first or written < self._next_warm:
+            return None
+        hop = self.params.hop_samples
+        end = self._next_warm + (written - self._next_warm) // hop * hop
+        self._next_warm = end + hop
+        window = self.buffer.read(since, end - since)
+        return WindowJob(self.stream_id, window, end, arrival, since=since, warm=True)
 
     def mark_gap(self, gap_s: float) -> list[tuple[int, Segment]]:
         """The source was away for ``gap_s`` seconds and is back; call before its new audio.
@@ -213,6 +230,7 @@ class StreamSession:
         self._gap_samples += round(gap_s * self.params.model_rate)
         self._gap_at = written
         self._next_end = written + self.params.window_samples
+        self._next_warm = written + self.params.hop_samples
         self.buffer.consume(written)
         return out
 

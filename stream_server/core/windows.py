@@ -18,6 +18,11 @@ class WindowJob:
     past its last sample; ``arrival`` the ``time.monotonic()`` at which that last sample arrived;
     ``since`` the absolute index from which the stream's audio runs without a gap up to
     ``end_sample`` (a model that keeps state per stream starts afresh when it changes).
+
+    A ``warm`` job comes before a stream's first full window (after its start or a gap): its
+    ``window`` is the stream's audio so far, from ``since``, shorter than a window. A model that
+    keeps state per stream takes it in ahead of time, so the first window costs no more than the
+    others; it is not scored, and nobody waits for it.
     """
 
     stream_id: str
@@ -26,3 +31,4 @@ class WindowJob:
     arrival: float
     enqueued: float = field(default_factory=time.monotonic)
     since: int = 0
+    warm: bool = False

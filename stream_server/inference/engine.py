@@ -249,6 +249,14 @@ class Engine:
         if isinstance(jobs, _OneShot):
             self._run_chunk(jobs)
             return
+        warm = [job for job in jobs if job.warm]
+        if warm:  # audio taken in ahead of the streams' first windows: no scores
+            try:
+                self.runner.warm(warm)
+            except Exception:
+                log.exception("warm-up failed for %d streams", len(warm))
+            self._finish(warm)
+            jobs = [job for job in jobs if not job.warm]
         if not jobs:
             return
         try:

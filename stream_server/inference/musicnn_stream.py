@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 import numpy as np
 import torch
@@ -52,7 +52,10 @@ from stream_server.inference.musicnn_tokens import (
     pool_runs,
 )
 
-__all__ = ["StreamTokens"]
+__all__ = ["PIECE", "StreamTokens"]
+
+#: Most samples of one stream computed in one call (1.024 s at 16 kHz: 64 frames).
+PIECE: Final = 16384
 
 
 def _more(rows: Tensor, slots: int, device: torch.device) -> Tensor:
@@ -266,11 +269,28 @@ class StreamTokens:
     @torch.inference_mode()
     def push(self, keys: Sequence[str], audio: Sequence[np.ndarray]) -> None:
         """New audio for each stream: ``audio[b]`` ``(samples,)`` float32 at 16 kHz, any length
-        (a stream not seen before starts here)."""
-        if not keys:
-            return
+        (a stream not seen before starts here).
+
+        The batch's rows are computed padded to the longest, so long audio goes in pieces of
+        :data:`PIECE` samples, one piece of each stream per call: a stream that brings 5 s (its
+        first window, or windows skipped under load) costs its own frames, not 5 s for every
+        stream of the batch.
+        """
         if len(set(keys)) != len(keys):
             raise ValueError("a stream may appear only once in a push")
+        for key in keys:
+            if key not in self.slot_of:
+                self._take(key)
+        rounds = max((-(-a.size // PIECE) for a in audio), default=0)
+        for r in range(rounds):
+            part = [(k, a[r * PIECE : (r + 1) * PIECE]) for k, a in zip(keys, audio, strict=True)]
+            part = [(k, a) for k, a in part if a.size]
+            self._push([k for k, _ in part], [a for _, a in part])
+
+    def _push(self, keys: Sequence[str], audio: Sequence[np.ndarray]) -> None:
+        """:meth:`push` of pieces, one per stream."""
+        if not keys:
+            return
         slots = [self.slot_of[k] if k in self.slot_of else self._take(k) for k in keys]
         rows = np.asarray(slots, dtype=np.int64)
         lengths = self._tail_n[rows] + np.array([a.size for a in audio], dtype=np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -368,9 +369,10 @@ class Service:
         assert self.model is not None
         name = check_text(start.get("name", ""), "name", MAX_NAME_CHARS)
         stream_id = secrets.token_hex(6)
+        warm_up = self.runner is not None and self.runner.table is not None
         session = StreamSession(
             stream_id,
-            session_params(self.config, self.model),
+            dataclasses.replace(session_params(self.config, self.model), warm_up=warm_up),
             sample_rate=start["sample_rate"],
             channels=start["channels"],
             fmt=start["format"],
@@ -447,13 +449,17 @@ class Service:
         self.metrics.windows_skipped.inc(session.windows_skipped - skipped)
 
     def _submit(self, live: LiveStream, job: WindowJob | None) -> None:
+        """Hand a due window to the engine; a window it replaced was skipped. Warm-up jobs are
+        neither awaited nor counted."""
         if job is None or self.engine is None:
             return
-        if self.engine.submit(job) is None:
+        replaced = self.engine.submit(job)
+        if not job.warm:
             live.outstanding += 1
             live.idle.clear()
-        else:
+        if replaced is not None and not replaced.warm:
             live.session.skipped()
+            self._resolved(live)
 
     async def end_stream(
         self, live: LiveStream, reason: str, *, drain: bool = True
@@ -484,7 +490,8 @@ class Service:
                 await asyncio.wait_for(live.idle.wait(), DRAIN_TIMEOUT_S)
             except TimeoutError:
                 log.warning("stream %s ended before its last window came back", session.stream_id)
-        if self.engine is not None and self.engine.cancel(session.stream_id) is not None:
+        dropped = None if self.engine is None else self.engine.cancel(session.stream_id)
+        if dropped is not None and not dropped.warm:
             session.skipped()
             self.metrics.windows_skipped.inc()
         self.streams.pop(session.stream_id, None)
