@@ -301,23 +301,41 @@ def prepare(
         _progress(f"scoring {len(mixes)} mixes as streams", progress)
         mix_ends = [window_ends(mix.length, window, hop) for mix in mixes]
         renders = [mix_window(mix, audio, mix.length, mix.length) for mix in mixes]
-        streamed = runner.score_streams(renders, mix_ends, window)
+        mix_scores = runner.score_streams(renders, mix_ends, window)
         computed += sum(len(e) for e in mix_ends)
         _progress("\n", progress)
-        return Prepared(
-            clips=kept,
-            truth=truth,
-            lengths=lengths,
-            clip_scores=clip_scores,
-            mixes=mixes,
-            mix_scores=streamed,
-            options=options,
-            windows_computed=computed,
-            seconds=time.perf_counter() - started,
+    else:
+        mix_scores, straddled = _reuse_clip_scores(
+            mixes, audio, clip_scores, runner, params, progress
         )
-    # Each mix window: a clip window's row, or a straddling window computed below.
+        computed += straddled
+    return Prepared(
+        clips=kept,
+        truth=truth,
+        lengths=lengths,
+        clip_scores=clip_scores,
+        mixes=mixes,
+        mix_scores=mix_scores,
+        options=options,
+        windows_computed=computed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _reuse_clip_scores(
+    mixes: Sequence[Mix],
+    audio: Sequence[FloatArray],
+    clip_scores: Sequence[WindowScores],
+    runner: InferenceRunner,
+    params: SessionParams,
+    progress: bool,
+) -> tuple[list[WindowScores], int]:
+    """Each mix's window scores: a window inside one part reuses its clip's row, the windows
+    that straddle two parts are computed (batched across all mixes). Returns the scores and how
+    many windows were computed."""
+    window, hop = params.window_samples, params.hop_samples
+    labels = len(runner.labels)
     sources: list[list[tuple[int, int] | int]] = []
-    mix_scores: list[WindowScores] = []
     straddling: list[np.ndarray] = []
     for mix in mixes:
         rows: list[tuple[int, int] | int] = []
@@ -330,31 +348,19 @@ def prepare(
                 part, k = source
                 rows.append((mix.parts[part].clip, k))
         sources.append(rows)
-    extra = WindowScores.empty(len(model.labels))
+    extra = WindowScores.empty(labels)
     if straddling:
         _progress(f"scoring {len(straddling)} windows across parts", progress)
         extra = runner.score(np.stack(straddling))
-        computed += len(straddling)
         _progress("\n", progress)
+    mix_scores = []
     for rows in sources:
         picked = [
             clip_scores[r[0]][r[1] : r[1] + 1] if isinstance(r, tuple) else extra[r : r + 1]
             for r in rows
         ]
-        mix_scores.append(
-            WindowScores.concat(picked) if picked else WindowScores.empty(len(model.labels))
-        )
-    return Prepared(
-        clips=kept,
-        truth=truth,
-        lengths=lengths,
-        clip_scores=clip_scores,
-        mixes=mixes,
-        mix_scores=mix_scores,
-        options=options,
-        windows_computed=computed,
-        seconds=time.perf_counter() - started,
-    )
+        mix_scores.append(WindowScores.concat(picked) if picked else WindowScores.empty(labels))
+    return mix_scores, len(straddling)
 
 
 def _perfect_rows(

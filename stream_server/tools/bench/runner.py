@@ -30,7 +30,7 @@ from stream_server.tools.bench.options import (
     default_audio_dir,
 )
 from stream_server.tools.bench.search import find_max
-from stream_server.tools.bench.server import BenchServer, cpu_seconds, rss_mb, running_server
+from stream_server.tools.bench.server import BenchServer, running_server
 from stream_server.tools.bench.worker import (
     PusherResult,
     PusherSpec,
@@ -40,6 +40,7 @@ from stream_server.tools.bench.worker import (
     pusher_main,
     subscriber_main,
 )
+from stream_server.tools.server_process import cpu_seconds, rss_mb
 
 Say = Callable[[str], None]
 
@@ -288,7 +289,7 @@ def run_bench(
         folder = Path(tmp)
         with running_server(config, capacity, folder, options.token) as server:
             report = _measure(config, server, folder, options, say)
-        report.log_warnings, report.log_errors = server.log.warnings, server.log.errors
+        report.log_warnings, report.log_errors = server.log.warnings, server.log.error_lines
     return report
 
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import re
 import resource
-import signal
 import subprocess
-import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +21,11 @@ from stream_server.serve.auth import READ
 from stream_server.tools.bench.figures import Geometry
 from stream_server.tools.bench.options import READY_TIMEOUT_S, STOP_TIMEOUT_S
 from stream_server.tools.client import auth_headers, refusal
+from stream_server.tools.server_process import (
+    ServerLog,
+    start_serve,
+    stop_serve,
+)
 from stream_server.tools.soak.runner import config_toml
 
 #: Loopback address the bench serves on.
@@ -53,29 +52,6 @@ def bench_config(config: Config, streams: int, database: Path) -> Config:
     return config.replace(server=server, storage=storage)
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU seconds of process ``pid`` (``/proc/PID/stat``); ``None`` if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # after the command name: utime and stime are fields 14 and 15 of the line
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of process ``pid`` in MiB (``VmRSS``); ``None`` once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def raise_file_limit(needed: int) -> None:
     """Raise this process's soft limit on open files to ``needed`` where the hard limit allows
     (the server and the load processes inherit it)."""
@@ -86,59 +62,12 @@ def raise_file_limit(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-class _Log:
-    """The server's output, read by a thread: the port once it says it is ready, its last
-    lines, and after that its ``WARNING`` lines counted and ``ERROR`` lines (and the last line of
-    each traceback) kept, the first :attr:`KEPT`."""
-
-    KEPT = 10
-    READY = re.compile(r"ready on http://\S+:(\d+)")
-    LEVEL = re.compile(r"^(WARNING|ERROR|CRITICAL)\b")
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.port: int | None = None
-        self.ready = threading.Event()
-        self.tail: deque[str] = deque(maxlen=20)
-        self.warnings = 0
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self._read, name="bench-server-log", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        in_traceback = False
-        for raw in self.proc.stdout:
-            line = raw.rstrip("\n")
-            self.tail.append(line)
-            if self.port is None:
-                match = self.READY.search(line)
-                if match:
-                    self.port = int(match.group(1))
-                    self.ready.set()
-                continue
-            level = self.LEVEL.match(line)
-            if in_traceback and not line.startswith(" "):
-                in_traceback = False
-                self._keep(line)
-            elif level and level.group(1) == "WARNING":
-                self.warnings += 1
-            elif level:
-                self._keep(line)
-            in_traceback = in_traceback or line.startswith("Traceback")
-        self.ready.set()  # it exited: nobody waits any more
-
-    def _keep(self, line: str) -> None:
-        if len(self.errors) < self.KEPT:
-            self.errors.append(line)
-
-
 @dataclass
 class BenchServer:
     """A running server: its process, its URLs and what its ``/ready`` says."""
 
     proc: subprocess.Popen[str]
-    log: _Log
+    log: ServerLog
     port: int
     token: str | None
     ready: dict[str, Any]
@@ -165,33 +94,7 @@ class BenchServer:
         return self.proc.poll() is None
 
 
-def _start(config_path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream_server.tools.cli", "serve", "--config", str(config_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _stop(proc: subprocess.Popen[str], log: _Log) -> None:
-    """SIGINT, then SIGKILL after :data:`STOP_TIMEOUT_S` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    log.thread.join(5.0)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-def _wait_port(proc: subprocess.Popen[str], log: _Log) -> int:
+def _wait_port(proc: subprocess.Popen[str], log: ServerLog) -> int:
     log.ready.wait(READY_TIMEOUT_S)
     if log.port is None:
         status = proc.poll()
@@ -248,11 +151,11 @@ def running_server(
     path = folder / "config.toml"
     path.write_text(config_toml(bench_config(config, streams, folder / "bench.db")), "utf-8")
     raise_file_limit(2 * streams + 256)
-    proc = _start(path)
-    log = _Log(proc)
+    proc = start_serve(path)
+    log = ServerLog(proc, "bench-server-log")
     try:
         port = _wait_port(proc, log)
         ready = _check_server(f"http://{HOST}:{port}", token)
         yield BenchServer(proc, log, port, token, ready)
     finally:
-        _stop(proc, log)
+        stop_serve(proc, log, STOP_TIMEOUT_S)

@@ -7,16 +7,10 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import re
 import resource
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import tomllib
-from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
@@ -28,6 +22,13 @@ import httpx
 from stream_server.config import Config, config_from_dict, load_config
 from stream_server.errors import SoakError
 from stream_server.serve.auth import TOKEN_ENV
+from stream_server.tools.server_process import (
+    ServerLog,
+    cpu_seconds,
+    rss_mb,
+    start_serve,
+    stop_serve,
+)
 from stream_server.tools.soak.figures import (
     RssSample,
     SoakResult,
@@ -106,120 +107,29 @@ def _raise_file_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def _rss_mb(pid: int) -> float | None:
-    """``VmRSS`` of process ``pid`` in MiB; ``None`` once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _cpu_s(pid: int) -> float | None:
-    """User plus system CPU seconds of process ``pid`` (``/proc/PID/stat``); ``None`` if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # after the command name: state is field 3 of the whole line, utime 14 and stime 15
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class _ServerProcess:
-    """``genrecast serve --config PATH`` as a child process, with its log read by a thread:
-    ``WARNING``/``ERROR`` lines and tracebacks counted after it is ready, the first
-    :attr:`KEPT` error lines kept (a traceback's: its last line), the last lines kept."""
-
-    KEPT = 10
-
-    LEVEL = re.compile(r"^(WARNING|ERROR|CRITICAL)\b")
+    """``genrecast serve --config PATH`` as a child process, with its log read by a thread
+    (:class:`~stream_server.tools.server_process.ServerLog`)."""
 
     def __init__(self, config_path: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stream_server.tools.cli",
-                "serve",
-                "--config",
-                str(config_path),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=env,
-        )
-        self.port: int | None = None
-        self.ready = threading.Event()
-        self.tail: deque[str] = deque(maxlen=20)
-        self.warnings = self.errors = self.tracebacks = 0
-        self.error_lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, name="soak-server-log", daemon=True)
-        self._reader.start()
-
-    def _keep(self, line: str) -> None:
-        if len(self.error_lines) < self.KEPT:
-            self.error_lines.append(line)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        in_traceback = False
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.tail.append(line)
-            if self.port is None:
-                match = re.search(r"ready on http://\S+:(\d+)", line)
-                if match:
-                    self.port = int(match.group(1))
-                    self.ready.set()
-                continue
-            level = self.LEVEL.match(line)
-            if in_traceback and not line.startswith(" "):
-                in_traceback = False
-                self._keep(line)
-            elif level and level.group(1) == "WARNING":
-                self.warnings += 1
-            elif level:
-                self.errors += 1
-                self._keep(line)
-            if line.startswith("Traceback"):
-                self.tracebacks += 1
-                in_traceback = True
-        self.ready.set()  # it exited: nobody waits any more
+        self.proc = start_serve(config_path, env)
+        self.log = ServerLog(self.proc, "soak-server-log")
 
     def wait_ready(self, timeout_s: float) -> int:
         """The port once the server says it is ready; :class:`SoakError` if it exits or takes
         longer than ``timeout_s``."""
-        self.ready.wait(timeout_s)
-        if self.port is None:
-            last = "\n".join(self.tail)
+        self.log.ready.wait(timeout_s)
+        if self.log.port is None:
+            last = "\n".join(self.log.tail)
             status = self.proc.poll()
             why = f"exited with status {status}" if status is not None else "is not ready"
             raise SoakError(f"the server {why} after {timeout_s:g} s at most:\n{last}")
-        return self.port
+        return self.log.port
 
     def stop(self) -> int | None:
         """SIGINT, then SIGKILL after :data:`STOP_TIMEOUT_S`; the exit status (``None``: it had
         to be killed)."""
-        status = self.proc.poll()
-        if status is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                status = self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                status = None
-        self._reader.join(5.0)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return status
+        return stop_serve(self.proc, self.log, STOP_TIMEOUT_S)
 
 
 def _url_host(host: str) -> str:
@@ -314,8 +224,10 @@ def run_soak(options: SoakOptions, *, log: TextIO | None = None) -> SoakResult:
         finally:
             server_exit = server.stop()
         result.server_exit = server_exit
-        result.log_warnings, result.log_errors = server.warnings, server.errors
-        result.log_tracebacks, result.log_error_lines = server.tracebacks, server.error_lines
+        server_log = server.log
+        result.log_warnings, result.log_errors = server_log.warnings, server_log.errors
+        result.log_tracebacks = server_log.tracebacks
+        result.log_error_lines = server_log.error_lines
         return result
 
 
@@ -353,11 +265,11 @@ def _drive(
                     answer = conn.recv()
             if answer != "ready":
                 raise SoakError(f"a client process failed: {answer}")
-        idle = _rss_mb(pid)
+        idle = rss_mb(pid)
         start_wall = time.time() + 0.5
         for conn in conns:
             conn.send(start_wall)
-        cpu0 = _cpu_s(pid) or 0.0
+        cpu0 = cpu_seconds(pid) or 0.0
         say(
             f"running {options.streams} streams and {options.subscribers} subscribers "
             f"for {duration_s:g} s"
@@ -370,10 +282,10 @@ def _drive(
         while pending and time.monotonic() < hard_end:
             now = time.monotonic()
             if now >= next_sample:
-                value = _rss_mb(pid)
+                value = rss_mb(pid)
                 if value is not None:
                     rss.append(RssSample(time.time() - start_wall, value))
-                    cpu1 = _cpu_s(pid) or cpu1
+                    cpu1 = cpu_seconds(pid) or cpu1
                 next_sample += every_s
             if now >= next_say and rss:
                 say(f"{rss[-1].t_s:.0f} s: server RSS {rss[-1].rss_mb:.1f} MiB")
@@ -393,8 +305,8 @@ def _drive(
         if pending:
             errors.append(f"{len(pending)} client process(es) did not finish in time")
         end_wall = time.time()
-        cpu_end = _cpu_s(pid)
-        final = _rss_mb(pid)
+        cpu_end = cpu_seconds(pid)
+        final = rss_mb(pid)
         if final is not None:
             rss.append(RssSample(end_wall - start_wall, final))
         if server.proc.poll() is not None:
