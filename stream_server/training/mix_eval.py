@@ -267,24 +267,13 @@ def prepare(
         audio.append(wave)
     window, hop = params.window_samples, params.hop_samples
     computed = 0
-    clip_scores: list[WindowScores] = []
-    # A model that keeps state per stream sees every clip and every mix as a stream of its own.
+    # Every clip is scored as a stream of its own (a model that keeps state per stream needs it;
+    # for the others it is the clip's windows, batched across clips).
     streams = runner.table is not None
-    if streams:
-        _progress(f"scoring {len(audio)} clips as streams", progress)
-        clip_ends = [window_ends(wave.size, window, hop) for wave in audio]
-        clip_scores = runner.score_streams(audio, clip_ends, window)
-        computed += sum(len(e) for e in clip_ends)
-        _progress("\n", progress)
-    for n, wave in enumerate([] if streams else audio):
-        ends = window_ends(wave.size, window, hop)
-        if not ends:
-            clip_scores.append(WindowScores.empty(len(model.labels)))
-            continue
-        windows = np.stack([wave[e - window : e] for e in ends])
-        clip_scores.append(runner.score(windows))
-        computed += len(ends)
-        _progress(f"scoring clips: {n + 1}/{len(audio)}", progress)
+    _progress(f"scoring {len(audio)} clips", progress)
+    clip_ends = [window_ends(wave.size, window, hop) for wave in audio]
+    clip_scores = runner.score_streams(audio, clip_ends, window)
+    computed = sum(len(e) for e in clip_ends)
     _progress("\n", progress)
     lengths = [a.size for a in audio]
     mixes = build_mixes(
