@@ -182,10 +182,14 @@ def test_a_stream_the_store_refuses_is_never_registered(
             text = await expect_rejection(server, [start(name="x")], "storage", 1011)
             assert "could not be stored" in text and "disk full" not in text
             assert not server.service.streams
+            assert server.service.smoothing is not None
+            assert server.service.smoothing.in_use == 0  # its smoothing slot went back
             store.add_stream = real_add  # type: ignore[method-assign]
             async with ws(server, "/ws/ingest") as conn:
                 await start_stream(conn, name="after")
+                assert server.service.smoothing.in_use == 1
                 await stop_stream(conn)
+            assert server.service.smoothing.in_use == 0
 
     run(scenario())
 

@@ -10,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_server.core.gate import GateParams
-from stream_server.core.labelling import Labeller, LabelParams, LabelStep, lead_split
-from stream_server.core.smoothing import SmoothingParams
+from stream_server.core.labelling import (
+    LabelInput,
+    Labeller,
+    LabelParams,
+    LabelStep,
+    lead_split,
+    step_batch,
+)
+from stream_server.core.smoothing import SmoothingParams, SmoothingTable
 from stream_server.core.timeline import Segment
 
 LABELS = ("blues", "country", "jazz", "rock")
@@ -268,3 +275,68 @@ def test_stored_tails_rebuild_the_timeline(
         assert a.start_s <= a.end_s <= b.start_s
         assert a.end_s == b.start_s or a.end_s in gap_times
         assert a.updates >= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_shared_table_in_batches_labels_as_each_stream_alone(seed: int) -> None:
+    """Streams labelled together (one table, one call per batch, batches of random make-up,
+    a stream twice in some) give the same steps and timelines as each stream on its own."""
+    rng = np.random.default_rng(seed)
+    base = labeller()
+    table = SmoothingTable(len(LABELS), base.params.smoothing, capacity=2)
+    streams = 12
+    together = [Labeller(LABELS, base.params, table) for _ in range(streams)]
+    alone = [labeller() for _ in range(streams)]
+    clocks = [WINDOW_S] * streams
+    genres = [ROCK, COUNTRY, JAZZ]
+    mood = [0] * streams
+    compared = 0
+    for _ in range(120):
+        batch = [int(i) for i in rng.integers(0, streams, size=rng.integers(1, 10))]
+        windows: list[LabelInput] = []
+        for i in batch:
+            if rng.random() < 0.08:
+                mood[i] = int(rng.integers(3))
+            clocks[i] += 1.0
+            probs = genres[mood[i]] + rng.uniform(0, 0.5, size=len(LABELS)).astype(np.float32)
+            level = QUIET if rng.random() < 0.05 else LOUD
+            speech = 0.9 if rng.random() < 0.1 else 0.0
+            if rng.random() < 0.02:
+                probs = np.full(len(LABELS), np.nan, np.float32)  # refused, alone and together
+            windows.append(
+                LabelInput(clocks[i], clocks[i] - WINDOW_S, probs / probs.sum(), level, speech)
+            )
+        got = step_batch([together[i] for i in batch], windows)
+        for i, window, step in zip(batch, windows, got, strict=True):
+            try:
+                want: LabelStep | ValueError = alone[i].step(
+                    window.time_s,
+                    window.window_start_s,
+                    window.probs,
+                    window.level_dbfs,
+                    window.speech_prob,
+                )
+            except ValueError as exc:
+                want = exc
+            if isinstance(want, ValueError):
+                assert isinstance(step, ValueError) and str(step) == str(want)
+                continue
+            assert isinstance(step, LabelStep)
+            assert (step.label, step.kind, step.previous, step.changed, step.since_s) == (
+                want.label,
+                want.kind,
+                want.previous,
+                want.changed,
+                want.since_s,
+            )
+            assert step.confidence == want.confidence
+            np.testing.assert_array_equal(step.smoothed, want.smoothed)
+            assert step.segments == want.segments
+            compared += 1
+    assert compared > 400
+    for mine, theirs in zip(together, alone, strict=True):
+        assert mine.segments() == theirs.segments()
+    assert sum(len(lab.segments()) for lab in alone) > 2 * streams  # labels did change
+    for lab in together:
+        lab.close()
+    assert table.in_use == 0

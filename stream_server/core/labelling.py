@@ -28,23 +28,36 @@ A :class:`Labeller` takes one window at a time -- its stream time, its genre pro
 
 Times are seconds of stream time; a window ending at ``t`` that started at ``s`` is centred at
 ``(s + t) / 2``. No I/O, no clocks: one owner drives it.
+
+Labellers of many streams share one :class:`~stream_server.core.smoothing.SmoothingTable`;
+:func:`step_batch` gates each window, smooths and tracks the batch's music windows in one call
+to the table, then labels and stores each window.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from stream_server.core.gate import MUSIC, SILENCE, SPEECH, GateParams, judge
-from stream_server.core.smoothing import GenreTracker, ProbabilitySmoother, SmoothingParams
+from stream_server.core.smoothing import SmoothingParams, SmoothingTable
 from stream_server.core.timeline import Segment, TimelineBuilder
 from stream_server.messages import SILENCE as SILENCE_LABEL
 from stream_server.messages import SPEECH as SPEECH_LABEL
 
-__all__ = ["LabelParams", "LabelStep", "Labeller", "lead_split", "mostly_after_silence"]
+__all__ = [
+    "LabelInput",
+    "LabelParams",
+    "LabelStep",
+    "Labeller",
+    "lead_split",
+    "mostly_after_silence",
+    "step_batch",
+]
 
 #: Added to probabilities before taking logs in :func:`lead_split`.
 _EPS = 1e-6
@@ -81,6 +94,25 @@ class LabelParams:
         if self.backdate_max_s == 0:
             return 0
         return math.ceil(self.backdate_max_s / self.hop_s) + 2
+
+
+@dataclass(frozen=True)
+class LabelInput:
+    """One window for a :class:`Labeller`.
+
+    Attributes:
+        time_s: Where the window ends (stream time, s).
+        window_start_s: Where it starts (stream time, s).
+        probs: ``(C,)`` genre probabilities of the window.
+        level_dbfs: Level of its newest hop (dBFS); ``None``: not measured, not silence.
+        speech_prob: Its speech probability (``0`` without a speech detector).
+    """
+
+    time_s: float
+    window_start_s: float
+    probs: np.ndarray
+    level_dbfs: float | None = None
+    speech_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,16 +194,34 @@ def mostly_after_silence(
 
 
 class Labeller:
-    """The causal label decision for one stream; see the module docstring."""
+    """The causal label decision for one stream; see the module docstring.
 
-    def __init__(self, labels: tuple[str, ...], params: LabelParams) -> None:
-        """Labels for ``labels`` (the genres, in probability order) with ``params``."""
+    Its smoothing and hysteresis live in a slot of ``table`` (shared by the labellers of a
+    batch; a table of its own when ``None``). :meth:`close` gives the slot back.
+    """
+
+    def __init__(
+        self,
+        labels: tuple[str, ...],
+        params: LabelParams,
+        table: SmoothingTable | None = None,
+    ) -> None:
+        """Labels for ``labels`` (the genres, in probability order) with ``params``.
+
+        Raises:
+            ValueError: no labels, or a ``table`` for another number of labels or tuning.
+        """
         if not labels:
             raise ValueError("labels must not be empty")
+        if table is None:
+            table = SmoothingTable(len(labels), params.smoothing, capacity=1)
+        elif table.num_labels != len(labels) or table.params != params.smoothing:
+            raise ValueError("the smoothing table was made for other labels or tuning")
         self.labels = labels
         self.params = params
-        self._smoother = ProbabilitySmoother(len(labels), params.smoothing.time_constant_s)
-        self._tracker = GenreTracker(params.smoothing)
+        self.table = table
+        self.slot = table.acquire()
+        self._closed = False
         self._timeline = TimelineBuilder(params.history)
         # One more than the timeline keeps: this window as well as the open segment's.
         self._history: deque[_Past] = deque(maxlen=params.history + 1)
@@ -190,6 +240,12 @@ class Labeller:
         """The stored timeline so far."""
         return self._timeline.segments()
 
+    def close(self) -> None:
+        """Give the smoothing slot back (the stream ended); idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.table.release(self.slot)
+
     def step(
         self,
         time_s: float,
@@ -198,29 +254,59 @@ class Labeller:
         level_dbfs: float | None = None,
         speech_prob: float = 0.0,
     ) -> LabelStep:
-        """One window: it ends at ``time_s`` and starts at ``window_start_s`` (stream time, s).
+        """One window: it ends at ``time_s`` and starts at ``window_start_s`` (stream time, s);
+        the rest as in :class:`LabelInput`.
 
-        Args:
-            probs: ``(C,)`` genre probabilities of the window.
-            level_dbfs: Level of the window's newest hop (dBFS); ``None``: not measured, not
-                silence.
-            speech_prob: The window's speech probability (``0`` without a speech detector).
+        Raises:
+            ValueError: the window's probabilities or time cannot be smoothed.
         """
-        params = self.params
-        level = 0.0 if level_dbfs is None else level_dbfs
-        kind = int(judge(level, speech_prob, params.gate))
+        window = LabelInput(time_s, window_start_s, probs, level_dbfs, speech_prob)
+        (out,) = step_batch([self], [window])
+        if isinstance(out, ValueError):
+            raise out
+        return out
+
+    def mark_gap(self, time_s: float) -> list[tuple[int, Segment]]:
+        """The audio stopped at ``time_s`` (stream time, s) and resumes later: the open segment
+        closes there and the smoothing starts afresh. Returns the timeline's changed tail."""
+        self._timeline.mark_gap(time_s)
+        self.table.reset_smoothing(self.slot)
+        self._smoothed = None
+        self._run = None
+        self._history.clear()
+        self._silence_until_s = None
+        return self._timeline.take_changes()
+
+    # -- one window, in two halves around the table ------------------------------------------
+
+    def _gate(self, window: LabelInput) -> tuple[int, bool]:
+        """The gate's kind for ``window`` and whether it feeds the smoothing (no state moves)."""
+        level = 0.0 if window.level_dbfs is None else window.level_dbfs
+        kind = int(judge(level, window.speech_prob, self.params.gate))
         fed = kind == MUSIC and not (
-            self._tracker.current is not None
-            and mostly_after_silence(window_start_s, time_s, self._silence_until_s)
+            self.table.current(self.slot) is not None
+            and mostly_after_silence(window.window_start_s, window.time_s, self._silence_until_s)
         )
-        if fed:
-            self._smoothed = self._smoother.update(probs, time_s)
-            self._tracker.update(self._smoothed, time_s)
+        return kind, fed
+
+    def _finish(self, window: LabelInput, kind: int, smoothed: np.ndarray | None) -> LabelStep:
+        """The rest of a window once the table smoothed it (``smoothed`` ``(C,)``; ``None``:
+        not fed)."""
+        params = self.params
+        time_s, window_start_s, probs = window.time_s, window.window_start_s, window.probs
+        fed = smoothed is not None
+        if smoothed is not None:
+            self._smoothed = smoothed
         if kind == SILENCE:
             self._silence_until_s = time_s
-        smoothed = self._smoothed if self._smoothed is not None else probs.astype(np.float32)
+        shown_smoothed = self._smoothed if self._smoothed is not None else probs.astype(np.float32)
         past = _Past(
-            time_s, (window_start_s + time_s) / 2, fed, probs, smoothed, float(speech_prob)
+            time_s,
+            (window_start_s + time_s) / 2,
+            fed,
+            probs,
+            shown_smoothed,
+            float(window.speech_prob),
         )
         before = self._history[-1] if self._history else None
         self._history.append(past)
@@ -259,24 +345,13 @@ class Labeller:
         return LabelStep(
             label=label,
             confidence=confidence,
-            smoothed=smoothed,
+            smoothed=shown_smoothed,
             kind=kind,
             previous=previous,
             changed=changed,
             since_s=since_s,
             segments=self._timeline.take_changes(),
         )
-
-    def mark_gap(self, time_s: float) -> list[tuple[int, Segment]]:
-        """The audio stopped at ``time_s`` (stream time, s) and resumes later: the open segment
-        closes there and the smoothing starts afresh. Returns the timeline's changed tail."""
-        self._timeline.mark_gap(time_s)
-        self._smoother.reset()
-        self._smoothed = None
-        self._run = None
-        self._history.clear()
-        self._silence_until_s = None
-        return self._timeline.take_changes()
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -285,7 +360,7 @@ class Labeller:
             return SPEECH_LABEL
         if kind == SILENCE:
             return SILENCE_LABEL
-        current = self._tracker.current
+        current = self.table.current(self.slot)
         assert current is not None  # music shows only once a music window was fed
         return self.labels[current]
 
@@ -346,3 +421,77 @@ class Labeller:
         if run.before is not None:
             return (run.before.centre_s + first.centre_s) / 2
         return first.centre_s - self.params.hop_s / 2
+
+
+def step_batch(
+    labellers: Sequence[Labeller], windows: Sequence[LabelInput]
+) -> list[LabelStep | ValueError]:
+    """One window for each labeller (``windows[i]`` is ``labellers[i]``'s), in order.
+
+    All labellers share one table. Each window is gated, the music windows are smoothed and
+    tracked in one :meth:`~stream_server.core.smoothing.SmoothingTable.update`, then each is
+    labelled and stored. A labeller that comes back in the batch takes its later windows in
+    later rounds, in order. A window the table refuses comes back as its ``ValueError`` and
+    changes nothing; the others go on.
+    """
+    if len(labellers) != len(windows):
+        raise ValueError(f"{len(labellers)} labellers for {len(windows)} windows")
+    out: list[LabelStep | ValueError] = [ValueError("not labelled")] * len(windows)
+    pending = list(range(len(windows)))
+    while pending:
+        seen: set[int] = set()
+        now: list[int] = []
+        later: list[int] = []
+        for i in pending:
+            (later if id(labellers[i]) in seen else now).append(i)
+            seen.add(id(labellers[i]))
+        _round(labellers, windows, now, out)
+        pending = later
+    return out
+
+
+def _round(
+    labellers: Sequence[Labeller],
+    windows: Sequence[LabelInput],
+    rows: list[int],
+    out: list[LabelStep | ValueError],
+) -> None:
+    """:func:`step_batch` for ``rows``, a labeller at most once among them."""
+    table = labellers[rows[0]].table
+    if any(labellers[i].table is not table for i in rows):
+        raise ValueError("labellers of one batch must share one smoothing table")
+    kinds: dict[int, int] = {}
+    fed: list[int] = []
+    for i in rows:
+        kind, feeds = labellers[i]._gate(windows[i])
+        kinds[i] = kind
+        if feeds:
+            fed.append(i)
+    smoothed: dict[int, np.ndarray] = {}
+    if fed:
+        slots = [labellers[i].slot for i in fed]
+        probs = [np.asarray(windows[i].probs, dtype=np.float64) for i in fed]
+        shapes = [p.shape == (table.num_labels,) for p in probs]
+        times = [windows[i].time_s for i in fed]
+        stacked = np.stack(
+            [p if ok else np.zeros(table.num_labels) for p, ok in zip(probs, shapes, strict=True)]
+        )
+        problems = table.problems(slots, stacked, times)
+        good = []
+        for j, i in enumerate(fed):
+            if not shapes[j]:
+                out[i] = ValueError(
+                    f"probs must have shape ({table.num_labels},), got {probs[j].shape}"
+                )
+            elif problems[j] is not None:
+                out[i] = ValueError(problems[j])
+            else:
+                good.append(j)
+        if good:
+            step = table.update([slots[j] for j in good], stacked[good], [times[j] for j in good])
+            for k, j in enumerate(good):
+                smoothed[fed[j]] = step.smoothed[k]
+    for i in rows:
+        if i in fed and i not in smoothed:
+            continue
+        out[i] = labellers[i]._finish(windows[i], kinds[i], smoothed.get(i))

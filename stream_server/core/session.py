@@ -7,7 +7,9 @@ completes several windows only the newest is returned (latest wins) and the rest
 skipped. :meth:`StreamSession.on_scores` takes the model's probabilities for a window (with its
 level and speech probability, the gate's inputs) and returns the messages to publish
 (``genre.update``, and ``genre.change`` when the label shown changes) plus the tail of the
-timeline to store; the decisions are a :class:`~stream_server.core.labelling.Labeller`'s. Sample
+timeline to store; the decisions are a :class:`~stream_server.core.labelling.Labeller`'s.
+:func:`score_batch` does the same for a batch of windows of many sessions that share one
+:class:`~stream_server.core.smoothing.SmoothingTable`, with one call to the table. Sample
 positions are absolute indices at the model's rate.
 
 :meth:`StreamSession.mark_gap` records that the source went away for a while (a pulled stream
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,8 @@ from stream_server.config import SmoothingParams
 from stream_server.core.audio import PcmDecoder, StreamingResampler
 from stream_server.core.decoding import OfflineParams
 from stream_server.core.gate import GateParams
-from stream_server.core.labelling import Labeller, LabelParams
+from stream_server.core.labelling import LabelInput, Labeller, LabelParams, LabelStep, step_batch
+from stream_server.core.smoothing import SmoothingTable
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowJob
 from stream_server.messages import GenreChange, GenreUpdate, LabelProb, SampleFormat
@@ -111,7 +115,12 @@ class Scored:
 
 
 class StreamSession:
-    """The per-stream pipeline state. Not thread-safe: one owner (the event loop) drives it."""
+    """The per-stream pipeline state. Not thread-safe: one owner (the event loop) drives it.
+
+    ``table`` holds the smoothing and hysteresis of the sessions scored together
+    (:func:`score_batch`); ``None`` gives the session one of its own. :meth:`close` gives its
+    slot back.
+    """
 
     def __init__(
         self,
@@ -123,6 +132,7 @@ class StreamSession:
         fmt: SampleFormat,
         name: str = "",
         kind: str = "ws",
+        table: SmoothingTable | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.params = params
@@ -137,7 +147,7 @@ class StreamSession:
         self.buffer = RingBuffer(params.buffer_samples)
         self._next_end = params.window_samples
         self._next_warm = params.hop_samples
-        self._labeller = Labeller(params.labels, params.label_params())
+        self._labeller = Labeller(params.labels, params.label_params(), table)
         self.windows_due = 0
         self.windows_skipped = 0
         self.windows_computed = 0
@@ -259,36 +269,60 @@ class StreamSession:
         ``level_dbfs`` (the level of the window's newest hop; ``None``: not measured) and
         ``speech_prob`` are the gate's inputs
         (:class:`~stream_server.inference.engine.WindowResult`).
-        """
-        probs = self.params.display_probs(probs)
-        rate = self.params.model_rate
-        t = (job.end_sample + self._gap_samples) / rate
-        window_start = (job.end_sample + self._gap_samples - self.params.window_samples) / rate
-        step = self._labeller.step(t, window_start, probs, level_dbfs, speech_prob)
-        smoothed = step.smoothed
-        genre = step.label
-        confidence = step.confidence
-        self.windows_computed += 1
 
-        k = min(self.params.top_k, len(self.params.labels))
+        Raises:
+            ValueError: the probabilities cannot be labelled (nothing changes then).
+        """
+        (out,) = score_batch([self], [job], [probs], [level_dbfs], [speech_prob], now)
+        if isinstance(out, ValueError):
+            raise out
+        return out
+
+    def close(self) -> None:
+        """The stream is gone: give its smoothing slot back (idempotent)."""
+        self._labeller.close()
+
+    def _label_input(
+        self,
+        job: WindowJob,
+        probs: np.ndarray,
+        level_dbfs: float | None,
+        speech_prob: float,
+    ) -> LabelInput:
+        rate = self.params.model_rate
+        end = job.end_sample + self._gap_samples
+        return LabelInput(
+            end / rate,
+            (end - self.params.window_samples) / rate,
+            self.params.display_probs(probs),
+            level_dbfs,
+            speech_prob,
+        )
+
+    def _scored(self, job: WindowJob, window: LabelInput, step: LabelStep, now: float) -> Scored:
+        """The messages and segments of one labelled window."""
+        probs, smoothed = window.probs, step.smoothed
+        labels = self.params.labels
+        self.windows_computed += 1
+        k = min(self.params.top_k, len(labels))
         order = np.argsort(-probs, kind="stable")[:k]
-        top = [LabelProb(label=self.params.labels[i], prob=_round(probs[i])) for i in order]
+        top = [LabelProb(label=labels[i], prob=_round(probs[i])) for i in order]
         ranked = np.argsort(-smoothed, kind="stable")
-        smooth = [LabelProb(label=self.params.labels[i], prob=_round(smoothed[i])) for i in ranked]
-        sent = time.monotonic() if now is None else now
+        smooth = [LabelProb(label=labels[i], prob=_round(smoothed[i])) for i in ranked]
         wall = time.time()
+        t = round(window.time_s, 3)
         update = GenreUpdate(
             type="genre.update",
             seq=0,
             stream_id=self.stream_id,
-            stream_time_s=round(t, 3),
-            window_start_s=round(window_start, 3),
+            stream_time_s=t,
+            window_start_s=round(window.window_start_s, 3),
             wall_time=wall,
             top=top,
             smoothed=smooth,
-            genre=genre,
-            confidence=_round(confidence),
-            latency_ms=round(max(0.0, sent - job.arrival) * 1000.0, 2),
+            genre=step.label,
+            confidence=_round(step.confidence),
+            latency_ms=round(max(0.0, now - job.arrival) * 1000.0, 2),
         )
         self.last_update = update
         change_msg = None
@@ -297,11 +331,11 @@ class StreamSession:
                 type="genre.change",
                 seq=0,
                 stream_id=self.stream_id,
-                stream_time_s=round(t, 3),
+                stream_time_s=t,
                 wall_time=wall,
                 previous=step.previous,
-                genre=genre,
-                confidence=_round(confidence),
+                genre=step.label,
+                confidence=_round(step.confidence),
             )
         return Scored(update, change_msg, step.segments, probs, step.kind)
 
@@ -313,3 +347,41 @@ class StreamSession:
 def _round(x: float | np.floating[Any]) -> float:
     value = float(x)
     return round(value, 4) if math.isfinite(value) else 0.0
+
+
+def score_batch(
+    sessions: Sequence[StreamSession],
+    jobs: Sequence[WindowJob],
+    probs: Sequence[np.ndarray],
+    levels_dbfs: Sequence[float | None],
+    speech_probs: Sequence[float],
+    now: float | None = None,
+) -> list[Scored | ValueError]:
+    """:meth:`StreamSession.on_scores` for a batch: ``jobs[i]`` of ``sessions[i]`` with its
+    ``(model labels,)`` probabilities, level and speech probability.
+
+    The sessions share one smoothing table, which smooths and tracks the batch in one call
+    (:func:`~stream_server.core.labelling.step_batch`). A window whose scores are refused comes
+    back as its ``ValueError`` and changes nothing; the others go on.
+    """
+    sent = time.monotonic() if now is None else now
+    out: list[Scored | ValueError] = [ValueError("not scored")] * len(jobs)
+    rows: list[int] = []
+    inputs: list[LabelInput] = []
+    for i, session in enumerate(sessions):
+        try:
+            inputs.append(
+                session._label_input(jobs[i], probs[i], levels_dbfs[i], float(speech_probs[i]))
+            )
+        except ValueError as exc:
+            out[i] = exc
+            continue
+        rows.append(i)
+    steps = step_batch([sessions[i]._labeller for i in rows], inputs)
+    for i, window, step in zip(rows, inputs, steps, strict=True):
+        out[i] = (
+            step
+            if isinstance(step, ValueError)
+            else sessions[i]._scored(jobs[i], window, step, sent)
+        )
+    return out

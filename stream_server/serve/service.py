@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 from stream_server.config import Config
 from stream_server.core.audio import validate_format
-from stream_server.core.session import StreamSession
+from stream_server.core.session import StreamSession, score_batch
+from stream_server.core.smoothing import SmoothingTable
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowJob
 from stream_server.errors import ProtocolError, SourceRefused
@@ -125,6 +126,8 @@ class Service:
         self.stopping = False
         self.model: LoadedModel | None = model
         self.runner: InferenceRunner | None = None
+        #: The live streams' smoothing and hysteresis, one slot each (made with the model).
+        self.smoothing: SmoothingTable | None = None
         self.engine: Engine | None = None
         self.store: TimelineStore | None = None
         self.load_error: str | None = None
@@ -221,6 +224,8 @@ class Service:
         )
         self.model = loaded
         self.runner = runner
+        params = session_params(self.config, loaded)
+        self.smoothing = SmoothingTable(len(params.labels), params.smoothing)
         engine = Engine(
             runner,
             max_batch=cfg.max_batch,
@@ -378,6 +383,7 @@ class Service:
             fmt=start["format"],
             name=name,
             kind=kind,
+            table=self.smoothing,
         )
         live = LiveStream(session, source, client=client)
         assert self.store is not None
@@ -387,6 +393,7 @@ class Service:
         try:
             await self._in_db(self.store.add_stream, record)
         except Exception as exc:
+            session.close()
             self.metrics.errors.labels(kind="storage").inc()
             log.error("stream %s could not be stored: %s", stream_id, exc)
             raise ProtocolError(
@@ -495,6 +502,7 @@ class Service:
             session.skipped()
             self.metrics.windows_skipped.inc()
         self.streams.pop(session.stream_id, None)
+        session.close()
         self.metrics.active_streams.set(len(self.streams))
         ended_at = time.time()
         if self.store is not None:
@@ -531,6 +539,7 @@ class Service:
         m.inference_seconds.observe(results[0].batch_seconds)
         m.windows_computed.inc(len(results))
         tails: list[Tail] = []
+        taken: list[tuple[LiveStream, WindowResult]] = []
         for result in results:
             live = self.streams.get(result.job.stream_id)
             if live is None:
@@ -538,25 +547,26 @@ class Service:
             if live.session.is_stale(result.job):
                 self._resolved(live)
                 continue
-            try:
-                scored = live.session.on_scores(
-                    result.job,
-                    result.probs,
-                    time.monotonic(),
-                    level_dbfs=result.level_dbfs,
-                    speech_prob=result.speech_prob,
-                )
-            except ValueError as exc:  # one window's scores refused: the rest go on
-                log.warning("stream %s: window dropped: %s", result.job.stream_id, exc)
+            taken.append((live, result))
+        scored_all = score_batch(
+            [live.session for live, _ in taken],
+            [result.job for _, result in taken],
+            [result.probs for _, result in taken],
+            [result.level_dbfs for _, result in taken],
+            [result.speech_prob for _, result in taken],
+            time.monotonic(),
+        )
+        for (live, result), scored in zip(taken, scored_all, strict=True):
+            if isinstance(scored, ValueError):  # one window's scores refused: the rest go on
+                log.warning("stream %s: window dropped: %s", result.job.stream_id, scored)
                 m.errors.labels(kind="scores").inc()
-                self._resolved(live)
-                continue
-            self.hub.publish(scored.update)
-            if scored.change is not None:
-                self.hub.publish(scored.change)
-            m.latency_seconds.observe(scored.update["latency_ms"] / 1000.0)
-            if scored.segments:
-                tails.append(_tail(live, scored.segments))
+            else:
+                self.hub.publish(scored.update)
+                if scored.change is not None:
+                    self.hub.publish(scored.change)
+                m.latency_seconds.observe(scored.update["latency_ms"] / 1000.0)
+                if scored.segments:
+                    tails.append(_tail(live, scored.segments))
             self._resolved(live)
         if self.store is not None and tails:
             self._db_write(self._write_tails, self.store, tails)
