@@ -167,7 +167,7 @@ class EngineConfig:
     max_wait_ms: float = field(default=20.0, metadata={CHECK: _non_negative})
     hop_s: float = field(default=1.0, metadata={CHECK: _positive})
     window_s: float = field(default=0.0, metadata={CHECK: _non_negative})
-    buffer_s: float = field(default=30.0, metadata={CHECK: _positive})
+    buffer_s: float = field(default=0.0, metadata={CHECK: _non_negative})
     top_k: int = field(default=3, metadata={CHECK: _positive})
 
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from stream_server.core.windows import WindowJob
-from stream_server.inference.engine import Engine, EngineStopped, WindowResult
+from stream_server.inference import heap
+from stream_server.inference.engine import IDLE_S, Engine, EngineStopped, WindowResult
 from stream_server.inference.model import LoadedModel
 from stream_server.inference.runner import BatchTiming, InferenceRunner, WindowScores
 from tests.helpers.audio import music
@@ -555,3 +556,45 @@ def test_run_windows_with_no_windows_or_a_bad_shape(
     assert empty.result().level_dbfs.shape == (0,)
     with pytest.raises(ValueError, match=r"\(n, samples\)"):
         engine.run_windows(window(0))
+
+
+def test_the_engine_calls_on_idle_once_after_work_and_never_while_it_had_none(
+    runner: InferenceRunner, recorder: Recorder
+) -> None:
+    idle: queue.Queue[str] = queue.Queue()
+
+    def on_idle() -> None:
+        idle.put(threading.current_thread().name)
+        raise RuntimeError("a failing idle callback does not stop the engine")
+
+    engine = Engine(
+        runner,
+        max_batch=4,
+        max_wait_s=0.0,
+        on_results=recorder.on_results,
+        on_error=recorder.on_error,
+        on_idle=on_idle,
+    )
+    engine.start()
+    try:
+        with pytest.raises(queue.Empty):  # started, no work yet: not idle "after work"
+            idle.get(timeout=3 * IDLE_S)
+        engine.submit(job("a"))
+        recorder.next_results()
+        assert idle.get(timeout=TIMEOUT_S) == "genrecast-engine"
+        with pytest.raises(queue.Empty):  # once per stretch of work, not again and again
+            idle.get(timeout=3 * IDLE_S)
+        engine.submit(job("b"))
+        recorder.next_results()
+        assert idle.get(timeout=TIMEOUT_S) == "genrecast-engine"
+    finally:
+        engine.stop()
+
+
+def test_trim_heap_gives_freed_memory_back() -> None:
+    """On glibc, memory freed by a large computation goes back to the system."""
+    if heap._malloc_trim() is None:
+        pytest.skip("not glibc: trim_heap does nothing here")
+    blocks = [np.ones(100_000) for _ in range(200)]  # 160 MB in 800 KB blocks...
+    del blocks[:-1]  # ...freed, but the newest keeps the heap's top in place
+    assert heap.trim_heap() is True

@@ -13,6 +13,10 @@ One-shot work (a whole uploaded file) comes in through :meth:`Engine.run_windows
 same thread runs it in chunks of ``max_batch`` windows, taking turns with live batches, so a long
 file delays a live stream by at most one chunk.
 
+When the thread runs out of work after a batch, it waits :data:`IDLE_S` more and then calls
+``on_idle`` once (by default :func:`~stream_server.inference.heap.trim_heap`: memory the batches
+freed goes back to the system, so an idle server does not keep its peak size).
+
 A runner may keep state per stream (:meth:`InferenceRunner.release
 <stream_server.inference.runner.InferenceRunner.release>`): :meth:`Engine.cancel` and
 :meth:`Engine.release` free it on the engine thread, after any batch of the stream that is
@@ -33,9 +37,16 @@ import numpy as np
 
 from stream_server.core.windows import WindowJob
 from stream_server.errors import EngineStopped
+from stream_server.inference.heap import trim_heap
 from stream_server.inference.runner import InferenceRunner, WindowScores
 
 log = logging.getLogger(__name__)
+
+#: Seconds without work after a batch before the engine calls ``on_idle``.
+IDLE_S = 0.5
+
+#: What :meth:`Engine._take_batch` returns when the engine went idle.
+_IDLE = object()
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,8 +103,12 @@ class Engine:
         max_wait_s: float,
         on_results: ResultsCallback,
         on_error: ErrorCallback,
+        on_idle: Callable[[], object] = trim_heap,
     ) -> None:
         self.runner = runner
+        self._on_idle = on_idle
+        # Batches ran since the engine last went idle (engine thread only).
+        self._worked = False
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._on_results = on_results
@@ -195,18 +210,23 @@ class Engine:
         with self._cond:
             return len(self._pending)
 
-    def _take_batch(self) -> list[WindowJob] | _OneShot | None:
+    def _idle(self) -> bool:
+        return not (self._pending or self._oneshots or self._released or self._stopping)
+
+    def _take_batch(self) -> list[WindowJob] | _OneShot | object | None:
         """The next work: a live batch, or the one-shot whose next chunk is due (alternating);
-        an empty batch when there are only streams to release."""
+        an empty batch when there are only streams to release; :data:`_IDLE` once after work
+        when none came for :data:`IDLE_S`."""
         with self._cond:
             while True:
-                while (
-                    not self._pending
-                    and not self._oneshots
-                    and not self._released
-                    and not self._stopping
-                ):
-                    self._cond.wait()
+                while self._idle():
+                    if not self._worked:
+                        self._cond.wait()
+                        continue
+                    self._cond.wait(IDLE_S)
+                    if self._idle():
+                        self._worked = False
+                        return _IDLE
                 if self._stopping:
                     return None
                 if not self._pending and not self._oneshots:
@@ -239,6 +259,14 @@ class Engine:
 
     def _loop(self) -> None:
         while (jobs := self._take_batch()) is not None:
+            if jobs is _IDLE:
+                try:
+                    self._on_idle()
+                except Exception:
+                    log.exception("the idle callback failed")
+                continue
+            assert isinstance(jobs, (list, _OneShot))
+            self._worked = self._worked or bool(jobs)  # a batch ran, not only releases
             try:
                 self._run(jobs)
             finally:

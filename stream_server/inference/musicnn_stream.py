@@ -157,9 +157,9 @@ class StreamTokens:
         midend = [block.conv.out_channels for block in self._midend_blocks]
         width = net.features
         self.width = width
-        # Token ring: the last ``tokens`` tokens and some slack (a push keeps only its newest
+        # Token ring: the last ``tokens`` tokens, all a window reads (a push keeps only its newest
         # ``capacity`` tokens, so any push fits).
-        self.capacity = tokens + 8
+        self.capacity = tokens
         self.slot_of: dict[str, int] = {}
         self._free: list[int] = []
         self._slots = 0
