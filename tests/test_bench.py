@@ -315,3 +315,42 @@ def test_throughputs_and_fractions_are_sane(report: dict[str, Any]) -> None:
     text = format_report(report)
     assert f"{report['windows_computed']} windows computed" in text
     assert f"p99 {report['latency_ms_p99']} ms" in text
+
+
+def test_a_hold_reads_the_idle_servers_rss_with_every_stream_open(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """With ``--hold`` the streams stay open and silent after their audio; the server's RSS is
+    read then, and the hold does not count as time the server worked."""
+    config = config_from_dict(
+        {
+            "server": {"log_level": "warning"},
+            "model": {"path": str(tiny_checkpoint)},
+            "engine": {"device": "cpu", "window_s": 1.0, "hop_s": 0.5, "max_wait_ms": 5.0},
+            "gate": {"enabled": False},
+            "storage": {"database": str(tmp_path / "unused.db")},
+        }
+    )
+    options = BenchOptions(
+        streams=2, seconds=2.0, speed=4.0, procs=1, clips=1, offline_s=0.0, hold_s=4.0
+    )
+    report = run_bench(config, options).to_json()
+    assert report["errors"] == [] and report["streams_ended"] == 2
+    assert report["windows_computed"] + report["skipped"] == 2 * 3
+    before, idle = report["server_rss_before_mb"], report["idle_rss_mb"]
+    assert before > 0 and 0 < idle <= report["server_rss_peak_mb"]
+    rounding = 0.05 * 2 * 100 / 2  # both figures are rounded to 0.1 MiB
+    assert report["idle_rss_mb_per_100_streams"] == pytest.approx(
+        (idle - before) * 100 / 2, abs=rounding + 0.1
+    )
+    assert report["wall_s"] < options.hold_s  # 0.5 s of audio at 4x, then the hold
+    assert "MiB per 100 streams" in format_report(report)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"hold_s": -1.0}, "--hold must be 0 to"), ({"hold_s": 5.0, "find_max": True}, "--find-max")],
+)
+def test_a_hold_out_of_bounds_is_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(GenrecastError, match=message):
+        BenchOptions(**changes).check()

@@ -532,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="most streams --find-max tries (default 1024)",
     )
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after their audio, keep the streams open and silent S seconds and read the "
+        "server's RSS near the end: idle_rss_mb_per_100_streams (default 0: no hold)",
+    )
     p.add_argument("--json", action="store_true", help="print only the JSON object, on one line")
     p.add_argument(
         "--token",

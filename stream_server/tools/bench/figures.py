@@ -135,11 +135,15 @@ class Throughput:
 @dataclass
 class RunFigures:
     """One load run: ``streams`` streams of ``seconds`` seconds of audio at ``speed`` times
-    real time. ``wall_s``: seconds from the start to the last ``stream.ended``; ``latencies_ms``
-    and ``server_latencies_ms``: one per update joined (NaN: not joined); ``unmatched``: updates
-    of streams no pusher recorded; ``server_cpu_s``: the server's user plus system CPU seconds
-    over the run; RSS in MiB; ``client_cpu_s``: CPU seconds of the load processes;
-    ``max_send_lag_ms``: the most a frame went out late."""
+    real time.
+
+    ``wall_s``: seconds from the start to the last ``stream.ended`` (less a hold);
+    ``latencies_ms`` and ``server_latencies_ms``: one per update joined (NaN: not joined);
+    ``unmatched``: updates of streams no pusher recorded; ``server_cpu_s``: the server's user
+    plus system CPU seconds over the run; RSS in MiB (``server_rss_before_mb`` before the
+    streams opened, ``idle_rss_mb`` near the end of a ``--hold``, ``None`` without one);
+    ``client_cpu_s``: CPU seconds of the load processes; ``max_send_lag_ms``: the most a frame
+    went out late."""
 
     streams: int
     seconds: float
@@ -158,6 +162,15 @@ class RunFigures:
     client_cpu_s: float
     max_send_lag_ms: float
     errors: list[str]
+    server_rss_before_mb: float | None = None
+    idle_rss_mb: float | None = None
+
+    @property
+    def idle_rss_mb_per_100_streams(self) -> float | None:
+        """The server's RSS growth per 100 idle-but-live streams (``--hold``), MiB."""
+        if self.idle_rss_mb is None or self.server_rss_before_mb is None:
+            return None
+        return (self.idle_rss_mb - self.server_rss_before_mb) * 100.0 / self.streams
 
     @property
     def e2e_windows_per_s(self) -> float:
@@ -212,6 +225,9 @@ class RunFigures:
             "server_cpu_s": _round(self.server_cpu_s, 2),
             "server_rss_mb": _round(self.server_rss_mb, 1),
             "server_rss_peak_mb": _round(self.server_rss_peak_mb, 1),
+            "server_rss_before_mb": _round(self.server_rss_before_mb, 1),
+            "idle_rss_mb": _round(self.idle_rss_mb, 1),
+            "idle_rss_mb_per_100_streams": _round(self.idle_rss_mb_per_100_streams, 1),
             "client_cpu_s": _round(self.client_cpu_s, 2),
             "max_send_lag_ms": _round(self.max_send_lag_ms, 1),
             "errors": list(self.errors),
@@ -233,11 +249,14 @@ def summarise(
     server_rss_peak_mb: float | None,
     client_cpu_s: float,
     errors: list[str],
+    server_rss_before_mb: float | None = None,
+    idle_rss_mb: float | None = None,
+    hold_s: float = 0.0,
 ) -> RunFigures:
     """The figures of a run of ``streams`` streams from its pushers' ``logs`` (a stream of a
     pusher that failed has none) and the subscriber's ``updates`` (by stream id). ``start``:
     ``time.monotonic()`` of the run's start; ``end``: when it ended if no ``stream.ended`` says
-    later."""
+    later; ``hold_s``: the silent hold before the streams stopped (not counted in ``wall_s``)."""
     by_id = {log.stream_id: log for log in logs if log.stream_id}
     latencies: list[FloatArray] = []
     server: list[FloatArray] = []
@@ -256,7 +275,7 @@ def summarise(
         seconds=seconds,
         speed=speed,
         hop_s=geometry.hop_s,
-        wall_s=max(0.0, last - start),
+        wall_s=max(0.0, last - start - hold_s),
         windows_computed=sum(log.windows_computed for log in ended),
         skipped=sum(log.windows_skipped for log in ended),
         streams_ended=len(ended),
@@ -266,6 +285,8 @@ def summarise(
         server_cpu_s=server_cpu_s,
         server_rss_mb=server_rss_mb,
         server_rss_peak_mb=server_rss_peak_mb,
+        server_rss_before_mb=server_rss_before_mb,
+        idle_rss_mb=idle_rss_mb,
         client_cpu_s=client_cpu_s,
         max_send_lag_ms=1000.0 * max([log.max_lag_s for log in logs], default=0.0),
         errors=errors + [f"stream {log.index}: {log.error}" for log in logs if log.error],
@@ -388,6 +409,12 @@ def _run_lines(run: dict[str, Any], indent: str) -> list[str]:
         f"peak {run['server_rss_peak_mb']} MiB; load processes: {run['client_cpu_s']} CPU s, "
         f"frames at most {run['max_send_lag_ms']} ms late",
     ]
+    if run.get("idle_rss_mb") is not None:
+        lines.append(
+            f"idle: RSS {run['idle_rss_mb']} MiB with every stream open and silent, "
+            f"{run['server_rss_before_mb']} MiB before they opened: "
+            f"{run['idle_rss_mb_per_100_streams']} MiB per 100 streams"
+        )
     lines += [f"error: {e}" for e in run["errors"]]
     return [indent + line for line in lines]
 

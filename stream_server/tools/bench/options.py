@@ -29,6 +29,8 @@ WORKER_START_S = 120.0
 #: Seconds a stream may take to end after ``stop``; the subscriber to see the last update after
 #: the pushers are done.
 END_GRACE_S = 30.0
+#: Seconds before the end of a ``--hold`` at which the server's idle RSS is read.
+HOLD_READ_S = 1.0
 #: Seconds between two samples of the server's RSS during a run.
 SAMPLE_EVERY_S = 0.5
 #: Seconds the server may take to stop after SIGINT before it is killed.
@@ -66,7 +68,9 @@ class BenchOptions:
     ``$GENRECAST_TOKEN``). ``offline_s`` and ``seed_s``: seconds the offline and (with
     ``compare_seed``) the naive pipelines are timed for, at least. ``find_max``: search the most
     streams, up to ``find_max_limit``, that keep the p99 latency within ``max_p99_ms``
-    milliseconds with no window skipped, starting from ``streams``.
+    milliseconds with no window skipped, starting from ``streams``. ``hold_s``: after its audio
+    each stream stays open and silent this long, and the server's RSS is read near the end of
+    it (memory per idle-but-live stream).
     """
 
     streams: int = 8
@@ -84,6 +88,7 @@ class BenchOptions:
     find_max: bool = False
     max_p99_ms: float = 250.0
     find_max_limit: int = 1024
+    hold_s: float = 0.0
 
     def check(self) -> None:
         """Raise :class:`GenrecastError` for anything out of bounds."""
@@ -94,6 +99,10 @@ class BenchOptions:
         _positive("--seconds", self.seconds, MAX_SECONDS)
         _positive("--speed", self.speed, MAX_SPEED)
         _positive("--max-p99-ms", self.max_p99_ms, math.inf)
+        if not 0 <= self.hold_s <= MAX_SECONDS:
+            raise GenrecastError(f"--hold must be 0 to {MAX_SECONDS:g} s, got {self.hold_s:g}")
+        if self.hold_s and self.find_max:
+            raise GenrecastError("--hold measures one run; it does not go with --find-max")
         if not (self.offline_s >= 0 and self.seed_s >= 0):
             raise GenrecastError("the offline timings need 0 s or more")
         if self.audio is not None and not self.synthetic and not self.audio.is_dir():
@@ -136,4 +145,5 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         find_max=args.find_max,
         max_p99_ms=args.max_p99_ms,
         find_max_limit=args.find_max_limit,
+        hold_s=args.hold,
     )

@@ -23,6 +23,7 @@ from stream_server.tools.bench.figures import BenchReport, RunFigures, Throughpu
 from stream_server.tools.bench.options import (
     END_GRACE_S,
     FRAME_S,
+    HOLD_READ_S,
     SAMPLE_EVERY_S,
     START_DELAY_S,
     WORKER_START_S,
@@ -193,12 +194,23 @@ def run_load(
         _wait_ready([subscriber], "the subscriber")
         pushers = [children.start(pusher_main, spec) for spec in specs]
         _wait_ready(pushers, "a pusher")
+        before_mb = rss_mb(server.pid)
         cpu0 = cpu_seconds(server.pid) or 0.0
         start = time.monotonic() + START_DELAY_S
-        for child in pushers:
-            child.conn.send(start)
         run_s = options.seconds / options.speed + geometry.hop_s
-        results, errors = _collect(pushers, server.pid, start + run_s + 2 * END_GRACE_S, rss)
+        hold_until = start + run_s + options.hold_s if options.hold_s else None
+        for child in pushers:
+            child.conn.send((start, hold_until))
+        idle_mb = None
+        if hold_until is not None:  # every stream open and silent: read the RSS at the end
+            while time.monotonic() < hold_until - HOLD_READ_S:
+                rss.take(server.pid)
+                time.sleep(
+                    min(SAMPLE_EVERY_S, max(0.0, hold_until - HOLD_READ_S - time.monotonic()))
+                )
+            idle_mb = rss_mb(server.pid)
+        deadline = start + run_s + options.hold_s + 2 * END_GRACE_S
+        results, errors = _collect(pushers, server.pid, deadline, rss)
         end = time.monotonic()
         logs = [log for result in results for log in result.logs]
         sub = _subscriber_result(subscriber, all(log.ended for log in logs))
@@ -223,6 +235,9 @@ def run_load(
         server_cpu_s=(cpu1 if cpu1 is not None else cpu0) - cpu0,
         server_rss_mb=rss.last,
         server_rss_peak_mb=rss.peak,
+        server_rss_before_mb=before_mb,
+        idle_rss_mb=idle_mb,
+        hold_s=options.hold_s,
         client_cpu_s=sum(r.cpu_s for r in results) + sub.cpu_s,
         errors=errors,
     )

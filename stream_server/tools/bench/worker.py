@@ -3,10 +3,11 @@
 A pusher opens its share of the streams on ``/ws/ingest`` (s16le mono PCM at the model's rate,
 uncompressed), says it is ready, and at the start time the parent gives sends each stream's
 frames at ``speed`` times real time from the stream's own phase, recording when each frame went
-out (:class:`~stream_server.tools.bench.figures.StreamLog`); then ``stop`` and the stream's
-``stream.ended``. The subscriber follows ``/ws/updates`` and records when each ``genre.update``
-arrived (:class:`~stream_server.tools.bench.figures.UpdateLog`), until every stream of its run
-ended or the parent says ``stop``.
+out (:class:`~stream_server.tools.bench.figures.StreamLog`); then, when the parent gave a time to
+hold until, nothing until then; then ``stop`` and the stream's ``stream.ended``. The subscriber
+follows ``/ws/updates`` and records when each ``genre.update`` arrived
+(:class:`~stream_server.tools.bench.figures.UpdateLog`), until every stream of its run ended or
+the parent says ``stop``.
 """
 
 from __future__ import annotations
@@ -131,11 +132,13 @@ class _Pusher:
         async with contextlib.AsyncExitStack() as stack:
             opened = await asyncio.gather(*(self._open(stack, plan) for plan in spec.plans))
             conn.send("ready")
-            start: float = await _wait_pipe(conn)
+            start: float
+            hold_until: float | None
+            start, hold_until = await _wait_pipe(conn)
             cpu0 = time.process_time()
             logs = await asyncio.gather(
                 *(
-                    self._push(ws, log, plan, start)
+                    self._push(ws, log, plan, start, hold_until)
                     for (ws, log), plan in zip(opened, spec.plans, strict=True)
                     if ws is not None
                 )
@@ -171,9 +174,15 @@ class _Pusher:
         return ws, log
 
     async def _push(
-        self, ws: ClientConnection, log: StreamLog, plan: StreamPlan, start: float
+        self,
+        ws: ClientConnection,
+        log: StreamLog,
+        plan: StreamPlan,
+        start: float,
+        hold_until: float | None,
     ) -> StreamLog:
-        """Send the stream's frames paced from ``start + phase``, then stop it."""
+        """Send the stream's frames paced from ``start + phase``, keep it open and silent until
+        ``hold_until`` (``time.monotonic()``; ``None``: no hold), then stop it."""
         spec = self.spec
         frame = spec.frame_samples
         count = math.ceil(spec.total_samples / frame)
@@ -192,6 +201,8 @@ class _Pusher:
                 await ws.send(np.ascontiguousarray(pcm, dtype="<i2").tobytes())
                 times[k] = time.monotonic()
                 sent = k + 1
+            if hold_until is not None:
+                await _sleep_until(hold_until)
             await _stop(ws, log)
         except (ClientError, ConnectionClosed, OSError, TimeoutError) as exc:
             log.error = _describe(exc)
