@@ -1,4 +1,5 @@
-"""Per-stream bounded buffers of mono float32 audio samples, addressed by absolute sample index.
+"""Per-stream bounded buffers of mono audio samples (float32, or 16-bit PCM to save memory),
+addressed by absolute sample index.
 
 See :mod:`ring_buffer.buffer` for the slot model and :mod:`ring_buffer.errors` for what a read
 raises. :class:`RingBuffer` is imported on first use, so that importing the errors alone does not

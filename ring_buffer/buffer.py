@@ -20,6 +20,13 @@ write pushes ``oldest`` past ``consumed``, the samples in ``[consumed, new_oldes
 before the owner processed them: their count is added to ``overruns`` and ``consumed`` jumps
 forward to the new ``oldest``.
 
+Storage
+-------
+Samples are held as float32, or with ``pcm16=True`` as 16-bit PCM (``round(x * 32768)``, clipped
+to ``[-32768, 32767]``): half the memory, and exact for audio that came as 16-bit PCM (multiples
+of ``1 / 32768`` in ``[-1, 1)``); other values are rounded to the nearest such multiple and
+clipped to that range. Reads give float32 either way.
+
 All counts, indices and lengths here are in samples. The buffer does no locking: one owner (or
 one thread at a time) must use it.
 """
@@ -33,7 +40,10 @@ import numpy.typing as npt
 
 from ring_buffer.errors import WindowNotWritten, WindowOverwritten
 
-__all__ = ["RingBuffer"]
+__all__ = ["PCM16_SCALE", "RingBuffer"]
+
+#: Full scale of 16-bit PCM storage: a stored value ``v`` is the sample ``v / PCM16_SCALE``.
+PCM16_SCALE = 32768.0
 
 
 class RingBuffer:
@@ -45,16 +55,19 @@ class RingBuffer:
 
     __slots__ = ("_buf", "_capacity", "_consumed", "_overruns", "_written")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, pcm16: bool = False) -> None:
         """Create an empty buffer holding at most ``capacity`` samples.
 
         :param capacity: number of samples the buffer can hold; must be > 0.
+        :param pcm16: store samples as 16-bit PCM (see the module docstring), not float32.
         :raises ValueError: if ``capacity`` is not positive.
         """
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0 samples, got {capacity}")
         self._capacity = capacity
-        self._buf: npt.NDArray[np.float32] = np.zeros(capacity, dtype=np.float32)
+        self._buf: npt.NDArray[np.float32] | npt.NDArray[np.int16] = (
+            np.zeros(capacity, dtype=np.int16) if pcm16 else np.zeros(capacity, dtype=np.float32)
+        )
         self._written = 0
         self._consumed = 0
         self._overruns = 0
@@ -63,6 +76,11 @@ class RingBuffer:
     def capacity(self) -> int:
         """Maximum number of samples held at once."""
         return self._capacity
+
+    @property
+    def pcm16(self) -> bool:
+        """Whether samples are stored as 16-bit PCM."""
+        return self._buf.dtype == np.int16
 
     @property
     def written(self) -> int:
@@ -92,8 +110,9 @@ class RingBuffer:
         return self._written - self.oldest
 
     def __repr__(self) -> str:
+        pcm = ", pcm16" if self.pcm16 else ""
         return (
-            f"RingBuffer(capacity={self._capacity}, held=[{self.oldest}, {self._written}), "
+            f"RingBuffer(capacity={self._capacity}{pcm}, held=[{self.oldest}, {self._written}), "
             f"consumed={self._consumed}, overruns={self._overruns})"
         )
 
@@ -101,12 +120,14 @@ class RingBuffer:
         """Append samples to the stream.
 
         :param samples: 1-D array of shape ``(m,)``, any length ``m >= 0``; other dtypes are
-            converted to float32. If ``m > capacity`` only the last ``capacity`` samples are
-            stored, but all ``m`` count as written (the earlier ones as immediately overwritten).
+            converted to float32 (then to 16-bit PCM when the buffer stores that). If
+            ``m > capacity`` only the last ``capacity`` samples are stored, but all ``m`` count
+            as written (the earlier ones as immediately overwritten). As 16-bit PCM, NaN is
+            stored as 0 and infinities as full scale.
         :returns: the new ``written`` (absolute index one past the newest sample).
         :raises ValueError: if ``samples`` is not 1-D.
         """
-        data = np.asarray(samples, dtype=np.float32)
+        data: npt.NDArray[Any] = np.asarray(samples, dtype=np.float32)
         if data.ndim != 1:
             raise ValueError(f"samples must be 1-D, got shape {data.shape}")
         m = data.shape[0]
@@ -115,6 +136,11 @@ class RingBuffer:
         cap = self._capacity
         if m > cap:
             data = data[m - cap :]
+        if self.pcm16:
+            scaled = np.nan_to_num(
+                np.rint(data * PCM16_SCALE), nan=0.0, posinf=32767, neginf=-32768
+            )
+            data = np.clip(scaled, -32768, 32767).astype(np.int16)
         k = data.shape[0]
         slot = (self._written + m - k) % cap
         first = min(k, cap - slot)
@@ -186,4 +212,6 @@ class RingBuffer:
         first = min(n, self._capacity - slot)
         out[:first] = self._buf[slot : slot + first]
         out[first:] = self._buf[: n - first]
+        if self.pcm16:
+            out *= np.float32(1.0 / PCM16_SCALE)  # a power of two: exact
         return out

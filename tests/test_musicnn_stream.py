@@ -478,6 +478,7 @@ def test_a_live_stream_through_the_server_gets_the_whole_streams_windows(
     async def scenario() -> list[dict[str, Any]]:
         config = make_config(gate={"enabled": False})
         async with serving(config, stream_model) as (server, _):
+            assert len(_recorded(stream_model)) > 0  # the warm-up at load, not this stream's
             async with ws(server, "/ws/ingest") as ingest:
                 start = {"type": "start", "name": "s", "sample_rate": RATE, "channels": 1}
                 await ingest.send(json.dumps({**start, "format": "s16le"}))

@@ -421,3 +421,32 @@ RingBufferModel.TestCase.settings = settings(
     max_examples=200, stateful_step_count=30, deadline=None, database=None
 )
 TestRingBufferModel = RingBufferModel.TestCase
+
+
+# --- 16-bit PCM storage ----------------------------------------------------------------------
+
+
+def test_pcm16_storage_is_exact_for_16_bit_audio_and_halves_the_memory() -> None:
+    rng = np.random.default_rng(3)
+    pcm = rng.integers(-32768, 32768, size=50).astype(np.int16)
+    samples = pcm.astype(np.float32) / 32768.0
+    buf = RingBuffer(16, pcm16=True)
+    assert buf.pcm16 and not RingBuffer(16).pcm16
+    assert buf._buf.nbytes == RingBuffer(16)._buf.nbytes // 2
+    buf.write(samples[:30])
+    buf.write(samples[30:])  # wraps around
+    got = buf.read(34, 16)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, samples[34:])
+    np.testing.assert_array_equal(buf.latest(5), samples[-5:])
+    assert repr(buf) == "RingBuffer(capacity=16, pcm16, held=[34, 50), consumed=34, overruns=34)"
+
+
+def test_pcm16_rounds_to_the_nearest_step_and_clips_to_full_scale() -> None:
+    step = 1.0 / 32768
+    buf = RingBuffer(8, pcm16=True)
+    buf.write(np.array([0.3 * step, 0.7 * step, -1.6 * step, 1.0, 1.5, -1.0, -2.0, np.nan]))
+    want = [0.0, step, -2 * step, 1 - step, 1 - step, -1.0, -1.0, 0.0]
+    np.testing.assert_array_equal(buf.read(0, 8), np.array(want, np.float32))
+    buf.write(np.array([np.inf, -np.inf]))
+    np.testing.assert_array_equal(buf.latest(2), np.array([1 - step, -1.0], np.float32))

@@ -18,7 +18,7 @@ from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowJob
 from stream_server.inference.loading import session_params, window_seconds
 from stream_server.inference.model import LoadedModel
-from tests.helpers.audio import music, to_s16le
+from tests.helpers.audio import music, stored, to_s16le
 from tests.helpers.constants import LABELS
 
 RATE = 22050
@@ -602,3 +602,25 @@ def test_no_warm_up_jobs_unless_asked() -> None:
     session = make_session()
     audio = music(1.9, rate=RATE, channels=1, seed=3)
     assert session.feed(encode(audio, "f32le")) is None
+
+
+def test_a_live_session_keeps_16_bit_audio_in_half_the_memory() -> None:
+    """With ``pcm16`` (as the server opens live streams) windows are the audio rounded to
+    16-bit steps: exact for 16-bit PCM at the model's rate, within half a step after
+    resampling."""
+    for rate, fmt in ((RATE, "s16le"), (22050, "f32le")):
+        data = encode(music(2.6, rate=rate, channels=1, seed=8), fmt)
+        expected = expected_signal(data, fmt, 1, rate)
+        params = make_params(pcm16=True)
+        session = StreamSession("s", params, sample_rate=rate, channels=1, fmt=fmt)
+        plain = StreamSession("s", make_params(), sample_rate=rate, channels=1, fmt=fmt)
+        assert session.buffer.pcm16 and not plain.buffer.pcm16
+        assert session.buffer._buf.nbytes * 2 == plain.buffer._buf.nbytes
+        job = session.feed(data)
+        assert job is not None
+        want = expected[job.end_sample - WINDOW : job.end_sample]
+        np.testing.assert_array_equal(job.window, stored(want))
+        if fmt == "s16le":
+            np.testing.assert_array_equal(job.window, want)
+        else:
+            np.testing.assert_allclose(job.window, want, atol=0.5 / 32768)

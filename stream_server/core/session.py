@@ -49,6 +49,9 @@ class SessionParams:
     (:mod:`stream_server.core.labelling`); ``offline`` how whole files are decoded
     (:mod:`stream_server.core.decoding`). ``warm_up``: every hop before a stream's first window
     (after its start or a gap) brings a warm-up job, for a model that keeps state per stream.
+    ``pcm16``: the ring buffer holds 16-bit PCM, not float32 (half the memory; live audio comes as
+    16-bit PCM anyway), so windows are rounded to 16-bit steps; offline paths keep float32 and
+    so the exact samples of training.
     """
 
     model_rate: int
@@ -64,6 +67,8 @@ class SessionParams:
     offline: OfflineParams = field(default_factory=OfflineParams)
     #: Hand the engine warm-up jobs before each first window (:attr:`WindowJob.warm`).
     warm_up: bool = False
+    #: Keep the stream's audio as 16-bit PCM (:class:`~ring_buffer.RingBuffer`'s ``pcm16``).
+    pcm16: bool = False
 
     def __post_init__(self) -> None:
         if self.window_samples <= 0 or self.hop_samples <= 0:
@@ -144,7 +149,7 @@ class StreamSession:
         self.started_wall = time.time()
         self._decoder = PcmDecoder(fmt, channels)
         self._resampler = StreamingResampler(sample_rate, params.model_rate)
-        self.buffer = RingBuffer(params.buffer_samples)
+        self.buffer = RingBuffer(params.buffer_samples, pcm16=params.pcm16)
         self._next_end = params.window_samples
         self._next_warm = params.hop_samples
         self._labeller = Labeller(params.labels, params.label_params(), table)

@@ -28,6 +28,7 @@ from stream_server.core.windows import WindowJob
 from stream_server.errors import ProtocolError, SourceRefused
 from stream_server.inference.device import pick_device
 from stream_server.inference.engine import Engine, WindowResult
+from stream_server.inference.heap import trim_heap
 from stream_server.inference.loading import load_configured_model, session_params, window_seconds
 from stream_server.inference.model import LoadedModel
 from stream_server.inference.runner import InferenceRunner
@@ -215,16 +216,18 @@ class Service:
         cfg = self.config.engine
         loaded = self.model if self.model is not None else load_configured_model(self.config)
         device = pick_device(cfg.device)
+        params = session_params(self.config, loaded)
         runner = InferenceRunner(
             loaded,
             device,
             half=cfg.half_precision,
             max_batch=cfg.max_batch,
-            level_samples=session_params(self.config, loaded).hop_samples,
+            level_samples=params.hop_samples,
         )
+        runner.warm_up(params.window_samples, params.hop_samples)
+        trim_heap()  # what the warm-up freed goes back: a fresh server is as small as it can be
         self.model = loaded
         self.runner = runner
-        params = session_params(self.config, loaded)
         self.smoothing = SmoothingTable(len(params.labels), params.smoothing)
         engine = Engine(
             runner,
@@ -377,7 +380,9 @@ class Service:
         warm_up = self.runner is not None and self.runner.table is not None
         session = StreamSession(
             stream_id,
-            dataclasses.replace(session_params(self.config, self.model), warm_up=warm_up),
+            dataclasses.replace(
+                session_params(self.config, self.model), warm_up=warm_up, pcm16=True
+            ),
             sample_rate=start["sample_rate"],
             channels=start["channels"],
             fmt=start["format"],

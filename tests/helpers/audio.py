@@ -88,3 +88,10 @@ def music_source(tmp_path: Path) -> Path:
     if found:
         return found[0]
     return encode_audio(tmp_path / "music.wav", music(12.0, 44100), 44100)
+
+
+def stored(samples: np.ndarray) -> np.ndarray:
+    """What a stream's ring buffer gives back for float samples: 16-bit PCM steps
+    (:mod:`ring_buffer.buffer`), clipped to full scale; float32."""
+    steps = np.clip(np.rint(np.asarray(samples, np.float64) * 32768), -32768, 32767)
+    return (steps / 32768).astype(np.float32)
