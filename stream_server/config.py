@@ -168,6 +168,7 @@ class EngineConfig:
     hop_s: float = field(default=1.0, metadata={CHECK: _positive})
     window_s: float = field(default=0.0, metadata={CHECK: _non_negative})
     buffer_s: float = field(default=0.0, metadata={CHECK: _non_negative})
+    catch_up_s: float = field(default=2.0, metadata={CHECK: _non_negative})
     top_k: int = field(default=3, metadata={CHECK: _positive})
 
 

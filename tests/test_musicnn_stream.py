@@ -497,3 +497,42 @@ def test_a_live_stream_through_the_server_gets_the_whole_streams_windows(
     seen = _recorded(stream_model)
     assert len(seen) == len(got)  # one model input per update, in order
     torch.testing.assert_close(seen, _reference(stream_model, heard, ends), rtol=TOL, atol=TOL)
+
+
+def test_a_stream_more_than_a_window_behind_catches_up_from_its_newest_audio(
+    stream_model: LoadedModel,
+) -> None:
+    """With ``catch_up_samples``, a miss of more than a window restarts the stream from its
+    newest audio only; a gap still restarts from the whole window, and the stream goes on
+    from the catch-up as from any start."""
+    catch_up = 2 * RATE
+    runner = InferenceRunner(stream_model, torch.device("cpu"), catch_up_samples=catch_up)
+    audio = _audio(12.0, seed=16)
+    window = 3 * RATE
+
+    def job(end: int, since: int = 0) -> WindowJob:
+        return WindowJob("live", audio[end - window : end], end, 0.0, since=since)
+
+    runner.score_jobs([job(48000)])
+    _recorded(stream_model)
+    runner.score_jobs([job(112000)])  # 64000 unseen: more than the 48000-sample window
+    caught = audio[112000 - catch_up : 112000]
+    torch.testing.assert_close(
+        _recorded(stream_model), _reference(stream_model, caught, [catch_up]), rtol=TOL, atol=TOL
+    )
+    runner.score_jobs([job(128000)])  # it goes on from there
+    torch.testing.assert_close(
+        _recorded(stream_model),
+        _reference(stream_model, audio[112000 - catch_up : 128000], [catch_up + 16000]),
+        rtol=TOL,
+        atol=TOL,
+    )
+    runner.score_jobs([job(176000, since=128000)])  # a gap: its whole window, as before
+    torch.testing.assert_close(
+        _recorded(stream_model),
+        _reference(stream_model, audio[176000 - window : 176000], [window]),
+        rtol=TOL,
+        atol=TOL,
+    )
+    with pytest.raises(ValueError, match="catch_up_samples"):
+        InferenceRunner(stream_model, torch.device("cpu"), catch_up_samples=-1)

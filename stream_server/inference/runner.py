@@ -90,6 +90,11 @@ class InferenceRunner:
 
     ``level_samples`` is how many of each window's newest samples its level is measured over
     (the hop, so the level describes the audio a window adds; ``0``: the whole window).
+
+    With a stream table, a live stream the engine fell more than a window behind restarts from
+    its newest ``catch_up_samples`` samples (``0``: its whole window): its next window holds
+    only their tokens (the rest zero, as at a stream's start) and the windows after it fill up
+    again, so an overloaded server computes a little per stream instead of a whole window each.
     """
 
     def __init__(
@@ -100,7 +105,11 @@ class InferenceRunner:
         half: bool = False,
         max_batch: int = 32,
         level_samples: int = 0,
+        catch_up_samples: int = 0,
     ) -> None:
+        if catch_up_samples < 0:
+            raise ValueError(f"catch_up_samples must be >= 0, got {catch_up_samples}")
+        self.catch_up_samples = catch_up_samples
         self.loaded = loaded
         self.device = device
         self.max_batch = max_batch
@@ -275,16 +284,20 @@ class InferenceRunner:
         return out
 
     def _new_audio(self, job: WindowJob) -> np.ndarray:
-        """The samples of ``job``'s window the table has not seen (restarting the stream when
-        it cannot continue it)."""
+        """The samples of ``job``'s window the table has not seen. A new stream, or one after a
+        gap, starts afresh with its whole window; one more than a window behind starts afresh
+        with its newest :attr:`catch_up_samples` (all its window when 0)."""
         assert self.table is not None
         key, length = job.stream_id, len(job.window)
         last = self._ends.get(key)
-        new = job.end_sample - last[0] if last is not None and last[1] == job.since else -1
-        if not 0 <= new <= length:
-            self.table.restart(key)
-            new = length
         self._ends[key] = (job.end_sample, job.since)
+        unseen = job.end_sample - last[0] if last is not None and last[1] == job.since else None
+        if unseen is not None and 0 <= unseen <= length:
+            new = unseen  # it goes on
+        else:
+            self.table.restart(key)
+            behind = unseen is not None and unseen > length and self.catch_up_samples > 0
+            new = min(length, self.catch_up_samples) if behind else length
         return np.asarray(job.window[length - new :], dtype=np.float32)
 
     def _probs(self, batch: torch.Tensor, jobs: Sequence[WindowJob] | None) -> torch.Tensor:

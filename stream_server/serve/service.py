@@ -223,6 +223,7 @@ class Service:
             half=cfg.half_precision,
             max_batch=cfg.max_batch,
             level_samples=params.hop_samples,
+            catch_up_samples=round(cfg.catch_up_s * params.model_rate),
         )
         runner.warm_up(params.window_samples, params.hop_samples)
         trim_heap()  # what the warm-up freed goes back: a fresh server is as small as it can be
