@@ -276,6 +276,16 @@ class SmoothingTable:
             raise ValueError("each slot may appear at most once in a batch")
         return idx
 
+    def _batch(
+        self, slots: Sequence[int] | npt.ArrayLike, values: npt.ArrayLike, name: str
+    ) -> tuple[Slots, npt.NDArray[np.float64]]:
+        """Checked slot indices ``(B,)`` and vectors ``(B, C)``."""
+        idx = self._slots(slots)
+        arr = _vectors(values, self.num_labels, name)
+        if arr.shape[0] != idx.size:
+            raise ValueError(f"expected {idx.size} {name} vectors, got {arr.shape[0]}")
+        return idx, arr
+
     def smooth(
         self, slots: Sequence[int] | npt.ArrayLike, probs: npt.ArrayLike, times: npt.ArrayLike
     ) -> npt.NDArray[np.float32]:
@@ -284,10 +294,7 @@ class SmoothingTable:
         Raises:
             ValueError: a bad slot, shape, vector or time (nothing changes then).
         """
-        idx = self._slots(slots)
-        arr = _vectors(probs, self.num_labels, "probs")
-        if arr.shape[0] != idx.size:
-            raise ValueError(f"expected {idx.size} probability vectors, got {arr.shape[0]}")
+        idx, arr = self._batch(slots, probs, "probs")
         last = self._smooth_t[idx]
         t = _times(times, idx.size, last)
         fresh = np.isnan(last)
@@ -306,10 +313,7 @@ class SmoothingTable:
         Raises:
             ValueError: a bad slot, shape, vector or time (nothing changes then).
         """
-        idx = self._slots(slots)
-        arr = _vectors(smoothed, self.num_labels, "smoothed")
-        if arr.shape[0] != idx.size:
-            raise ValueError(f"expected {idx.size} smoothed vectors, got {arr.shape[0]}")
+        idx, arr = self._batch(slots, smoothed, "smoothed")
         t = _times(times, idx.size, self._track_t[idx])
         rows = np.arange(idx.size)
         p = self.params
