@@ -3,6 +3,7 @@ stopping it, reading its log, and what ``/proc`` says about it (Linux)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ from collections import deque
 from pathlib import Path
 from typing import ClassVar
 
-__all__ = ["ServerLog", "cpu_seconds", "rss_mb", "start_serve", "stop_serve"]
+__all__ = ["ServerLog", "cpu_seconds", "rss_mb", "start_serve", "stop_serve", "wait_port"]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -101,6 +102,22 @@ class ServerLog:
     def _keep(self, line: str) -> None:
         if len(self.error_lines) < self.KEPT:
             self.error_lines.append(line)
+
+
+def wait_port(proc: subprocess.Popen[str], log: ServerLog, timeout_s: float) -> int | str:
+    """The port once the server's log says it is ready, else why not (it exited, or it was not
+    ready within ``timeout_s`` seconds) with the log's last lines: the caller raises its own
+    error with that text."""
+    ended = log.ready.wait(timeout_s)  # set without a port: its output ended
+    if log.port is not None:
+        return log.port
+    status = proc.poll()
+    if status is None and ended:  # it closed its output: it is exiting
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            status = proc.wait(5.0)
+    why = f"exited with status {status}" if status is not None else "was not ready"
+    tail = "\n".join(log.tail)
+    return f"{why} after {timeout_s:g} s at most:\n{tail}"
 
 
 def stop_serve(proc: subprocess.Popen[str], log: ServerLog, timeout_s: float) -> int | None:

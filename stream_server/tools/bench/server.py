@@ -25,6 +25,7 @@ from stream_server.tools.server_process import (
     ServerLog,
     start_serve,
     stop_serve,
+    wait_port,
 )
 from stream_server.tools.soak.runner import config_toml
 
@@ -94,16 +95,6 @@ class BenchServer:
         return self.proc.poll() is None
 
 
-def _wait_port(proc: subprocess.Popen[str], log: ServerLog) -> int:
-    log.ready.wait(READY_TIMEOUT_S)
-    if log.port is None:
-        status = proc.poll()
-        why = f"exited with status {status}" if status is not None else "was not ready in time"
-        tail = "\n".join(log.tail)
-        raise GenrecastError(f"the bench's server {why}:\n{tail}")
-    return log.port
-
-
 def _get(client: httpx.Client, path: str) -> httpx.Response:
     try:
         return client.get(path)
@@ -154,7 +145,9 @@ def running_server(
     proc = start_serve(path)
     log = ServerLog(proc, "bench-server-log")
     try:
-        port = _wait_port(proc, log)
+        port = wait_port(proc, log, READY_TIMEOUT_S)
+        if isinstance(port, str):
+            raise GenrecastError(f"the bench's server {port}")
         ready = _check_server(f"http://{HOST}:{port}", token)
         yield BenchServer(proc, log, port, token, ready)
     finally:

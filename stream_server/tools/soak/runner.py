@@ -28,6 +28,7 @@ from stream_server.tools.server_process import (
     rss_mb,
     start_serve,
     stop_serve,
+    wait_port,
 )
 from stream_server.tools.soak.figures import (
     RssSample,
@@ -118,13 +119,10 @@ class _ServerProcess:
     def wait_ready(self, timeout_s: float) -> int:
         """The port once the server says it is ready; :class:`SoakError` if it exits or takes
         longer than ``timeout_s``."""
-        self.log.ready.wait(timeout_s)
-        if self.log.port is None:
-            last = "\n".join(self.log.tail)
-            status = self.proc.poll()
-            why = f"exited with status {status}" if status is not None else "is not ready"
-            raise SoakError(f"the server {why} after {timeout_s:g} s at most:\n{last}")
-        return self.log.port
+        port = wait_port(self.proc, self.log, timeout_s)
+        if isinstance(port, str):
+            raise SoakError(f"the server {port}")
+        return port
 
     def stop(self) -> int | None:
         """SIGINT, then SIGKILL after :data:`STOP_TIMEOUT_S`; the exit status (``None``: it had
