@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from stream_server.core.windows import WindowJob
+from stream_server.inference import engine as engine_module
 from stream_server.inference import heap
 from stream_server.inference.engine import IDLE_S, Engine, EngineStopped, WindowResult
 from stream_server.inference.model import LoadedModel
@@ -558,12 +559,12 @@ def test_run_windows_with_no_windows_or_a_bad_shape(
         engine.run_windows(window(0))
 
 
-def test_the_engine_calls_on_idle_once_after_work_and_never_while_it_had_none(
+def test_the_engine_tidies_up_once_after_work_and_never_while_it_had_none(
     runner: InferenceRunner, recorder: Recorder
 ) -> None:
     idle: queue.Queue[str] = queue.Queue()
 
-    def on_idle() -> None:
+    def on_tidy() -> None:
         idle.put(threading.current_thread().name)
         raise RuntimeError("a failing idle callback does not stop the engine")
 
@@ -573,7 +574,7 @@ def test_the_engine_calls_on_idle_once_after_work_and_never_while_it_had_none(
         max_wait_s=0.0,
         on_results=recorder.on_results,
         on_error=recorder.on_error,
-        on_idle=on_idle,
+        on_tidy=on_tidy,
     )
     engine.start()
     try:
@@ -598,3 +599,27 @@ def test_trim_heap_gives_freed_memory_back() -> None:
     blocks = [np.ones(100_000) for _ in range(200)]  # 160 MB in 800 KB blocks...
     del blocks[:-1]  # ...freed, but the newest keeps the heap's top in place
     assert heap.trim_heap() is True
+
+
+def test_the_engine_tidies_up_between_batches_when_work_never_stops(
+    runner: InferenceRunner, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "IDLE_S", 3600.0)  # never idle long enough here
+    monkeypatch.setattr(engine_module, "TIDY_EVERY_S", 0.0)  # so only the busy rule tidies
+    tidied: queue.Queue[None] = queue.Queue()
+    engine = Engine(
+        runner,
+        max_batch=4,
+        max_wait_s=0.0,
+        on_results=recorder.on_results,
+        on_error=recorder.on_error,
+        on_tidy=lambda: tidied.put(None),
+    )
+    engine.start()
+    try:
+        for stream in ("a", "b"):
+            engine.submit(job(stream))
+            recorder.next_results()
+            tidied.get(timeout=TIMEOUT_S)  # after each batch
+    finally:
+        engine.stop()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["WindowJob"]
+__all__ = ["WindowJob", "stack_windows"]
 
 
 @dataclass(eq=False)
@@ -32,3 +33,8 @@ class WindowJob:
     enqueued: float = field(default_factory=time.monotonic)
     since: int = 0
     warm: bool = False
+
+
+def stack_windows(jobs: Sequence[WindowJob]) -> np.ndarray:
+    """The jobs' windows as one ``(len(jobs), samples)`` float32 batch (windows of one length)."""
+    return np.stack([job.window for job in jobs]).astype(np.float32, copy=False)

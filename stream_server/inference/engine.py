@@ -13,9 +13,10 @@ One-shot work (a whole uploaded file) comes in through :meth:`Engine.run_windows
 same thread runs it in chunks of ``max_batch`` windows, taking turns with live batches, so a long
 file delays a live stream by at most one chunk.
 
-When the thread runs out of work after a batch, it waits :data:`IDLE_S` more and then calls
-``on_idle`` once (by default :func:`~stream_server.inference.heap.trim_heap`: memory the batches
-freed goes back to the system, so an idle server does not keep its peak size).
+Between batches the thread tidies up with ``on_tidy`` (by default
+:func:`~stream_server.inference.heap.trim_heap`: memory the batches freed goes back to the system,
+so the server does not keep its peak size): once when it ran out of work and none came for
+:data:`IDLE_S`, and every :data:`TIDY_EVERY_S` while work never stops.
 
 A runner may keep state per stream (:meth:`InferenceRunner.release
 <stream_server.inference.runner.InferenceRunner.release>`): :meth:`Engine.cancel` and
@@ -35,15 +36,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, stack_windows
 from stream_server.errors import EngineStopped
 from stream_server.inference.heap import trim_heap
 from stream_server.inference.runner import InferenceRunner, WindowScores
 
 log = logging.getLogger(__name__)
 
-#: Seconds without work after a batch before the engine calls ``on_idle``.
+#: Seconds without work after a batch before the engine calls ``on_tidy``.
 IDLE_S = 0.5
+#: Seconds of work without a pause after which the engine calls ``on_tidy`` after a batch.
+TIDY_EVERY_S = 60.0
 
 #: What :meth:`Engine._take_batch` returns when the engine went idle.
 _IDLE = object()
@@ -103,10 +106,11 @@ class Engine:
         max_wait_s: float,
         on_results: ResultsCallback,
         on_error: ErrorCallback,
-        on_idle: Callable[[], object] = trim_heap,
+        on_tidy: Callable[[], object] = trim_heap,
     ) -> None:
         self.runner = runner
-        self._on_idle = on_idle
+        self._on_tidy = on_tidy
+        self._tidied = time.monotonic()
         # Batches ran since the engine last went idle (engine thread only).
         self._worked = False
         self.max_batch = max_batch
@@ -260,10 +264,7 @@ class Engine:
     def _loop(self) -> None:
         while (jobs := self._take_batch()) is not None:
             if jobs is _IDLE:
-                try:
-                    self._on_idle()
-                except Exception:
-                    log.exception("the idle callback failed")
+                self._tidy()
                 continue
             assert isinstance(jobs, (list, _OneShot))
             self._worked = self._worked or bool(jobs)  # a batch ran, not only releases
@@ -271,6 +272,15 @@ class Engine:
                 self._run(jobs)
             finally:
                 self._release()  # after the batch: a stream ended during it is freed after it
+            if time.monotonic() - self._tidied >= TIDY_EVERY_S:
+                self._tidy()
+
+    def _tidy(self) -> None:
+        self._tidied = time.monotonic()
+        try:
+            self._on_tidy()
+        except Exception:
+            log.exception("tidying up between batches failed")
 
     def _run(self, jobs: list[WindowJob] | _OneShot) -> None:
         """Run one batch of live jobs (none: nothing but releases) or one one-shot chunk."""
@@ -288,7 +298,7 @@ class Engine:
         if not jobs:
             return
         try:
-            windows = np.stack([job.window for job in jobs])
+            windows = stack_windows(jobs)
             scores, timing = self.runner.timed_score(windows, jobs)
         except Exception as exc:
             log.exception("inference failed for a batch of %d windows", len(jobs))

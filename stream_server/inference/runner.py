@@ -28,7 +28,7 @@ from typing import overload
 import numpy as np
 import torch
 
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, stack_windows
 from stream_server.inference.levels import levels_dbfs
 from stream_server.inference.model import LoadedModel
 from stream_server.inference.musicnn_stream import StreamTokens
@@ -171,7 +171,7 @@ class InferenceRunner:
         """:meth:`score` of the jobs' windows, with the jobs."""
         if not jobs:
             return WindowScores.empty(len(self.labels))
-        return self.score(np.stack([job.window for job in jobs]), jobs)
+        return self.score(stack_windows(jobs), jobs)
 
     def timed_score(
         self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None

@@ -48,6 +48,7 @@ from starlette.types import Message, Receive
 from stream_server.config import UploadConfig
 from stream_server.core.session import SessionParams
 from stream_server.core.timeline import Segment
+from stream_server.core.windows import stack_windows
 from stream_server.errors import DecodeError, EngineStopped, UploadError
 from stream_server.inference.classify import OfflineStream, make_report
 from stream_server.inference.engine import Engine
@@ -342,7 +343,7 @@ async def classify_on_engine(
                 jobs = await asyncio.to_thread(stream.next_batch)
                 if jobs is None:
                     break
-                windows = np.stack([job.window for job in jobs])
+                windows = stack_windows(jobs)
                 pending.append(engine.run_windows(windows, jobs))
             if not pending:
                 return await asyncio.to_thread(stream.result)
