@@ -70,7 +70,11 @@ def make_engine(runner: InferenceRunner, recorder: Recorder) -> Iterator[Callabl
     engines: list[Engine] = []
 
     def make(
-        *, max_batch: int = 4, max_wait_s: float = 0.0, runner_: InferenceRunner | None = None
+        *,
+        max_batch: int = 4,
+        max_wait_s: float = 0.0,
+        runner_: InferenceRunner | None = None,
+        on_tidy: Callable[[], object] = heap.trim_heap,
     ) -> Engine:
         engine = Engine(
             runner_ or runner,
@@ -78,6 +82,7 @@ def make_engine(runner: InferenceRunner, recorder: Recorder) -> Iterator[Callabl
             max_wait_s=max_wait_s,
             on_results=recorder.on_results,
             on_error=recorder.on_error,
+            on_tidy=on_tidy,
         )
         engines.append(engine)
         return engine
@@ -560,36 +565,26 @@ def test_run_windows_with_no_windows_or_a_bad_shape(
 
 
 def test_the_engine_tidies_up_once_after_work_and_never_while_it_had_none(
-    runner: InferenceRunner, recorder: Recorder
+    make_engine: Callable[..., Engine], recorder: Recorder
 ) -> None:
     idle: queue.Queue[str] = queue.Queue()
 
     def on_tidy() -> None:
         idle.put(threading.current_thread().name)
-        raise RuntimeError("a failing idle callback does not stop the engine")
+        raise RuntimeError("a failing tidy-up does not stop the engine")
 
-    engine = Engine(
-        runner,
-        max_batch=4,
-        max_wait_s=0.0,
-        on_results=recorder.on_results,
-        on_error=recorder.on_error,
-        on_tidy=on_tidy,
-    )
+    engine = make_engine(on_tidy=on_tidy)
     engine.start()
-    try:
-        with pytest.raises(queue.Empty):  # started, no work yet: not idle "after work"
-            idle.get(timeout=3 * IDLE_S)
-        engine.submit(job("a"))
-        recorder.next_results()
-        assert idle.get(timeout=TIMEOUT_S) == "genrecast-engine"
-        with pytest.raises(queue.Empty):  # once per stretch of work, not again and again
-            idle.get(timeout=3 * IDLE_S)
-        engine.submit(job("b"))
-        recorder.next_results()
-        assert idle.get(timeout=TIMEOUT_S) == "genrecast-engine"
-    finally:
-        engine.stop()
+    with pytest.raises(queue.Empty):  # started, no work yet: not idle "after work"
+        idle.get(timeout=3 * IDLE_S)
+    engine.submit(job("a"))
+    recorder.next_results()
+    assert idle.get(timeout=TIMEOUT_S) == "genrecast-engine"
+    with pytest.raises(queue.Empty):  # once per stretch of work, not again and again
+        idle.get(timeout=3 * IDLE_S)
+    engine.submit(job("b"))
+    recorder.next_results()
+    assert idle.get(timeout=TIMEOUT_S) == "genrecast-engine"
 
 
 def test_trim_heap_gives_freed_memory_back() -> None:
@@ -602,24 +597,14 @@ def test_trim_heap_gives_freed_memory_back() -> None:
 
 
 def test_the_engine_tidies_up_between_batches_when_work_never_stops(
-    runner: InferenceRunner, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+    make_engine: Callable[..., Engine], recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine_module, "IDLE_S", 3600.0)  # never idle long enough here
     monkeypatch.setattr(engine_module, "TIDY_EVERY_S", 0.0)  # so only the busy rule tidies
     tidied: queue.Queue[None] = queue.Queue()
-    engine = Engine(
-        runner,
-        max_batch=4,
-        max_wait_s=0.0,
-        on_results=recorder.on_results,
-        on_error=recorder.on_error,
-        on_tidy=lambda: tidied.put(None),
-    )
+    engine = make_engine(on_tidy=lambda: tidied.put(None))
     engine.start()
-    try:
-        for stream in ("a", "b"):
-            engine.submit(job(stream))
-            recorder.next_results()
-            tidied.get(timeout=TIMEOUT_S)  # after each batch
-    finally:
-        engine.stop()
+    for stream in ("a", "b"):
+        engine.submit(job(stream))
+        recorder.next_results()
+        tidied.get(timeout=TIMEOUT_S)  # after each batch

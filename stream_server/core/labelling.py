@@ -491,7 +491,7 @@ def _round(
             step = table.update([slots[j] for j in good], stacked[good], [times[j] for j in good])
             for k, j in enumerate(good):
                 smoothed[fed[j]] = step.smoothed[k]
+    refused = set(fed) - set(smoothed)
     for i in rows:
-        if i in fed and i not in smoothed:
-            continue
-        out[i] = labellers[i]._finish(windows[i], kinds[i], smoothed.get(i))
+        if i not in refused:
+            out[i] = labellers[i]._finish(windows[i], kinds[i], smoothed.get(i))
