@@ -17,7 +17,7 @@ from stream_server.inference.musicnn_tokens import (
     FRAME_FEATURES,
     TOKEN_FEATURES,
     MusicnnTokens,
-    pool_tokens,
+    pool_runs,
     token_count,
 )
 from stream_server.inference.preprocessing import PREPROCESSING_FILE, MusicnnPreprocessing
@@ -49,9 +49,10 @@ def test_the_shipped_recipe_fills_its_token_grid() -> None:
     assert arch.image_size == (1, token_count(pre)) == (1, 19)  # 5 s: 313 frames, 19 tokens
 
 
-def test_pool_tokens_takes_the_mean_and_maximum_of_each_run() -> None:
+def test_pool_runs_takes_the_mean_and_maximum_of_each_run() -> None:
     frames = torch.arange(2 * 753 * 35, dtype=torch.float32).reshape(2, 753, 35)
-    tokens = pool_tokens(frames, 16)
+    assert torch.equal(pool_runs(frames, 16, "mean"), pool_runs(frames, 16, "mean+max")[:, :753])
+    tokens = pool_runs(frames, 16, "mean+max")
     assert tokens.shape == (2, 1506, 2)  # the 3 frames left over are dropped
     torch.testing.assert_close(tokens[:, :753, 1], frames[:, :, 16:32].mean(dim=2))
     torch.testing.assert_close(tokens[:, 753:, 0], frames[:, :, 15])

@@ -49,7 +49,6 @@ from stream_server.inference.musicnn_tokens import (
     FRONTEND_RIGHT,
     MIDEND_SIDE,
     MusicnnTokens,
-    pool_runs,
 )
 
 __all__ = ["PIECE", "StreamTokens"]
@@ -118,18 +117,6 @@ class _Ragged:
     count: Tensor
 
 
-def _join(head: _Ragged, tail: _Ragged) -> _Ragged:
-    """Each row of ``head`` followed by the same row of ``tail``."""
-    width = head.data.shape[2]
-    both = torch.cat([head.data, tail.data], dim=2)
-    length = width + tail.data.shape[2]
-    pos = torch.arange(length, device=both.device)[None, :]
-    index = torch.where(pos < head.count[:, None], pos, pos - head.count[:, None] + width)
-    index = index.clamp(max=length - 1)
-    data = torch.gather(both, 2, index[:, None, :].expand(-1, both.shape[1], -1))
-    return _Ragged(data, head.count + tail.count)
-
-
 class StreamTokens:
     """The stream table: incremental musicnn tokens for many streams (see the module docstring).
 
@@ -138,8 +125,11 @@ class StreamTokens:
     a stream's slot, :meth:`restart` starts a stream again from nothing (after a gap). Only one
     thread may use a table (the engine's).
 
-    Slots grow by doubling; every tensor lives on ``device`` (each stream's few samples short of
-    a frame wait in a host array).
+    Slots grow by doubling (each growth copies the table); every tensor lives on ``device`` (each
+    stream's few samples short of a frame wait in a host array). Per slot, float32: the front-end's
+    last 127 mel frames (96 bands), each mid-end layer's last 6 frames, the running sum (and
+    maximum) of the frames short of a token, and the ring of ``tokens`` tokens: about 150 KiB for
+    the shipped model (5 s windows, mean pooling).
     """
 
     def __init__(self, features: MusicnnTokens, tokens: int, *, device: torch.device | None = None):
@@ -172,7 +162,9 @@ class StreamTokens:
             _Stage(self._midend(2), frontend + midend[0] + midend[1], MIDEND_SIDE, MIDEND_SIDE),
         ]
         pooled = 2 * width if pre.pooling != "mean" else width
-        self._pending = torch.zeros(0, width, self.token_frames)
+        # A slot's frames short of a token: their count, sum and (pooling with "max") maximum.
+        self._sum = torch.zeros(0, width)
+        self._max: Tensor | None = torch.zeros(0, width) if pre.pooling != "mean" else None
         self._pending_n = torch.zeros(0, dtype=torch.long)
         self._ring = torch.zeros(0, pooled, self.capacity)
         self._written = torch.zeros(0, dtype=torch.long)
@@ -187,7 +179,9 @@ class StreamTokens:
         self._tail_n = np.concatenate([self._tail_n, np.zeros(more, np.int64)])
         for stage in self._stages:
             stage.grow(slots, dev)
-        self._pending = _more(self._pending, slots, dev)
+        self._sum = _more(self._sum, slots, dev)
+        if self._max is not None:
+            self._max = _more(self._max, slots, dev)
         self._pending_n = _more(self._pending_n, slots, dev)
         self._ring = _more(self._ring, slots, dev)
         self._written = _more(self._written, slots, dev)
@@ -209,6 +203,9 @@ class StreamTokens:
         for stage in self._stages:
             stage.reset(index)
         self._pending_n[index] = 0
+        self._sum[index] = 0.0
+        if self._max is not None:
+            self._max[index] = -torch.inf
         self._written[index] = 0
 
     def __contains__(self, key: str) -> bool:
@@ -294,12 +291,12 @@ class StreamTokens:
         slots = [self.slot_of[k] if k in self.slot_of else self._take(k) for k in keys]
         rows = np.asarray(slots, dtype=np.int64)
         lengths = self._tail_n[rows] + np.array([a.size for a in audio], dtype=np.int64)
+        frames = np.where(lengths >= N_FFT, (lengths - N_FFT) // HOP_LENGTH + 1, 0)
         buf = np.zeros((len(keys), max(int(lengths.max()), N_FFT)), dtype=np.float32)
         for b, (slot, new) in enumerate(zip(slots, audio, strict=True)):
             held = int(self._tail_n[slot])
             buf[b, :held] = self._tail[slot, :held]
             buf[b, held : held + new.size] = new
-        frames = np.where(lengths >= N_FFT, (lengths - N_FFT) // HOP_LENGTH + 1, 0)
         for b, slot in enumerate(slots):
             rest = int(lengths[b] - frames[b] * HOP_LENGTH)
             self._tail[slot, :rest] = buf[b, lengths[b] - rest : lengths[b]]
@@ -318,25 +315,43 @@ class StreamTokens:
         self._add_frames(index, _Ragged(x, count))
 
     def _add_frames(self, index: Tensor, frames: _Ragged) -> None:
-        """Final features ``(batch, 753, k)`` -> pooled into each slot's ring of tokens."""
+        """Final features ``(batch, 753, k)`` -> pooled into each slot's ring of tokens.
+
+        A slot's frames short of a token are kept as their running sum (and maximum), not as
+        frames: row ``b``'s new frames are placed after its ``held`` pending ones (zeros, and
+        ``-inf`` for the maximum, stand in for them), runs of ``token_frames`` pooled, and the
+        pending sum and maximum added to each row's first run.
+        """
         tf = self.token_frames
-        held = _Ragged(self._pending[index], self._pending_n[index])
-        joined = _join(held, frames)
-        made = joined.count // tf
-        tokens = pool_runs(joined.data, tf, self.pooling)  # (batch, pooled, max made)
-        left = joined.count - made * tf
-        self._pending[index] = _windows(
-            torch.nn.functional.pad(joined.data, (0, tf)), made * tf, tf
-        )
-        self._pending_n[index] = left
-        if tokens.shape[2] == 0:
+        held = self._pending_n[index]
+        total = held + frames.count
+        made = total // tf
+        runs = int(made.max()) + 1  # the last run of each row is its new pending one
+        pos = torch.arange(runs * tf, device=self.device)[None, :] - held[:, None]
+        real = (pos >= 0) & (pos < frames.count[:, None])
+        place = pos.clamp(0, frames.data.shape[2] - 1)[:, None, :]
+        picked = torch.gather(frames.data, 2, place.expand(-1, self.width, -1))
+        shape = (len(index), self.width, runs, tf)
+        last = made[:, None, None].expand(-1, self.width, 1)  # each row's pending run
+        sums = torch.where(real[:, None, :], picked, 0.0).reshape(shape).sum(dim=3)
+        sums[:, :, 0] += self._sum[index]
+        self._sum[index] = sums.gather(2, last).squeeze(2)
+        pooled = [sums / tf]
+        if self._max is not None:
+            maxes = torch.where(real[:, None, :], picked, -torch.inf).reshape(shape).amax(dim=3)
+            maxes[:, :, 0] = torch.maximum(maxes[:, :, 0], self._max[index])
+            self._max[index] = maxes.gather(2, last).squeeze(2)
+            pooled.append(maxes)
+        self._pending_n[index] = total - made * tf
+        if not bool(made.any()):
             return
+        tokens = torch.cat(pooled, dim=1)  # (batch, pooled, runs): the first made[b] complete
         # Only the newest ``capacity`` tokens of one push are kept: no two land on one place.
-        t = torch.arange(tokens.shape[2], device=self.device)[None, :]
+        t = torch.arange(runs, device=self.device)[None, :]
         keep = (t < made[:, None]) & (t >= (made - self.capacity)[:, None])
         rows, cols = keep.nonzero(as_tuple=True)
-        place = (self._written[index][rows] + cols) % self.capacity
-        self._ring[index[rows], :, place] = tokens[rows, :, cols]
+        at = (self._written[index][rows] + cols) % self.capacity
+        self._ring[index[rows], :, at] = tokens[rows, :, cols]
         self._written[index] += made
 
     @torch.inference_mode()

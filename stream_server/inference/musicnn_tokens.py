@@ -87,14 +87,6 @@ def pool_runs(frames: Tensor, token_frames: int, pooling: str) -> Tensor:
     return torch.cat([runs.mean(dim=3), runs.amax(dim=3)], dim=1)
 
 
-def pool_tokens(frames: Tensor, token_frames: int) -> Tensor:
-    """``(batch, 753, frames)`` -> ``(batch, 1506, tokens)``: mean then maximum of each run of
-    ``token_frames`` frames; frames left over at the end are dropped."""
-    tokens = frames.shape[2] // token_frames
-    runs = frames[:, :, : tokens * token_frames].reshape(*frames.shape[:2], tokens, token_frames)
-    return torch.cat([runs.mean(dim=3), runs.amax(dim=3)], dim=1)
-
-
 class MusicnnTokens(nn.Module):
     """``forward(wave)``: ``(batch, samples)`` -> ``(batch, features, 1, tokens)`` standardised
     tokens, ``features`` 753 or 1506 (:func:`token_features`).
@@ -142,7 +134,7 @@ class MusicnnTokens(nn.Module):
         if self.pre.sample_rate != SAMPLE_RATE:
             wave = AF.resample(wave, self.pre.sample_rate, SAMPLE_RATE)
         frames = self.net.midend_features(self.net.frontend_features(self.mel(wave)))
-        return pool_tokens(frames, self.pre.token_frames)
+        return pool_runs(frames, self.pre.token_frames, "mean+max")
 
     def stream_raw(self, wave: Tensor) -> Tensor:
         """Stream-context tokens of whole clips, each a stream from its first sample:
@@ -186,7 +178,6 @@ __all__ = [
     "MusicnnTokens",
     "final_frames",
     "pool_runs",
-    "pool_tokens",
     "token_count",
     "token_features",
 ]
