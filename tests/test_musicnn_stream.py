@@ -152,11 +152,31 @@ def test_release_frees_the_slot_and_restart_starts_afresh(features: MusicnnToken
     assert "a" not in table and len(table) == 1
     for i in range(20):  # slots are reused and grow past the first eight
         table.push([f"n{i}"], [clip[:1000]])
-    assert len(table) == 21 and table._slots == 32
+    assert len(table) == 21 and table._slots == 24
     for i in range(20):
         table.release(f"n{i}")
     table.push(["c"], [clip])
-    assert table.slot_of["c"] in range(32)
+    assert table.slot_of["c"] in range(24)
+
+
+def test_the_table_grows_by_a_quarter_and_keeps_its_streams(features: MusicnnTokens) -> None:
+    """A full table adds a quarter of its slots (at least 8): it never holds much more than
+    its streams, and the streams it had go on unchanged."""
+    table = StreamTokens(features, 3)
+    clip = _audio(3.0, seed=1)
+    table.push(["first"], [clip])
+    before = table.window(["first"])
+    sizes = []
+    for i in range(60):
+        table.push([f"n{i}"], [clip[:600]])
+        sizes.append(table._slots)
+    assert sorted(set(sizes)) == [8, 16, 24, 32, 40, 50, 62]
+    assert torch.equal(table.window(["first"]), before)
+    more = _audio(1.0, seed=2)
+    table.push(["first"], [more])  # it goes on from where it was
+    whole = features.stream_raw(torch.from_numpy(np.concatenate([clip, more]))[None])
+    expected = features.standardise(whole[:, :, -3:])
+    torch.testing.assert_close(table.window(["first"]), expected, rtol=TOL, atol=TOL)
 
 
 def test_the_ring_of_tokens_wraps_and_a_push_may_bring_more_than_it_holds(

@@ -51,10 +51,15 @@ from stream_server.inference.musicnn_tokens import (
     MusicnnTokens,
 )
 
-__all__ = ["PIECE", "StreamTokens"]
+__all__ = ["GROWTH_MIN", "PIECE", "StreamTokens"]
 
 #: Most samples of one stream computed in one call (1.024 s at 16 kHz: 64 frames).
 PIECE: Final = 16384
+
+#: Fewest slots a table adds when it is full; it adds a quarter of its slots when that is more,
+#: so a table of many streams holds at most a quarter more slots than it ever had streams
+#: (doubling would hold up to twice: 2,048 slots, 311 MiB, for 1,100 streams instead of 1,103).
+GROWTH_MIN: Final = 8
 
 
 def _more(rows: Tensor, slots: int, device: torch.device) -> Tensor:
@@ -125,11 +130,11 @@ class StreamTokens:
     a stream's slot, :meth:`restart` starts a stream again from nothing (after a gap). Only one
     thread may use a table (the engine's).
 
-    Slots grow by doubling (each growth copies the table); every tensor lives on ``device`` (each
-    stream's few samples short of a frame wait in a host array). Per slot, float32: the front-end's
-    last 127 mel frames (96 bands), each mid-end layer's last 6 frames, the running sum (and
-    maximum) of the frames short of a token, and the ring of ``tokens`` tokens: about 150 KiB for
-    the shipped model (5 s windows, mean pooling).
+    Slots grow by a quarter, at least :data:`GROWTH_MIN` (each growth copies the table); every
+    tensor lives on ``device`` (each stream's few samples short of a frame wait in a host array).
+    Per slot, float32: the front-end's last 127 mel frames (96 bands), each mid-end layer's last
+    6 frames, the running sum (and maximum) of the frames short of a token, and the ring of
+    ``tokens`` tokens: about 150 KiB for the shipped model (5 s windows, mean pooling).
     """
 
     def __init__(self, features: MusicnnTokens, tokens: int, *, device: torch.device | None = None):
@@ -190,7 +195,7 @@ class StreamTokens:
 
     def _take(self, key: str) -> int:
         if not self._free:
-            self._grow(2 * self._slots)
+            self._grow(self._slots + max(GROWTH_MIN, self._slots // 4))
         slot = self._free.pop()
         self.slot_of[key] = slot
         self._clear([slot])
