@@ -169,6 +169,7 @@ class EngineConfig:
     window_s: float = field(default=0.0, metadata={CHECK: _non_negative})
     buffer_s: float = field(default=0.0, metadata={CHECK: _non_negative})
     catch_up_s: float = field(default=2.0, metadata={CHECK: _non_negative})
+    kernel_cache: int = field(default=256, metadata={CHECK: _non_negative})
     top_k: int = field(default=3, metadata={CHECK: _positive})
 
 

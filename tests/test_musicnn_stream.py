@@ -197,6 +197,33 @@ def test_the_ring_of_tokens_wraps_and_a_push_may_bring_more_than_it_holds(
     torch.testing.assert_close(table.window(["once"]), whole[..., -3:], rtol=TOL, atol=TOL)
 
 
+def test_the_layers_see_whole_buckets_of_frames_whatever_the_chunk_sizes(
+    features: MusicnnTokens,
+) -> None:
+    """Calls are padded to multiples of ``FRAME_BUCKET`` frames: at any chunk size the layers
+    see only a few shapes (one compiled kernel each), and the tokens stay those of the clip."""
+    table = StreamTokens(features, 3)
+    widths: set[int] = set()
+
+    def watched(fn: Callable[[torch.Tensor], torch.Tensor], held: int) -> Any:
+        def call(buf: torch.Tensor) -> torch.Tensor:
+            widths.add(buf.shape[2] - held)  # the new frames of this call
+            return fn(buf)
+
+        return call
+
+    for stage in table._stages:
+        stage.fn = watched(stage.fn, stage.width)
+    clip, rng, at = _audio(6.0, seed=4), np.random.default_rng(4), 0
+    while at < clip.size:
+        size = int(rng.integers(200, 20000))
+        table.push(["a"], [clip[at : at + size]])
+        at += size
+    assert widths and widths <= {16, 32, 48, 64}
+    whole = features.stream_raw(torch.from_numpy(clip)[None])[0]
+    torch.testing.assert_close(_ring_tokens(table, "a", 3), whole[:, -3:], rtol=TOL, atol=TOL)
+
+
 def test_a_stream_appears_once_per_push_and_restarts_after_the_table_grew(
     features: MusicnnTokens,
 ) -> None:
@@ -419,6 +446,23 @@ def test_the_table_runs_on_the_engines_device(device: str) -> None:
     torch.testing.assert_close(
         window.cpu(), reference.standardise(whole[:, :, -3:]), rtol=tol, atol=tol
     )
+
+
+def test_the_runner_warms_every_batch_size_up_and_keeps_nothing(
+    stream_model: LoadedModel,
+) -> None:
+    runner = InferenceRunner(stream_model, torch.device("cpu"), max_batch=4)
+    assert runner.table is not None
+    pushed: list[int] = []
+    push = runner.table.push
+
+    def counted(keys: Sequence[str], audio: Sequence[np.ndarray]) -> None:
+        pushed.append(len(keys))
+        push(keys, audio)
+
+    runner.table.push = counted  # type: ignore[method-assign]
+    runner.warm_up(3 * RATE, RATE)
+    assert set(pushed) == {1, 2, 3, 4} and len(runner.table) == 0 and not runner._ends
 
 
 def test_warm_up_jobs_are_taken_in_and_not_scored(stream_model: LoadedModel) -> None:

@@ -51,10 +51,16 @@ from stream_server.inference.musicnn_tokens import (
     MusicnnTokens,
 )
 
-__all__ = ["GROWTH_MIN", "PIECE", "StreamTokens"]
+__all__ = ["FRAME_BUCKET", "GROWTH_MIN", "PIECE", "StreamTokens"]
 
 #: Most samples of one stream computed in one call (1.024 s at 16 kHz: 64 frames).
 PIECE: Final = 16384
+
+#: A call computes its frames in multiples of this many (zero frames after each row's real
+#: ones): the layers see 4 widths (16, 32, 48, 64 frames) whatever the chunk sizes, so the
+#: kernels compiled for each shape (oneDNN keeps one per shape on a CPU) are few, and the
+#: warm-up at load (:meth:`~stream_server.inference.runner.InferenceRunner.warm_up`) meets them.
+FRAME_BUCKET: Final = 16
 
 #: Fewest slots a table adds when it is full; it adds a quarter of its slots when that is more,
 #: so a table of many streams holds at most a quarter more slots than it ever had streams
@@ -297,7 +303,10 @@ class StreamTokens:
         rows = np.asarray(slots, dtype=np.int64)
         lengths = self._tail_n[rows] + np.array([a.size for a in audio], dtype=np.int64)
         frames = np.where(lengths >= N_FFT, (lengths - N_FFT) // HOP_LENGTH + 1, 0)
-        buf = np.zeros((len(keys), max(int(lengths.max()), N_FFT)), dtype=np.float32)
+        # Computed frames, rounded up to whole buckets (the rows' counts say which are real).
+        shaped = -(-int(frames.max()) // FRAME_BUCKET) * FRAME_BUCKET
+        width = (shaped - 1) * HOP_LENGTH + N_FFT
+        buf = np.zeros((len(keys), max(int(lengths.max()), width)), dtype=np.float32)
         for b, (slot, new) in enumerate(zip(slots, audio, strict=True)):
             held = int(self._tail_n[slot])
             buf[b, :held] = self._tail[slot, :held]
@@ -308,7 +317,7 @@ class StreamTokens:
             self._tail_n[slot] = rest
         if not frames.any():
             return
-        wave = torch.from_numpy(buf[:, : int(frames.max() - 1) * HOP_LENGTH + N_FFT])
+        wave = torch.from_numpy(buf[:, :width])
         mel = log_mel(
             wave.to(self.device), self.features.mel.window, self.features.mel.fbanks, center=False
         )

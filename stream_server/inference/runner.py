@@ -19,6 +19,7 @@ from the windows themselves.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import torch
 from stream_server.core.windows import WindowJob, stack_windows
 from stream_server.inference.levels import levels_dbfs
 from stream_server.inference.model import LoadedModel
-from stream_server.inference.musicnn_stream import StreamTokens
+from stream_server.inference.musicnn_stream import PIECE, StreamTokens
 from stream_server.inference.musicnn_tokens import MusicnnTokens
 
 
@@ -215,15 +216,42 @@ class InferenceRunner:
         ]
 
     def warm_up(self, window: int, hop: int) -> None:
-        """Score noise once before serving: one stream, then :attr:`chunk` streams together,
-        three ``window``-sample windows ``hop`` samples apart each. The first calls' costs
-        (kernels chosen, buffers the allocator grows into) are paid here, at load, and not by
-        the first streams' windows. Nothing is kept."""
+        """Score noise before serving: one stream's three ``window``-sample windows ``hop``
+        samples apart, then a batch of every size up to :attr:`chunk`. The first calls' costs
+        (kernels compiled for each shape, buffers the allocator grows into) are paid here, at
+        load, and not by the first streams' windows; nothing is kept.
+
+        A stream table's batches are warmed as a live stream's hop meets them: one
+        :data:`~stream_server.inference.musicnn_stream.PIECE` of new audio per stream.
+        """
         rng = np.random.default_rng(0)
         ends = [window, window + hop, window + 2 * hop]
-        for count in (1, self.chunk):
-            audio = [(0.1 * rng.standard_normal(ends[-1])).astype(np.float32) for _ in range(count)]
-            self.score_streams(audio, [ends] * count, window)
+        audio = (0.1 * rng.standard_normal(ends[-1])).astype(np.float32)
+        self.score_streams([audio], [ends], window)
+        for count in range(1, self.chunk + 1):
+            noise = (0.1 * rng.standard_normal((count, window))).astype(np.float32)
+            if self.table is None:
+                self.score(noise)
+            else:
+                self._warm_table(noise)
+
+    @torch.inference_mode()
+    def _warm_table(self, noise: np.ndarray) -> None:
+        """One :data:`PIECE` of ``noise`` ``(batch, samples)`` pushed as new streams' audio,
+        their windows scored and the streams forgotten (on the runner's CUDA stream, if any)."""
+        assert self.table is not None
+        keys = [f"warm-up-{uuid.uuid4().hex}" for _ in range(len(noise))]
+        cuda = self.stream is not None
+        with torch.cuda.stream(self.stream) if cuda else contextlib.nullcontext():
+            try:
+                self.table.push(keys, list(noise[:, :PIECE]))
+                self.classifier.from_features(self.table.window(keys))
+                self._speech(torch.from_numpy(noise).to(self.device))
+            finally:
+                for key in keys:
+                    self.table.release(key)
+        if self.stream is not None:
+            self.stream.synchronize()
 
     def release(self, stream_id: str) -> None:
         """Forget a stream's state (it ended); no error if there is none."""

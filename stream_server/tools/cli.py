@@ -37,12 +37,14 @@ def load_config_of(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from stream_server.inference.heap import cap_kernel_cache
     from stream_server.inference.loading import load_configured_model
     from stream_server.serve.server import checked_tokens, serve
 
     config = load_config_of(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
     checked_tokens(config)  # refuse an unguarded non-loopback address before anything loads
+    cap_kernel_cache(config.engine.kernel_cache)  # before the model's first kernel
     model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
     serve(config, model=model)
     return 0
