@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A process that caps its kernel cache, runs one convolution over 200 input widths (200
 #: kernels) and prints how much its RSS grew (MiB), freed memory handed back.
 GROWTH = """
-import sys
+import os, sys
 from stream_server.inference.heap import cap_kernel_cache, trim_heap
+from stream_server.tools.server_process import rss_mb
 cap_kernel_cache(int(sys.argv[1]))
 import torch
 def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    return rss_mb(os.getpid())
 conv = torch.nn.Conv2d(1, 16, (7, 38))
 with torch.inference_mode():
     conv(torch.randn(1, 1, 96, 64))
@@ -60,7 +61,7 @@ def test_the_cap_is_set_once_and_an_environment_setting_wins(
         cap_kernel_cache(-1)
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="RSS is read from /proc")
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc")
 def test_a_capped_cache_keeps_less_memory_for_many_shapes() -> None:
     """200 shapes of one convolution: about 14 MiB of kernels kept by oneDNN's default
     capacity (1,024), about 4.5 MiB with none kept."""

@@ -357,7 +357,7 @@ class StreamTokens:
             self._max[index] = maxes.gather(2, last).squeeze(2)
             pooled.append(maxes)
         self._pending_n[index] = total - made * tf
-        if not bool(made.any()):
+        if runs == 1:  # no row made a token
             return
         tokens = torch.cat(pooled, dim=1)  # (batch, pooled, runs): the first made[b] complete
         # Only the newest ``capacity`` tokens of one push are kept: no two land on one place.

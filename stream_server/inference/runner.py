@@ -241,8 +241,10 @@ class InferenceRunner:
         their windows scored and the streams forgotten (on the runner's CUDA stream, if any)."""
         assert self.table is not None
         keys = [f"warm-up-{uuid.uuid4().hex}" for _ in range(len(noise))]
-        cuda = self.stream is not None
-        with torch.cuda.stream(self.stream) if cuda else contextlib.nullcontext():
+        on_stream = (
+            contextlib.nullcontext() if self.stream is None else torch.cuda.stream(self.stream)
+        )
+        with on_stream:
             try:
                 self.table.push(keys, list(noise[:, :PIECE]))
                 self.classifier.from_features(self.table.window(keys))
