@@ -50,6 +50,14 @@ def _non_negative(v: Any) -> str | None:
     return None if 0 <= v < math.inf else "must be a finite number >= 0"
 
 
+#: The most ingest processes ``server.workers`` may ask for.
+MAX_WORKERS = 64
+
+
+def _workers(v: Any) -> str | None:
+    return None if 1 <= v <= MAX_WORKERS else f"must be 1..{MAX_WORKERS}"
+
+
 def _port(v: Any) -> str | None:
     return None if 0 <= v <= 65535 else "must be a TCP port in 0..65535"
 
@@ -131,7 +139,9 @@ class ServerConfig:
     ``insecure``: listen on a non-loopback ``host`` although no token is configured ([auth]);
     ``header_timeout_s``: seconds a connection may take to send a complete request head, from
     connecting and from the first byte of each further request on a kept-alive connection
-    (:mod:`stream_server.serve.http_timeouts`).
+    (:mod:`stream_server.serve.http_timeouts`);
+    ``workers``: ingest processes (:mod:`stream_server.serve.workers`); 1: one process serves
+    and runs the model.
     """
 
     host: str = "127.0.0.1"
@@ -147,6 +157,7 @@ class ServerConfig:
     log_level: str = field(default="info", metadata={CHECK: _log_level})
     insecure: bool = False
     header_timeout_s: float = field(default=10.0, metadata={CHECK: _positive})
+    workers: int = field(default=1, metadata={CHECK: _workers})
 
 
 @dataclass(frozen=True)
@@ -425,11 +436,23 @@ class Config:
         model: str | None = None,
         device: str | None = None,
         insecure: bool | None = None,
+        workers: int | None = None,
     ) -> Config:
-        """A copy with the command line's ``--host``, ``--port``, ``--model``, ``--device`` and
-        ``--insecure`` (``None``: the config's own value) as ``server.host``, ``server.port``,
-        ``model.path``, ``engine.device`` and ``server.insecure``."""
+        """A copy with the command line's ``--host``, ``--port``, ``--model``, ``--device``,
+        ``--insecure`` and ``--workers`` (``None``: the config's own value) as ``server.host``,
+        ``server.port``, ``model.path``, ``engine.device``, ``server.insecure`` and
+        ``server.workers``.
+
+        Raises:
+            ConfigError: ``--workers`` out of range (named as ``server.workers``), or more
+                than one with an in-memory database.
+        """
         server, model_table, engine = self.server, self.model, self.engine
+        if workers is not None:
+            problem = _workers(workers)
+            if problem is not None:
+                raise ConfigError("server.workers", problem)
+            server = dataclasses.replace(server, workers=workers)
         if host is not None:
             server = dataclasses.replace(server, host=host)
         if insecure is not None:
@@ -440,7 +463,7 @@ class Config:
             model_table = dataclasses.replace(model_table, path=model)
         if device is not None:
             engine = dataclasses.replace(engine, device=device)
-        return self.replace(server=server, model=model_table, engine=engine)
+        return _checked_together(self.replace(server=server, model=model_table, engine=engine))
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -508,9 +531,24 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         if name not in table_types:
             raise ConfigError(name, f"unknown table (known: {', '.join(sorted(table_types))})")
         tables[name] = _build_table(name, table_types[name], value)
-    config = Config(**tables)
+    return _checked_together(Config(**tables))
+
+
+def _checked_together(config: Config) -> Config:
+    """``config``, once the keys that depend on one another agree.
+
+    Raises:
+        ConfigError: ``server.min_sample_rate`` above ``server.max_sample_rate``, or
+            ``server.workers`` above 1 with ``storage.database = ":memory:"`` (each process
+            would have a database of its own).
+    """
     if config.server.min_sample_rate > config.server.max_sample_rate:
         raise ConfigError("server.min_sample_rate", "must not exceed server.max_sample_rate")
+    if config.server.workers > 1 and config.storage.database == ":memory:":
+        raise ConfigError(
+            "storage.database",
+            "several workers (server.workers) share one database: name a file, not :memory:",
+        )
     return config
 
 

@@ -305,6 +305,8 @@ def test_model_labels_table_of_strings(tmp_path: Path) -> None:
         ("server", "max_frame_bytes", 0, "> 0"),
         ("server", "max_channels", 0, "> 0"),
         ("server", "max_streams", -3, "> 0"),
+        ("server", "workers", 0, "1..64"),
+        ("server", "workers", 65, "1..64"),
         ("server", "log_level", "verbose", "one of"),
         ("engine", "max_batch", 0, "> 0"),
         ("engine", "top_k", 0, "> 0"),
@@ -406,6 +408,7 @@ CHECKED_KEYS = frozenset(
         "server.start_timeout_s",
         "server.idle_timeout_s",
         "server.header_timeout_s",
+        "server.workers",
         "server.log_level",
         "engine.device",
         "engine.max_batch",
@@ -452,6 +455,7 @@ OUT_OF_RANGE: dict[str, Any] = {
     "_positive": 0,
     "_non_negative": -1,
     "_port": 70000,
+    "_workers": 0,
     "_unit_interval": 2,
     "_level_dbfs": 1,
     "_device": "tpu",
@@ -522,3 +526,20 @@ def test_tables_are_frozen() -> None:
     c = Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.engine.max_batch = 1  # type: ignore[misc]
+
+
+def test_the_workers_flag_is_checked_as_the_key_it_overrides() -> None:
+    on_file = Config()  # genrecast.db
+    assert on_file.overridden(workers=4).server.workers == 4
+    assert on_file.overridden().server.workers == 1
+    with pytest.raises(ConfigError) as info:
+        on_file.overridden(workers=65)
+    assert info.value.key == "server.workers"
+    # every process would have a database of its own
+    in_memory = config_from_dict({"storage": {"database": ":memory:"}})
+    with pytest.raises(ConfigError) as info:
+        in_memory.overridden(workers=2)
+    assert info.value.key == "storage.database"
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"server": {"workers": 2}, "storage": {"database": ":memory:"}})
+    assert info.value.key == "storage.database"

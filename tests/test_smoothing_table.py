@@ -117,3 +117,8 @@ def test_slots_are_reused_fresh_and_release_is_checked() -> None:
     assert bool(step.changed[0]) and int(step.previous[0]) == NO_LABEL
     other = table.acquire()  # grows
     assert table.capacity == 2 and table.in_use == 2 and other != again
+
+
+def test_a_vanishing_time_constant_weighs_the_new_window_fully_without_overflow() -> None:
+    table = SmoothingTable(4, SmoothingParams(time_constant_s=2.225073858507203e-309))
+    np.testing.assert_array_equal(table.alpha([1.0, 0.5]), [1.0, 1.0])  # warnings are errors

@@ -239,7 +239,9 @@ class SmoothingTable:
         dt = np.asarray(dt_s, dtype=np.float64)
         if self.params.time_constant_s == 0:
             return np.ones_like(dt)
-        out: npt.NDArray[np.float64] = -np.expm1(-dt / self.params.time_constant_s)
+        # A time constant so small that the step overflows weighs the new window fully (1).
+        with np.errstate(over="ignore"):
+            out: npt.NDArray[np.float64] = -np.expm1(-dt / self.params.time_constant_s)
         return out
 
     def problems(

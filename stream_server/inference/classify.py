@@ -34,9 +34,12 @@ from stream_server.core.decoding import Decoded, decode
 from stream_server.core.session import SessionParams, StreamSession
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowJob
-from stream_server.inference.device import pick_device
 from stream_server.inference.levels import levels_dbfs
-from stream_server.inference.loading import load_configured_model, session_params
+from stream_server.inference.loading import (
+    configured_runner,
+    load_configured_model,
+    session_params,
+)
 from stream_server.inference.model import LoadedModel
 from stream_server.inference.runner import InferenceRunner, WindowScores
 from stream_server.media.decode import decode_mono
@@ -277,15 +280,8 @@ def classify_file(
 ) -> ClassifyReport:
     """Decode ``path`` and classify it with the configured (or given) model."""
     loaded = model or load_configured_model(config)
-    eng = config.engine
     params = session_params(config, loaded)
-    runner = InferenceRunner(
-        loaded,
-        pick_device(eng.device),
-        half=eng.half_precision,
-        max_batch=eng.max_batch,
-        level_samples=params.hop_samples,
-    )
+    runner = configured_runner(config, loaded)
     start = time.perf_counter()
     audio = decode_mono(path, params.model_rate)
     outcome = classify_audio(audio, runner, params, progress=progress)

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -93,6 +94,47 @@ def _settle(future: Future[WindowScores], outcome: WindowScores | BaseException)
 
 ResultsCallback = Callable[[Sequence[WindowResult]], None]
 ErrorCallback = Callable[[Sequence[WindowJob], BaseException], None]
+
+
+def check_windows(
+    windows: np.ndarray, jobs: Sequence[WindowJob] | None, labels: int
+) -> Future[WindowScores]:
+    """The future of a one-shot run of ``windows`` ``(n, samples)`` with ``jobs`` (one per
+    window, or ``None``), already done for no window.
+
+    Raises:
+        ValueError: ``windows`` is not 2-D, or ``jobs`` does not match it.
+    """
+    if windows.ndim != 2:
+        raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
+    if jobs is not None and len(jobs) != len(windows):
+        raise ValueError(f"{len(jobs)} jobs for {len(windows)} windows")
+    future: Future[WindowScores] = Future()
+    if len(windows) == 0:
+        future.set_result(WindowScores.empty(labels))
+    return future
+
+
+class WindowEngine(Protocol):
+    """What the server needs of an engine: :class:`Engine` in its own process, or an ingest
+    worker's link to the engine process (:class:`~stream_server.serve.engine_link.RemoteEngine`,
+    whose ``submit`` and ``cancel`` report replaced windows later instead of returning them)."""
+
+    max_batch: int
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def submit(self, job: WindowJob) -> WindowJob | None: ...
+
+    def run_windows(
+        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+    ) -> Future[WindowScores]: ...
+
+    def cancel(self, stream_id: str) -> WindowJob | None: ...
+
+    def release(self, stream_id: str) -> None: ...
 
 
 class Engine:
@@ -166,13 +208,8 @@ class Engine:
         :class:`EngineStopped`; a caller that cancels it before it is done stops the chunks still
         to run.
         """
-        if windows.ndim != 2:
-            raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
-        if jobs is not None and len(jobs) != len(windows):
-            raise ValueError(f"{len(jobs)} jobs for {len(windows)} windows")
-        future: Future[WindowScores] = Future()
-        if len(windows) == 0:
-            future.set_result(WindowScores.empty(len(self.runner.labels)))
+        future = check_windows(windows, jobs, len(self.runner.labels))
+        if future.done():
             return future
         with self._cond:
             if self._stopping:

@@ -10,7 +10,11 @@ from torch import nn
 
 from stream_server.config import Config
 from stream_server.core.session import SessionParams
+from stream_server.inference.device import pick_device
+from stream_server.inference.engine import Engine, ErrorCallback, ResultsCallback
+from stream_server.inference.heap import trim_heap
 from stream_server.inference.model import LoadedModel, resolve_model
+from stream_server.inference.runner import InferenceRunner
 from stream_server.inference.speech import DEFAULT_SPEECH_DIR, load_detector
 
 #: ``[gate] speech_model`` value for no speech detector.
@@ -78,3 +82,43 @@ def session_params(config: Config, model: LoadedModel) -> SessionParams:
         backdate_max_s=sm.backdate_max_s,
         offline=config.offline.params(),
     )
+
+
+def configured_runner(config: Config, loaded: LoadedModel) -> InferenceRunner:
+    """An :class:`~stream_server.inference.runner.InferenceRunner` of ``loaded`` as ``[engine]``
+    says: device, precision, batch, the level over a hop and the catch-up."""
+    cfg = config.engine
+    params = session_params(config, loaded)
+    return InferenceRunner(
+        loaded,
+        pick_device(cfg.device),
+        half=cfg.half_precision,
+        max_batch=cfg.max_batch,
+        level_samples=params.hop_samples,
+        catch_up_samples=round(cfg.catch_up_s * params.model_rate),
+    )
+
+
+def start_engine(
+    config: Config,
+    loaded: LoadedModel,
+    *,
+    on_results: ResultsCallback,
+    on_error: ErrorCallback,
+) -> Engine:
+    """``loaded`` on the device ``engine.device`` picks, warmed up for every batch size, behind
+    a started :class:`~stream_server.inference.engine.Engine` (its runner is ``.runner``)."""
+    cfg = config.engine
+    params = session_params(config, loaded)
+    runner = configured_runner(config, loaded)
+    runner.warm_up(params.window_samples, params.hop_samples)
+    trim_heap()  # what the warm-up freed goes back: a fresh server is as small as it can be
+    engine = Engine(
+        runner,
+        max_batch=cfg.max_batch,
+        max_wait_s=cfg.max_wait_ms / 1000.0,
+        on_results=on_results,
+        on_error=on_error,
+    )
+    engine.start()
+    return engine

@@ -3,7 +3,7 @@
 Routes:
     WS  /ws/ingest                 PCM in: ``start`` JSON, binary frames, ``stop``
     WS  /ws/updates                messages out; ``?stream_id=`` filter, ``?since=SEQ`` resume
-    GET /health                    the process is alive
+    GET /health                    the process is alive (a worker of ``--workers N``: which one)
     GET /ready                     the model is loaded (503 until then): model, device, labels
     GET /streams                   live and stored streams
     POST /streams                  ``{"url", "name"?}``: the server pulls the URL (or local path)
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -285,12 +286,18 @@ async def updates(ws: WebSocket) -> None:
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """``{"status": "ok"}``; an ingest worker of ``serve --workers N`` adds its ``worker``
+    index (0..N-1), process id and how many live streams it holds."""
+    service: Service = request.app.state.service
+    body: dict[str, object] = {"status": "ok"}
+    if service.link is not None:
+        body |= {"worker": service.link.index, "pid": os.getpid(), "streams": len(service.streams)}
+    return JSONResponse(body)
 
 
 async def ready(request: Request) -> Response:
     service: Service = request.app.state.service
-    if not service.ready or service.model is None or service.runner is None:
+    if not service.ready or service.model is None:
         body = {"ready": False, "error": service.load_error}
         return JSONResponse(body, status_code=503)
     model = service.model
@@ -299,8 +306,8 @@ async def ready(request: Request) -> Response:
             "ready": True,
             "model": model.source,
             "trained": model.trained,
-            "device": str(service.runner.device),
-            "half_precision": service.runner.half,
+            "device": service.device,
+            "half_precision": service.half,
             "labels": list(service.display_labels),
             "sample_rate": model.preprocessing.sample_rate,
             "window_s": service.window_s,
@@ -373,7 +380,7 @@ async def webrtc_not_installed(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service: Service = request.app.state.service
-    return Response(service.metrics.render(), media_type=service.metrics.content_type)
+    return Response(await service.metrics_text(), media_type=service.metrics.content_type)
 
 
 def _webrtc(service: Service) -> tuple[WebRTCGateway | None, Endpoint]:

@@ -63,20 +63,26 @@ class UpdateHub:
 
     def publish(self, message: PublishedMessage) -> str:
         """Stamp ``message['seq']``, record it and queue it to subscribers; returns its JSON."""
-        self._seq += 1
-        message["seq"] = self._seq
+        message["seq"] = self._seq + 1
         text = dumps(message)
-        stream_id = message["stream_id"]
-        self._history.append((self._seq, stream_id, text))
+        self.deliver(message["seq"], message["stream_id"], text)
+        return text
+
+    def deliver(self, seq: int, stream_id: str, text: str) -> None:
+        """Record and queue a message another process stamped with ``seq`` (an ingest worker's
+        hub: the engine process stamps every worker's messages, in one order)."""
+        self._seq = seq
+        self._history.append((seq, stream_id, text))
         for sub in list(self._subscribers):
             if sub.wants(stream_id):
                 self._offer(sub, text)
-        return text
 
     def notify(self, message: ErrorMessage) -> None:
         """Send an ``error`` to the subscribers of its stream (all, if it names none); not kept."""
-        text = dumps(message)
-        stream_id = message.get("stream_id")
+        self.notify_text(message.get("stream_id"), dumps(message))
+
+    def notify_text(self, stream_id: str | None, text: str) -> None:
+        """:meth:`notify` of a message already serialised."""
         for sub in list(self._subscribers):
             if stream_id is None or sub.wants(stream_id):
                 self._offer(sub, text)

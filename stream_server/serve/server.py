@@ -75,7 +75,7 @@ class RunningServer:
         return f"ws://{self.host}:{self.port}"
 
 
-class _Server(uvicorn.Server):
+class DrainingServer(uvicorn.Server):
     """uvicorn, with the service drained (:meth:`Service.drain`) after it stops accepting and
     before it closes connections, so subscribers get every ``stream.ended``."""
 
@@ -118,7 +118,7 @@ async def running_server(
     service = Service(config, model=model)
     sock = bind(config.server.host, config.server.port)
     port = sock.getsockname()[1]
-    server = _Server(uvicorn_config(service, tokens), service)
+    server = DrainingServer(uvicorn_config(service, tokens), service)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         started = asyncio.create_task(service.started.wait())

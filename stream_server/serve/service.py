@@ -21,19 +21,24 @@ from typing import Any, TypeVar
 
 from stream_server.config import Config
 from stream_server.core.audio import validate_format
-from stream_server.core.session import StreamSession, score_batch
+from stream_server.core.session import SessionParams, StreamSession, score_batch
 from stream_server.core.smoothing import SmoothingTable
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowJob
 from stream_server.errors import ProtocolError, SourceRefused
-from stream_server.inference.device import pick_device
-from stream_server.inference.engine import Engine, WindowResult
-from stream_server.inference.heap import trim_heap
-from stream_server.inference.loading import load_configured_model, session_params, window_seconds
+from stream_server.inference.engine import WindowEngine, WindowResult
+from stream_server.inference.loading import (
+    load_configured_model,
+    session_params,
+    start_engine,
+    window_seconds,
+)
 from stream_server.inference.model import LoadedModel
 from stream_server.inference.runner import InferenceRunner
 from stream_server.messages import (
     MAX_NAME_CHARS,
+    ErrorMessage,
+    PublishedMessage,
     StartMessage,
     StreamEnded,
     StreamStarted,
@@ -41,8 +46,9 @@ from stream_server.messages import (
     check_text,
     error,
 )
+from stream_server.serve.engine_link import EngineLink
 from stream_server.serve.hub import Subscriber, UpdateHub
-from stream_server.serve.metrics import Metrics
+from stream_server.serve.metrics import Metrics, merge_metrics
 from stream_server.serve.store import StreamRecord, Tail, TimelineStore, TrackTitle
 from stream_server.serve.upload import Classifier
 from stream_server.sources.puller import Puller
@@ -108,10 +114,23 @@ class LiveStream:
 
 
 class Service:
-    """Owns every live stream and the shared machinery; see the module docstring."""
+    """Owns every live stream and the shared machinery; see the module docstring.
 
-    def __init__(self, config: Config, *, model: LoadedModel | None = None) -> None:
+    With ``link`` the service is one ingest worker of ``genrecast serve --workers N``
+    (:mod:`stream_server.serve.engine_link`): its engine is the engine process's, its messages
+    are stamped there and reach every worker's hub, the stream limits are counted there, and
+    listings, timelines, stops and metrics take in every worker's streams.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        model: LoadedModel | None = None,
+        link: EngineLink | None = None,
+    ) -> None:
         self.config = config
+        self.link = link
         self.metrics = Metrics()
         self.hub = UpdateHub(
             config.updates.queue_size,
@@ -127,9 +146,15 @@ class Service:
         self.stopping = False
         self.model: LoadedModel | None = model
         self.runner: InferenceRunner | None = None
+        #: Where the model runs (``"cpu"``, ``"cuda:0"``) and whether in half precision.
+        self.device = ""
+        self.half = False
+        #: The model keeps state per stream (a stream's audio is taken in before its first
+        #: full window: warm-up jobs).
+        self.stream_state = False
         #: The live streams' smoothing and hysteresis, one slot each (made with the model).
         self.smoothing: SmoothingTable | None = None
-        self.engine: Engine | None = None
+        self.engine: WindowEngine | None = None
         self.store: TimelineStore | None = None
         self.load_error: str | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrecast-db")
@@ -139,6 +164,10 @@ class Service:
         self.pullers: dict[str, Puller] = {}
         # Pulled streams ended in this run: final state ("ended" or "failed") and counters.
         self._final_states: dict[str, dict[str, Any]] = {}
+        if link is not None:
+            link.on_message = self.hub.deliver
+            link.on_notice = self.hub.notify_text
+            link.answerer = self._answer
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -146,8 +175,9 @@ class Service:
         """Open the store and load the model (both off the event loop), then start the engine."""
         self._loop = asyncio.get_running_loop()
         self.store = await self._in_db(TimelineStore, self.config.storage.database)
-        await self._in_db(self._close_orphans)
-        if self.config.storage.retention_days > 0:
+        if self.link is None:  # workers share the engine process's store, which did this
+            await self._in_db(self._close_orphans)
+        if self.config.storage.retention_days > 0 and self.link is None:
             await self._prune()
             self._pruner = asyncio.create_task(self._prune_periodically())
         self._load_task = asyncio.create_task(self._load_in_background())
@@ -192,7 +222,10 @@ class Service:
 
     async def _load_in_background(self) -> None:
         try:
-            await asyncio.to_thread(self._load_model)
+            if self.link is None:
+                await asyncio.to_thread(self._load_model)
+            else:
+                await self._attach_engine(self.link)
         except Exception as exc:
             self.load_error = str(exc)
             self.metrics.errors.labels(kind="model_load").inc()
@@ -208,44 +241,54 @@ class Service:
     def _close_orphans(self) -> None:
         """Streams left open by a previous run ended when it stopped."""
         assert self.store is not None
-        for record in self.store.list_streams(limit=10_000):
-            if record.ended_at is None:
-                self.store.end_stream(record.stream_id, time.time())
+        self.store.end_open_streams(time.time())
 
     def _load_model(self) -> None:
-        cfg = self.config.engine
         loaded = self.model if self.model is not None else load_configured_model(self.config)
-        device = pick_device(cfg.device)
-        params = session_params(self.config, loaded)
-        runner = InferenceRunner(
+        engine = start_engine(
+            self.config,
             loaded,
-            device,
-            half=cfg.half_precision,
-            max_batch=cfg.max_batch,
-            level_samples=params.hop_samples,
-            catch_up_samples=round(cfg.catch_up_s * params.model_rate),
-        )
-        runner.warm_up(params.window_samples, params.hop_samples)
-        trim_heap()  # what the warm-up freed goes back: a fresh server is as small as it can be
-        self.model = loaded
-        self.runner = runner
-        self.smoothing = SmoothingTable(len(params.labels), params.smoothing)
-        engine = Engine(
-            runner,
-            max_batch=cfg.max_batch,
-            max_wait_s=cfg.max_wait_ms / 1000.0,
             on_results=self._results_from_engine,
             on_error=self._error_from_engine,
         )
-        engine.start()
+        runner = engine.runner
+        self.model = loaded
+        self.runner = runner
+        self.device = str(runner.device)
+        self.half = runner.half
+        self.stream_state = runner.table is not None
+        self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
         self.engine = engine
+        self._log_model()
+
+    async def _attach_engine(self, link: EngineLink) -> None:
+        """An ingest worker: wait for the engine process's model, load the model's description
+        here (labels, preprocessing: the weights stay unused), and use the remote engine."""
+        hello = await link.hello()
+        loaded = self.model
+        if loaded is None:
+            loaded = await asyncio.to_thread(load_configured_model, self.config)
+        self.model = loaded
+        self.device, self.half, self.stream_state = hello.device, hello.half, hello.stream_state
+        self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
+        self.engine = link.make_engine(
+            hello,
+            on_results=self._deliver,
+            on_error=lambda jobs, exc: self._deliver_error(jobs, str(exc)),
+            on_replaced=self._replaced_later,
+        )
+        self._log_model()
+        link.ready()
+
+    def _log_model(self) -> None:
+        assert self.model is not None
         log.info(
             "model %s on %s: %d labels, window %.1f s, hop %.1f s",
-            loaded.source,
-            device,
-            len(loaded.labels),
+            self.model.source,
+            self.device,
+            len(self.model.labels),
             self.window_s,
-            cfg.hop_s,
+            self.config.engine.hop_s,
         )
 
     async def drain(
@@ -323,16 +366,18 @@ class Service:
     def classifier(self) -> Classifier | None:
         """What an upload is classified with (:class:`~stream_server.serve.upload.UploadHost`);
         ``None`` until the model is loaded."""
-        if self.engine is None or self.model is None or self.runner is None:
+        if self.engine is None or self.model is None:
             return None
-        params = session_params(self.config, self.model)
-        return Classifier(self.engine, params, str(self.runner.device), self.model.source)
+        return Classifier(self.engine, self._params(), self.device, self.model.source)
+
+    def _params(self) -> SessionParams:
+        assert self.model is not None
+        return session_params(self.config, self.model)
 
     @property
     def display_labels(self) -> tuple[str, ...]:
         """The model's labels renamed through ``[model.labels]``."""
-        assert self.model is not None
-        return session_params(self.config, self.model).labels
+        return self._params().labels
 
     async def open_stream(
         self, start: StartMessage, *, kind: str = "ws", source: str = "", client: str = ""
@@ -361,29 +406,58 @@ class Service:
             max_rate=srv.max_sample_rate,
             max_channels=srv.max_channels,
         )
-        if len(self.streams) + self.opening >= srv.max_streams:
-            raise ProtocolError(
-                f"too many live streams (limit {srv.max_streams})", code="busy", close_code=1013
-            )
-        if client:
+        name = check_text(start.get("name", ""), "name", MAX_NAME_CHARS)
+        await self._admit(client)
+        try:
+            live = await self._register(start, name, kind=kind, source=source, client=client)
+        except BaseException:
+            self._leave(client)
+            raise
+        return live, await self._announce(live)
+
+    async def _admit(self, client: str) -> None:
+        """Count one more stream for ``client`` against ``server.max_streams`` and
+        ``server.max_streams_per_client`` (over every worker, with a link).
+
+        Raises:
+            ProtocolError: ``busy``, in all or for this client.
+        """
+        srv = self.config.server
+        refusal: str | None = None
+        if self.link is not None:
+            try:
+                refusal = await self.link.admit(client)
+            except (ConnectionError, TimeoutError):
+                raise ProtocolError(
+                    "the server is stopping", code="stopping", close_code=1012
+                ) from None
+        elif len(self.streams) + self.opening >= srv.max_streams:
+            refusal = f"too many live streams (limit {srv.max_streams})"
+        elif client:
             mine = sum(1 for live in self.streams.values() if live.client == client)
             mine += self._opening_by.get(client, 0)
             if mine >= srv.max_streams_per_client:
-                raise ProtocolError(
+                refusal = (
                     f"this client already has {mine} live streams "
-                    f"(limit {srv.max_streams_per_client})",
-                    code="busy",
-                    close_code=1013,
+                    f"(limit {srv.max_streams_per_client})"
                 )
-        assert self.model is not None
-        name = check_text(start.get("name", ""), "name", MAX_NAME_CHARS)
+        if refusal is not None:
+            raise ProtocolError(refusal, code="busy", close_code=1013)
+
+    def _leave(self, client: str) -> None:
+        """A stream :meth:`_admit` counted is gone (the count is kept by the engine process)."""
+        if self.link is not None:
+            self.link.leave(client)
+
+    async def _register(
+        self, start: StartMessage, name: str, *, kind: str, source: str, client: str
+    ) -> LiveStream:
+        """A new live stream, stored first and registered after: a stream the store refused
+        never exists."""
         stream_id = secrets.token_hex(6)
-        warm_up = self.runner is not None and self.runner.table is not None
         session = StreamSession(
             stream_id,
-            dataclasses.replace(
-                session_params(self.config, self.model), warm_up=warm_up, pcm16=True
-            ),
+            dataclasses.replace(self._params(), warm_up=self.stream_state, pcm16=True),
             sample_rate=start["sample_rate"],
             channels=start["channels"],
             fmt=start["format"],
@@ -394,7 +468,6 @@ class Service:
         live = LiveStream(session, source, client=client)
         assert self.store is not None
         record = live.record()
-        # Stored first, registered after: a stream the store refused never exists.
         self._opening_by[client] = self._opening_by.get(client, 0) + 1
         try:
             await self._in_db(self.store.add_stream, record)
@@ -411,17 +484,28 @@ class Service:
                 del self._opening_by[client]
         self.streams[stream_id] = live
         self.metrics.active_streams.set(len(self.streams))
-        started = self.hub.publish(
-            StreamStarted(
-                type="stream.started",
-                seq=0,
-                stream_id=stream_id,
-                name=session.name,
-                kind=kind,
-                wall_time=time.time(),
-            )
+        return live
+
+    async def _announce(self, live: LiveStream) -> str:
+        """Publish a registered stream's ``stream.started``; its stamped JSON."""
+        session = live.session
+        message = StreamStarted(
+            type="stream.started",
+            seq=0,
+            stream_id=session.stream_id,
+            name=session.name,
+            kind=session.kind,
+            wall_time=time.time(),
         )
-        return live, started
+        if self.link is None:
+            return self.hub.publish(message)
+        try:
+            return await self.link.publish_stamped(message)
+        except (ConnectionError, TimeoutError):
+            await self.end_stream(live, "server stopping", drain=False)
+            raise ProtocolError(
+                "the server is stopping", code="stopping", close_code=1012
+            ) from None
 
     async def open_sink(
         self, start: StartMessage, *, kind: str, source: str, client: str
@@ -507,7 +591,8 @@ class Service:
         if dropped is not None and not dropped.warm:
             session.skipped()
             self.metrics.windows_skipped.inc()
-        self.streams.pop(session.stream_id, None)
+        if self.streams.pop(session.stream_id, None) is not None:
+            self._leave(live.client)
         session.close()
         self.metrics.active_streams.set(len(self.streams))
         ended_at = time.time()
@@ -523,7 +608,7 @@ class Service:
             windows_computed=session.windows_computed,
             windows_skipped=session.windows_skipped,
         )
-        self.hub.publish(message)
+        self._publish(message)
         if live.on_end is not None:
             live.on_end(message)
         return message
@@ -541,8 +626,9 @@ class Service:
 
     def _deliver(self, results: Sequence[WindowResult]) -> None:
         m = self.metrics
-        m.batch_size.observe(results[0].batch_size)
-        m.inference_seconds.observe(results[0].batch_seconds)
+        if self.link is None:  # else the engine process counts its batches
+            m.batch_size.observe(results[0].batch_size)
+            m.inference_seconds.observe(results[0].batch_seconds)
         m.windows_computed.inc(len(results))
         tails: list[Tail] = []
         taken: list[tuple[LiveStream, WindowResult]] = []
@@ -567,9 +653,9 @@ class Service:
                 log.warning("stream %s: window dropped: %s", result.job.stream_id, scored)
                 m.errors.labels(kind="scores").inc()
             else:
-                self.hub.publish(scored.update)
+                self._publish(scored.update)
                 if scored.change is not None:
-                    self.hub.publish(scored.change)
+                    self._publish(scored.change)
                 m.latency_seconds.observe(scored.update["latency_ms"] / 1000.0)
                 if scored.segments:
                     tails.append(_tail(live, scored.segments))
@@ -595,7 +681,31 @@ class Service:
             live = self.streams.get(job.stream_id)
             if live is None:
                 continue
-            self.hub.notify(error("inference", f"inference failed: {reason}", job.stream_id))
+            self._notify(error("inference", f"inference failed: {reason}", job.stream_id))
+            self._resolved(live)
+
+    def _publish(self, message: PublishedMessage) -> None:
+        """Stamp and send ``message`` to the subscribers (every worker's, with a link)."""
+        if self.link is None:
+            self.hub.publish(message)
+        else:
+            self.link.publish(message)
+
+    def _notify(self, message: ErrorMessage) -> None:
+        if self.link is None:
+            self.hub.notify(message)
+        else:
+            self.link.notify(message)
+
+    def _replaced_later(self, job: WindowJob) -> None:
+        """The engine process dropped ``job`` for a newer window of its stream, or because the
+        stream ended (a worker's engine reports it after :meth:`_submit`)."""
+        if job.warm:
+            return
+        self.metrics.windows_skipped.inc()
+        live = self.streams.get(job.stream_id)
+        if live is not None:
+            live.session.skipped()
             self._resolved(live)
 
     def _resolved(self, live: LiveStream) -> None:
@@ -643,12 +753,15 @@ class Service:
         return live
 
     async def stop_stream(self, stream_id: str, reason: str = "stopped by request") -> bool:
-        """End a live stream of any kind (a pulled one stops fetching); False if not live."""
+        """End a live stream of any kind (a pulled one stops fetching), on whichever worker
+        holds it; False if not live."""
         live = self.streams.get(stream_id)
-        if live is None:
-            return False
-        await self.end_stream(live, reason)
-        return True
+        if live is not None:
+            await self.end_stream(live, reason)
+            return True
+        if self.link is not None:
+            return any(await self.link.ask("stop", [stream_id, reason]))
+        return False
 
     def mark_gap(self, live: LiveStream, gap_s: float) -> None:
         """The stream's source was away for ``gap_s`` seconds and is back (on the loop)."""
@@ -663,7 +776,7 @@ class Service:
         live.title = title
         session = live.session
         record = TrackTitle(round(session.stream_time_s, 3), time.time(), title)
-        self.hub.publish(
+        self._publish(
             TrackChange(
                 type="track.change",
                 seq=0,
@@ -685,10 +798,15 @@ class Service:
     # -- queries ----------------------------------------------------------------------------
 
     async def timeline(self, stream_id: str) -> list[Segment] | None:
-        """A stream's segments: live from memory, else from the store; None if unknown."""
+        """A stream's segments: live from memory (whichever worker holds it), else from the
+        store; None if unknown."""
         live = self.streams.get(stream_id)
         if live is not None:
             return live.session.segments()
+        if self.link is not None:
+            for answer in await self.link.ask("timeline", stream_id):
+                if answer is not None:
+                    return [Segment(**segment) for segment in answer]
         assert self.store is not None
         record = await self._in_db(self.store.get_stream, stream_id)
         if record is None:
@@ -697,12 +815,45 @@ class Service:
         return segments
 
     async def list_streams(self) -> list[dict[str, Any]]:
-        """Live streams first, then stored ones, as JSON-ready dicts."""
+        """Live streams first (every worker's), then stored ones, as JSON-ready dicts."""
         assert self.store is not None
         records: list[StreamRecord] = await self._in_db(self.store.list_streams, 100)
-        out = [self.describe(live) for live in self.streams.values()]
-        out += [self.describe(r) for r in records if r.stream_id not in self.streams]
+        if self.link is None:
+            out = self._describe_live()
+        else:
+            out = [stream for answer in await self.link.ask("streams") for stream in answer]
+        live = {stream["stream_id"] for stream in out}
+        out += [self.describe(r) for r in records if r.stream_id not in live]
         return out
+
+    def _describe_live(self) -> list[dict[str, Any]]:
+        return [self.describe(live) for live in self.streams.values()]
+
+    async def metrics_text(self) -> bytes:
+        """The Prometheus text of ``/metrics``: with a link, every worker's metrics summed."""
+        if self.link is None:
+            return self.metrics.render()
+        return merge_metrics(await self.link.ask("metrics"))
+
+    async def _answer(self, what: str, arg: Any) -> Any:
+        """This worker's answer to a question the engine process relays from a worker."""
+        if what == "streams":
+            return self._describe_live()
+        if what == "metrics":
+            return self.metrics.render().decode()
+        if what == "timeline":
+            live = self.streams.get(arg)
+            if live is None:
+                return None
+            return [dataclasses.asdict(segment) for segment in live.session.segments()]
+        if what == "stop":
+            stream_id, reason = arg
+            live = self.streams.get(stream_id)
+            if live is None:
+                return False
+            await self.end_stream(live, reason)
+            return True
+        raise ValueError(f"unknown question {what!r}")
 
     def describe(self, stream: LiveStream | StreamRecord) -> dict[str, Any]:
         """One stream as ``GET /streams`` lists it, live or stored: the stored record's fields;

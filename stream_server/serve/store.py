@@ -240,6 +240,19 @@ class TimelineStore:
                 ),
             )
 
+    def end_open_streams(self, ended_at: float) -> int:
+        """Mark every stream not yet ended as ended at ``ended_at`` (a previous run stopped
+        without ending them); how many.
+
+        Raises:
+            StorageError: the write failed.
+        """
+        with self._op("end_open_streams") as conn, conn:
+            cur = conn.execute(
+                "UPDATE streams SET ended_at = ? WHERE ended_at IS NULL", (ended_at,)
+            )
+            return cur.rowcount
+
     def end_stream(self, stream_id: str, ended_at: float) -> None:
         """Mark a stream as ended at ``ended_at`` (wall-clock unix seconds).
 

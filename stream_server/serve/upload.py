@@ -51,7 +51,7 @@ from stream_server.core.timeline import Segment
 from stream_server.core.windows import stack_windows
 from stream_server.errors import DecodeError, EngineStopped, UploadError
 from stream_server.inference.classify import OfflineStream, make_report
-from stream_server.inference.engine import Engine
+from stream_server.inference.engine import WindowEngine
 from stream_server.inference.runner import WindowScores
 from stream_server.media.decode import iter_pcm, probe
 from stream_server.messages import ClassifyResult, GenreUpdate
@@ -327,7 +327,7 @@ def decode_upload(path: str, sample_rate: int, max_duration_s: float) -> np.ndar
 
 
 async def classify_on_engine(
-    audio: np.ndarray, engine: Engine, params: SessionParams
+    audio: np.ndarray, engine: WindowEngine, params: SessionParams
 ) -> tuple[list[GenreUpdate], np.ndarray, list[Segment], bool]:
     """:func:`~stream_server.inference.classify.classify_audio` with the engine thread as the
     runner.
@@ -365,7 +365,7 @@ class Classifier:
     """What classifying an upload takes: the engine its windows run on, the session parameters
     of the loaded model, and, for the answer, the device's and the model's names."""
 
-    engine: Engine
+    engine: WindowEngine
     params: SessionParams
     device: str
     model: str

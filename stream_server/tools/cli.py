@@ -33,6 +33,7 @@ def load_config_of(args: argparse.Namespace) -> Config:
         model=getattr(args, "model", None),
         device=getattr(args, "device", None),
         insecure=getattr(args, "insecure", None) or None,
+        workers=getattr(args, "server_workers", None),
     )
 
 
@@ -46,7 +47,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     checked_tokens(config)  # refuse an unguarded non-loopback address before anything loads
     cap_kernel_cache(config.engine.kernel_cache)  # before the model's first kernel
     model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
-    serve(config, model=model)
+    if config.server.workers > 1:
+        from stream_server.serve.workers import serve_workers
+
+        serve_workers(config, model)
+    else:
+        serve(config, model=model)
     return 0
 
 
@@ -418,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on a non-loopback --host although no token is set (GENRECAST_TOKEN or "
         "[auth]): anyone who reaches the port may then use every stream (config: server.insecure)",
     )
+    p.add_argument(
+        "--workers",
+        dest="server_workers",
+        type=int,
+        help="ingest processes, 1..64 (config: server.workers, default 1: one process does "
+        "everything). With N > 1, N processes accept connections, decode and window their "
+        "streams, and this one runs the model for all of them",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -541,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="after their audio, keep the streams open and silent S seconds and read the "
         "server's RSS near the end: idle_rss_mb_per_100_streams (default 0: no hold)",
+    )
+    p.add_argument(
+        "--server-workers",
+        dest="server_workers",
+        type=int,
+        metavar="N",
+        help="the server's ingest processes, as serve --workers (config: server.workers); its "
+        "CPU and memory figures then add up all its processes",
     )
     p.add_argument("--json", action="store_true", help="print only the JSON object, on one line")
     p.add_argument(

@@ -14,22 +14,55 @@ from collections import deque
 from pathlib import Path
 from typing import ClassVar
 
-__all__ = ["ServerLog", "cpu_seconds", "rss_mb", "start_serve", "stop_serve", "wait_port"]
+__all__ = [
+    "ServerLog",
+    "cpu_seconds",
+    "rss_mb",
+    "start_serve",
+    "stop_serve",
+    "tree",
+    "wait_port",
+]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name; ``None`` if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (``serve --workers N``: the engine process
+    and its ingest workers), ``pid`` first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))  # field 4: the parent
+    found, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU seconds of process ``pid`` (``/proc/PID/stat``); ``None`` if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # after the command name: utime and stime are fields 14 and 15 of the line
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU seconds of process ``pid`` and its descendants (``/proc/PID/stat``);
+    ``None`` if ``pid`` is gone."""
+    total = None
+    for member in tree(pid):
+        fields = _stat(member)
+        if fields is not None:  # utime and stime: fields 14 and 15 of the line
+            total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        elif member == pid:
+            return None
+    return total
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of process ``pid`` in MiB (``VmRSS``); ``None`` once it is gone."""
+def _own_rss_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
@@ -38,6 +71,15 @@ def rss_mb(pid: int) -> float | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of process ``pid`` and its descendants in MiB (``VmRSS`` summed; pages
+    they share are counted in each); ``None`` once ``pid`` is gone."""
+    own = _own_rss_mb(pid)
+    if own is None:
+        return None
+    return own + sum(_own_rss_mb(child) or 0.0 for child in tree(pid)[1:])
 
 
 def start_serve(config_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

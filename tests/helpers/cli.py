@@ -58,11 +58,11 @@ def genrecast(
     )
 
 
-def start_server(config: Path, *, without: str = "") -> tuple[subprocess.Popen[str], str]:
-    """``genrecast serve --config CONFIG``; returns once it prints its URL."""
+def start_server(config: Path, *args: str, without: str = "") -> tuple[subprocess.Popen[str], str]:
+    """``genrecast serve --config CONFIG [ARGS...]``; returns once it prints its URL."""
     command = [*WITHOUT, without] if without else list(GENRECAST)
     proc = subprocess.Popen(
-        [*command, "serve", "--config", str(config)],
+        [*command, "serve", "--config", str(config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

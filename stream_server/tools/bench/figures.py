@@ -307,7 +307,9 @@ class BenchReport:
 
     ``offline``: the model alone in the bench's process (an ``InferenceRunner``, batches of
     ``max_batch``); ``seed``: the naive pipeline (one window per call, float32), when measured;
-    ``run``: the load run; ``probes``/``max_streams``: the ``--find-max`` search instead.
+    ``run``: the load run; ``probes``/``max_streams``: the ``--find-max`` search instead;
+    ``server_workers``: the server's ingest processes (``serve --workers``; its CPU and RSS
+    figures add up every process).
     """
 
     model: str
@@ -318,6 +320,7 @@ class BenchReport:
     max_batch: int
     audio: str
     procs: int
+    server_workers: int
     same_instant: bool
     server_pid: int
     bench_pid: int
@@ -341,6 +344,7 @@ class BenchReport:
             "max_batch": self.max_batch,
             "audio": self.audio,
             "procs": self.procs,
+            "server_workers": self.server_workers,
             "same_instant": self.same_instant,
             "server_pid": self.server_pid,
             "bench_pid": self.bench_pid,

@@ -334,6 +334,7 @@ def _measure(
         max_batch=config.engine.max_batch,
         audio=clips.source,
         procs=options.pushers(options.streams),
+        server_workers=config.server.workers,
         same_instant=options.same_instant,
         server_pid=server.pid,
         bench_pid=os.getpid(),
