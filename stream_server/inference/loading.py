@@ -13,7 +13,7 @@ from stream_server.core.session import SessionParams
 from stream_server.inference.device import pick_device
 from stream_server.inference.engine import Engine, ErrorCallback, ResultsCallback
 from stream_server.inference.heap import trim_heap
-from stream_server.inference.model import LoadedModel, resolve_model
+from stream_server.inference.model import LoadedModel, ModelFacts, resolve_model
 from stream_server.inference.runner import InferenceRunner
 from stream_server.inference.speech import DEFAULT_SPEECH_DIR, load_detector
 
@@ -56,12 +56,12 @@ def with_speech_detector(loaded: LoadedModel, detector: nn.Module | None) -> Loa
     return dataclasses.replace(loaded, speech_detector=detector)
 
 
-def window_seconds(config: Config, model: LoadedModel) -> float:
+def window_seconds(config: Config, model: ModelFacts) -> float:
     """Window length in seconds: ``engine.window_s`` if set, else the model's own."""
     return config.engine.window_s or model.preprocessing.window_seconds
 
 
-def session_params(config: Config, model: LoadedModel) -> SessionParams:
+def session_params(config: Config, model: ModelFacts) -> SessionParams:
     """Windowing, labels and smoothing for ``model`` under ``config``."""
     pre, eng, sm, gate = model.preprocessing, config.engine, config.smoothing, config.gate
     rate = pre.sample_rate

@@ -33,7 +33,7 @@ from stream_server.inference.loading import (
     start_engine,
     window_seconds,
 )
-from stream_server.inference.model import LoadedModel
+from stream_server.inference.model import LoadedModel, ModelFacts
 from stream_server.inference.runner import InferenceRunner
 from stream_server.messages import (
     MAX_NAME_CHARS,
@@ -126,7 +126,7 @@ class Service:
         self,
         config: Config,
         *,
-        model: LoadedModel | None = None,
+        model: ModelFacts | None = None,
         link: EngineLink | None = None,
     ) -> None:
         self.config = config
@@ -144,7 +144,9 @@ class Service:
         self._pruner: asyncio.Task[None] | None = None
         #: Set by :meth:`drain`: no new stream or upload is accepted.
         self.stopping = False
-        self.model: LoadedModel | None = model
+        #: The model: loaded here (``model``, else the configured one, once loading is done); a
+        #: worker's is only its description (:class:`~stream_server.inference.model.ModelInfo`).
+        self.model: ModelFacts | None = model
         self.runner: InferenceRunner | None = None
         #: Where the model runs (``"cpu"``, ``"cuda:0"``) and whether in half precision.
         self.device = ""
@@ -244,7 +246,8 @@ class Service:
         self.store.end_open_streams(time.time())
 
     def _load_model(self) -> None:
-        loaded = self.model if self.model is not None else load_configured_model(self.config)
+        given = self.model
+        loaded = given if isinstance(given, LoadedModel) else load_configured_model(self.config)
         engine = start_engine(
             self.config,
             loaded,
@@ -262,13 +265,12 @@ class Service:
         self._log_model()
 
     async def _attach_engine(self, link: EngineLink) -> None:
-        """An ingest worker: wait for the engine process's model, load the model's description
-        here (labels, preprocessing: the weights stay unused), and use the remote engine."""
+        """An ingest worker: wait for the engine process's model and use the remote engine.
+        The model's description (labels, preprocessing) came with ``model``, else the
+        configured model is loaded here for it."""
         hello = await link.hello()
-        loaded = self.model
-        if loaded is None:
-            loaded = await asyncio.to_thread(load_configured_model, self.config)
-        self.model = loaded
+        if self.model is None:
+            self.model = await asyncio.to_thread(load_configured_model, self.config)
         self.device, self.half, self.stream_state = hello.device, hello.half, hello.stream_state
         self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
         self.engine = link.make_engine(

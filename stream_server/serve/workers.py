@@ -30,7 +30,7 @@ import time
 from multiprocessing.process import BaseProcess
 
 from stream_server.config import Config
-from stream_server.inference.model import LoadedModel
+from stream_server.inference.model import LoadedModel, ModelInfo
 from stream_server.serve.engine_host import EngineHost
 from stream_server.serve.engine_link import EngineLink
 from stream_server.serve.listen import bind
@@ -124,7 +124,7 @@ class _Supervisor:
         ours, theirs = socket.socketpair()
         proc = self._ctx.Process(
             target=run_worker,
-            args=(self.config, self.listen, theirs, index),
+            args=(self.config, ModelInfo.of(self.model), self.listen, theirs, index),
             name=f"genrecast-worker-{index}",
         )
         proc.start()
@@ -169,19 +169,24 @@ class _Supervisor:
                 proc.kill()
 
 
-def run_worker(config: Config, listen: socket.socket, link: socket.socket, index: int) -> None:
-    """An ingest worker process's main: serve on ``listen`` with the engine over ``link``."""
+def run_worker(
+    config: Config, model: ModelInfo, listen: socket.socket, link: socket.socket, index: int
+) -> None:
+    """An ingest worker process's main: serve on ``listen`` with the engine over ``link``;
+    ``model`` describes the engine process's model (the weights stay there)."""
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format=f"%(levelname)s [worker {index}] %(message)s",
     )
-    asyncio.run(_worker(config, listen, link, index))
+    asyncio.run(_worker(config, model, listen, link, index))
 
 
-async def _worker(config: Config, listen: socket.socket, link: socket.socket, index: int) -> None:
+async def _worker(
+    config: Config, model: ModelInfo, listen: socket.socket, link: socket.socket, index: int
+) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=link)
     engine_link = EngineLink(reader, writer, index)
-    service = Service(config, link=engine_link)
+    service = Service(config, model=model, link=engine_link)
     server = DrainingServer(uvicorn_config(service, checked_tokens(config)), service)
 
     def lost() -> None:
