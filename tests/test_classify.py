@@ -15,7 +15,7 @@ import torch
 from stream_server.config import Config
 from stream_server.core.session import SessionParams
 from stream_server.core.timeline import Segment
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, WindowScores
 from stream_server.inference.classify import (
     ClassifyReport,
     classify_audio,
@@ -23,9 +23,10 @@ from stream_server.inference.classify import (
     file_sha256,
     format_report,
 )
-from stream_server.inference.loading import session_params, with_speech_detector
+from stream_server.inference.facts import session_params
+from stream_server.inference.loading import with_speech_detector
 from stream_server.inference.model import LoadedModel, resolve_model
-from stream_server.inference.runner import InferenceRunner, WindowScores
+from stream_server.inference.runner import InferenceRunner
 from stream_server.media.decode import decode_mono
 from stream_server.messages import ClassifyResult
 from stream_server.training.mixes import label_at

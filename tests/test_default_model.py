@@ -13,7 +13,7 @@ import torch
 
 from stream_server.config import load_config
 from stream_server.inference.classify import classify_audio
-from stream_server.inference.loading import session_params
+from stream_server.inference.facts import session_params
 from stream_server.inference.model import (
     DEFAULT_GENRES,
     DEFAULT_MODEL_DIR,

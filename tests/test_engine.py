@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, WindowResult, WindowScores
 from stream_server.inference import engine as engine_module
 from stream_server.inference import heap
-from stream_server.inference.engine import IDLE_S, Engine, EngineStopped, WindowResult
+from stream_server.inference.engine import IDLE_S, Engine, EngineStopped
 from stream_server.inference.model import LoadedModel
-from stream_server.inference.runner import BatchTiming, InferenceRunner, WindowScores
+from stream_server.inference.runner import BatchTiming, InferenceRunner
 from tests.helpers.audio import music
 from tests.helpers.constants import TIMEOUT_S
 

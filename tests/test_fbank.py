@@ -16,6 +16,7 @@ import torchaudio.compliance.kaldi as kaldi
 from stream_server.config import Config
 from stream_server.errors import ModelLoadError
 from stream_server.inference.classify import classify_audio, classify_file
+from stream_server.inference.facts import session_params
 from stream_server.inference.fbank import (
     AST_MEAN,
     AST_STD,
@@ -27,7 +28,6 @@ from stream_server.inference.fbank import (
     pad_or_truncate,
 )
 from stream_server.inference.features import LogMelImage, make_features
-from stream_server.inference.loading import session_params
 from stream_server.inference.model import GenreClassifier, LoadedModel, load_model, save_checkpoint
 from stream_server.inference.preprocessing import AudioPreprocessing
 from stream_server.inference.runner import InferenceRunner

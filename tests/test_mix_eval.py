@@ -16,11 +16,12 @@ import torch
 
 from stream_server.config import Config
 from stream_server.core.smoothing import SmoothingParams
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, WindowScores
 from stream_server.inference.classify import classify_audio
-from stream_server.inference.loading import session_params, with_speech_detector
+from stream_server.inference.facts import session_params
+from stream_server.inference.loading import with_speech_detector
 from stream_server.inference.model import LoadedModel
-from stream_server.inference.runner import InferenceRunner, WindowScores
+from stream_server.inference.runner import InferenceRunner
 from stream_server.inference.speech import CONFIG_FILE as SPEECH_CONFIG
 from stream_server.inference.speech import DEFAULT_SPEECH_DIR
 from stream_server.training.dataset import load_audio, scan

@@ -16,10 +16,10 @@ import torch
 
 from stream_server.config import Config, load_config
 from stream_server.core.session import SessionParams
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, WindowScores
 from stream_server.inference.classify import OfflineStream
 from stream_server.inference.engine import Engine
-from stream_server.inference.loading import session_params
+from stream_server.inference.facts import session_params
 from stream_server.inference.model import GenreClassifier, LoadedModel
 from stream_server.inference.musicnn_stream import StreamTokens
 from stream_server.inference.musicnn_tokens import (
@@ -29,7 +29,7 @@ from stream_server.inference.musicnn_tokens import (
     token_count,
 )
 from stream_server.inference.preprocessing import MusicnnPreprocessing
-from stream_server.inference.runner import BatchTiming, InferenceRunner, WindowScores
+from stream_server.inference.runner import BatchTiming, InferenceRunner
 from stream_server.training.hybrid_data import stream_windows
 from stream_server.training.recipes import Architecture
 from stream_server.training.train import build_model

@@ -16,7 +16,7 @@ from stream_server.core.session import SessionParams, StreamSession
 from stream_server.core.smoothing import SmoothingParams
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowJob
-from stream_server.inference.loading import session_params, window_seconds
+from stream_server.inference.facts import session_params, window_seconds
 from stream_server.inference.model import LoadedModel
 from tests.helpers.audio import music, stored, to_s16le
 from tests.helpers.constants import LABELS

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from stream_server.config import Config
 from stream_server.core.session import StreamSession
 from stream_server.errors import DatasetError, GenrecastError
+from stream_server.inference.facts import session_params
 from stream_server.inference.features import LogMelImage, make_features
-from stream_server.inference.loading import session_params
 from stream_server.inference.model import load_model, save_checkpoint
 from stream_server.training.dataset import SPLIT_FILE, Clip, genre_weights, load_split
 from stream_server.training.optim import lr_at, soft_cross_entropy

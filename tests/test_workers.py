@@ -8,7 +8,10 @@ import asyncio
 import json
 import math
 import os
+import pickle
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from stream_server.inference.facts import ModelInfo
 from stream_server.inference.model import DEFAULT_MODEL_DIR
 from stream_server.media.decode import decode_mono
 from tests.helpers.audio import clips
@@ -386,3 +390,23 @@ def test_an_upload_is_classified_alike_by_one_process_and_by_any_worker(
     assert reference["windows"]
     for _ in range(3):
         _same(classify(two_url), reference, "upload")
+
+
+def test_an_ingest_worker_imports_no_torch() -> None:
+    """A worker holds no weights: the half a gigabyte torch takes per process stays in the
+    engine process (the model's description is all a worker needs)."""
+    code = (
+        "import pickle, sys\n"
+        "import stream_server.serve.ingest_worker\n"
+        "from stream_server.inference.facts import ModelInfo\n"
+        "info = pickle.loads(sys.stdin.buffer.read())\n"
+        "assert isinstance(info, ModelInfo) and info.labels\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    from stream_server.inference.model import resolve_model
+
+    info = pickle.dumps(ModelInfo.of(resolve_model(str(DEFAULT_MODEL_DIR))))
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=info, capture_output=True, timeout=60, check=True
+    )
+    assert done.stdout.decode().strip() == "[]", done.stdout

@@ -273,7 +273,7 @@ class StreamSession:
         ``now`` is ``time.monotonic()`` when the update is about to be sent (for latency).
         ``level_dbfs`` (the level of the window's newest hop; ``None``: not measured) and
         ``speech_prob`` are the gate's inputs
-        (:class:`~stream_server.inference.engine.WindowResult`).
+        (:class:`~stream_server.core.windows.WindowResult`).
 
         Raises:
             ValueError: the probabilities cannot be labelled (nothing changes then).

@@ -1,14 +1,28 @@
-"""A window due for inference: what a session hands to the engine (pure data, numpy only)."""
+"""A window due for inference and what comes back for it: what a session hands to an engine and
+the scores it gets (pure data, numpy only), and the interface of an engine as the server uses it
+(:class:`WindowEngine`: the engine thread of :mod:`stream_server.inference.engine`, or an ingest
+worker's link to the engine process)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["WindowJob", "stack_windows"]
+__all__ = [
+    "ErrorCallback",
+    "ResultsCallback",
+    "WindowEngine",
+    "WindowJob",
+    "WindowResult",
+    "WindowScores",
+    "check_windows",
+    "stack_windows",
+]
 
 
 @dataclass(eq=False)
@@ -38,3 +52,103 @@ class WindowJob:
 def stack_windows(jobs: Sequence[WindowJob]) -> np.ndarray:
     """The jobs' windows as one ``(len(jobs), samples)`` float32 batch (windows of one length)."""
     return np.stack([job.window for job in jobs]).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """What the runner computed for ``n`` windows.
+
+    Attributes:
+        probs: ``(n, labels)`` float32 genre probabilities (each row sums to 1).
+        level_dbfs: ``(n,)`` float32 level of each window's newest ``level_samples``, in dBFS.
+        speech: ``(n,)`` float32 speech probabilities ``0..1``; zeros without a speech detector.
+    """
+
+    probs: np.ndarray
+    level_dbfs: np.ndarray
+    speech: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def __getitem__(self, index: slice | list[int]) -> WindowScores:
+        """The scores of a slice (or a list) of the windows."""
+        return WindowScores(self.probs[index], self.level_dbfs[index], self.speech[index])
+
+    @staticmethod
+    def empty(labels: int) -> WindowScores:
+        """Scores of no window, for ``labels`` labels."""
+        none = np.empty(0, dtype=np.float32)
+        return WindowScores(np.empty((0, labels), dtype=np.float32), none, none.copy())
+
+    @staticmethod
+    def concat(parts: Sequence[WindowScores]) -> WindowScores:
+        """The parts' windows one after another (at least one part)."""
+        return WindowScores(
+            np.concatenate([p.probs for p in parts]),
+            np.concatenate([p.level_dbfs for p in parts]),
+            np.concatenate([p.speech for p in parts]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class WindowResult:
+    """What the engine computed for a job, with the batch it ran in.
+
+    ``probs`` is ``(labels,)``; ``level_dbfs`` the level of the window's newest hop (dBFS) and
+    ``speech_prob`` its speech probability (``0`` without a speech detector): the gate's inputs
+    (:mod:`stream_server.core.gate`).
+    """
+
+    job: WindowJob
+    probs: np.ndarray
+    batch_size: int
+    batch_seconds: float
+    level_dbfs: float = 0.0
+    speech_prob: float = 0.0
+
+
+ResultsCallback = Callable[[Sequence[WindowResult]], None]
+ErrorCallback = Callable[[Sequence[WindowJob], BaseException], None]
+
+
+def check_windows(
+    windows: np.ndarray, jobs: Sequence[WindowJob] | None, labels: int
+) -> Future[WindowScores]:
+    """The future of a one-shot run of ``windows`` ``(n, samples)`` with ``jobs`` (one per
+    window, or ``None``), already done for no window.
+
+    Raises:
+        ValueError: ``windows`` is not 2-D, or ``jobs`` does not match it.
+    """
+    if windows.ndim != 2:
+        raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
+    if jobs is not None and len(jobs) != len(windows):
+        raise ValueError(f"{len(jobs)} jobs for {len(windows)} windows")
+    future: Future[WindowScores] = Future()
+    if len(windows) == 0:
+        future.set_result(WindowScores.empty(labels))
+    return future
+
+
+class WindowEngine(Protocol):
+    """What the server needs of an engine: the engine thread
+    (:class:`~stream_server.inference.engine.Engine`), or an ingest
+    worker's link to the engine process (:class:`~stream_server.serve.engine_link.RemoteEngine`,
+    whose ``submit`` and ``cancel`` report replaced windows later instead of returning them)."""
+
+    max_batch: int
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def submit(self, job: WindowJob) -> WindowJob | None: ...
+
+    def run_windows(
+        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
+    ) -> Future[WindowScores]: ...
+
+    def cancel(self, stream_id: str) -> WindowJob | None: ...
+
+    def release(self, stream_id: str) -> None: ...

@@ -33,15 +33,12 @@ from stream_server.config import OFFLINE_DECODINGS, Config
 from stream_server.core.decoding import Decoded, decode
 from stream_server.core.session import SessionParams, StreamSession
 from stream_server.core.timeline import Segment
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, WindowScores
+from stream_server.inference.facts import session_params
 from stream_server.inference.levels import levels_dbfs
-from stream_server.inference.loading import (
-    configured_runner,
-    load_configured_model,
-    session_params,
-)
+from stream_server.inference.loading import configured_runner, load_configured_model
 from stream_server.inference.model import LoadedModel
-from stream_server.inference.runner import InferenceRunner, WindowScores
+from stream_server.inference.runner import InferenceRunner
 from stream_server.media.decode import decode_mono
 from stream_server.messages import (
     NON_MUSIC_LABELS,

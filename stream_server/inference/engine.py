@@ -9,7 +9,7 @@ for the batch to fill to ``max_batch``, runs the batch and hands the results to 
 ``loop.call_soon_threadsafe``). A failed batch goes to ``on_error`` and the engine carries on.
 
 One-shot work (a whole uploaded file) comes in through :meth:`Engine.run_windows`, which returns a
-:class:`concurrent.futures.Future` of :class:`~stream_server.inference.runner.WindowScores`. The
+:class:`concurrent.futures.Future` of :class:`~stream_server.core.windows.WindowScores`. The
 same thread runs it in chunks of ``max_batch`` windows, taking turns with live batches, so a long
 file delays a live stream by at most one chunk.
 
@@ -33,14 +33,21 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
-from stream_server.core.windows import WindowJob, stack_windows
+from stream_server.core.windows import (
+    ErrorCallback,
+    ResultsCallback,
+    WindowJob,
+    WindowResult,
+    WindowScores,
+    check_windows,
+    stack_windows,
+)
 from stream_server.errors import EngineStopped
 from stream_server.inference.heap import trim_heap
-from stream_server.inference.runner import InferenceRunner, WindowScores
+from stream_server.inference.runner import InferenceRunner
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +58,6 @@ TIDY_EVERY_S = 60.0
 
 #: What :meth:`Engine._take_batch` returns when the engine went idle.
 _IDLE = object()
-
-
-@dataclass(frozen=True, eq=False)
-class WindowResult:
-    """What the engine computed for a job, with the batch it ran in.
-
-    ``probs`` is ``(labels,)``; ``level_dbfs`` the level of the window's newest hop (dBFS) and
-    ``speech_prob`` its speech probability (``0`` without a speech detector): the gate's inputs
-    (:mod:`stream_server.core.gate`).
-    """
-
-    job: WindowJob
-    probs: np.ndarray
-    batch_size: int
-    batch_seconds: float
-    level_dbfs: float = 0.0
-    speech_prob: float = 0.0
 
 
 @dataclass(eq=False)
@@ -90,51 +80,6 @@ def _settle(future: Future[WindowScores], outcome: WindowScores | BaseException)
             future.set_result(outcome)
     except InvalidStateError:
         pass
-
-
-ResultsCallback = Callable[[Sequence[WindowResult]], None]
-ErrorCallback = Callable[[Sequence[WindowJob], BaseException], None]
-
-
-def check_windows(
-    windows: np.ndarray, jobs: Sequence[WindowJob] | None, labels: int
-) -> Future[WindowScores]:
-    """The future of a one-shot run of ``windows`` ``(n, samples)`` with ``jobs`` (one per
-    window, or ``None``), already done for no window.
-
-    Raises:
-        ValueError: ``windows`` is not 2-D, or ``jobs`` does not match it.
-    """
-    if windows.ndim != 2:
-        raise ValueError(f"windows must be (n, samples), got shape {windows.shape}")
-    if jobs is not None and len(jobs) != len(windows):
-        raise ValueError(f"{len(jobs)} jobs for {len(windows)} windows")
-    future: Future[WindowScores] = Future()
-    if len(windows) == 0:
-        future.set_result(WindowScores.empty(labels))
-    return future
-
-
-class WindowEngine(Protocol):
-    """What the server needs of an engine: :class:`Engine` in its own process, or an ingest
-    worker's link to the engine process (:class:`~stream_server.serve.engine_link.RemoteEngine`,
-    whose ``submit`` and ``cancel`` report replaced windows later instead of returning them)."""
-
-    max_batch: int
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout: float = 10.0) -> None: ...
-
-    def submit(self, job: WindowJob) -> WindowJob | None: ...
-
-    def run_windows(
-        self, windows: np.ndarray, jobs: Sequence[WindowJob] | None = None
-    ) -> Future[WindowScores]: ...
-
-    def cancel(self, stream_id: str) -> WindowJob | None: ...
-
-    def release(self, stream_id: str) -> None: ...
 
 
 class Engine:

@@ -9,11 +9,12 @@ from pathlib import Path
 from torch import nn
 
 from stream_server.config import Config
-from stream_server.core.session import SessionParams
+from stream_server.core.windows import ErrorCallback, ResultsCallback
 from stream_server.inference.device import pick_device
-from stream_server.inference.engine import Engine, ErrorCallback, ResultsCallback
+from stream_server.inference.engine import Engine
+from stream_server.inference.facts import session_params
 from stream_server.inference.heap import trim_heap
-from stream_server.inference.model import LoadedModel, ModelFacts, resolve_model
+from stream_server.inference.model import LoadedModel, resolve_model
 from stream_server.inference.runner import InferenceRunner
 from stream_server.inference.speech import DEFAULT_SPEECH_DIR, load_detector
 
@@ -54,34 +55,6 @@ def with_speech_detector(loaded: LoadedModel, detector: nn.Module | None) -> Loa
     :mod:`stream_server.core.gate`).
     """
     return dataclasses.replace(loaded, speech_detector=detector)
-
-
-def window_seconds(config: Config, model: ModelFacts) -> float:
-    """Window length in seconds: ``engine.window_s`` if set, else the model's own."""
-    return config.engine.window_s or model.preprocessing.window_seconds
-
-
-def session_params(config: Config, model: ModelFacts) -> SessionParams:
-    """Windowing, labels and smoothing for ``model`` under ``config``."""
-    pre, eng, sm, gate = model.preprocessing, config.engine, config.smoothing, config.gate
-    rate = pre.sample_rate
-    window = round(window_seconds(config, model) * rate)
-    hop = round(eng.hop_s * rate)
-    display = [config.model.labels.get(label, label) for label in model.labels]
-    labels = tuple(dict.fromkeys(display))  # merged labels appear once, in first-seen order
-    return SessionParams(
-        model_rate=rate,
-        window_samples=window,
-        hop_samples=hop,
-        buffer_samples=max(round(eng.buffer_s * rate), window + hop),
-        labels=labels,
-        top_k=eng.top_k,
-        smoothing=sm.params(),
-        label_map=tuple(labels.index(d) for d in display) if len(labels) < len(display) else (),
-        gate=gate.params(),
-        backdate_max_s=sm.backdate_max_s,
-        offline=config.offline.params(),
-    )
 
 
 def configured_runner(config: Config, loaded: LoadedModel) -> InferenceRunner:

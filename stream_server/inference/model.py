@@ -30,7 +30,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -84,38 +84,6 @@ class GenreClassifier(nn.Module):
         inputs = inputs.to(next(self.model.parameters()).dtype)
         logits = self.model(**{self.features.input_name: inputs}).logits
         return torch.softmax(logits.float(), dim=-1)
-
-
-class ModelFacts(Protocol):
-    """What the server tells of a model and windows its streams by, without its weights:
-    :class:`LoadedModel` and :class:`ModelInfo` both are."""
-
-    @property
-    def labels(self) -> tuple[str, ...]: ...
-
-    @property
-    def preprocessing(self) -> Preprocessing: ...
-
-    @property
-    def source(self) -> str: ...
-
-    @property
-    def trained(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model's :class:`ModelFacts` alone (an ingest worker of ``serve --workers N`` gets them
-    from the engine process, which holds the weights)."""
-
-    labels: tuple[str, ...]
-    preprocessing: Preprocessing
-    source: str
-    trained: bool
-
-    @staticmethod
-    def of(model: ModelFacts) -> ModelInfo:
-        return ModelInfo(model.labels, model.preprocessing, model.source, model.trained)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import overload
 import numpy as np
 import torch
 
-from stream_server.core.windows import WindowJob, stack_windows
+from stream_server.core.windows import WindowJob, WindowScores, stack_windows
 from stream_server.inference.levels import levels_dbfs
 from stream_server.inference.model import LoadedModel
 from stream_server.inference.musicnn_stream import PIECE, StreamTokens
@@ -42,43 +42,6 @@ class BatchTiming:
 
     batch_size: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class WindowScores:
-    """What the runner computed for ``n`` windows.
-
-    Attributes:
-        probs: ``(n, labels)`` float32 genre probabilities (each row sums to 1).
-        level_dbfs: ``(n,)`` float32 level of each window's newest ``level_samples``, in dBFS.
-        speech: ``(n,)`` float32 speech probabilities ``0..1``; zeros without a speech detector.
-    """
-
-    probs: np.ndarray
-    level_dbfs: np.ndarray
-    speech: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.probs)
-
-    def __getitem__(self, index: slice | list[int]) -> WindowScores:
-        """The scores of a slice (or a list) of the windows."""
-        return WindowScores(self.probs[index], self.level_dbfs[index], self.speech[index])
-
-    @staticmethod
-    def empty(labels: int) -> WindowScores:
-        """Scores of no window, for ``labels`` labels."""
-        none = np.empty(0, dtype=np.float32)
-        return WindowScores(np.empty((0, labels), dtype=np.float32), none, none.copy())
-
-    @staticmethod
-    def concat(parts: Sequence[WindowScores]) -> WindowScores:
-        """The parts' windows one after another (at least one part)."""
-        return WindowScores(
-            np.concatenate([p.probs for p in parts]),
-            np.concatenate([p.level_dbfs for p in parts]),
-            np.concatenate([p.speech for p in parts]),
-        )
 
 
 #: Most windows per model call on a CPU (:attr:`InferenceRunner.chunk`).

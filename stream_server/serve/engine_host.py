@@ -33,12 +33,12 @@ from typing import Any, cast
 import numpy as np
 
 from stream_server.config import Config
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, WindowResult, WindowScores
 from stream_server.errors import StorageError
-from stream_server.inference.engine import Engine, WindowResult
-from stream_server.inference.loading import session_params, start_engine
+from stream_server.inference.engine import Engine
+from stream_server.inference.facts import session_params
+from stream_server.inference.loading import start_engine
 from stream_server.inference.model import LoadedModel
-from stream_server.inference.runner import WindowScores
 from stream_server.messages import PublishedMessage, StreamEnded, dumps
 from stream_server.serve.engine_link import ASK_TIMEOUT_S, scores_bytes
 from stream_server.serve.metrics import Metrics

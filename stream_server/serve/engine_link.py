@@ -29,15 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from stream_server.core.windows import WindowJob
-from stream_server.errors import EngineStopped
-from stream_server.inference.engine import (
+from stream_server.core.windows import (
     ErrorCallback,
     ResultsCallback,
+    WindowJob,
     WindowResult,
+    WindowScores,
     check_windows,
 )
-from stream_server.inference.runner import WindowScores
+from stream_server.errors import EngineStopped
 from stream_server.messages import ErrorMessage, PublishedMessage, dumps
 from stream_server.serve.wire import Frame, read_frame, write_frame
 
@@ -251,7 +251,7 @@ class EngineLink:
 
 class RemoteEngine:
     """The engine process's engine, as a worker uses it (the
-    :class:`~stream_server.inference.engine.WindowEngine` protocol).
+    :class:`~stream_server.core.windows.WindowEngine` protocol).
 
     :meth:`submit` never returns a replaced job: the engine process decides which pending
     window a newer one replaces and says so later, through ``on_replaced`` (on the loop).

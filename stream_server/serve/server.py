@@ -13,17 +13,20 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from stream_server.config import Config
 from stream_server.errors import ConfigError
-from stream_server.inference.model import LoadedModel
 from stream_server.serve.app import configured_tokens, create_app
 from stream_server.serve.auth import Tokens, exposure_problem
 from stream_server.serve.http_timeouts import header_timeout_protocol
 from stream_server.serve.listen import bind
 from stream_server.serve.service import Service
+
+if TYPE_CHECKING:
+    from stream_server.inference.model import LoadedModel
 
 #: Room above ``server.max_frame_bytes`` before the protocol layer itself refuses a frame.
 _FRAME_HEADROOM_BYTES = 64 * 1024

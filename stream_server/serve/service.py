@@ -17,24 +17,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stream_server.config import Config
 from stream_server.core.audio import validate_format
 from stream_server.core.session import SessionParams, StreamSession, score_batch
 from stream_server.core.smoothing import SmoothingTable
 from stream_server.core.timeline import Segment
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowEngine, WindowJob, WindowResult
 from stream_server.errors import ProtocolError, SourceRefused
-from stream_server.inference.engine import WindowEngine, WindowResult
-from stream_server.inference.loading import (
-    load_configured_model,
-    session_params,
-    start_engine,
-    window_seconds,
-)
-from stream_server.inference.model import LoadedModel, ModelFacts
-from stream_server.inference.runner import InferenceRunner
+from stream_server.inference.facts import ModelFacts, session_params, window_seconds
 from stream_server.messages import (
     MAX_NAME_CHARS,
     ErrorMessage,
@@ -54,6 +46,9 @@ from stream_server.serve.upload import Classifier
 from stream_server.sources.puller import Puller
 from stream_server.sources.source_policy import SourcePolicy
 from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
+
+if TYPE_CHECKING:  # torch: imported where the model runs (an ingest worker never does)
+    from stream_server.inference.runner import InferenceRunner
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +140,7 @@ class Service:
         #: Set by :meth:`drain`: no new stream or upload is accepted.
         self.stopping = False
         #: The model: loaded here (``model``, else the configured one, once loading is done); a
-        #: worker's is only its description (:class:`~stream_server.inference.model.ModelInfo`).
+        #: worker's is only its description (:class:`~stream_server.inference.facts.ModelInfo`).
         self.model: ModelFacts | None = model
         self.runner: InferenceRunner | None = None
         #: Where the model runs (``"cpu"``, ``"cuda:0"``) and whether in half precision.
@@ -246,6 +241,9 @@ class Service:
         self.store.end_open_streams(time.time())
 
     def _load_model(self) -> None:
+        from stream_server.inference.loading import load_configured_model, start_engine
+        from stream_server.inference.model import LoadedModel
+
         given = self.model
         loaded = given if isinstance(given, LoadedModel) else load_configured_model(self.config)
         engine = start_engine(
@@ -270,6 +268,8 @@ class Service:
         configured model is loaded here for it."""
         hello = await link.hello()
         if self.model is None:
+            from stream_server.inference.loading import load_configured_model
+
             self.model = await asyncio.to_thread(load_configured_model, self.config)
         self.device, self.half, self.stream_state = hello.device, hello.half, hello.stream_state
         self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)

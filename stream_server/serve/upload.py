@@ -48,11 +48,8 @@ from starlette.types import Message, Receive
 from stream_server.config import UploadConfig
 from stream_server.core.session import SessionParams
 from stream_server.core.timeline import Segment
-from stream_server.core.windows import stack_windows
+from stream_server.core.windows import WindowEngine, WindowScores, stack_windows
 from stream_server.errors import DecodeError, EngineStopped, UploadError
-from stream_server.inference.classify import OfflineStream, make_report
-from stream_server.inference.engine import WindowEngine
-from stream_server.inference.runner import WindowScores
 from stream_server.media.decode import iter_pcm, probe
 from stream_server.messages import ClassifyResult, GenreUpdate
 from stream_server.serve.metrics import Metrics
@@ -335,6 +332,8 @@ async def classify_on_engine(
     Windows are prepared in a worker thread and run on the engine thread, ``PIPELINE_DEPTH``
     batches of ``engine.max_batch`` at a time; the event loop only awaits them.
     """
+    from stream_server.inference.classify import OfflineStream  # torch, once a file comes
+
     stream = OfflineStream(audio, params, engine.max_batch)
     pending: deque[Future[WindowScores]] = deque()
     try:
@@ -469,6 +468,8 @@ class Uploads:
         )
         outcome = await classify_on_engine(audio, engine, params)
         self.metrics.upload_windows.inc(len(outcome[0]))
+        from stream_server.inference.classify import make_report
+
         report = make_report(
             name,
             audio.size / params.model_rate,

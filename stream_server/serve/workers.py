@@ -30,12 +30,12 @@ import time
 from multiprocessing.process import BaseProcess
 
 from stream_server.config import Config
-from stream_server.inference.model import LoadedModel, ModelInfo
+from stream_server.inference.facts import ModelInfo
+from stream_server.inference.model import LoadedModel
 from stream_server.serve.engine_host import EngineHost
-from stream_server.serve.engine_link import EngineLink
+from stream_server.serve.ingest_worker import run_worker
 from stream_server.serve.listen import bind
-from stream_server.serve.server import DrainingServer, checked_tokens, uvicorn_config
-from stream_server.serve.service import Service
+from stream_server.serve.server import checked_tokens
 from stream_server.serve.store import TimelineStore
 
 log = logging.getLogger(__name__)
@@ -167,37 +167,3 @@ class _Supervisor:
         for proc in self.procs.values():
             if proc.is_alive():
                 proc.kill()
-
-
-def run_worker(
-    config: Config, model: ModelInfo, listen: socket.socket, link: socket.socket, index: int
-) -> None:
-    """An ingest worker process's main: serve on ``listen`` with the engine over ``link``;
-    ``model`` describes the engine process's model (the weights stay there)."""
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format=f"%(levelname)s [worker {index}] %(message)s",
-    )
-    asyncio.run(_worker(config, model, listen, link, index))
-
-
-async def _worker(
-    config: Config, model: ModelInfo, listen: socket.socket, link: socket.socket, index: int
-) -> None:
-    reader, writer = await asyncio.open_unix_connection(sock=link)
-    engine_link = EngineLink(reader, writer, index)
-    service = Service(config, model=model, link=engine_link)
-    server = DrainingServer(uvicorn_config(service, checked_tokens(config)), service)
-
-    def lost() -> None:
-        server.should_exit = True
-
-    engine_link.on_lost = lost
-    reading = asyncio.create_task(engine_link.run())
-    listen.setblocking(False)
-    try:
-        await server.serve(sockets=[listen])
-    finally:
-        await engine_link.close()
-        reading.cancel()
-        await asyncio.gather(reading, return_exceptions=True)

@@ -287,7 +287,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra = {}
     mix_text = ""
     if args.mixes:
-        from stream_server.inference.loading import session_params
+        from stream_server.inference.facts import session_params
         from stream_server.inference.runner import InferenceRunner
         from stream_server.training.mix_eval import (
             MixOptions,

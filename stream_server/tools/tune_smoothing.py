@@ -98,7 +98,8 @@ def tune(args: argparse.Namespace) -> dict[str, Any]:
     from stream_server.core.smoothing import SmoothingParams
     from stream_server.errors import GenrecastError
     from stream_server.inference.device import pick_device
-    from stream_server.inference.loading import load_configured_model, session_params
+    from stream_server.inference.facts import session_params
+    from stream_server.inference.loading import load_configured_model
     from stream_server.inference.runner import InferenceRunner
     from stream_server.tools.cli import load_config_of
     from stream_server.training.dataset import SPLIT_FILE, load_split

@@ -53,12 +53,12 @@ from stream_server.config import Config
 from stream_server.core.gate import KIND_NAMES
 from stream_server.core.session import SessionParams, StreamSession
 from stream_server.core.timeline import Segment
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import WindowJob, WindowScores
 from stream_server.errors import DatasetError
 from stream_server.inference.classify import decode_whole
-from stream_server.inference.loading import session_params
+from stream_server.inference.facts import session_params
 from stream_server.inference.model import LoadedModel
-from stream_server.inference.runner import InferenceRunner, WindowScores
+from stream_server.inference.runner import InferenceRunner
 from stream_server.inference.speech import CONFIG_FILE as SPEECH_CONFIG_FILE
 from stream_server.inference.speech import DEFAULT_SPEECH_DIR
 from stream_server.messages import SILENCE, SPEECH

@@ -16,7 +16,7 @@ import torch
 from stream_server.config import Config
 from stream_server.core.windows import WindowJob
 from stream_server.inference.device import pick_device
-from stream_server.inference.loading import session_params
+from stream_server.inference.facts import session_params
 from stream_server.inference.model import LoadedModel
 from stream_server.inference.runner import InferenceRunner
 from stream_server.tools.bench.audio import Pcm, looped

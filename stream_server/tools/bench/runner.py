@@ -248,7 +248,8 @@ def _measure_offline(
 ) -> tuple[Throughput, Throughput | None]:
     """The offline runner's throughput and (with ``compare_seed``) the naive pipeline's, on
     windows of the bench's clips; the model is loaded here, in the bench's process."""
-    from stream_server.inference.loading import load_configured_model, window_seconds
+    from stream_server.inference.facts import window_seconds
+    from stream_server.inference.loading import load_configured_model
     from stream_server.tools.bench.offline import sample_windows, time_offline, time_seed
 
     model = load_configured_model(config)
