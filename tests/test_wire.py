@@ -122,3 +122,28 @@ def test_the_metrics_of_several_processes_are_summed() -> None:
     assert merged[created[0]] == min(one[created[0]], _samples(second.render())[created[0]])
     # one process alone comes out as it went in
     assert _samples(merge_metrics([first.render().decode()])) == one
+
+
+def test_a_writer_gives_up_on_a_reader_that_stops_reading() -> None:
+    async def scenario() -> int:
+        _, writer, other = await _pair()  # nobody reads the other end
+        payload = bytes(64 * 1024)
+        sent = 0
+        refusal = None
+        while refusal is None and sent < 10_000:
+            try:
+                write_frame(writer, {"op": "x"}, payload, max_pending=1024 * 1024)
+            except ConnectionError as exc:
+                refusal = str(exc)
+            else:
+                sent += 1
+                await asyncio.sleep(0)  # the socket takes what its buffers hold
+        assert refusal is not None and "queued for a reader that does not read" in refusal
+        queued = writer.transport.get_write_buffer_size()
+        writer.transport.abort()
+        other.close()
+        assert 1024 * 1024 < queued <= 1024 * 1024 + 2 * len(payload)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert 16 < sent < 10_000  # the kernel's buffers first, then a MiB of our own

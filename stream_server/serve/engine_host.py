@@ -65,8 +65,16 @@ class _Worker:
     clients: Counter[str] = field(default_factory=Counter)
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        if self.alive:
+        """Queue a frame to the worker; a worker that stopped reading is cut off (its link
+        closed: it stops, and is started again)."""
+        if not self.alive:
+            return
+        try:
             write_frame(self.writer, header, payload)
+        except ConnectionError as exc:
+            log.error("worker %d: %s; cutting it off", self.index, exc)
+            self.alive = False
+            self.writer.transport.abort()
 
 
 @dataclass(eq=False)

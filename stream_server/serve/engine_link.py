@@ -173,9 +173,16 @@ class EngineLink:
     # -- requests ---------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        """Queue a frame to the engine process (dropped once the link is closed)."""
-        if not self.closed:
+        """Queue a frame to the engine process (dropped once the link is closed; an engine
+        process that stopped reading is given up: the worker stops)."""
+        if self.closed:
+            return
+        try:
             write_frame(self._writer, header, payload)
+        except ConnectionError as exc:
+            log.error("worker %d gives up the engine process: %s", self.index, exc)
+            self._writer.transport.abort()
+            self._lost()
 
     async def _request(self, header: dict[str, Any], timeout_s: float, payload: bytes = b"") -> Any:
         """Send ``header`` with a fresh ``id`` and wait for the answer of that ``id``."""

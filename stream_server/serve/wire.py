@@ -8,7 +8,9 @@ One frame is a JSON header and an optional binary payload, each length-prefixed:
 
 The two ends are the processes of one server, joined by a ``socket.socketpair`` made before the
 workers start: nothing else can reach it. The limits below still bound what one frame may ask a
-reader to hold.
+reader to hold, and what a writer queues for a reader that stopped reading
+(:data:`MAX_PENDING_BYTES`): past it the link is given up, as a subscriber too slow for its
+queue is dropped, instead of the writer's memory growing without end.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import json
 import struct
 from typing import Any
 
-__all__ = ["MAX_HEADER_BYTES", "MAX_PAYLOAD_BYTES", "Frame", "read_frame", "write_frame"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_PENDING_BYTES",
+    "Frame",
+    "read_frame",
+    "write_frame",
+]
 
 _PREFIX = struct.Struct(">II")
 #: The largest header a reader accepts (a ``/streams`` answer of thousands of streams fits).
@@ -26,12 +35,30 @@ MAX_HEADER_BYTES = 64 * 1024 * 1024
 #: The largest payload a reader accepts (a batch of upload windows is a few MB).
 MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
 
+#: The most bytes a writer keeps queued for a reader that does not read (a worker or the engine
+#: process stuck for seconds under full load queues a few MB).
+MAX_PENDING_BYTES = 256 * 1024 * 1024
+
 #: A frame as read: its header and its payload (``b""`` if none).
 Frame = tuple[dict[str, Any], bytes]
 
 
-def write_frame(writer: asyncio.StreamWriter, header: dict[str, Any], payload: bytes = b"") -> None:
-    """Queue one frame on ``writer`` (the caller drains when it must wait for room)."""
+def write_frame(
+    writer: asyncio.StreamWriter,
+    header: dict[str, Any],
+    payload: bytes = b"",
+    *,
+    max_pending: int = MAX_PENDING_BYTES,
+) -> None:
+    """Queue one frame on ``writer`` without waiting.
+
+    Raises:
+        ConnectionError: more than ``max_pending`` bytes are queued already: the reader stopped
+            reading (nothing is queued).
+    """
+    pending = writer.transport.get_write_buffer_size()
+    if pending > max_pending:
+        raise ConnectionError(f"{pending} bytes queued for a reader that does not read")
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     writer.write(_PREFIX.pack(len(head), len(payload)) + head)
     if payload:
