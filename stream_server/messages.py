@@ -281,6 +281,25 @@ def dumps(message: ServerMessage | ClientMessage) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
+#: How ``seq`` 0 follows ``type`` in :func:`dumps` of a published message (every one is built
+#: with ``type``, ``seq`` and ``stream_id`` first).
+_SEQ_ZERO = ',"seq":0,'
+
+
+def stamp_seq(text: str, seq: int) -> str:
+    """``text``, :func:`dumps` of a published message built with ``seq`` 0, with ``seq`` set,
+    without parsing it again (the engine process of ``serve --workers N`` stamps every
+    worker's messages).
+
+    Raises:
+        ValueError: ``text`` does not start ``{"type":"...","seq":0,``.
+    """
+    head, found, tail = text.partition(_SEQ_ZERO)
+    if not found or not head.startswith('{"type":"') or head.count('"') != 4:
+        raise ValueError("not a published message with seq 0 after its type")
+    return f'{head},"seq":{seq},{tail}'
+
+
 def error(code: str, message: str, stream_id: str | None = None) -> ErrorMessage:
     """Build an :class:`ErrorMessage`."""
     msg = ErrorMessage(type="error", code=code, message=message)

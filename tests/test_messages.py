@@ -15,10 +15,12 @@ from stream_server.messages import (
     GenreUpdate,
     LabelProb,
     StreamEnded,
+    StreamStarted,
     dumps,
     error,
     parse_client_message,
     parse_server_message,
+    stamp_seq,
 )
 
 
@@ -293,3 +295,30 @@ def test_protocol_error_defaults() -> None:
     assert (err.code, err.close_code, str(err)) == ("protocol", 1008, "bad")
     fmt = AudioFormatError("nope")
     assert (fmt.code, fmt.close_code, str(fmt)) == ("unsupported_format", 1003, "nope")
+
+
+def test_a_published_message_is_stamped_without_parsing_it_again() -> None:
+    started = StreamStarted(
+        type="stream.started",
+        seq=0,
+        stream_id="ab12",
+        name='tricky ,"seq":0, name',  # the same bytes later in the text stay as they are
+        kind="ws",
+        wall_time=1.5,
+    )
+    ended = StreamEnded(
+        type="stream.ended",
+        seq=0,
+        stream_id="ab12",
+        reason="stopped",
+        stream_time_s=3.0,
+        wall_time=2.0,
+        windows_computed=2,
+        windows_skipped=0,
+    )
+    for message in (started, ended):
+        stamped = stamp_seq(dumps(message), 4711)
+        assert json.loads(stamped) == {**message, "seq": 4711}
+    for text in ('{"seq":0,"type":"stream.ended"}', '{"type":"x","seq":1,"a":2}', "{}"):
+        with pytest.raises(ValueError, match="seq 0"):
+            stamp_seq(text, 1)

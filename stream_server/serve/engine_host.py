@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +38,7 @@ from stream_server.inference.engine import Engine
 from stream_server.inference.facts import session_params
 from stream_server.inference.loading import start_engine
 from stream_server.inference.model import LoadedModel
-from stream_server.messages import PublishedMessage, StreamEnded, dumps
+from stream_server.messages import StreamEnded, dumps, stamp_seq
 from stream_server.serve.engine_link import ASK_TIMEOUT_S, scores_bytes
 from stream_server.serve.metrics import Metrics
 from stream_server.serve.store import TimelineStore
@@ -205,7 +204,7 @@ class EngineHost:
                 windows_computed=entry.windows,
                 windows_skipped=0,
             )
-            self._stamp(dict(ended), None, None)
+            self._stamp(dict(ended), dumps(ended), None, None)
         if orphans:
             self._end_in_store(orphans)
 
@@ -230,7 +229,7 @@ class EngineHost:
         if op == "submit":
             self._submit(worker, header, payload)
         elif op == "publish":
-            self._publish(worker, header.get("id"), payload)
+            self._stamp(header, payload.decode(), worker, header.get("id"))
         elif op == "notify":
             for other in list(self.workers.values()):
                 other.send({"op": "notice", "stream_id": header.get("stream_id")}, payload)
@@ -366,29 +365,32 @@ class EngineHost:
 
     # -- messages, questions, limits --------------------------------------------------------
 
-    def _publish(self, origin: _Worker, request: int | None, payload: bytes) -> None:
-        self._stamp(json.loads(payload), origin, request)
-
-    def _stamp(self, message: dict[str, Any], origin: _Worker | None, request: int | None) -> None:
-        """Give ``message`` the next ``seq`` and send it to every worker (with ``request``, the
-        origin gets it as the answer to that request)."""
-        kind, stream_id = message["type"], message["stream_id"]
+    def _stamp(
+        self,
+        facts: dict[str, Any],
+        text: str,
+        origin: _Worker | None,
+        request: int | None,
+    ) -> None:
+        """Give the message ``text`` (seq 0; ``facts``: its ``type``, ``stream_id`` and, for an
+        update, ``stream_time_s``) the next ``seq`` and send it to every worker (with
+        ``request``, the origin gets it as the answer to that request)."""
+        kind, stream_id = facts["type"], facts["stream_id"]
         if kind == "stream.started" and origin is not None:
             self._live[stream_id] = _LiveEntry(origin)
         elif kind == "stream.ended":
             self._live.pop(stream_id, None)
         elif kind == "genre.update" and (entry := self._live.get(stream_id)) is not None:
-            entry.stream_time_s = message["stream_time_s"]
+            entry.stream_time_s = facts["stream_time_s"]
             entry.windows += 1
         self.seq += 1
-        message["seq"] = self.seq
-        text = dumps(cast(PublishedMessage, message)).encode()
-        header = {"op": "message", "seq": self.seq, "stream_id": message["stream_id"]}
+        stamped = stamp_seq(text, self.seq).encode()
+        header = {"op": "message", "seq": self.seq, "stream_id": stream_id}
         for worker in list(self.workers.values()):
             if worker is origin and request is not None:
-                worker.send(header | {"ack": request}, text)
+                worker.send(header | {"ack": request}, stamped)
             else:
-                worker.send(header, text)
+                worker.send(header, stamped)
 
     def _ask(self, asker: _Worker, header: dict[str, Any]) -> None:
         qid = next(self._qids)

@@ -73,6 +73,19 @@ def job_header(job: WindowJob) -> dict[str, Any]:
     }
 
 
+def publish_header(message: PublishedMessage) -> dict[str, Any]:
+    """What the engine process reads of a message to publish, beside its JSON (which it stamps
+    without parsing): its type, its stream and, for an update, its stream time."""
+    header: dict[str, Any] = {
+        "op": "publish",
+        "type": message["type"],
+        "stream_id": message["stream_id"],
+    }
+    if message["type"] == "genre.update":
+        header["stream_time_s"] = message["stream_time_s"]
+    return header
+
+
 class Hello:
     """What the engine process tells a worker once its model is loaded and warm."""
 
@@ -207,11 +220,12 @@ class EngineLink:
 
     def publish(self, message: PublishedMessage) -> None:
         """Have ``message`` stamped and sent to every worker (this one's hub included)."""
-        self.send({"op": "publish"}, dumps(message).encode())
+        self.send(publish_header(message), dumps(message).encode())
 
     async def publish_stamped(self, message: PublishedMessage) -> str:
         """:meth:`publish`, then wait for the stamped JSON text (as the hubs got it)."""
-        text: str = await self._request({"op": "publish"}, ASK_TIMEOUT_S, dumps(message).encode())
+        header = publish_header(message)
+        text: str = await self._request(header, ASK_TIMEOUT_S, dumps(message).encode())
         return text
 
     def notify(self, message: ErrorMessage) -> None:

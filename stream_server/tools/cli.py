@@ -179,6 +179,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
         follow=args.follow,
         workers=args.workers,
         churn_s=args.churn,
+        server_workers=args.server_workers,
     )
     options.check()  # before anything starts
     report = run_soak(options, log=sys.stderr).to_json()
@@ -612,6 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="each stream slot ends its stream and opens a new one after about this many "
         "seconds, again and again (default 0: every stream lives the whole soak)",
+    )
+    p.add_argument(
+        "--server-workers",
+        dest="server_workers",
+        type=int,
+        metavar="N",
+        help="the server's ingest processes, as serve --workers (config: server.workers); its "
+        "CPU and memory figures then add up all its processes",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="loopback address to serve on (default 127.0.0.1)"

@@ -294,6 +294,7 @@ class SoakResult:
             "workers": self.workers,
             "server": {
                 "pid": self.server_pid,
+                "workers": self.options.server_workers or 1,
                 "exit_status": self.server_exit,
                 "stopped_cleanly": self.server_exit in CLEAN_EXITS,
                 "cpu_percent": _round(100.0 * self.server_cpu_s / wall),

@@ -64,7 +64,8 @@ class SoakOptions:
     ``model``/``device`` override it; ``token`` the clients send (``None``: ``$GENRECAST_TOKEN``),
     also given to the server as ``$GENRECAST_TOKEN``; ``host`` a loopback address to serve on;
     ``workers`` client processes (0: :func:`auto_workers`); ``churn_s`` the average life of a
-    stream in seconds (0: every stream lives the whole soak)."""
+    stream in seconds (0: every stream lives the whole soak); ``server_workers`` the server's
+    ingest processes (``serve --workers``; ``None``: the config's)."""
 
     streams: int = 10
     subscribers: int = 10
@@ -77,6 +78,7 @@ class SoakOptions:
     follow: Follow = "stream"
     workers: int = 0
     churn_s: float = 0.0
+    server_workers: int | None = None
 
     def check(self) -> None:
         """Raise :class:`SoakError` for anything outside the soak's bounds."""

@@ -186,7 +186,9 @@ def run_soak(options: SoakOptions, *, log: TextIO | None = None) -> SoakResult:
         ConfigError: the config is invalid.
     """
     options.check()
-    config = load_config(options.config).overridden(model=options.model, device=options.device)
+    config = load_config(options.config).overridden(
+        model=options.model, device=options.device, workers=options.server_workers
+    )
     _raise_file_limit(options.streams + options.subscribers + 512)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if options.token is not None:
