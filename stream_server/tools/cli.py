@@ -407,6 +407,18 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _server_workers_arg(p: argparse.ArgumentParser) -> None:
+    """``--server-workers`` of the commands that start a server to measure it."""
+    p.add_argument(
+        "--server-workers",
+        dest="server_workers",
+        type=int,
+        metavar="N",
+        help="the server's ingest processes, as serve --workers (config: server.workers); its "
+        "CPU and memory figures then add up all its processes",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line. Builds without importing torch, PyAV or any server library."""
     parser = argparse.ArgumentParser(prog="genrecast", description="Real-time music-genre monitor.")
@@ -557,14 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="after their audio, keep the streams open and silent S seconds and read the "
         "server's RSS near the end: idle_rss_mb_per_100_streams (default 0: no hold)",
     )
-    p.add_argument(
-        "--server-workers",
-        dest="server_workers",
-        type=int,
-        metavar="N",
-        help="the server's ingest processes, as serve --workers (config: server.workers); its "
-        "CPU and memory figures then add up all its processes",
-    )
+    _server_workers_arg(p)
     p.add_argument("--json", action="store_true", help="print only the JSON object, on one line")
     p.add_argument(
         "--token",
@@ -614,14 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="each stream slot ends its stream and opens a new one after about this many "
         "seconds, again and again (default 0: every stream lives the whole soak)",
     )
-    p.add_argument(
-        "--server-workers",
-        dest="server_workers",
-        type=int,
-        metavar="N",
-        help="the server's ingest processes, as serve --workers (config: server.workers); its "
-        "CPU and memory figures then add up all its processes",
-    )
+    _server_workers_arg(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="loopback address to serve on (default 127.0.0.1)"
     )
