@@ -40,10 +40,18 @@ import numpy.typing as npt
 
 from ring_buffer.errors import WindowNotWritten, WindowOverwritten
 
-__all__ = ["PCM16_SCALE", "RingBuffer"]
+__all__ = ["PCM16_SCALE", "RingBuffer", "to_pcm16"]
 
 #: Full scale of 16-bit PCM storage: a stored value ``v`` is the sample ``v / PCM16_SCALE``.
 PCM16_SCALE = 32768.0
+
+
+def to_pcm16(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
+    """``(n,)`` float32 samples as the 16-bit PCM a ``pcm16`` buffer stores: ``round(x * 32768)``,
+    clipped to ``[-32768, 32767]``, NaN as 0 (exact for samples that came as 16-bit PCM)."""
+    scaled = np.nan_to_num(np.rint(samples * PCM16_SCALE), nan=0.0, posinf=32767, neginf=-32768)
+    pcm: npt.NDArray[np.int16] = np.clip(scaled, -32768, 32767).astype(np.int16)
+    return pcm
 
 
 class RingBuffer:
@@ -137,10 +145,7 @@ class RingBuffer:
         if m > cap:
             data = data[m - cap :]
         if self.pcm16:
-            scaled = np.nan_to_num(
-                np.rint(data * PCM16_SCALE), nan=0.0, posinf=32767, neginf=-32768
-            )
-            data = np.clip(scaled, -32768, 32767).astype(np.int16)
+            data = to_pcm16(data)
         k = data.shape[0]
         slot = (self._written + m - k) % cap
         first = min(k, cap - slot)

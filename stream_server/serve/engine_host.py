@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ring_buffer.buffer import PCM16_SCALE
 from stream_server.config import Config
 from stream_server.core.windows import WindowJob, WindowResult, WindowScores
 from stream_server.errors import StorageError
@@ -268,7 +269,7 @@ class EngineHost:
 
     def _submit(self, worker: _Worker, header: dict[str, Any], payload: bytes) -> None:
         window = np.frombuffer(payload, dtype="<i2").astype(np.float32)
-        window *= np.float32(1.0 / 32768.0)
+        window *= np.float32(1.0 / PCM16_SCALE)  # as a 16-bit ring buffer reads: exact
         job = WindowJob(
             header["stream_id"],
             window,

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ring_buffer.buffer import to_pcm16
 from stream_server.core.windows import (
     ErrorCallback,
     ResultsCallback,
@@ -57,10 +58,9 @@ Answerer = Callable[[str, Any], Awaitable[Any]]
 
 
 def pcm16_bytes(window: np.ndarray) -> bytes:
-    """``(samples,)`` float32 audio in ``[-1, 1)`` as little-endian int16 bytes
-    (``round(x * 32768)``, clipped): exact for audio a 16-bit ring buffer held."""
-    scaled = np.rint(window * np.float32(32768.0))
-    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+    """``(samples,)`` float32 audio as little-endian int16 bytes, encoded as a 16-bit ring buffer
+    stores it (:func:`ring_buffer.buffer.to_pcm16`): exact for audio such a buffer held."""
+    return to_pcm16(window).astype("<i2", copy=False).tobytes()
 
 
 def job_header(job: WindowJob) -> dict[str, Any]:
