@@ -50,6 +50,15 @@ def _non_negative(v: Any) -> str | None:
     return None if 0 <= v < math.inf else "must be a finite number >= 0"
 
 
+#: Shortest ``engine.feed_s`` (seconds): below it the calls would cost more than they save.
+MIN_FEED_S = 0.05
+
+
+def _feed(v: Any) -> str | None:
+    ok = v == 0 or MIN_FEED_S <= v < math.inf
+    return None if ok else f"must be 0 (off) or a finite number >= {MIN_FEED_S}"
+
+
 #: The most ingest processes ``server.workers`` may ask for.
 MAX_WORKERS = 64
 
@@ -180,6 +189,7 @@ class EngineConfig:
     window_s: float = field(default=0.0, metadata={CHECK: _non_negative})
     buffer_s: float = field(default=0.0, metadata={CHECK: _non_negative})
     catch_up_s: float = field(default=2.0, metadata={CHECK: _non_negative})
+    feed_s: float = field(default=0.0, metadata={CHECK: _feed})
     kernel_cache: int = field(default=256, metadata={CHECK: _non_negative})
     top_k: int = field(default=3, metadata={CHECK: _positive})
 

@@ -14,6 +14,7 @@ import pytest
 
 from stream_server.config import config_from_dict
 from stream_server.errors import GenrecastError
+from stream_server.inference.banded import amx_available
 from stream_server.tools import cli
 from stream_server.tools.bench import (
     BenchOptions,
@@ -299,6 +300,7 @@ def test_the_server_ran_in_a_process_of_its_own(
     assert report["server_cpu_s"] > 0
     assert 0 < report["server_rss_mb"] <= report["server_rss_peak_mb"]
     assert (report["model"], report["device"]) == (str(tiny_checkpoint), "cpu")
+    assert report["precision"] == ("bfloat16" if amx_available() else "float32")
     assert report["max_batch"] == 32
 
 

@@ -81,7 +81,7 @@ def test_defaults_of_each_table() -> None:
         "127.0.0.1", 8000, 1 << 20, 8000, 384_000, 8, 64, 16, 5.0, 30.0, "info", False, 10.0
     )
     assert c.model == ModelConfig("", {})
-    assert c.engine == EngineConfig("auto", True, 32, 20.0, 1.0, 0.0, 0.0, 2.0, 256, 3)
+    assert c.engine == EngineConfig("auto", True, 32, 20.0, 1.0, 0.0, 0.0, 2.0, 0.0, 256, 3)
     assert c.smoothing == SmoothingConfig(2.0, 0.2, 4.0, 0.5, 30.0)
     assert c.gate == GateConfig(True, -65.0, 0.8, 1.0)
     assert c.offline == OfflineConfig("viterbi", 16.0)
@@ -313,6 +313,7 @@ def test_model_labels_table_of_strings(tmp_path: Path) -> None:
         ("engine", "hop_s", 0.0, "> 0"),
         ("engine", "buffer_s", -1.0, ">= 0"),
         ("engine", "catch_up_s", -0.5, ">= 0"),
+        ("engine", "feed_s", 0.02, "0 (off) or a finite number >= 0.05"),
         ("engine", "kernel_cache", -1, ">= 0"),
         ("engine", "window_s", -0.5, ">= 0"),
         ("engine", "max_wait_ms", -1.0, ">= 0"),
@@ -417,6 +418,7 @@ CHECKED_KEYS = frozenset(
         "engine.window_s",
         "engine.buffer_s",
         "engine.catch_up_s",
+        "engine.feed_s",
         "engine.kernel_cache",
         "engine.top_k",
         "smoothing.time_constant_s",
@@ -456,6 +458,7 @@ OUT_OF_RANGE: dict[str, Any] = {
     "_non_negative": -1,
     "_port": 70000,
     "_workers": 0,
+    "_feed": 0.01,
     "_unit_interval": 2,
     "_level_dbfs": 1,
     "_device": "tpu",

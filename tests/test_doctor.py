@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from stream_server.config import Config, ModelConfig, ServerConfig, StorageConfig
+from stream_server.inference.banded import amx_available
 from stream_server.serve.store import TimelineStore
 from stream_server.tools.doctor import (
     LOCK_FILE,
@@ -140,6 +141,18 @@ def test_asking_for_cuda_is_checked_against_the_machine(config: Path) -> None:
         assert checks["cuda"]["status"] == "fail"
         assert "no CUDA device is available" in checks["cuda"]["detail"]
         assert "--device cpu" in checks["cuda"]["fix"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU line is for machines without CUDA")
+def test_on_a_cpu_it_says_what_the_model_computes_in(config: Path, tmp_path: Path) -> None:
+    _, checks = doctor_json("--config", str(config))
+    want = "bfloat16 on the AMX tiles" if amx_available() else "no AMX tiles"
+    assert checks["cuda"]["status"] == "ok" and want in checks["cuda"]["detail"]
+    off = tmp_path / "off.toml"
+    text = config.read_text(encoding="utf-8")
+    off.write_text(text.replace("[engine]\n", "[engine]\nhalf_precision = false\n"), "utf-8")
+    _, checks = doctor_json("--config", str(off))
+    assert checks["cuda"]["detail"].endswith("in float32 (engine.half_precision is off)")
 
 
 def test_missing_extras_are_warnings_with_the_install_command(config: Path) -> None:

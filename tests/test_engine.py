@@ -7,8 +7,10 @@ as a safety net).
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -199,6 +201,44 @@ def test_newer_job_replaces_the_pending_one(
     by_stream = {r.job.stream_id: r.job for r in results}
     assert by_stream == {"a": second, "b": other}
     assert engine.computed == 2
+
+
+def test_a_warm_up_job_never_displaces_a_pending_window(
+    make_engine: Callable[..., Engine], recorder: Recorder
+) -> None:
+    """Audio fed ahead of a window is dropped while the stream's window waits (the window takes
+    the same audio in); a window replaces a pending warm-up job."""
+    engine = make_engine(max_batch=4, max_wait_s=0.0)
+    window = job("a", seed=1, end_sample=WINDOW)
+    feed = dataclasses.replace(job("a", seed=2, end_sample=WINDOW + 2000), warm=True)
+    assert engine.submit(window) is None
+    assert engine.submit(feed) is feed  # not queued: the window stays
+    assert engine.pending == 1
+    early = dataclasses.replace(job("b", seed=3, end_sample=WINDOW - 2000), warm=True)
+    later = job("b", seed=4, end_sample=WINDOW)
+    assert engine.submit(early) is None
+    assert engine.submit(later) is early
+    engine.start()
+    results = recorder.next_results()
+    assert {r.job.stream_id: r.job for r in results} == {"a": window, "b": later}
+    assert engine.computed == 2
+
+
+def test_warm_up_jobs_wait_while_any_window_does(
+    make_engine: Callable[..., Engine], recorder: Recorder
+) -> None:
+    engine = make_engine(max_batch=4, max_wait_s=0.0)
+    feeds = [dataclasses.replace(job(f"w{i}", seed=i), warm=True) for i in range(3)]
+    for feed in feeds:
+        assert engine.submit(feed) is None
+    window = job("a", seed=9)
+    assert engine.submit(window) is None  # submitted last, it runs first, alone
+    engine.start()
+    assert [r.job for r in recorder.next_results()] == [window]
+    deadline = time.monotonic() + TIMEOUT_S
+    while engine.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.pending == 0 and engine.computed == 1  # then the feeds, not scored
 
 
 def test_job_in_flight_is_not_replaced(

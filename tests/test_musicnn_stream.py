@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from stream_server.config import Config, load_config
-from stream_server.core.session import SessionParams
+from stream_server.core.session import SessionParams, StreamSession
 from stream_server.core.windows import WindowJob, WindowScores
 from stream_server.inference.classify import OfflineStream
 from stream_server.inference.engine import Engine
@@ -366,6 +366,45 @@ def test_live_jobs_push_only_new_audio_and_a_gap_or_a_miss_starts_afresh(
     gap = _reference(stream_model, audio[120000:168000], [window])
     torch.testing.assert_close(_recorded(stream_model), gap, rtol=TOL, atol=TOL)
     assert not torch.allclose(fresh, gap, rtol=TOL, atol=TOL)
+
+
+def test_feeds_between_windows_leave_every_window_as_the_whole_clip_gives_it(
+    stream_model: LoadedModel,
+) -> None:
+    """Live sessions that feed their audio every 0.25 s between windows (``engine.feed_s``),
+    several streams per call, some feeds dropped as the engine drops them while a window
+    waits: each window's input is still the whole clip's newest tokens."""
+    runner = InferenceRunner(stream_model, torch.device("cpu"), max_batch=8)
+    params = replace(_params(stream_model), warm_up=True, feed_samples=RATE // 4)
+    clips = [_audio(9.0, seed=30 + i) for i in range(3)]
+    sessions = [
+        StreamSession(f"s{i}", params, sample_rate=RATE, channels=1, fmt="f32le") for i in range(3)
+    ]
+    rng = np.random.default_rng(3)
+    ends: dict[str, list[int]] = {s.stream_id: [] for s in sessions}
+    order: list[str] = []
+    offsets = [0, 0, 0]
+    while any(o < c.size for o, c in zip(offsets, clips, strict=True)):
+        warm, due = [], []
+        for i, (session, clip) in enumerate(zip(sessions, clips, strict=True)):
+            size = int(rng.integers(700, 9000))
+            job = session.feed_samples(clip[offsets[i] : offsets[i] + size])
+            offsets[i] += size
+            if job is None or (job.warm and rng.random() < 0.3):  # some feeds never run
+                continue
+            (warm if job.warm else due).append(job)
+        runner.warm(warm)
+        if due:
+            runner.score_jobs(due)
+            for job in due:
+                ends[job.stream_id].append(job.end_sample)
+                order.append(job.stream_id)
+    got = _recorded(stream_model)
+    assert len(got) == len(order) >= 3 * 6
+    for i, session in enumerate(sessions):
+        rows = [k for k, key in enumerate(order) if key == session.stream_id]
+        want = _reference(stream_model, clips[i], ends[session.stream_id])
+        torch.testing.assert_close(got[rows], want, rtol=TOL, atol=TOL)
 
 
 def test_a_push_that_fails_halfway_restarts_the_streams_it_held(

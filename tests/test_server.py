@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from stream_server.config import Config
+from stream_server.inference.banded import amx_available
 from stream_server.inference.model import LoadedModel, load_model, save_checkpoint, tiny_vit
 from stream_server.inference.preprocessing import AudioPreprocessing
 from stream_server.serve.listen import bind
@@ -112,12 +113,17 @@ def test_ingest_to_updates_end_to_end(
 def test_health_ready_and_live_stream_listing(
     make_config: Callable[..., Config], tiny_model: LoadedModel
 ) -> None:
+    config = make_config()
+
     async def scenario() -> None:
-        async with serving(make_config(), tiny_model) as (server, http):
+        async with serving(config, tiny_model) as (server, http):
             assert (await http.get("/health")).json() == {"status": "ok"}
             ready = (await http.get("/ready")).json()
             assert ready["ready"] is True
             assert ready["device"] == "cpu"
+            bfloat16 = config.engine.half_precision and amx_available()
+            assert ready["precision"] == ("bfloat16" if bfloat16 else "float32")
+            assert ready["half_precision"] is False  # float16 is for CUDA
             assert ready["labels"] == list(tiny_model.labels)
             assert ready["window_s"] == 2.0
             async with ws(server, "/ws/updates") as sub, ws(server, "/ws/ingest") as ingest:

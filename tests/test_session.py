@@ -598,6 +598,36 @@ def test_warm_up_jobs_bring_the_audio_before_each_first_window() -> None:
     np.testing.assert_array_equal(again.window, after[: 2 * HOP])
 
 
+def test_feeds_between_windows_bring_the_audio_since_the_previous_window() -> None:
+    """With ``feed_samples`` the audio goes in every feed step, before the first window (all of
+    it so far) and between windows (since the previous window's end); windows are unchanged."""
+    feed = HOP // 5  # 2205: a window is 20 feed steps, a hop 5
+    session = make_session(params=make_params(warm_up=True, feed_samples=feed))
+    audio = music(4.0, rate=RATE, channels=1, seed=4)
+    signal = expected_signal(encode(audio, "f32le"), "f32le", 1, RATE)
+    step = 441
+    jobs = [session.feed(encode(audio[i : i + step], "f32le")) for i in range(0, 3 * RATE, step)]
+    got = [job for job in jobs if job is not None]
+    assert [job.end_sample for job in got if not job.warm] == [WINDOW + k * HOP for k in range(3)]
+    warm = [job for job in got if job.warm]
+    # every feed boundary brings one job, except where a window is due instead
+    want = [b for b in range(feed, 3 * RATE + 1, feed) if b < WINDOW or (b - WINDOW) % HOP]
+    assert [job.end_sample for job in warm] == want
+    for job in warm:
+        last = WINDOW + (job.end_sample - WINDOW) // HOP * HOP  # the previous window's end
+        start = 0 if job.end_sample < WINDOW else last
+        assert job.since == 0
+        np.testing.assert_array_equal(job.window, signal[start : job.end_sample])
+    assert session.windows_due == 3 and session.windows_skipped == 0
+    # a chunk that crosses several feed boundaries brings one job, up to the latest of them
+    session = make_session(params=make_params(warm_up=True, feed_samples=feed))
+    session.feed(encode(audio[:WINDOW], "f32le"))
+    late = session.feed(encode(audio[WINDOW : WINDOW + 3 * feed + 5], "f32le"))
+    assert late is not None and late.warm and late.end_sample == WINDOW + 3 * feed
+    assert session.feed(encode(audio[WINDOW + 3 * feed + 5 : WINDOW + 4 * feed], "f32le"))
+    assert session.feed(encode(audio[WINDOW + 4 * feed : WINDOW + HOP - 1], "f32le")) is None
+
+
 def test_no_warm_up_jobs_unless_asked() -> None:
     session = make_session()
     audio = music(1.9, rate=RATE, channels=1, seed=3)

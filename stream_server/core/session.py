@@ -47,8 +47,12 @@ class SessionParams:
     in ``labels`` when several model labels are merged into one; empty means one to one.
     ``smoothing``, ``gate`` and ``backdate_max_s`` govern the live labels and the stored timeline
     (:mod:`stream_server.core.labelling`); ``offline`` how whole files are decoded
-    (:mod:`stream_server.core.decoding`). ``warm_up``: every hop before a stream's first window
-    (after its start or a gap) brings a warm-up job, for a model that keeps state per stream.
+    (:mod:`stream_server.core.decoding`). ``warm_up``: for a model that keeps state per stream,
+    the stream's audio goes to the engine ahead of its windows in warm-up jobs
+    (:attr:`~stream_server.core.windows.WindowJob.warm`): every ``feed_samples`` (every hop
+    when 0) before its first window (after its start or a gap), and every ``feed_samples``
+    between windows (none when 0), so that a due window has only the audio since the last
+    feed left to compute.
     ``pcm16``: the ring buffer holds 16-bit PCM, not float32 (half the memory; live audio comes as
     16-bit PCM anyway), so windows are rounded to 16-bit steps; offline paths keep float32 and
     so the exact samples of training.
@@ -65,14 +69,18 @@ class SessionParams:
     gate: GateParams = field(default_factory=GateParams)
     backdate_max_s: float = 30.0
     offline: OfflineParams = field(default_factory=OfflineParams)
-    #: Hand the engine warm-up jobs before each first window (:attr:`WindowJob.warm`).
+    #: Hand the engine warm-up jobs ahead of the windows (:attr:`WindowJob.warm`).
     warm_up: bool = False
+    #: Samples between two warm-up jobs (0: every hop before a first window, none after).
+    feed_samples: int = 0
     #: Keep the stream's audio as 16-bit PCM (:class:`~ring_buffer.RingBuffer`'s ``pcm16``).
     pcm16: bool = False
 
     def __post_init__(self) -> None:
         if self.window_samples <= 0 or self.hop_samples <= 0:
             raise ValueError("window and hop must be positive")
+        if self.feed_samples < 0:
+            raise ValueError("feed_samples must be >= 0")
         if self.buffer_samples < self.window_samples + self.hop_samples:
             raise ValueError("the buffer must hold at least one window plus one hop")
         if self.label_map and not all(0 <= i < len(self.labels) for i in self.label_map):
@@ -151,7 +159,7 @@ class StreamSession:
         self._resampler = StreamingResampler(sample_rate, params.model_rate)
         self.buffer = RingBuffer(params.buffer_samples, pcm16=params.pcm16)
         self._next_end = params.window_samples
-        self._next_warm = params.hop_samples
+        self._next_warm = self._feed_step
         self._labeller = Labeller(params.labels, params.label_params(), table)
         self.windows_due = 0
         self.windows_skipped = 0
@@ -164,6 +172,11 @@ class StreamSession:
         self._gap_at = -1
 
     # -- audio in ---------------------------------------------------------------------------
+
+    @property
+    def _feed_step(self) -> int:
+        """Samples between two warm-up jobs."""
+        return self.params.feed_samples or self.params.hop_samples
 
     @property
     def stream_time_s(self) -> float:
@@ -206,22 +219,27 @@ class StreamSession:
         self.windows_due += due
         self.windows_skipped += due - 1
         self._next_end = end + hop
+        self._next_warm = end + self._feed_step
         start = end - self.params.window_samples
         window = self.buffer.read(start, self.params.window_samples)
         self.buffer.consume(self._next_end - self.params.window_samples)
         return WindowJob(self.stream_id, window, end, arrival, since=max(0, self._gap_at))
 
     def _warm_job(self, written: int, arrival: float) -> WindowJob | None:
-        """The warm-up job due at the latest hop boundary, before the first window after the
-        stream's start or its latest gap; ``None`` when none is due."""
+        """The warm-up job due at the latest feed boundary before the next window; ``None``
+        when none is due. Before the first window after the stream's start or its latest gap it
+        holds all the audio since then; between windows, the audio since the previous window's
+        end (the engine's stream state has at least that, unless it dropped the window: then
+        the stream starts afresh there, see ``InferenceRunner.catch_up_samples``)."""
         since = max(0, self._gap_at)
         first = self._next_end == since + self.params.window_samples
-        if not first or written < self._next_warm:
+        step = self._feed_step
+        if written < self._next_warm or not (first or self.params.feed_samples):
             return None
-        hop = self.params.hop_samples
-        end = self._next_warm + (written - self._next_warm) // hop * hop
-        self._next_warm = end + hop
-        window = self.buffer.read(since, end - since)
+        end = self._next_warm + (written - self._next_warm) // step * step
+        self._next_warm = end + step
+        start = since if first else self._next_end - self.params.hop_samples
+        window = self.buffer.read(start, end - start)
         return WindowJob(self.stream_id, window, end, arrival, since=since, warm=True)
 
     def mark_gap(self, gap_s: float) -> list[tuple[int, Segment]]:
@@ -245,7 +263,7 @@ class StreamSession:
         self._gap_samples += round(gap_s * self.params.model_rate)
         self._gap_at = written
         self._next_end = written + self.params.window_samples
-        self._next_warm = written + self.params.hop_samples
+        self._next_warm = written + self._feed_step
         self.buffer.consume(written)
         return out
 

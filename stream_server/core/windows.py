@@ -34,10 +34,14 @@ class WindowJob:
     ``since`` the absolute index from which the stream's audio runs without a gap up to
     ``end_sample`` (a model that keeps state per stream starts afresh when it changes).
 
-    A ``warm`` job comes before a stream's first full window (after its start or a gap): its
-    ``window`` is the stream's audio so far, from ``since``, shorter than a window. A model that
-    keeps state per stream takes it in ahead of time, so the first window costs no more than the
-    others; it is not scored, and nobody waits for it.
+    A ``warm`` job brings a stream's audio ahead of its next window, for a model that keeps
+    state per stream: before the first full window (after its start or a gap) its ``window`` is
+    the stream's audio so far, from ``since``; between windows, the audio since the previous
+    window's end (:attr:`~stream_server.core.session.SessionParams.feed_samples`). Taken in ahead
+    of time, it leaves a due window only its newest audio to compute, so the first window costs
+    no more than the others and windows due at the same instant wait for less. It is not scored,
+    nobody waits for it, and it never displaces a window: the engine drops a warm job that
+    arrives while the stream's window is still pending (that window brings the same audio).
     """
 
     stream_id: str

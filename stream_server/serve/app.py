@@ -308,6 +308,7 @@ async def ready(request: Request) -> Response:
             "trained": model.trained,
             "device": service.device,
             "half_precision": service.half,
+            "precision": service.precision,
             "labels": list(service.display_labels),
             "sample_rate": model.preprocessing.sample_rate,
             "window_s": service.window_s,

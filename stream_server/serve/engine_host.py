@@ -132,6 +132,7 @@ class EngineHost:
             "op": "hello",
             "device": str(runner.device),
             "half": runner.half,
+            "precision": runner.precision,
             "stream_state": runner.table is not None,
             "max_batch": engine.max_batch,
             "labels": len(session_params(self.config, model).labels),

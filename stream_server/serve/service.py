@@ -143,9 +143,11 @@ class Service:
         #: worker's is only its description (:class:`~stream_server.inference.facts.ModelInfo`).
         self.model: ModelFacts | None = model
         self.runner: InferenceRunner | None = None
-        #: Where the model runs (``"cpu"``, ``"cuda:0"``) and whether in half precision.
+        #: Where the model runs (``"cpu"``, ``"cuda:0"``), whether in half precision and in
+        #: which (:attr:`~stream_server.inference.runner.InferenceRunner.precision`).
         self.device = ""
         self.half = False
+        self.precision = "float32"
         #: The model keeps state per stream (a stream's audio is taken in before its first
         #: full window: warm-up jobs).
         self.stream_state = False
@@ -257,6 +259,7 @@ class Service:
         self.runner = runner
         self.device = str(runner.device)
         self.half = runner.half
+        self.precision = runner.precision
         self.stream_state = runner.table is not None
         self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
         self.engine = engine
@@ -272,6 +275,7 @@ class Service:
 
             self.model = await asyncio.to_thread(load_configured_model, self.config)
         self.device, self.half, self.stream_state = hello.device, hello.half, hello.stream_state
+        self.precision = hello.precision
         self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
         self.engine = link.make_engine(
             hello,

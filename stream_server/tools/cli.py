@@ -281,6 +281,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.data,
         clips,
         device=device,
+        half=config.engine.half_precision,
         hop_seconds=args.hop,
         cache_dir=args.cache,
         progress=not args.json,

@@ -222,7 +222,22 @@ def check_cuda(config: Config) -> Check:
             "check the NVIDIA driver (nvidia-smi) against this torch's CUDA "
             f"{torch.version.cuda or '(none: a CPU build)'}",
         )
-    return Check("cuda", "ok", f"no CUDA device; the model runs on the CPU{reason}")
+    return Check(
+        "cuda",
+        "ok",
+        f"no CUDA device; the model runs on the CPU{reason}, {_cpu_arithmetic(config)}",
+    )
+
+
+def _cpu_arithmetic(config: Config) -> str:
+    """What the model computes in on this CPU (see ``InferenceRunner.bfloat16``)."""
+    from stream_server.inference.banded import amx_available
+
+    if not config.engine.half_precision:
+        return "in float32 (engine.half_precision is off)"
+    if amx_available():
+        return "its widest convolutions in bfloat16 on the AMX tiles"
+    return "in float32 (no AMX tiles for bfloat16)"
 
 
 def check_pyav() -> Check:

@@ -91,6 +91,8 @@ class EvalReport:
     clip_predictions: list[tuple[str, str, str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     per_source: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: What the model computed in (the runner's ``precision``: float32, bfloat16, float16).
+    arithmetic: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +103,7 @@ class EvalReport:
             "clips": self.clips,
             "windows": self.windows,
             "seconds": round(self.seconds, 2),
+            "arithmetic": self.arithmetic,
             "per_genre": {
                 label: {
                     "precision": round(f.precision, 4),
@@ -131,10 +134,12 @@ def evaluate(
     device: str = "cpu",
     hop_seconds: float = 2.5,
     batch_size: int = 32,
+    half: bool = False,
     cache_dir: str | None = None,
     progress: bool = False,
 ) -> EvalReport:
-    """Score ``model`` on ``clips`` (paths relative to ``root``); see the module docstring."""
+    """Score ``model`` on ``clips`` (paths relative to ``root``); see the module docstring.
+    ``half`` as the server's ``engine.half_precision``."""
     started = time.perf_counter()
     index = {label: i for i, label in enumerate(model.labels)}
     skipped: dict[str, int] = {}
@@ -151,7 +156,7 @@ def evaluate(
     pre = model.preprocessing
     window = pre.window_samples
     hop = max(1, round(hop_seconds * pre.sample_rate))
-    runner = InferenceRunner(model, torch.device(device), max_batch=batch_size)
+    runner = InferenceRunner(model, torch.device(device), half=half, max_batch=batch_size)
     true_clip: list[int] = []
     pred_clip: list[int] = []
     window_hits = 0
@@ -202,6 +207,7 @@ def evaluate(
         clip_predictions=predictions,
         unreadable=unreadable,
         per_source=accuracy_by([p.source for p in sources], [t == g for _, t, g in predictions]),
+        arithmetic=runner.precision,
     )
 
 
@@ -217,7 +223,7 @@ def accuracy_by(keys: Sequence[str], right: Sequence[bool]) -> dict[str, tuple[i
 def format_report(report: EvalReport) -> str:
     """A human-readable summary: headline figures, a per-genre table and the confusion matrix."""
     lines = [
-        f"model: {report.model}",
+        f"model: {report.model} ({report.arithmetic})",
         f"clips: {report.clips}, windows: {report.windows}",
         f"clip accuracy:   {report.clip_accuracy:.3f}",
         f"window accuracy: {report.window_accuracy:.3f}",

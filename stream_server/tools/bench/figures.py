@@ -314,6 +314,7 @@ class BenchReport:
 
     model: str
     device: str
+    precision: str
     sample_rate: int
     window_s: float
     hop_s: float
@@ -338,6 +339,7 @@ class BenchReport:
         out: dict[str, Any] = {
             "model": self.model,
             "device": self.device,
+            "precision": self.precision,
             "sample_rate": self.sample_rate,
             "window_s": self.window_s,
             "hop_s": self.hop_s,
@@ -372,7 +374,8 @@ class BenchReport:
 def format_report(report: dict[str, Any]) -> str:
     """:meth:`BenchReport.to_json` as lines for a person."""
     lines = [
-        f"model {report['model']} on {report['device']}, batches of {report['max_batch']}, "
+        f"model {report['model']} on {report['device']} ({report['precision']}), "
+        f"batches of {report['max_batch']}, "
         f"windows of {report['window_s']:g} s every {report['hop_s']:g} s; audio: "
         f"{report['audio']}",
         f"offline (the model alone, in the bench's process): "

@@ -18,6 +18,7 @@ from stream_server.core.windows import WindowJob
 from stream_server.inference.device import pick_device
 from stream_server.inference.facts import session_params
 from stream_server.inference.model import LoadedModel
+from stream_server.inference.musicnn import use_banded
 from stream_server.inference.runner import InferenceRunner
 from stream_server.tools.bench.audio import Pcm, looped
 from stream_server.tools.bench.figures import Throughput
@@ -105,6 +106,7 @@ def time_seed(model: LoadedModel, config: Config, windows: Windows, min_s: float
 def _time_seed(model: LoadedModel, config: Config, windows: Windows, min_s: float) -> Throughput:
     device = pick_device(config.engine.device)
     classifier = copy.deepcopy(model.classifier).to(device).float().eval()
+    use_banded(classifier, False)  # float32 convolutions, whatever a runner set before
 
     @torch.inference_mode()
     def step(i: int) -> int:

@@ -329,6 +329,7 @@ def _measure(
     report = BenchReport(
         model=str(ready["model"]),
         device=str(ready["device"]),
+        precision=str(ready["precision"]),
         sample_rate=geometry.sample_rate,
         window_s=float(ready["window_s"]),
         hop_s=float(ready["hop_s"]),
