@@ -17,7 +17,7 @@ from stream_server.config import Config, config_from_dict
 from stream_server.errors import ConfigError
 from stream_server.inference.model import LoadedModel
 from stream_server.serve.http_timeouts import header_timeout_protocol
-from stream_server.serve.server import RunningServer, running_server
+from stream_server.serve.server import KEEP_ALIVE_S, RunningServer, running_server
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
 
@@ -179,5 +179,31 @@ def test_kept_alive_and_websocket_clients_outlive_the_deadline(
             finally:
                 writer.close()
                 await subscriber.close()
+
+    run(scenario())
+
+
+def test_a_kept_alive_connection_outlives_an_http_clients_idle_expiry(
+    make_config: Callable[..., Config], tiny_model: LoadedModel
+) -> None:
+    """httpx keeps an idle connection 5 s (its default ``keepalive_expiry``) and then sends on
+    it: the server must still be listening there, or a request 5 s after the previous one races
+    the server's close and fails with a read error."""
+    client_expiry_s = httpx.Limits().keepalive_expiry
+    assert client_expiry_s is not None and client_expiry_s < KEEP_ALIVE_S
+
+    async def scenario() -> None:
+        async with running_server(make_config(), model=tiny_model) as server:
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            try:
+                for i in range(2):
+                    if i:
+                        await asyncio.sleep(client_expiry_s + 1.0)
+                    writer.write(request(server))
+                    await writer.drain()
+                    status, _ = await read_response(reader)
+                    assert status.startswith(b"HTTP/1.1 200 "), (i, status)
+            finally:
+                writer.close()
 
     run(scenario())

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 #: Room above ``server.max_frame_bytes`` before the protocol layer itself refuses a frame.
 _FRAME_HEADROOM_BYTES = 64 * 1024
 
+#: Seconds a kept-alive connection may idle between requests. Longer than the idle expiry of
+#: common clients' pools (httpx: 5 s), so that a client never sends a request on a connection
+#: the server is closing at that instant (at 5 s against 5 s, an httpx client now and then got a
+#: read error for a request sent 5 s after its previous one).
+KEEP_ALIVE_S = 15
+
 
 def uvicorn_config(service: Service, tokens: Tokens) -> uvicorn.Config:
     """uvicorn's settings for ``service``.
@@ -46,7 +52,7 @@ def uvicorn_config(service: Service, tokens: Tokens) -> uvicorn.Config:
     return uvicorn.Config(
         create_app(service, tokens),
         http=header_timeout_protocol(cfg.header_timeout_s),
-        timeout_keep_alive=5,  # seconds
+        timeout_keep_alive=KEEP_ALIVE_S,
         ws="websockets-sansio",
         ws_max_size=cfg.max_frame_bytes + _FRAME_HEADROOM_BYTES,
         ws_per_message_deflate=False,
