@@ -80,6 +80,7 @@ def test_rss_is_sampled_and_the_server_is_gone(stream_report: dict[str, Any]) ->
         assert 0 < rss[key] <= rss["max_mb"], key
     assert rss["growth_mb_per_hour"] is not None
     assert server["stopped_cleanly"] is True
+    assert server["workers"] == 1  # the config's server.workers
     assert server["log_errors"] == server["log_tracebacks"] == 0
     assert not Path(f"/proc/{server['pid']}").exists()
     assert stream_report["workers"] >= 1

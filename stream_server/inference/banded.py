@@ -36,7 +36,8 @@ from torch import Tensor
 
 __all__ = ["NARROW_GROUP", "ROWS", "BandedMax", "amx_available", "banded_matrix", "group_starts"]
 
-#: Output frames per matrix product: 256 x 59 x 204 bfloat16 products (6 MiB) at most.
+#: Rows per matrix product (output frames times their groups): at most 256 x 59 x 204
+#: bfloat16 products (6 MiB) before the maximum.
 ROWS: Final = 256
 
 #: Frequency positions per product for a kernel narrower than half the mels (the 38-band

@@ -307,7 +307,7 @@ async def ready(request: Request) -> Response:
             "model": model.source,
             "trained": model.trained,
             "device": service.device,
-            "half_precision": service.half,
+            "half_precision": service.precision == "float16",
             "precision": service.precision,
             "labels": list(service.display_labels),
             "sample_rate": model.preprocessing.sample_rate,

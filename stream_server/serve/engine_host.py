@@ -131,7 +131,6 @@ class EngineHost:
         self._hello = {
             "op": "hello",
             "device": str(runner.device),
-            "half": runner.half,
             "precision": runner.precision,
             "stream_state": runner.table is not None,
             "max_batch": engine.max_batch,

@@ -91,7 +91,6 @@ class Hello:
 
     def __init__(self, header: dict[str, Any]) -> None:
         self.device = str(header["device"])
-        self.half = bool(header["half"])
         self.precision = str(header["precision"])
         #: The model keeps state per stream (warm-up jobs are worth sending).
         self.stream_state = bool(header["stream_state"])

@@ -143,10 +143,9 @@ class Service:
         #: worker's is only its description (:class:`~stream_server.inference.facts.ModelInfo`).
         self.model: ModelFacts | None = model
         self.runner: InferenceRunner | None = None
-        #: Where the model runs (``"cpu"``, ``"cuda:0"``), whether in half precision and in
-        #: which (:attr:`~stream_server.inference.runner.InferenceRunner.precision`).
+        #: Where the model runs (``"cpu"``, ``"cuda:0"``) and in what
+        #: (:attr:`~stream_server.inference.runner.InferenceRunner.precision`).
         self.device = ""
-        self.half = False
         self.precision = "float32"
         #: The model keeps state per stream (a stream's audio is taken in before its first
         #: full window: warm-up jobs).
@@ -258,7 +257,6 @@ class Service:
         self.model = loaded
         self.runner = runner
         self.device = str(runner.device)
-        self.half = runner.half
         self.precision = runner.precision
         self.stream_state = runner.table is not None
         self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
@@ -274,8 +272,8 @@ class Service:
             from stream_server.inference.loading import load_configured_model
 
             self.model = await asyncio.to_thread(load_configured_model, self.config)
-        self.device, self.half, self.stream_state = hello.device, hello.half, hello.stream_state
-        self.precision = hello.precision
+        self.device, self.precision = hello.device, hello.precision
+        self.stream_state = hello.stream_state
         self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
         self.engine = link.make_engine(
             hello,

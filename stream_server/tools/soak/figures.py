@@ -165,6 +165,8 @@ class SoakResult:
     #: The first error lines of the server's log (a traceback by its last line).
     log_error_lines: list[str]
     errors: list[str]
+    #: The server's processes taking connections (``server.workers`` of the config it ran).
+    server_workers: int = 1
 
     # -- the accounting ---------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class SoakResult:
             "workers": self.workers,
             "server": {
                 "pid": self.server_pid,
-                "workers": self.options.server_workers or 1,
+                "workers": self.server_workers,
                 "exit_status": self.server_exit,
                 "stopped_cleanly": self.server_exit in CLEAN_EXITS,
                 "cpu_percent": _round(100.0 * self.server_cpu_s / wall),

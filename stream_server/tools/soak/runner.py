@@ -221,6 +221,7 @@ def run_soak(options: SoakOptions, *, log: TextIO | None = None) -> SoakResult:
             result = _drive(options, server, specs, warmup_s, say)
             result.model, result.device = str(ready["model"]), str(ready["device"])
             result.window_s, result.hop_s = window_s, hop_s
+            result.server_workers = config.server.workers
         finally:
             server_exit = server.stop()
         result.server_exit = server_exit
