@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from stream_server.inference.facts import ModelInfo
 from stream_server.inference.model import DEFAULT_MODEL_DIR
 from stream_server.media.decode import decode_mono
+from stream_server.serve.workers import RESTART_MIN_S
 from tests.helpers.audio import clips
 from tests.helpers.cli import start_server, stop_server, write_config
 from tests.helpers.constants import TIMEOUT_S
@@ -82,6 +83,15 @@ async def _health_by_worker(url: str, want: int) -> dict[int, dict[str, Any]]:
         if len(seen) == want:
             return seen
     raise AssertionError(f"only workers {sorted(seen)} answered /health")
+
+
+def _age_s(pid: int) -> float:
+    """Seconds since process ``pid`` started (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime", encoding="ascii") as f:
+        uptime_s = float(f.read().split()[0])
+    return uptime_s - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 #: The ``seq`` of each stream's ``stream.started``, by stream id.
@@ -326,14 +336,19 @@ def test_a_killed_worker_is_started_again_and_the_other_keeps_serving(
         conns = await _spread(url, 2, 2)
         health = await _health_by_worker(url, 2)
         victim = health[0]["pid"]
+        # a worker that stops younger than RESTART_MIN_S is not started again (a crash loop)
+        await asyncio.sleep(max(0.0, RESTART_MIN_S + 0.5 - _age_s(victim)))
         os.kill(victim, signal.SIGKILL)
-        # the streams of the killed worker are cut, the other's go on
+        # the streams of the killed worker are cut, the other's go on: a stream is alive when
+        # its server answers a ping sent after all of its audio (a killed process answers
+        # nothing; sends alone can succeed into a socket whose process is still being torn down)
         alive, cut = [], []
         for conn, stream_id in conns:
             try:
                 for i in range(0, round(6.0 * RATE) * 2, RATE // 5):
                     await conn.send(pcm["jazz"][i : i + RATE // 5])
                     await asyncio.sleep(0.01)
+                await asyncio.wait_for(await conn.ping(), TIMEOUT_S)
                 alive.append(stream_id)
             except ConnectionClosed:
                 cut.append(stream_id)
@@ -344,7 +359,13 @@ def test_a_killed_worker_is_started_again_and_the_other_keeps_serving(
             updated: set[str] = set()
             ended: dict[str, str] = {}
             while updated != set(alive) or set(ended) != set(cut):
-                message = json.loads(await asyncio.wait_for(sub.recv(), 3 * TIMEOUT_S))
+                try:
+                    received = await asyncio.wait_for(sub.recv(), 3 * TIMEOUT_S)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"alive {alive}, updated {sorted(updated)}; cut {cut}, ended {ended}"
+                    ) from None
+                message = json.loads(received)
                 if message["type"] == "genre.update":
                     updated.add(message["stream_id"])
                 elif message["type"] == "stream.ended":
@@ -361,6 +382,14 @@ def test_a_killed_worker_is_started_again_and_the_other_keeps_serving(
                 break
             await asyncio.sleep(0.1)
         assert restarted
+        # a resume on any worker, the restarted one included, replays the ends of the cut streams
+        for _ in range(6):  # fresh connections, spread over the workers by the kernel
+            async with connect(_ws(url) + f"/ws/updates?since={since}", compression=None) as sub:
+                missing = set(cut)
+                while missing:
+                    message = json.loads(await asyncio.wait_for(sub.recv(), TIMEOUT_S))
+                    if message["type"] == "stream.ended":
+                        missing.discard(message["stream_id"])
         async with httpx.AsyncClient(base_url=url) as http:  # the store ended the cut streams
             listed = {s["stream_id"]: s for s in (await http.get("/streams")).json()["streams"]}
         assert all(listed[stream_id]["ended_at"] is not None for stream_id in cut)

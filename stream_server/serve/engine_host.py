@@ -7,7 +7,9 @@ ingest workers over their links (:mod:`stream_server.serve.engine_link` is the o
   scores go back to the worker that sent the window, a window a newer one replaced is named to
   its worker, and the streams of a worker that died are dropped from the engine;
 - every published message is stamped here with the next server-wide ``seq`` and sent to every
-  worker (the publisher gets its stamped text back);
+  worker (the publisher gets its stamped text back); the last ``updates.history_size`` stamped
+  messages are kept here too, and a worker that connects (a restarted one) gets them first, so a
+  client resuming with ``since`` on it finds the same history as on any other worker;
 - a question for all workers is sent to every live worker and the answers, in worker order,
   go back to the asker once all are in (or after :data:`ASK_TIMEOUT_S`); the metrics get the
   engine's own (batch sizes and seconds: a batch mixes workers' windows, so it is counted here);
@@ -23,7 +25,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -116,6 +118,8 @@ class EngineHost:
         #: Live streams (from their messages): the worker holding each, the stream time of its
         #: last update and its updates so far, to end them if that worker dies.
         self._live: dict[str, _LiveEntry] = {}
+        #: The last stamped messages, ``(seq, stream_id, text)``: a new worker's hub history.
+        self._history: deque[tuple[int, str, bytes]] = deque(maxlen=config.updates.history_size)
 
     # -- the engine -------------------------------------------------------------------------
 
@@ -163,6 +167,8 @@ class EngineHost:
         """Serve worker ``index``'s link until it closes."""
         worker = _Worker(index, reader, writer)
         self.workers[index] = worker
+        for seq, stream_id, stamped in self._history:  # before the hello the worker waits for
+            worker.send({"op": "message", "seq": seq, "stream_id": stream_id}, stamped)
         if self._hello is not None:
             worker.send(self._hello)
         try:
@@ -386,6 +392,7 @@ class EngineHost:
             entry.windows += 1
         self.seq += 1
         stamped = stamp_seq(text, self.seq).encode()
+        self._history.append((self.seq, stream_id, stamped))
         header = {"op": "message", "seq": self.seq, "stream_id": stream_id}
         for worker in list(self.workers.values()):
             if worker is origin and request is not None:
