@@ -13,7 +13,8 @@ bash tools/install.sh --all-extras --group dev
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/pytest --cov=ring_buffer --cov=stream_server --cov-branch --cov-report=term "$@"
+# --durations: the slowest tests, to keep the whole run well inside CI's 30 minutes.
+.venv/bin/pytest --cov=ring_buffer --cov=stream_server --cov-branch --cov-report=term --durations=25 "$@"
 # The ring buffer is a pure core: every branch of it is tested.
 .venv/bin/coverage report --include='ring_buffer/*' --fail-under=100 >/dev/null
 echo "ring_buffer branch coverage: 100%"
