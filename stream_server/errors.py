@@ -23,6 +23,7 @@ class is defined here::
     ├── ClientError            the command-line client could not talk to a server
     │   └── AccessRefused      ... because it wants a token (401) or more scopes (403)
     ├── SoakError              a soak was asked for outside its bounds or could not start
+    ├── ClusterError           a cluster (NATS servers, nodes, workers) could not be made or run
     └── _Stopped               private to the puller (:mod:`stream_server.sources.puller`): it
                                was stopped while reading (control flow; it never leaves it)
 
@@ -96,7 +97,8 @@ class ModelLoadError(GenrecastError):
 
 
 class MissingExtraError(GenrecastError):
-    """A feature needs an optional extra (``webrtc``, ``dashboard``, ``train``) not installed.
+    """A feature needs an optional extra (``webrtc``, ``dashboard``, ``train``, ``cluster``)
+    that is not installed.
 
     The message names the feature, the extra and the command that installs it.
     """
@@ -183,10 +185,16 @@ class SoakError(GenrecastError):
     """A soak was asked for outside its bounds, or could not start its server."""
 
 
+class ClusterError(GenrecastError):
+    """A genrecast cluster could not be set up or run: a NATS server that would not start or
+    join, a cluster asked for with bad sizes or without credentials off loopback."""
+
+
 __all__ = [
     "AccessRefused",
     "AudioFormatError",
     "ClientError",
+    "ClusterError",
     "ConfigError",
     "DatasetError",
     "DecodeError",

@@ -63,6 +63,7 @@ EXTRAS: Final = {
             "matplotlib",
             "training and evaluation (genrecast train, genrecast evaluate)",
         ),
+        Extra("cluster", "nats", "nats-py", "a cluster on NATS (genrecast cluster, --cluster)"),
     )
 }
 

@@ -28,7 +28,7 @@ from tests.helpers.cli import free_port, genrecast, start_server, stop_server, w
 
 NEEDED = ("python", "config", "lock", "torch", "torchaudio", "pyav", "codecs", "cuda", "model")
 NEEDED += ("port", "database")
-EXTRAS = ("extra webrtc", "extra dashboard", "extra train")
+EXTRAS = ("extra webrtc", "extra dashboard", "extra train", "extra cluster")
 
 
 def doctor_json(*args: str, **kwargs: Any) -> tuple[int, dict[str, dict[str, str]]]:
@@ -156,9 +156,10 @@ def test_on_a_cpu_it_says_what_the_model_computes_in(config: Path, tmp_path: Pat
 
 
 def test_missing_extras_are_warnings_with_the_install_command(config: Path) -> None:
-    code, checks = doctor_json("--config", str(config), without="aiortc,streamlit,matplotlib")
+    hidden = "aiortc,streamlit,matplotlib,nats"
+    code, checks = doctor_json("--config", str(config), without=hidden)
     assert code == 0
-    for name in ("webrtc", "dashboard", "train"):
+    for name in ("webrtc", "dashboard", "train", "cluster"):
         check = checks[f"extra {name}"]
         assert check["status"] == "warn"
         assert check["detail"].startswith("not installed")

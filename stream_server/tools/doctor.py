@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 
 from stream_server import version
 from stream_server.config import Config
+from stream_server.errors import MissingExtraError
 from stream_server.extras import EXTRAS
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -475,6 +476,18 @@ def check_extra(name: str) -> Check:
                 f"{extra.distribution} {version} does not load: {_first_line(exc)}",
                 REINSTALL,
             )
+    if name == "cluster":  # the client alone is not enough: the servers are a binary
+        from stream_server.cluster.nats_server import find_nats_server
+
+        try:
+            binary = find_nats_server()
+        except MissingExtraError:
+            detail = (
+                f"{extra.distribution} {version}, but no nats-server binary: {extra.enables} is off"
+            )
+            return Check(f"extra {name}", "warn", detail, extra.install_hint)
+        detail = f"{extra.distribution} {version}, {binary}: {extra.enables}"
+        return Check(f"extra {name}", "ok", detail)
     return Check(f"extra {name}", "ok", f"{extra.distribution} {version}: {extra.enables}")
 
 
