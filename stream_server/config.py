@@ -67,6 +67,11 @@ def _workers(v: Any) -> str | None:
     return None if 1 <= v <= MAX_WORKERS else f"must be 1..{MAX_WORKERS}"
 
 
+def _nats_urls(v: Any) -> str | None:
+    bad = [url for url in v if not url.startswith(("nats://", "tls://"))]
+    return f"expected nats://host:port addresses, not {bad[0]!r}" if bad else None
+
+
 def _port(v: Any) -> str | None:
     return None if 0 <= v <= 65535 else "must be a TCP port in 0..65535"
 
@@ -327,6 +332,22 @@ class UpdatesConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """A genrecast cluster on NATS (``genrecast worker``; off while ``urls`` is empty).
+
+    ``urls``: the NATS servers (``nats://host:port``; any one reachable is enough, the client
+    learns the rest); ``user`` and the password in the environment variable ``password_env``
+    when the servers want them; ``request_timeout_s``: how long a node waits for a window's
+    scores before it counts the window as skipped (a worker that died with it).
+    """
+
+    urls: list[str] = field(default_factory=list, metadata={CHECK: _nats_urls})
+    user: str = ""
+    password_env: str = "GENRECAST_NATS_PASSWORD"
+    request_timeout_s: float = field(default=1.0, metadata={CHECK: _positive})
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     """Where timelines are kept (SQLite, WAL mode), and for how long.
 
@@ -429,6 +450,7 @@ class Config:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
@@ -447,17 +469,26 @@ class Config:
         device: str | None = None,
         insecure: bool | None = None,
         workers: int | None = None,
+        cluster: str | None = None,
     ) -> Config:
         """A copy with the command line's ``--host``, ``--port``, ``--model``, ``--device``,
-        ``--insecure`` and ``--workers`` (``None``: the config's own value) as ``server.host``,
-        ``server.port``, ``model.path``, ``engine.device``, ``server.insecure`` and
-        ``server.workers``.
+        ``--insecure``, ``--workers`` and ``--cluster`` (``None``: the config's own value) as
+        ``server.host``, ``server.port``, ``model.path``, ``engine.device``,
+        ``server.insecure``, ``server.workers`` and ``cluster.urls`` (comma-separated).
 
         Raises:
             ConfigError: ``--workers`` out of range (named as ``server.workers``), or more
-                than one with an in-memory database.
+                than one with an in-memory database; ``--cluster`` not NATS addresses (named as
+                ``cluster.urls``).
         """
         server, model_table, engine = self.server, self.model, self.engine
+        cluster_table = self.cluster
+        if cluster is not None:
+            urls = [url.strip() for url in cluster.split(",") if url.strip()]
+            problem = _nats_urls(urls) or (None if urls else "expected nats://host:port addresses")
+            if problem is not None:
+                raise ConfigError("cluster.urls", f"{problem}, got {cluster!r}")
+            cluster_table = dataclasses.replace(cluster_table, urls=urls)
         if workers is not None:
             problem = _workers(workers)
             if problem is not None:
@@ -473,7 +504,9 @@ class Config:
             model_table = dataclasses.replace(model_table, path=model)
         if device is not None:
             engine = dataclasses.replace(engine, device=device)
-        return _checked_together(self.replace(server=server, model=model_table, engine=engine))
+        return _checked_together(
+            self.replace(server=server, model=model_table, engine=engine, cluster=cluster_table)
+        )
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -583,6 +616,7 @@ __all__ = [
     "OFFLINE_DECODINGS",
     "PROJECT_CONFIG",
     "AuthConfig",
+    "ClusterConfig",
     "Config",
     "CoreParams",
     "EngineConfig",

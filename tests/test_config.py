@@ -449,6 +449,8 @@ CHECKED_KEYS = frozenset(
         "upload.max_concurrent",
         "auth.origins",
         "auth.ticket_s",
+        "cluster.urls",
+        "cluster.request_timeout_s",
     }
 )
 
@@ -466,6 +468,7 @@ OUT_OF_RANGE: dict[str, Any] = {
     "_log_level": "verbose",
     "_host_list": ["radio.lan/stream"],
     "_origin_list": ["radio.lan"],
+    "_nats_urls": ["http://nats.lan:4222"],
 }
 
 
@@ -546,3 +549,11 @@ def test_the_workers_flag_is_checked_as_the_key_it_overrides() -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict({"server": {"workers": 2}, "storage": {"database": ":memory:"}})
     assert info.value.key == "storage.database"
+
+
+def test_cluster_overrides_name_the_key() -> None:
+    config = Config().overridden(cluster=" nats://a:4222, nats://b:4222 ")
+    assert config.cluster.urls == ["nats://a:4222", "nats://b:4222"]
+    for bad in ("http://a:4222", " , "):
+        with pytest.raises(ConfigError, match=r"cluster\.urls.*nats://host:port"):
+            Config().overridden(cluster=bad)

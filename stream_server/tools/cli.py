@@ -34,6 +34,7 @@ def load_config_of(args: argparse.Namespace) -> Config:
         device=getattr(args, "device", None),
         insecure=getattr(args, "insecure", None) or None,
         workers=getattr(args, "server_workers", None),
+        cluster=getattr(args, "cluster", None),
     )
 
 
@@ -53,6 +54,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve_workers(config, model)
     else:
         serve(config, model=model)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream_server.extras import require
+
+    require("cluster")
+    from stream_server.cluster.inference_worker import run_inference_worker
+    from stream_server.inference.heap import cap_kernel_cache
+
+    config = load_config_of(args)
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
+    cap_kernel_cache(config.engine.kernel_cache)
+    run_inference_worker(config)
     return 0
 
 
@@ -447,6 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
         "streams, and this one runs the model for all of them",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "worker", help="an inference worker of a cluster: scores the nodes' windows (NATS)"
+    )
+    p.add_argument("--config", type=Path, help="config.toml (default: the project's)")
+    p.add_argument(
+        "--cluster",
+        metavar="URLS",
+        help="the NATS servers, comma-separated nats://host:port (config: cluster.urls)",
+    )
+    p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
         "push",

@@ -1,0 +1,221 @@
+"""``genrecast worker --cluster URLS``: an inference worker, the one owner of its device.
+
+It loads the configured model behind a local :class:`~stream_server.inference.engine.Engine`
+(the same batching, "latest wins" per stream and stream table as ``genrecast serve``), joins
+the queue group :data:`~stream_server.cluster.protocol.WORKERS` on
+:data:`~stream_server.cluster.protocol.WINDOWS` and answers each window request with its scores
+(:mod:`stream_server.cluster.protocol`), so one batch mixes the windows of every node that sent
+some. SIGINT/SIGTERM: it leaves the queue group and exits (a window it still held is counted
+as skipped by its node after ``cluster.request_timeout_s``, as one a killed worker held).
+
+NATS callbacks run on the event loop; the engine thread hands its results over with
+``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stream_server.cluster.protocol import (
+    ONESHOT,
+    RELEASE,
+    WINDOWS,
+    WORKERS,
+    job_from_message,
+    scores_reply,
+)
+from stream_server.config import Config
+from stream_server.core.windows import WindowEngine, WindowJob, WindowResult
+from stream_server.errors import ClusterError
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InferenceWorker", "connect", "run_inference_worker"]
+
+
+async def connect(config: Config, name: str) -> Client:
+    """A NATS client on ``cluster.urls`` that reconnects for ever (credentials from
+    ``cluster.user`` and the ``cluster.password_env`` variable).
+
+    Raises:
+        ClusterError: no server could be reached, or the servers refused the credentials.
+    """
+    import nats
+    from nats.errors import Error as NatsError
+
+    cfg = config.cluster
+    if not cfg.urls:
+        raise ClusterError("cluster.urls is empty: name a NATS server (or pass --cluster)")
+    password = os.environ.get(cfg.password_env) if cfg.user else None
+    if cfg.user and not password:
+        raise ClusterError(f"cluster.user is set but ${cfg.password_env} is empty")
+
+    async def report(exc: Exception) -> None:
+        log.warning("NATS: %s", exc)
+
+    try:
+        return await nats.connect(
+            servers=list(cfg.urls),
+            name=name,
+            user=cfg.user or None,
+            password=password,
+            connect_timeout=5,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=report,
+        )
+    except (OSError, NatsError) as exc:
+        raise ClusterError(f"cannot reach NATS at {', '.join(cfg.urls)}: {exc}") from None
+
+
+class InferenceWorker:
+    """Answers window requests with ``engine`` (started, results through
+    :meth:`results_threadsafe` and :meth:`failed_threadsafe`)."""
+
+    def __init__(self, nc: Client, loop: asyncio.AbstractEventLoop) -> None:
+        self.nc = nc
+        self.engine: WindowEngine | None = None
+        self._loop = loop
+        #: Reply subjects of the windows the engine holds.
+        self._replies: dict[WindowJob, str] = {}
+        self.answered = 0
+
+    async def serve(self, engine: WindowEngine) -> None:
+        """Join the queue group with ``engine``."""
+        self.engine = engine
+        await self.nc.subscribe(WINDOWS, queue=WORKERS, cb=self._on_window)
+        await self.nc.subscribe(RELEASE, cb=self._on_release)
+        await self.nc.flush()
+
+    async def _on_window(self, msg: Msg) -> None:
+        assert self.engine is not None
+        if msg.headers and ONESHOT in msg.headers:
+            self._spawn(self._oneshot(msg))
+            return
+        try:
+            job = job_from_message(msg.headers, msg.data)
+        except ValueError as exc:
+            if msg.reply:
+                await self.nc.publish(msg.reply, headers={"status": "failed", "reason": str(exc)})
+            return
+        if not job.warm and msg.reply:
+            self._replies[job] = msg.reply
+        replaced = self.engine.submit(job)
+        if replaced is not None:
+            reply = self._replies.pop(replaced, None)
+            if reply is not None:
+                await self.nc.publish(reply, headers={"status": "replaced"})
+
+    async def _oneshot(self, msg: Msg) -> None:
+        assert self.engine is not None and msg.headers is not None
+        try:
+            n, samples = int(msg.headers[ONESHOT]), int(msg.headers["samples"])
+            windows = np.frombuffer(msg.data, dtype="<f4").reshape(n, samples).astype(np.float32)
+            scores = await asyncio.wrap_future(self.engine.run_windows(windows))
+        except Exception as exc:  # a bad request or a failed run: the node hears why
+            if msg.reply:
+                await self.nc.publish(msg.reply, headers={"status": "failed", "reason": str(exc)})
+            return
+        parts = (scores.probs, scores.level_dbfs, scores.speech)
+        payload = b"".join(np.ascontiguousarray(p, dtype="<f4").tobytes() for p in parts)
+        if msg.reply:
+            await self.nc.publish(msg.reply, payload, headers={"status": "ok"})
+
+    async def _on_release(self, msg: Msg) -> None:
+        stream_id = (msg.headers or {}).get("stream_id")
+        if stream_id and self.engine is not None:
+            dropped = self.engine.cancel(stream_id)
+            if dropped is not None and (reply := self._replies.pop(dropped, None)) is not None:
+                await self.nc.publish(reply, headers={"status": "replaced"})
+            self.engine.release(stream_id)
+
+    def results_threadsafe(self, results: Sequence[WindowResult]) -> None:
+        self._loop.call_soon_threadsafe(self._spawn, self._results(results))
+
+    def failed_threadsafe(self, jobs: Sequence[WindowJob], exc: BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._spawn, self._failed(jobs, str(exc)))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(_log_failure)
+
+    async def _results(self, results: Sequence[WindowResult]) -> None:
+        for result in results:
+            reply = self._replies.pop(result.job, None)
+            if reply is not None:
+                payload = scores_reply(result.probs, result.level_dbfs, result.speech_prob)
+                headers = {
+                    "status": "ok",
+                    "batch": str(result.batch_size),
+                    "seconds": f"{result.batch_seconds:.6f}",
+                }
+                await self.nc.publish(reply, payload, headers=headers)
+                self.answered += 1
+
+    async def _failed(self, jobs: Sequence[WindowJob], reason: str) -> None:
+        for job in jobs:
+            reply = self._replies.pop(job, None)
+            if reply is not None:
+                await self.nc.publish(reply, headers={"status": "failed", "reason": reason})
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a reply could not be sent: %s", task.exception())
+
+
+def _where(nc: Client) -> str:
+    url = nc.connected_url
+    return "?" if url is None else f"nats://{url.netloc}"
+
+
+def run_inference_worker(config: Config) -> None:
+    """The worker's main: load, serve until SIGINT/SIGTERM, stop (blocking)."""
+    asyncio.run(_main(config))
+
+
+async def _main(config: Config) -> None:
+    from stream_server.inference.loading import load_configured_model, start_engine
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await connect(config, "genrecast-worker")
+    worker = InferenceWorker(nc, loop)
+    try:
+        model = await asyncio.to_thread(load_configured_model, config)
+        engine = await asyncio.to_thread(
+            start_engine,
+            config,
+            model,
+            on_results=worker.results_threadsafe,
+            on_error=worker.failed_threadsafe,
+        )
+        try:
+            await worker.serve(engine)
+            runner = engine.runner
+            print(
+                f"genrecast worker ready: {model.source} on {runner.device} ({runner.precision}), "
+                f"serving {WINDOWS} in queue group {WORKERS} via {_where(nc)}",
+                flush=True,
+            )
+            await stop.wait()
+            await nc.drain()  # leave the group; what was received is handed to the engine
+        finally:
+            await asyncio.to_thread(engine.stop)
+    finally:
+        if not nc.is_closed:
+            await nc.close()

@@ -1,0 +1,225 @@
+"""Inference workers of a cluster (``genrecast worker --cluster``) as real processes on a real
+``nats-server``, driven by a node's engine (:class:`~stream_server.cluster.engine.ClusterEngine`):
+windows scored as the one-process engine scores them, spread over the workers, and a ``kill -9``
+of one worker mid-stream costs each stream at most one window."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream_server.cluster.engine import ClusterEngine
+from stream_server.config import load_config
+from stream_server.core.windows import WindowJob, WindowResult
+from stream_server.inference.facts import session_params
+from stream_server.inference.model import DEFAULT_MODEL_DIR
+from stream_server.media.decode import decode_mono
+from tests.helpers.audio import clips
+from tests.helpers.cli import GENRECAST, write_config
+from tests.helpers.constants import TIMEOUT_S
+from tests.helpers.live import run
+from tests.helpers.nats import nats_cluster
+
+#: Tolerance between scores, float32 on both sides: a worker's stream table against this
+#: process's whole-window pass, batches of other make-ups (they round the last bits apart).
+ATOL = 5e-4
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_config(tmp_path_factory.mktemp("cluster") / "c.toml", DEFAULT_MODEL_DIR)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("[engine]\n", "[engine]\nhalf_precision = false\n"), "utf-8")
+    return path
+
+
+def _start_worker(config: Path, url: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [*GENRECAST, "worker", "--config", str(config), "--cluster", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("genrecast worker ready"):
+            return proc
+    raise AssertionError(f"worker exited with {proc.wait()} before it was ready")
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, config_path: Path
+) -> Iterator[tuple[str, list[subprocess.Popen[str]]]]:
+    with nats_cluster(tmp_path_factory.mktemp("nats"), 1) as (server,):
+        workers = [_start_worker(config_path, server.spec.url) for _ in range(2)]
+        try:
+            yield server.spec.url, workers
+        finally:
+            for proc in workers:
+                proc.send_signal(signal.SIGTERM)
+            for proc in workers:
+                try:
+                    proc.wait(TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                assert proc.stdout is not None
+                proc.stdout.close()
+
+
+class _Node:
+    """A node's engine on the test's loop, recording what comes back."""
+
+    def __init__(self, nc: Any, labels: int, timeout_s: float) -> None:
+        self.results: dict[str, list[WindowResult]] = defaultdict(list)
+        self.lost: dict[str, list[WindowJob]] = defaultdict(list)
+        self.errors: list[str] = []
+        self.engine = ClusterEngine(
+            nc,
+            labels=labels,
+            max_batch=16,
+            timeout_s=timeout_s,
+            on_results=lambda rs: [self.results[r.job.stream_id].append(r) for r in rs],
+            on_error=lambda jobs, exc: self.errors.append(str(exc)),
+            on_replaced=lambda job: self.lost[job.stream_id].append(job),
+        )
+
+    def submit(self, job: WindowJob) -> None:
+        """As a session submits: a window it replaces at once is skipped too."""
+        replaced = self.engine.submit(job)
+        if replaced is not None:
+            self.lost[replaced.stream_id].append(replaced)
+
+
+@pytest.fixture(scope="module")
+def local(config_path: Path) -> Any:
+    """The configured model and a runner of it in this process: the reference."""
+    from stream_server.inference.loading import configured_runner, load_configured_model
+
+    config = load_config(config_path)
+    model = load_configured_model(config)
+    return config, model, configured_runner(config, model)
+
+
+def _jobs(audio: np.ndarray, stream_id: str, window: int, hop: int) -> list[WindowJob]:
+    """The stream's windows one hop apart, as its session makes them."""
+    return [
+        WindowJob(stream_id, audio[end - window : end], end, time.monotonic(), since=0)
+        for end in range(window, len(audio) + 1, hop)
+    ]
+
+
+def _streams(local: Any, seconds: float) -> dict[str, list[WindowJob]]:
+    config, model, _ = local
+    params = session_params(config, model)
+    rate, window, hop = params.model_rate, params.window_samples, params.hop_samples
+    out = {}
+    for genre in ("rock", "jazz", "classical"):
+        audio = decode_mono(str(clips(genre, 1)[0]), rate)[: round(seconds * rate)]
+        out[genre] = _jobs(np.asarray(audio, dtype=np.float32), genre, window, hop)
+    return out
+
+
+async def _connect(url: str) -> Any:
+    import nats
+
+    return await nats.connect(servers=[url], connect_timeout=TIMEOUT_S)
+
+
+def test_every_window_is_scored_once_in_order_and_as_the_model_scores_it(
+    cluster: tuple[str, list[subprocess.Popen[str]]], local: Any
+) -> None:
+    url, _ = cluster
+    _, model, runner = local
+    streams = _streams(local, 12.0)
+
+    async def scenario() -> _Node:
+        nc = await _connect(url)
+        node = _Node(nc, len(model.labels), timeout_s=TIMEOUT_S)
+        for step in range(max(len(jobs) for jobs in streams.values())):
+            for jobs in streams.values():  # every stream's next window at once
+                if step < len(jobs):
+                    node.submit(jobs[step])
+            while node.engine.in_flight:  # noqa: ASYNC110 - one window per stream at a time
+                await asyncio.sleep(0.005)
+        shot = np.stack([job.window for job in streams["jazz"][:3]])
+        oneshot = await asyncio.wrap_future(node.engine.run_windows(shot))
+        node.results["oneshot"] = [
+            WindowResult(job, oneshot.probs[i], 0, 0.0) for i, job in enumerate(streams["jazz"][:3])
+        ]
+        await nc.close()
+        return node
+
+    node = run(scenario())
+    assert not node.errors and not node.lost
+    for name, jobs in streams.items():  # every window scored once, in order
+        assert [r.job.end_sample for r in node.results[name]] == [job.end_sample for job in jobs]
+    # A stream's first window starts afresh on whichever worker: it scores as the whole window
+    # does here. (Later windows carry the stream table's context from before the window, which
+    # depends on the windows that worker saw of the stream.)
+    firsts = [jobs[0] for jobs in streams.values()]
+    want_first = runner.score(np.stack([job.window for job in firsts])).probs
+    got_first = np.stack([node.results[job.stream_id][0].probs for job in firsts])
+    np.testing.assert_allclose(got_first, want_first, atol=ATOL)
+    want = runner.score(np.stack([job.window for job in streams["jazz"][:3]])).probs
+    np.testing.assert_allclose(
+        np.stack([r.probs for r in node.results["oneshot"]]), want, atol=ATOL
+    )
+
+
+def test_a_killed_worker_costs_each_stream_at_most_one_window(
+    cluster: tuple[str, list[subprocess.Popen[str]]], local: Any
+) -> None:
+    url, workers = cluster
+    _, model, _ = local
+    streams = _streams(local, 20.0)
+    timeout_s = 1.0
+
+    async def scenario() -> tuple[_Node, float, dict[str, float]]:
+        nc = await _connect(url)
+        node = _Node(nc, len(model.labels), timeout_s=timeout_s)
+        killed_at = 0.0
+        first_after: dict[str, float] = {}
+        steps = max(len(jobs) for jobs in streams.values())
+        for step in range(steps):
+            if step == steps // 3:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+            for jobs in streams.values():
+                if step < len(jobs):
+                    node.submit(jobs[step])
+            await asyncio.sleep(0.1)  # faster than real time: a hop every 0.1 s
+            for name, results in node.results.items():
+                mark = streams[name][steps // 3].end_sample  # the first window after the kill
+                if killed_at and name not in first_after and results[-1].job.end_sample >= mark:
+                    first_after[name] = time.monotonic() - killed_at
+        for _ in range(100):  # the last windows come back
+            if not node.engine.in_flight:
+                break
+            await asyncio.sleep(0.05)
+        await nc.close()
+        return node, killed_at, first_after
+
+    node, _, first_after = run(scenario())
+    workers[0].wait()
+    assert not node.errors
+    # at most one window per stream lost with the killed worker (the others a stream skipped
+    # were replaced by its newer ones, as on one machine)
+    assert 1 <= node.engine.timed_out <= len(streams)
+    for name, jobs in streams.items():
+        done = {r.job.end_sample for r in node.results[name]}
+        lost = {job.end_sample for job in node.lost[name]}
+        assert jobs[-1].end_sample in done, name  # it went on to its end
+        assert done | lost == {job.end_sample for job in jobs} and not done & lost, name
+        assert first_after[name] <= timeout_s + 1.0, first_after  # updating again soon
