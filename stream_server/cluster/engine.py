@@ -1,13 +1,16 @@
 """A node's engine in a cluster: the inference workers behind NATS, as the
 :class:`~stream_server.core.windows.WindowEngine` protocol.
 
-Each due window is a request to the workers' queue group (:mod:`stream_server.cluster.protocol`).
-"Latest wins" holds here already: a stream has at most one window in flight and one waiting;
-a newer window replaces the waiting one (reported through ``on_replaced``, as skipped). A
-window whose scores do not come back within ``cluster.request_timeout_s`` (its worker died, or
-no worker is there) is reported the same way, so a stream loses that one window and goes on
-with the next, which NATS hands to a live worker. Warm-up jobs go without a reply subject.
-One-shot runs (uploads) go as one request of float32 windows.
+Each due window is a request to the stream's worker (:mod:`stream_server.cluster.protocol`:
+rendezvous hashing over the workers heard of, so a stream keeps its worker and that worker's
+state; the queue group while none is known). "Latest wins" holds here already: a stream has at
+most one window in flight and one waiting; a newer window replaces the waiting one (reported
+through ``on_replaced``, as skipped). A worker NATS says is not there (no responders) is
+forgotten and the window goes to the next one at once; a window whose scores do not come back
+within ``cluster.request_timeout_s`` (its worker died with it) is reported as replaced, so a
+stream loses that one window, and its worker is forgotten until it is heard again. Warm-up jobs
+go without a reply subject. One-shot runs (uploads) go as one request of float32 windows to the
+queue group.
 
 Everything runs on the node's event loop; results, failures and replaced windows are reported
 on it too.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -25,9 +29,15 @@ import numpy as np
 
 from stream_server.cluster.protocol import (
     ONESHOT,
+    PRESENCE,
+    PRESENCE_S,
     RELEASE,
+    WHO,
     WINDOWS,
+    WORKER_TTL_S,
+    direct_subject,
     job_message,
+    pick_worker,
     scores_from_reply,
 )
 from stream_server.core.windows import (
@@ -77,6 +87,47 @@ class ClusterEngine:
         self._stopped = False
         #: Windows whose scores did not come back in time.
         self.timed_out = 0
+        #: Workers heard of: ``time.monotonic()`` of the last word from each.
+        self._workers: dict[str, float] = {}
+        self._presence: Any = None
+
+    async def open(self, wait_s: float = PRESENCE_S) -> None:
+        """Listen to the workers' presence, ask who is there, and wait up to ``wait_s`` for a
+        first answer."""
+        self._presence = await self.nc.subscribe(PRESENCE, cb=self._on_presence)
+        await self.nc.publish(WHO)
+        deadline = time.monotonic() + wait_s
+        while not self._workers and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        self.stop()
+        if self._presence is not None:
+            await self._presence.unsubscribe()
+            self._presence = None
+
+    async def _on_presence(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        worker = headers.get("worker")
+        if not worker:
+            return
+        if headers.get("leaving") == "1":
+            self._workers.pop(worker, None)
+        else:
+            self._workers[worker] = time.monotonic()
+
+    @property
+    def workers(self) -> list[str]:
+        """The workers heard of within :data:`WORKER_TTL_S`."""
+        now = time.monotonic()
+        for worker in [w for w, seen in self._workers.items() if now - seen > WORKER_TTL_S]:
+            del self._workers[worker]
+        return sorted(self._workers)
+
+    def _subject(self, stream_id: str) -> tuple[str, str | None]:
+        """Where a stream's windows go now, and the worker it names (``None``: any)."""
+        worker = pick_worker(stream_id, self.workers)
+        return (WINDOWS, None) if worker is None else (direct_subject(worker), worker)
 
     @property
     def in_flight(self) -> int:
@@ -143,17 +194,36 @@ class ClusterEngine:
 
     async def _send_warm(self, job: WindowJob) -> None:
         headers, payload = job_message(job)
-        await self.nc.publish(WINDOWS, payload, headers=headers)
+        subject, _ = self._subject(job.stream_id)
+        await self.nc.publish(subject, payload, headers=headers)
+
+    async def _ask_workers(self, job: WindowJob) -> Msg:
+        """The reply to ``job`` from its stream's worker, the next one when NATS says a worker
+        is not there (each forgotten), the queue group when none is left."""
+        from nats.errors import NoRespondersError
+
+        headers, payload = job_message(job)
+        while True:
+            subject, worker = self._subject(job.stream_id)
+            try:
+                reply: Msg = await self.nc.request(
+                    subject, payload, timeout=self._timeout_s, headers=headers
+                )
+                return reply
+            except NoRespondersError:
+                if worker is None:
+                    raise
+                self._workers.pop(worker, None)
+            except TimeoutError:
+                if worker is not None:  # heard again at its next presence if it lives
+                    self._workers.pop(worker, None)
+                raise
 
     async def _request(self, job: WindowJob) -> None:
         from nats.errors import Error as NatsError
 
-        headers, payload = job_message(job)
         try:
-            reply = await self.nc.request(
-                WINDOWS, payload, timeout=self._timeout_s, headers=headers
-            )
-            self._answered(job, reply)
+            self._answered(job, await self._ask_workers(job))
         except (TimeoutError, NatsError) as exc:  # no worker, or it died with the window
             self.timed_out += 1
             log.warning("window of stream %s lost: %s", job.stream_id, exc or "timeout")

@@ -5,8 +5,11 @@ It loads the configured model behind a local :class:`~stream_server.inference.en
 the queue group :data:`~stream_server.cluster.protocol.WORKERS` on
 :data:`~stream_server.cluster.protocol.WINDOWS` and answers each window request with its scores
 (:mod:`stream_server.cluster.protocol`), so one batch mixes the windows of every node that sent
-some. SIGINT/SIGTERM: it leaves the queue group and exits (a window it still held is counted
-as skipped by its node after ``cluster.request_timeout_s``, as one a killed worker held).
+some. It also takes windows on its own subject (the streams the nodes route to it) and says it
+is there every :data:`~stream_server.cluster.protocol.PRESENCE_S` seconds. SIGINT/SIGTERM: it
+says it leaves (the nodes move its streams at once), leaves the queue group and exits (a window
+it still held is counted as skipped by its node after ``cluster.request_timeout_s``, as one a
+killed worker held).
 
 NATS callbacks run on the event loop; the engine thread hands its results over with
 ``loop.call_soon_threadsafe``.
@@ -18,6 +21,7 @@ import asyncio
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +29,13 @@ import numpy as np
 
 from stream_server.cluster.protocol import (
     ONESHOT,
+    PRESENCE,
+    PRESENCE_S,
     RELEASE,
+    WHO,
     WINDOWS,
     WORKERS,
+    direct_subject,
     job_from_message,
     scores_reply,
 )
@@ -86,8 +94,11 @@ class InferenceWorker:
 
     def __init__(self, nc: Client, loop: asyncio.AbstractEventLoop) -> None:
         self.nc = nc
+        #: This worker's name among the workers (its direct subject's last token).
+        self.id = uuid.uuid4().hex[:12]
         self.engine: WindowEngine | None = None
         self._loop = loop
+        self._presence: asyncio.Task[None] | None = None
         #: Reply subjects of the windows the engine holds.
         self._replies: dict[WindowJob, str] = {}
         self.answered = 0
@@ -96,8 +107,27 @@ class InferenceWorker:
         """Join the queue group with ``engine``."""
         self.engine = engine
         await self.nc.subscribe(WINDOWS, queue=WORKERS, cb=self._on_window)
+        await self.nc.subscribe(direct_subject(self.id), cb=self._on_window)
         await self.nc.subscribe(RELEASE, cb=self._on_release)
+        await self.nc.subscribe(WHO, cb=self._on_who)
         await self.nc.flush()
+        self._presence = asyncio.create_task(self._say_present())
+
+    async def leave(self) -> None:
+        """Stop saying it is there, and tell the nodes it goes (they move its streams now)."""
+        if self._presence is not None:
+            self._presence.cancel()
+            await asyncio.gather(self._presence, return_exceptions=True)
+        await self.nc.publish(PRESENCE, headers={"worker": self.id, "leaving": "1"})
+        await self.nc.flush()
+
+    async def _say_present(self) -> None:
+        while True:
+            await self.nc.publish(PRESENCE, headers={"worker": self.id})
+            await asyncio.sleep(PRESENCE_S)
+
+    async def _on_who(self, msg: Msg) -> None:
+        await self.nc.publish(PRESENCE, headers={"worker": self.id})
 
     async def _on_window(self, msg: Msg) -> None:
         assert self.engine is not None
@@ -208,11 +238,13 @@ async def _main(config: Config) -> None:
             await worker.serve(engine)
             runner = engine.runner
             print(
-                f"genrecast worker ready: {model.source} on {runner.device} ({runner.precision}), "
-                f"serving {WINDOWS} in queue group {WORKERS} via {_where(nc)}",
+                f"genrecast worker {worker.id} ready: {model.source} on {runner.device} "
+                f"({runner.precision}), serving {WINDOWS} in queue group {WORKERS} via "
+                f"{_where(nc)}",
                 flush=True,
             )
             await stop.wait()
+            await worker.leave()
             await nc.drain()  # leave the group; what was received is handed to the engine
         finally:
             await asyncio.to_thread(engine.stop)

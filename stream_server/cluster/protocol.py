@@ -16,11 +16,23 @@ window or its scores as a NATS message (headers and payload).
   the ``n`` speech probabilities (float32).
 - :data:`RELEASE` (every worker, no queue group): header ``stream_id``; the stream ended, the
   workers drop what they keep for it.
+
+**A stream stays on one worker.** A model that keeps state per stream (the stream table) scores
+a window with context from the stream's earlier audio, which only the worker that saw it has, so
+a node sends each stream's windows to one worker: to ``WINDOWS.<worker id>``
+(:func:`direct_subject`), the worker picked by rendezvous hashing of the stream id over the live
+workers (:func:`pick_worker`). Every node hears the same workers, so they all pick alike; a worker
+that goes only moves its own streams, one that comes takes about ``1/N`` of them. Workers say
+they are there on :data:`PRESENCE` every :data:`PRESENCE_S` seconds (header ``worker``;
+``leaving`` ``1`` when they stop), and again at once when a node asks on :data:`WHO`. A node
+that knows no worker sends to the queue group.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterable
 from typing import Final
 
 import numpy as np
@@ -30,11 +42,17 @@ from stream_server.core.windows import WindowJob, WindowScores
 
 __all__ = [
     "ONESHOT",
+    "PRESENCE",
+    "PRESENCE_S",
     "RELEASE",
+    "WHO",
     "WINDOWS",
     "WORKERS",
+    "WORKER_TTL_S",
+    "direct_subject",
     "job_from_message",
     "job_message",
+    "pick_worker",
     "scores_from_reply",
     "scores_reply",
 ]
@@ -44,6 +62,28 @@ WINDOWS: Final = "genrecast.windows"
 ONESHOT: Final = "oneshot"
 WORKERS: Final = "genrecast-workers"
 RELEASE: Final = "genrecast.release"
+PRESENCE: Final = "genrecast.workers.presence"
+WHO: Final = "genrecast.workers.who"
+#: Seconds between a worker's presence messages; one unheard of for :data:`WORKER_TTL_S` is gone.
+PRESENCE_S: Final = 1.0
+WORKER_TTL_S: Final = 3.5
+
+
+def direct_subject(worker: str) -> str:
+    """Where the windows of the streams that ``worker`` holds go."""
+    return f"{WINDOWS}.{worker}"
+
+
+def pick_worker(stream_id: str, workers: Iterable[str]) -> str | None:
+    """The worker of ``stream_id`` among ``workers`` (rendezvous hashing: the highest
+    ``blake2b(stream, worker)``), ``None`` for none."""
+    best, best_score = None, b""
+    for worker in workers:
+        score = hashlib.blake2b(f"{stream_id}\0{worker}".encode(), digest_size=8).digest()
+        if best is None or score > best_score:
+            best, best_score = worker, score
+    return best
+
 
 Headers = dict[str, str]
 
