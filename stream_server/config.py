@@ -587,6 +587,11 @@ def _checked_together(config: Config) -> Config:
     """
     if config.server.min_sample_rate > config.server.max_sample_rate:
         raise ConfigError("server.min_sample_rate", "must not exceed server.max_sample_rate")
+    if config.server.workers > 1 and config.cluster.urls:
+        raise ConfigError(
+            "server.workers",
+            "a cluster node (cluster.urls) is one process: scale with more nodes and workers",
+        )
     if config.server.workers > 1 and config.storage.database == ":memory:":
         raise ConfigError(
             "storage.database",

@@ -6,6 +6,7 @@ of one worker mid-stream costs each stream at most one window."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -16,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+from websockets.asyncio.client import connect
 
 from stream_server.cluster.engine import ClusterEngine
 from stream_server.cluster.protocol import pick_worker
@@ -27,7 +30,7 @@ from stream_server.inference.facts import session_params
 from stream_server.inference.model import DEFAULT_MODEL_DIR
 from stream_server.media.decode import decode_mono
 from tests.helpers.audio import clips
-from tests.helpers.cli import GENRECAST, write_config
+from tests.helpers.cli import GENRECAST, start_server, stop_server, write_config
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
 from tests.helpers.nats import nats_cluster
@@ -193,6 +196,70 @@ def test_every_window_is_scored_once_in_order_and_as_the_model_scores_it(
     np.testing.assert_allclose(
         np.stack([r.probs for r in node.results["oneshot"]]), want, atol=ATOL
     )
+
+
+async def _push_and_collect(base: str, pcm: bytes, rate: int) -> list[dict[str, Any]]:
+    """One stream of ``pcm`` pushed at twice real time to ``base``; its messages to its end."""
+    ws = base.replace("http://", "ws://")
+    async with connect(ws + "/ws/ingest", compression=None, max_size=None) as conn:
+        start = {"type": "start", "name": "n", "sample_rate": rate, "channels": 1}
+        await conn.send(json.dumps(start | {"format": "s16le"}))
+        started = json.loads(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
+        assert started["type"] == "stream.started", started
+        since = started["seq"]
+        async with connect(ws + f"/ws/updates?since={since - 1}", compression=None) as sub:
+            step = rate // 10 * 2  # bytes of 0.1 s
+            for i in range(0, len(pcm), step):
+                await conn.send(pcm[i : i + step])
+                await asyncio.sleep(0.05)
+            await conn.send(json.dumps({"type": "stop"}))
+            out: list[dict[str, Any]] = []
+            while not out or out[-1]["type"] != "stream.ended":
+                message = json.loads(await asyncio.wait_for(sub.recv(), 3 * TIMEOUT_S))
+                if message.get("stream_id") == started["stream_id"]:
+                    out.append(message)
+    return out
+
+
+def test_a_node_serves_streams_scored_by_the_workers_as_one_process_does(
+    cluster: tuple[str, Workers], config_path: Path, local: Any
+) -> None:
+    url, _ = cluster
+    config, _, _ = local
+    rate = session_params(config, local[1]).model_rate
+    audio = decode_mono(str(clips("metal", 1)[0]), rate)[: 8 * rate]
+    pcm = np.clip(np.rint(audio * 32768), -32768, 32767).astype("<i2").tobytes()
+    node, node_url = start_server(config_path, "--cluster", url)
+    one, one_url = start_server(config_path)
+    try:
+
+        async def both() -> list[list[dict[str, Any]]]:
+            async with httpx.AsyncClient(base_url=node_url) as http:
+                ready = (await http.get("/ready")).json()
+            assert ready["device"].startswith("cluster"), ready
+            return list(
+                await asyncio.gather(
+                    _push_and_collect(node_url, pcm, rate), _push_and_collect(one_url, pcm, rate)
+                )
+            )
+
+        on_node, alone = run(both())
+    finally:
+        stop_server(node)
+        stop_server(one)
+    ended = on_node[-1]
+    assert ended["type"] == "stream.ended" and ended["windows_computed"] >= 5, ended
+    by_time = {m["stream_time_s"]: m for m in alone if m["type"] == "genre.update"}
+    compared = 0
+    for message in on_node:
+        if message["type"] == "genre.update" and message["stream_time_s"] in by_time:
+            twin = by_time[message["stream_time_s"]]
+            got = {p["label"]: p["prob"] for p in message["top"]}
+            want = {p["label"]: p["prob"] for p in twin["top"]}
+            assert got.keys() == want.keys()
+            assert all(abs(got[k] - want[k]) <= ATOL for k in got), (got, want)
+            compared += 1
+    assert compared >= 5
 
 
 def test_a_killed_worker_costs_each_stream_at_most_one_window(

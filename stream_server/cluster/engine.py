@@ -89,6 +89,9 @@ class ClusterEngine:
         self.timed_out = 0
         #: Workers heard of: ``time.monotonic()`` of the last word from each.
         self._workers: dict[str, float] = {}
+        #: What each worker said of itself last (its presence headers: ``device``,
+        #: ``precision``, ``stream_state``, ``max_batch``).
+        self.facts: dict[str, dict[str, str]] = {}
         self._presence: Any = None
 
     async def open(self, wait_s: float = PRESENCE_S) -> None:
@@ -113,8 +116,10 @@ class ClusterEngine:
             return
         if headers.get("leaving") == "1":
             self._workers.pop(worker, None)
+            self.facts.pop(worker, None)
         else:
             self._workers[worker] = time.monotonic()
+            self.facts[worker] = dict(headers)
 
     @property
     def workers(self) -> list[str]:
@@ -122,6 +127,7 @@ class ClusterEngine:
         now = time.monotonic()
         for worker in [w for w, seen in self._workers.items() if now - seen > WORKER_TTL_S]:
             del self._workers[worker]
+            self.facts.pop(worker, None)
         return sorted(self._workers)
 
     def _subject(self, stream_id: str) -> tuple[str, str | None]:

@@ -121,13 +121,27 @@ class InferenceWorker:
         await self.nc.publish(PRESENCE, headers={"worker": self.id, "leaving": "1"})
         await self.nc.flush()
 
+    def presence(self) -> dict[str, str]:
+        """What a presence message says: the worker, its device and precision, whether its
+        model keeps state per stream (``1``/``0``) and its largest batch."""
+        headers = {"worker": self.id}
+        runner = getattr(self.engine, "runner", None)
+        if runner is not None and self.engine is not None:
+            headers |= {
+                "device": str(runner.device),
+                "precision": runner.precision,
+                "stream_state": "1" if runner.table is not None else "0",
+                "max_batch": str(self.engine.max_batch),
+            }
+        return headers
+
     async def _say_present(self) -> None:
         while True:
-            await self.nc.publish(PRESENCE, headers={"worker": self.id})
+            await self.nc.publish(PRESENCE, headers=self.presence())
             await asyncio.sleep(PRESENCE_S)
 
     async def _on_who(self, msg: Msg) -> None:
-        await self.nc.publish(PRESENCE, headers={"worker": self.id})
+        await self.nc.publish(PRESENCE, headers=self.presence())
 
     async def _on_window(self, msg: Msg) -> None:
         assert self.engine is not None

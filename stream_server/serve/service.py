@@ -48,6 +48,7 @@ from stream_server.sources.source_policy import SourcePolicy
 from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
 
 if TYPE_CHECKING:  # torch: imported where the model runs (an ingest worker never does)
+    from stream_server.cluster.engine import ClusterEngine
     from stream_server.inference.runner import InferenceRunner
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ class Service:
         #: The live streams' smoothing and hysteresis, one slot each (made with the model).
         self.smoothing: SmoothingTable | None = None
         self.engine: WindowEngine | None = None
+        #: A cluster node's engine (``cluster.urls`` set), also :attr:`engine`.
+        self.cluster_engine: ClusterEngine | None = None
         self.store: TimelineStore | None = None
         self.load_error: str | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrecast-db")
@@ -220,10 +223,12 @@ class Service:
 
     async def _load_in_background(self) -> None:
         try:
-            if self.link is None:
-                await asyncio.to_thread(self._load_model)
-            else:
+            if self.link is not None:
                 await self._attach_engine(self.link)
+            elif self.config.cluster.urls:
+                await self._attach_cluster()
+            else:
+                await asyncio.to_thread(self._load_model)
         except Exception as exc:
             self.load_error = str(exc)
             self.metrics.errors.labels(kind="model_load").inc()
@@ -284,6 +289,37 @@ class Service:
         self._log_model()
         link.ready()
 
+    async def _attach_cluster(self) -> None:
+        """A node of a cluster (``serve --cluster``): the engine is the inference workers,
+        over NATS (:class:`~stream_server.cluster.engine.ClusterEngine`). The model's
+        description (labels, windows) is the configured model's, loaded here."""
+        from stream_server.cluster.engine import ClusterEngine
+        from stream_server.cluster.inference_worker import connect
+
+        if self.model is None:
+            from stream_server.inference.loading import load_configured_model
+
+            self.model = await asyncio.to_thread(load_configured_model, self.config)
+        nc = await connect(self.config, "genrecast-node")
+        engine = ClusterEngine(
+            nc,
+            labels=len(self.model.labels),
+            max_batch=self.config.engine.max_batch,
+            timeout_s=self.config.cluster.request_timeout_s,
+            on_results=self._deliver,
+            on_error=lambda jobs, exc: self._deliver_error(jobs, str(exc)),
+            on_replaced=self._replaced_later,
+        )
+        await engine.open()
+        facts = next(iter(engine.facts.values()), {})
+        self.device = f"cluster ({facts.get('device', 'no worker yet')})"
+        self.precision = facts.get("precision", self.precision)
+        self.stream_state = facts.get("stream_state") == "1"
+        self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
+        self.cluster_engine = engine
+        self.engine = engine
+        self._log_model()
+
     def _log_model(self) -> None:
         assert self.model is not None
         log.info(
@@ -329,7 +365,10 @@ class Service:
             await self.end_stream(live, "server stopping", drain=False)
         for puller in pullers:
             await asyncio.to_thread(puller.join, DRAIN_TIMEOUT_S)
-        if self.engine is not None:
+        if self.cluster_engine is not None:
+            await self.cluster_engine.close()
+            await self.cluster_engine.nc.close()
+        elif self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
         if self.store is not None:
             await self._in_db(self.store.close)

@@ -47,6 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
     checked_tokens(config)  # refuse an unguarded non-loopback address before anything loads
     cap_kernel_cache(config.engine.kernel_cache)  # before the model's first kernel
+    if config.cluster.urls:
+        from stream_server.extras import require
+
+        require("cluster")
     model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
     if config.server.workers > 1:
         from stream_server.serve.workers import serve_workers
@@ -460,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ingest processes, 1..64 (config: server.workers, default 1: one process does "
         "everything). With N > 1, N processes accept connections, decode and window their "
         "streams, and this one runs the model for all of them",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="URLS",
+        help="run as a node of a cluster: the model runs on the inference workers (genrecast "
+        "worker) reached through these NATS servers, comma-separated nats://host:port "
+        "(config: cluster.urls)",
     )
     p.set_defaults(func=cmd_serve)
 
