@@ -72,6 +72,10 @@ def _nats_urls(v: Any) -> str | None:
     return f"expected nats://host:port addresses, not {bad[0]!r}" if bad else None
 
 
+def _replicas(v: Any) -> str | None:
+    return None if 0 <= v <= 5 else "expected 0 (as many as the servers, up to 3) to 5"
+
+
 def _port(v: Any) -> str | None:
     return None if 0 <= v <= 65535 else "must be a TCP port in 0..65535"
 
@@ -338,13 +342,18 @@ class ClusterConfig:
     ``urls``: the NATS servers (``nats://host:port``; any one reachable is enough, the client
     learns the rest); ``user`` and the password in the environment variable ``password_env``
     when the servers want them; ``request_timeout_s``: how long a node waits for a window's
-    scores before it counts the window as skipped (a worker that died with it).
+    scores before it counts the window as skipped (a worker that died with it); ``replicas``:
+    the NATS servers that keep each message of the cluster's updates stream (0: as many as
+    there are, up to 3; at most 5); ``updates_kept``: the newest messages that stream keeps (a
+    resume with ``since`` reaches back that far).
     """
 
     urls: list[str] = field(default_factory=list, metadata={CHECK: _nats_urls})
     user: str = ""
     password_env: str = "GENRECAST_NATS_PASSWORD"
     request_timeout_s: float = field(default=1.0, metadata={CHECK: _positive})
+    replicas: int = field(default=0, metadata={CHECK: _replicas})
+    updates_kept: int = field(default=1_000_000, metadata={CHECK: _positive})
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,85 @@ def test_a_node_serves_streams_scored_by_the_workers_as_one_process_does(
     assert compared >= 5
 
 
+async def _follow(sub: Any, until: set[str], out: list[dict[str, Any]]) -> None:
+    """Messages from ``sub`` into ``out`` until every stream of ``until`` has ended."""
+    ended: set[str] = set()
+    while ended != until:
+        message = json.loads(await asyncio.wait_for(sub.recv(), 3 * TIMEOUT_S))
+        out.append(message)
+        if message["type"] == "stream.ended" and message["stream_id"] in until:
+            ended.add(message["stream_id"])
+
+
+def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
+    cluster: tuple[str, Workers], config_path: Path, local: Any
+) -> None:
+    url, _ = cluster
+    config, model, _ = local
+    rate = session_params(config, model).model_rate
+    pcm = {}
+    for genre in ("blues", "reggae"):
+        audio = decode_mono(str(clips(genre, 1)[0]), rate)[: 7 * rate]
+        pcm[genre] = np.clip(np.rint(audio * 32768), -32768, 32767).astype("<i2").tobytes()
+    a, a_url = start_server(config_path, "--cluster", url)
+    b, b_url = start_server(config_path, "--cluster", url)
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        ws_a, ws_b = (u.replace("http://", "ws://") for u in (a_url, b_url))
+        sub_b = await connect(ws_b + "/ws/updates", compression=None)
+        sub_a = await connect(ws_a + "/ws/updates", compression=None)
+        conns, ids = [], set()
+        for genre in pcm:  # both streams pushed to node A
+            conn = await connect(ws_a + "/ws/ingest", compression=None)
+            start = {"type": "start", "name": genre, "sample_rate": rate, "channels": 1}
+            await conn.send(json.dumps(start | {"format": "s16le"}))
+            started = json.loads(await asyncio.wait_for(conn.recv(), TIMEOUT_S))
+            conns.append(conn)
+            ids.add(started["stream_id"])
+        step = rate // 10 * 2
+
+        async def push() -> None:
+            for i in range(0, len(pcm["blues"]), step):
+                for conn, genre in zip(conns, pcm, strict=True):
+                    await conn.send(pcm[genre][i : i + step])
+                await asyncio.sleep(0.05)
+            for conn in conns:
+                await conn.send(json.dumps({"type": "stop"}))
+
+        pushing = asyncio.create_task(push())
+        on_a: list[dict[str, Any]] = []
+        following_a = asyncio.create_task(_follow(sub_a, ids, on_a))
+        on_b: list[dict[str, Any]] = []
+        # B's subscriber drops out after a while and resumes from the last seq it saw
+        while sum(m["type"] == "genre.update" for m in on_b) < 4:
+            on_b.append(json.loads(await asyncio.wait_for(sub_b.recv(), 3 * TIMEOUT_S)))
+        await sub_b.close()
+        await asyncio.sleep(1.0)  # updates go on meanwhile
+        since = on_b[-1]["seq"]
+        async with connect(ws_b + f"/ws/updates?since={since}", compression=None) as again:
+            await _follow(again, ids, on_b)
+        await pushing
+        await following_a
+        await sub_a.close()
+        for conn in conns:
+            await conn.close()
+        return on_a, on_b
+
+    try:
+        on_a, on_b = run(scenario())
+    finally:
+        stop_server(a)
+        stop_server(b)
+    seqs = [m["seq"] for m in on_b]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # in order, once
+    first = on_a[0]["seq"]
+    assert [m for m in on_b if m["seq"] >= first] == on_a  # the same messages as on A
+    updates = [m for m in on_a if m["type"] == "genre.update"]
+    assert len(updates) >= 10 and {m["stream_id"] for m in updates} == {
+        m["stream_id"] for m in on_a if m["type"] == "stream.started"
+    }
+
+
 def test_a_killed_worker_costs_each_stream_at_most_one_window(
     cluster: tuple[str, Workers], local: Any
 ) -> None:

@@ -451,6 +451,8 @@ CHECKED_KEYS = frozenset(
         "auth.ticket_s",
         "cluster.urls",
         "cluster.request_timeout_s",
+        "cluster.replicas",
+        "cluster.updates_kept",
     }
 )
 
@@ -469,6 +471,7 @@ OUT_OF_RANGE: dict[str, Any] = {
     "_host_list": ["radio.lan/stream"],
     "_origin_list": ["radio.lan"],
     "_nats_urls": ["http://nats.lan:4222"],
+    "_replicas": 6,
 }
 
 

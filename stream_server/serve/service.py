@@ -49,6 +49,7 @@ from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamSta
 
 if TYPE_CHECKING:  # torch: imported where the model runs (an ingest worker never does)
     from stream_server.cluster.engine import ClusterEngine
+    from stream_server.cluster.updates import UpdateBus
     from stream_server.inference.runner import InferenceRunner
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,10 @@ class Service:
         #: The live streams' smoothing and hysteresis, one slot each (made with the model).
         self.smoothing: SmoothingTable | None = None
         self.engine: WindowEngine | None = None
-        #: A cluster node's engine (``cluster.urls`` set), also :attr:`engine`.
+        #: A cluster node's engine (``cluster.urls`` set), also :attr:`engine`, and the
+        #: updates stream its messages go through (stamped by JetStream, for every node).
         self.cluster_engine: ClusterEngine | None = None
+        self.bus: UpdateBus | None = None
         self.store: TimelineStore | None = None
         self.load_error: str | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrecast-db")
@@ -295,6 +298,7 @@ class Service:
         description (labels, windows) is the configured model's, loaded here."""
         from stream_server.cluster.engine import ClusterEngine
         from stream_server.cluster.inference_worker import connect
+        from stream_server.cluster.updates import UpdateBus
 
         if self.model is None:
             from stream_server.inference.loading import load_configured_model
@@ -311,6 +315,16 @@ class Service:
             on_replaced=self._replaced_later,
         )
         await engine.open()
+        cfg = self.config.cluster
+        bus = UpdateBus(
+            nc,
+            self.hub,
+            replicas=cfg.replicas,
+            kept=cfg.updates_kept,
+            history=self.config.updates.history_size,
+        )
+        await bus.open()
+        self.bus = bus
         facts = next(iter(engine.facts.values()), {})
         self.device = f"cluster ({facts.get('device', 'no worker yet')})"
         self.precision = facts.get("precision", self.precision)
@@ -366,6 +380,8 @@ class Service:
         for puller in pullers:
             await asyncio.to_thread(puller.join, DRAIN_TIMEOUT_S)
         if self.cluster_engine is not None:
+            if self.bus is not None:
+                await self.bus.close()
             await self.cluster_engine.close()
             await self.cluster_engine.nc.close()
         elif self.engine is not None:
@@ -540,6 +556,8 @@ class Service:
             kind=session.kind,
             wall_time=time.time(),
         )
+        if self.bus is not None:
+            return await self.bus.publish_stamped(message)
         if self.link is None:
             return self.hub.publish(message)
         try:
@@ -728,14 +746,19 @@ class Service:
             self._resolved(live)
 
     def _publish(self, message: PublishedMessage) -> None:
-        """Stamp and send ``message`` to the subscribers (every worker's, with a link)."""
-        if self.link is None:
+        """Stamp and send ``message`` to the subscribers (every worker's, with a link; every
+        node's, in a cluster)."""
+        if self.bus is not None:
+            self.bus.publish(message)
+        elif self.link is None:
             self.hub.publish(message)
         else:
             self.link.publish(message)
 
     def _notify(self, message: ErrorMessage) -> None:
-        if self.link is None:
+        if self.bus is not None:
+            self.bus.notify(message)
+        elif self.link is None:
             self.hub.notify(message)
         else:
             self.link.notify(message)

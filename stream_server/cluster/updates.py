@@ -1,0 +1,198 @@
+"""Every node's messages in one JetStream stream: one cluster-wide ``seq``, and every node's
+subscribers get every stream's messages, in one order.
+
+A node publishes each message (``stream.started``, ``genre.update``, ``genre.change``,
+``title``, ``stream.ended``) to ``genrecast.updates.<stream id>`` in the stream
+:data:`STREAM`, as its JSON with ``seq`` 0. The message's ``seq`` is its JetStream stream
+sequence: strictly increasing across the cluster, the same for every node. Every node follows
+the stream with an ordered consumer, starting ``updates.history_size`` messages back, and hands
+each message, stamped with its sequence, to its hub (:meth:`UpdateHub.deliver
+<stream_server.serve.hub.UpdateHub.deliver>`), so every node's hub holds the same history and a
+subscriber may resume with ``since`` on any node. The stream keeps the newest
+``cluster.updates_kept`` messages, on ``replicas`` servers (``cluster.replicas``; 0: as many as
+the cluster has, up to 3), so it outlives the loss of a server (with 3).
+
+Errors (``error`` messages, not kept) go to every node on :data:`NOTICES` without JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+from stream_server.errors import ClusterError
+from stream_server.messages import ErrorMessage, PublishedMessage, dumps, stamp_seq
+from stream_server.serve.hub import UpdateHub
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NOTICES", "STREAM", "SUBJECTS", "UpdateBus", "cluster_size", "subject_of"]
+
+STREAM: Final = "GENRECAST_UPDATES"
+SUBJECTS: Final = "genrecast.updates"
+NOTICES: Final = "genrecast.notices"
+#: Tries and seconds per try to publish an update (a NATS server lost meanwhile: the client
+#: reconnects to another and the retry, deduplicated, goes there).
+PUBLISH_TRIES: Final = 6
+PUBLISH_TIMEOUT_S: Final = 2.0
+#: A stream id as a subject token: what genrecast makes (hex) and more, never ``.``, ``*``, ``>``.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def subject_of(stream_id: str) -> str:
+    if not _TOKEN.fullmatch(stream_id):
+        raise ValueError(f"stream id {stream_id!r} is not a subject token")
+    return f"{SUBJECTS}.{stream_id}"
+
+
+def cluster_size(nc: Client) -> int:
+    """The NATS servers of the cluster ``nc`` is connected to (those its server told of)."""
+    info = getattr(nc, "_server_info", None) or {}
+    urls = info.get("connect_urls") or []
+    return max(1, len(urls))
+
+
+class UpdateBus:
+    """See the module docstring: :meth:`open`, then :meth:`publish`."""
+
+    def __init__(
+        self, nc: Client, hub: UpdateHub, *, replicas: int, kept: int, history: int
+    ) -> None:
+        self.nc = nc
+        self.hub = hub
+        self.replicas = replicas or min(3, cluster_size(nc))
+        self.kept = kept
+        self.history = history
+        self._js: Any = None
+        self._sub: Any = None
+        self._notices: Any = None
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        #: JetStream drops a message whose id it stored in the last two minutes: a publish
+        #: retried after a lost acknowledgement is stored once.
+        self._ids = (f"{uuid.uuid4().hex[:12]}-{n}" for n in itertools.count(1))
+        self._sender: asyncio.Task[None] | None = None
+        #: Updates given up after :data:`PUBLISH_TRIES` tries.
+        self.lost = 0
+
+    async def open(self) -> None:
+        """Make (or update) the stream and follow it.
+
+        Raises:
+            ClusterError: JetStream refused the stream (e.g. more replicas than servers).
+        """
+        from nats.js.api import (
+            ConsumerConfig,
+            DeliverPolicy,
+            DiscardPolicy,
+            StorageType,
+            StreamConfig,
+        )
+        from nats.js.errors import BadRequestError
+        from nats.js.errors import Error as JetStreamError
+
+        js = self.nc.jetstream()
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[f"{SUBJECTS}.>"],
+            num_replicas=self.replicas,
+            max_msgs=self.kept,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+        )
+        try:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:  # it exists with other limits: these are the configured ones
+                await js.update_stream(config)
+            last = (await js.stream_info(STREAM)).state.last_seq
+        except JetStreamError as exc:
+            raise ClusterError(f"the updates stream {STREAM} could not be made: {exc}") from None
+        self._js = js
+        start = max(1, last - self.history + 1)
+        consumer = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+        )
+        self._sub = await js.subscribe(
+            f"{SUBJECTS}.>", cb=self._on_message, ordered_consumer=True, config=consumer
+        )
+        self._notices = await self.nc.subscribe(NOTICES, cb=self._on_notice)
+        self._sender = asyncio.create_task(self._send())
+        # caught up with what was there before it opened: a resume finds it
+        while self.hub.seq < last:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Send what is queued, then stop following."""
+        if self._sender is not None:
+            await self._queue.join()
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        for sub in (self._sub, self._notices):
+            if sub is not None:
+                await sub.unsubscribe()
+
+    async def _on_message(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        stream_id = msg.subject[len(SUBJECTS) + 1 :]
+        self.hub.deliver(seq, stream_id, stamp_seq(msg.data.decode(), seq))
+
+    async def _on_notice(self, msg: Msg) -> None:
+        stream_id = (msg.headers or {}).get("stream_id") or None
+        self.hub.notify_text(stream_id, msg.data.decode())
+
+    def publish(self, message: PublishedMessage) -> None:
+        """Queue ``message`` (seq 0) for the stream; sent in order, each once acknowledged."""
+        self._queue.put_nowait((subject_of(message["stream_id"]), dumps(message)))
+
+    async def publish_stamped(self, message: PublishedMessage) -> str:
+        """Send ``message`` now and wait for its sequence; its stamped JSON (as every hub gets
+        it)."""
+        text = dumps(message)
+        headers = {"Nats-Msg-Id": next(self._ids)}
+        ack = await self._js.publish(
+            subject_of(message["stream_id"]), text.encode(), headers=headers
+        )
+        return stamp_seq(text, ack.seq)
+
+    def notify(self, message: ErrorMessage) -> None:
+        """An ``error`` to the subscribers of its stream on every node; not kept."""
+        headers = {"stream_id": message.get("stream_id") or ""}
+        task = asyncio.ensure_future(
+            self.nc.publish(NOTICES, dumps(message).encode(), headers=headers)
+        )
+        task.add_done_callback(_logged)
+
+    async def _send(self) -> None:
+        from nats.errors import Error as NatsError
+
+        while True:
+            subject, text = await self._queue.get()
+            headers = {"Nats-Msg-Id": next(self._ids)}
+            try:
+                for attempt in range(1, PUBLISH_TRIES + 1):  # through a server's loss
+                    try:
+                        await self._js.publish(
+                            subject, text.encode(), timeout=PUBLISH_TIMEOUT_S, headers=headers
+                        )
+                        break
+                    except (TimeoutError, NatsError) as exc:
+                        log.warning("an update could not be published (try %d): %s", attempt, exc)
+                        await asyncio.sleep(0.5)
+                else:
+                    self.lost += 1
+                    log.error("an update on %s was lost", subject)
+            finally:
+                self._queue.task_done()
+
+
+def _logged(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a notice could not be sent: %s", task.exception())
