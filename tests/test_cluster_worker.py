@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -30,10 +28,10 @@ from stream_server.inference.facts import session_params
 from stream_server.inference.model import DEFAULT_MODEL_DIR
 from stream_server.media.decode import decode_mono
 from tests.helpers.audio import clips
-from tests.helpers.cli import GENRECAST, start_server, stop_server, write_config
+from tests.helpers.cli import start_server, stop_server, write_config
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
-from tests.helpers.nats import nats_cluster
+from tests.helpers.nats import Workers, follow, nats_cluster, start_worker, stop_workers
 
 #: Tolerance between scores, float32 on both sides: batches of other make-ups (a worker's hold
 #: only its streams) round the last bits apart, and a stream's first window runs as a whole.
@@ -48,44 +46,16 @@ def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-#: A worker process, by its id (from its ready line).
-Workers = dict[str, subprocess.Popen[str]]
-
-
-def _start_worker(config: Path, url: str) -> tuple[str, subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [*GENRECAST, "worker", "--config", str(config), "--cluster", url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.match(r"genrecast worker (\w+) ready: ", line)
-        if match:
-            return match.group(1), proc
-    raise AssertionError(f"worker exited with {proc.wait()} before it was ready")
-
-
 @pytest.fixture(scope="module")
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, config_path: Path
 ) -> Iterator[tuple[str, Workers]]:
     with nats_cluster(tmp_path_factory.mktemp("nats"), 1) as (server,):
-        workers = dict(_start_worker(config_path, server.spec.url) for _ in range(2))
+        workers = dict(start_worker(config_path, server.spec.url) for _ in range(2))
         try:
             yield server.spec.url, workers
         finally:
-            for proc in workers.values():
-                proc.send_signal(signal.SIGTERM)
-            for proc in workers.values():
-                try:
-                    proc.wait(TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                assert proc.stdout is not None
-                proc.stdout.close()
+            stop_workers(workers)
 
 
 class _Node:
@@ -262,16 +232,6 @@ def test_a_node_serves_streams_scored_by_the_workers_as_one_process_does(
     assert compared >= 5
 
 
-async def _follow(sub: Any, until: set[str], out: list[dict[str, Any]]) -> None:
-    """Messages from ``sub`` into ``out`` until every stream of ``until`` has ended."""
-    ended: set[str] = set()
-    while ended != until:
-        message = json.loads(await asyncio.wait_for(sub.recv(), 3 * TIMEOUT_S))
-        out.append(message)
-        if message["type"] == "stream.ended" and message["stream_id"] in until:
-            ended.add(message["stream_id"])
-
-
 def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
     cluster: tuple[str, Workers], config_path: Path, local: Any
 ) -> None:
@@ -309,7 +269,7 @@ def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
 
         pushing = asyncio.create_task(push())
         on_a: list[dict[str, Any]] = []
-        following_a = asyncio.create_task(_follow(sub_a, ids, on_a))
+        following_a = asyncio.create_task(follow(sub_a, ids, on_a))
         on_b: list[dict[str, Any]] = []
         # B's subscriber drops out after a while and resumes from the last seq it saw
         while sum(m["type"] == "genre.update" for m in on_b) < 4:
@@ -318,7 +278,7 @@ def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
         await asyncio.sleep(1.0)  # updates go on meanwhile
         since = on_b[-1]["seq"]
         async with connect(ws_b + f"/ws/updates?since={since}", compression=None) as again:
-            await _follow(again, ids, on_b)
+            await follow(again, ids, on_b)
         await pushing
         await following_a
         await sub_a.close()

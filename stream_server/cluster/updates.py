@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import logging
 import re
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,10 +40,16 @@ __all__ = ["NOTICES", "STREAM", "SUBJECTS", "UpdateBus", "cluster_size", "subjec
 STREAM: Final = "GENRECAST_UPDATES"
 SUBJECTS: Final = "genrecast.updates"
 NOTICES: Final = "genrecast.notices"
-#: Tries and seconds per try to publish an update (a NATS server lost meanwhile: the client
-#: reconnects to another and the retry, deduplicated, goes there).
-PUBLISH_TRIES: Final = 6
+#: Seconds per try to publish an update, and seconds an update is tried before it is given
+#: up: a NATS server lost meanwhile takes the client a reconnect and the stream, if it led it,
+#: an election (a few seconds); the retries, deduplicated, go on until then, the later updates
+#: waiting behind them (their order is the stream's).
 PUBLISH_TIMEOUT_S: Final = 2.0
+PUBLISH_GIVE_UP_S: Final = 30.0
+#: The same for a ``stream.started``, whose client waits for its answer.
+STAMPED_GIVE_UP_S: Final = 10.0
+#: Seconds between two tries.
+PUBLISH_RETRY_S: Final = 0.25
 #: A stream id as a subject token: what genrecast makes (hex) and more, never ``.``, ``*``, ``>``.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -79,7 +86,7 @@ class UpdateBus:
         #: retried after a lost acknowledgement is stored once.
         self._ids = (f"{uuid.uuid4().hex[:12]}-{n}" for n in itertools.count(1))
         self._sender: asyncio.Task[None] | None = None
-        #: Updates given up after :data:`PUBLISH_TRIES` tries.
+        #: Updates given up after :data:`PUBLISH_GIVE_UP_S`.
         self.lost = 0
 
     async def open(self) -> None:
@@ -157,10 +164,33 @@ class UpdateBus:
         it)."""
         text = dumps(message)
         headers = {"Nats-Msg-Id": next(self._ids)}
-        ack = await self._js.publish(
-            subject_of(message["stream_id"]), text.encode(), headers=headers
+        seq = await self._publish(
+            subject_of(message["stream_id"]), text, headers, STAMPED_GIVE_UP_S
         )
-        return stamp_seq(text, ack.seq)
+        if seq is None:
+            raise ClusterError("the cluster's updates stream took no message")
+        return stamp_seq(text, seq)
+
+    async def _publish(
+        self, subject: str, text: str, headers: dict[str, str], give_up_s: float
+    ) -> int | None:
+        """Publish until acknowledged (its sequence) or ``give_up_s`` passed (``None``)."""
+        from nats.errors import Error as NatsError
+
+        give_up = time.monotonic() + give_up_s
+        while True:  # through a server's loss
+            try:
+                ack = await self._js.publish(
+                    subject, text.encode(), timeout=PUBLISH_TIMEOUT_S, headers=headers
+                )
+                return int(ack.seq)
+            except (TimeoutError, NatsError) as exc:
+                if time.monotonic() > give_up:
+                    self.lost += 1
+                    log.error("an update on %s was lost: %s", subject, exc)
+                    return None
+                log.warning("an update on %s is tried again: %s", subject, exc)
+                await asyncio.sleep(PUBLISH_RETRY_S)
 
     def notify(self, message: ErrorMessage) -> None:
         """An ``error`` to the subscribers of its stream on every node; not kept."""
@@ -171,24 +201,11 @@ class UpdateBus:
         task.add_done_callback(_logged)
 
     async def _send(self) -> None:
-        from nats.errors import Error as NatsError
-
         while True:
             subject, text = await self._queue.get()
             headers = {"Nats-Msg-Id": next(self._ids)}
             try:
-                for attempt in range(1, PUBLISH_TRIES + 1):  # through a server's loss
-                    try:
-                        await self._js.publish(
-                            subject, text.encode(), timeout=PUBLISH_TIMEOUT_S, headers=headers
-                        )
-                        break
-                    except (TimeoutError, NatsError) as exc:
-                        log.warning("an update could not be published (try %d): %s", attempt, exc)
-                        await asyncio.sleep(0.5)
-                else:
-                    self.lost += 1
-                    log.error("an update on %s was lost", subject)
+                await self._publish(subject, text, headers, PUBLISH_GIVE_UP_S)
             finally:
                 self._queue.task_done()
 

@@ -25,7 +25,7 @@ from stream_server.core.session import SessionParams, StreamSession, score_batch
 from stream_server.core.smoothing import SmoothingTable
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowEngine, WindowJob, WindowResult
-from stream_server.errors import ProtocolError, SourceRefused
+from stream_server.errors import ClusterError, ProtocolError, SourceRefused
 from stream_server.inference.facts import ModelFacts, session_params, window_seconds
 from stream_server.messages import (
     MAX_NAME_CHARS,
@@ -557,7 +557,11 @@ class Service:
             wall_time=time.time(),
         )
         if self.bus is not None:
-            return await self.bus.publish_stamped(message)
+            try:
+                return await self.bus.publish_stamped(message)
+            except ClusterError as exc:
+                await self.end_stream(live, "the cluster's updates stream is not reachable")
+                raise ProtocolError(str(exc), code="storage", close_code=1011) from None
         if self.link is None:
             return self.hub.publish(message)
         try:
