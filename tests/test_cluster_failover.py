@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from websockets.asyncio.client import connect
 
+from ring_buffer.buffer import to_pcm16
 from stream_server.inference.model import DEFAULT_MODEL_DIR
 from stream_server.media.decode import decode_mono
 from tests.helpers.audio import clips
@@ -27,7 +27,7 @@ SECONDS = 12.0
 def test_a_killed_nats_server_loses_no_update(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.toml", DEFAULT_MODEL_DIR)
     audio = decode_mono(str(clips("country", 1)[0]), RATE)[: round(SECONDS * RATE)]
-    pcm = np.clip(np.rint(audio * 32768), -32768, 32767).astype("<i2").tobytes()
+    pcm = to_pcm16(audio).astype("<i2").tobytes()
     with nats_cluster(tmp_path / "nats", 3) as servers:
         first, second, third = (server.spec.url for server in servers)
         # the worker on the third server; node A on the first (the one killed), B on the second:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
+from ring_buffer.buffer import to_pcm16
 from stream_server.cluster.engine import ClusterEngine
 from stream_server.cluster.protocol import pick_worker
 from stream_server.config import load_config
@@ -198,7 +199,7 @@ def test_a_node_serves_streams_scored_by_the_workers_as_one_process_does(
     config, _, _ = local
     rate = session_params(config, local[1]).model_rate
     audio = decode_mono(str(clips("metal", 1)[0]), rate)[: 8 * rate]
-    pcm = np.clip(np.rint(audio * 32768), -32768, 32767).astype("<i2").tobytes()
+    pcm = to_pcm16(audio).astype("<i2").tobytes()
     node, node_url = start_server(config_path, "--cluster", url)
     one, one_url = start_server(config_path)
     try:
@@ -241,7 +242,7 @@ def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
     pcm = {}
     for genre in ("blues", "reggae"):
         audio = decode_mono(str(clips(genre, 1)[0]), rate)[: 7 * rate]
-        pcm[genre] = np.clip(np.rint(audio * 32768), -32768, 32767).astype("<i2").tobytes()
+        pcm[genre] = to_pcm16(audio).astype("<i2").tobytes()
     a, a_url = start_server(config_path, "--cluster", url)
     b, b_url = start_server(config_path, "--cluster", url)
 
