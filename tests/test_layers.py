@@ -8,6 +8,7 @@ Layers, lowest first (a module may import its own layer and the ones below, neve
     stream_server.media                  + PyAV
     stream_server.inference              + torch
     stream_server.sources
+    stream_server.cluster                + NATS (nats-py)
     stream_server.serve
     stream_server.training
     stream_server.tools
@@ -32,6 +33,7 @@ LAYERS = (
     "stream_server.media",
     "stream_server.inference",
     "stream_server.sources",
+    "stream_server.cluster",
     "stream_server.serve",
     "stream_server.training",
     "stream_server.tools",

@@ -6,11 +6,12 @@ A node publishes each message (``stream.started``, ``genre.update``, ``genre.cha
 :data:`STREAM`, as its JSON with ``seq`` 0. The message's ``seq`` is its JetStream stream
 sequence: strictly increasing across the cluster, the same for every node. Every node follows
 the stream with an ordered consumer, starting ``updates.history_size`` messages back, and hands
-each message, stamped with its sequence, to its hub (:meth:`UpdateHub.deliver
-<stream_server.serve.hub.UpdateHub.deliver>`), so every node's hub holds the same history and a
+each message, stamped with its sequence, to its hub (a :class:`Hub`: the node's
+:class:`~stream_server.serve.hub.UpdateHub`), so every node's hub holds the same history and a
 subscriber may resume with ``since`` on any node. The stream keeps the newest
-``cluster.updates_kept`` messages, on ``replicas`` servers (``cluster.replicas``; 0: as many as
-the cluster has, up to 3), so it outlives the loss of a server (with 3).
+``cluster.updates_kept`` messages, on ``replicas`` servers (``cluster.replicas``; 0: the
+stream's own where it exists, else as many as the cluster has, up to 3), so it outlives the
+loss of a server (with 3).
 
 Errors (``error`` messages, not kept) go to every node on :data:`NOTICES` without JetStream.
 """
@@ -23,11 +24,10 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from stream_server.errors import ClusterError
 from stream_server.messages import ErrorMessage, PublishedMessage, dumps, stamp_seq
-from stream_server.serve.hub import UpdateHub
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NOTICES", "STREAM", "SUBJECTS", "UpdateBus", "cluster_size", "subject_of"]
+__all__ = ["NOTICES", "STREAM", "SUBJECTS", "Hub", "UpdateBus", "cluster_size", "subject_of"]
 
 STREAM: Final = "GENRECAST_UPDATES"
 SUBJECTS: Final = "genrecast.updates"
@@ -46,6 +46,8 @@ NOTICES: Final = "genrecast.notices"
 #: waiting behind them (their order is the stream's).
 PUBLISH_TIMEOUT_S: Final = 2.0
 PUBLISH_GIVE_UP_S: Final = 30.0
+#: Seconds a node has at its start to read the kept history into its hub.
+CATCH_UP_S: Final = 30.0
 #: The same for a ``stream.started``, whose client waits for its answer.
 STAMPED_GIVE_UP_S: Final = 10.0
 #: Seconds between two tries.
@@ -61,21 +63,29 @@ def subject_of(stream_id: str) -> str:
 
 
 def cluster_size(nc: Client) -> int:
-    """The NATS servers of the cluster ``nc`` is connected to (those its server told of)."""
-    info = getattr(nc, "_server_info", None) or {}
-    urls = info.get("connect_urls") or []
-    return max(1, len(urls))
+    """The NATS servers ``nc`` knows of: those configured and those their cluster told of."""
+    return max(1, len({(url.hostname, url.port) for url in nc.servers}))
+
+
+class Hub(Protocol):
+    """What the bus needs of a node's hub (:class:`~stream_server.serve.hub.UpdateHub`)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    def deliver(self, seq: int, stream_id: str, text: str) -> None: ...
+
+    def notify_text(self, stream_id: str | None, text: str) -> None: ...
 
 
 class UpdateBus:
     """See the module docstring: :meth:`open`, then :meth:`publish`."""
 
-    def __init__(
-        self, nc: Client, hub: UpdateHub, *, replicas: int, kept: int, history: int
-    ) -> None:
+    def __init__(self, nc: Client, hub: Hub, *, replicas: int, kept: int, history: int) -> None:
         self.nc = nc
         self.hub = hub
-        self.replicas = replicas or min(3, cluster_size(nc))
+        #: 0: the stream's own where it exists, else as many as the servers, up to 3.
+        self.replicas = replicas
         self.kept = kept
         self.history = history
         self._js: Any = None
@@ -102,23 +112,34 @@ class UpdateBus:
             StorageType,
             StreamConfig,
         )
-        from nats.js.errors import BadRequestError
+        from nats.js.errors import BadRequestError, NotFoundError
         from nats.js.errors import Error as JetStreamError
 
         js = self.nc.jetstream()
-        config = StreamConfig(
-            name=STREAM,
-            subjects=[f"{SUBJECTS}.>"],
-            num_replicas=self.replicas,
-            max_msgs=self.kept,
-            discard=DiscardPolicy.OLD,
-            storage=StorageType.FILE,
-        )
         try:
             try:
-                await js.add_stream(config)
-            except BadRequestError:  # it exists with other limits: these are the configured ones
-                await js.update_stream(config)
+                existing: StreamConfig | None = (await js.stream_info(STREAM)).config
+            except NotFoundError:
+                existing = None
+            replicas = self.replicas
+            if not replicas:  # a node that started while a server was down keeps the stream's
+                known = existing.num_replicas if existing else None
+                replicas = known or min(3, cluster_size(self.nc))
+            config = StreamConfig(
+                name=STREAM,
+                subjects=[f"{SUBJECTS}.>"],
+                num_replicas=replicas,
+                max_msgs=self.kept,
+                discard=DiscardPolicy.OLD,
+                storage=StorageType.FILE,
+            )
+            if existing is None:
+                try:
+                    await js.add_stream(config)
+                except BadRequestError:  # another node made it meanwhile, else this raises
+                    await js.stream_info(STREAM)
+            elif (existing.num_replicas, existing.max_msgs) != (replicas, self.kept):
+                await js.update_stream(config)  # the configured limits
             last = (await js.stream_info(STREAM)).state.last_seq
         except JetStreamError as exc:
             raise ClusterError(f"the updates stream {STREAM} could not be made: {exc}") from None
@@ -133,7 +154,10 @@ class UpdateBus:
         self._notices = await self.nc.subscribe(NOTICES, cb=self._on_notice)
         self._sender = asyncio.create_task(self._send())
         # caught up with what was there before it opened: a resume finds it
-        while self.hub.seq < last:  # noqa: ASYNC110
+        deadline = time.monotonic() + CATCH_UP_S
+        while self.hub.seq < last:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the updates stream was not read up to {last} in time")
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:
