@@ -15,10 +15,14 @@ from stream_server.cluster.protocol import (
     job_from_message,
     job_message,
     pick_worker,
-    scores_from_reply,
-    scores_reply,
 )
-from stream_server.core.windows import WindowJob
+from stream_server.core.windows import (
+    WindowJob,
+    WindowResult,
+    WindowScores,
+    scores_bytes,
+    scores_from_bytes,
+)
 
 
 def test_a_window_crosses_exactly_with_its_stream_facts() -> None:
@@ -48,13 +52,14 @@ def test_a_bad_window_is_refused_with_the_reason(
         job_from_message(headers, payload)
 
 
-def test_scores_cross_as_float32() -> None:
+def test_a_windows_scores_cross_as_float32() -> None:
     probs = np.array([0.1, 0.7, 0.2], dtype=np.float32)
-    scores = scores_from_reply(scores_reply(probs, -23.5, 0.25), 3)
+    result = WindowResult(WindowJob("s", probs, 3, 0.0), probs, 1, 0.0, -23.5, 0.25)
+    scores = scores_from_bytes(scores_bytes(WindowScores.of_results([result])), 1, 3)
     np.testing.assert_array_equal(scores.probs, probs[None])
     assert (scores.level_dbfs[0], scores.speech[0]) == (-23.5, 0.25)
-    with pytest.raises(ValueError, match="5 values for a window of 4 labels"):
-        scores_from_reply(scores_reply(probs, 0.0, 0.0), 4)
+    with pytest.raises(ValueError, match="5 scores for 1 windows of 4 labels"):
+        scores_from_bytes(scores_bytes(WindowScores.of_results([result])), 1, 4)
 
 
 def test_a_stream_keeps_its_worker_unless_that_one_goes() -> None:

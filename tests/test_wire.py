@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_server.core.windows import WindowScores
-from stream_server.serve.engine_link import pcm16_bytes, scores_bytes, scores_from_bytes
+from stream_server.core.windows import WindowScores, pcm16_bytes, scores_bytes, scores_from_bytes
 from stream_server.serve.metrics import Metrics, merge_metrics
 from stream_server.serve.wire import MAX_HEADER_BYTES, read_frame, write_frame
 

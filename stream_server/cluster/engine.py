@@ -38,7 +38,6 @@ from stream_server.cluster.protocol import (
     direct_subject,
     job_message,
     pick_worker,
-    scores_from_reply,
 )
 from stream_server.core.windows import (
     ErrorCallback,
@@ -47,6 +46,7 @@ from stream_server.core.windows import (
     WindowResult,
     WindowScores,
     check_windows,
+    scores_from_bytes,
 )
 from stream_server.errors import ClusterError, EngineStopped
 
@@ -249,7 +249,7 @@ class ClusterEngine:
         status = headers.get("status")
         if status == "ok":
             try:
-                scores = scores_from_reply(reply.data, self._labels)
+                scores = scores_from_bytes(reply.data, 1, self._labels)
             except ValueError as exc:
                 self._on_error([job], ClusterError(f"a worker sent bad scores: {exc}"))
                 return
@@ -281,12 +281,10 @@ class ClusterEngine:
             if status != "ok":
                 reason = (reply.headers or {}).get("reason", f"status {status!r}")
                 raise ClusterError(f"a worker failed the windows: {reason}")
-            flat = np.frombuffer(reply.data, dtype="<f4").astype(np.float32)
-            if flat.size != n * (self._labels + 2):
-                raise ClusterError(f"a worker sent {flat.size} values for {n} windows")
-            probs = flat[: n * self._labels].reshape(n, self._labels)
-            tail = flat[n * self._labels :]
-            future.set_result(WindowScores(probs, tail[:n], tail[n:]))
+            try:
+                future.set_result(scores_from_bytes(reply.data, n, self._labels))
+            except ValueError as exc:
+                raise ClusterError(f"a worker sent bad scores: {exc}") from None
         except (TimeoutError, NatsError) as exc:
             future.set_exception(ClusterError(f"no worker scored the windows: {exc or 'timeout'}"))
         except ClusterError as exc:

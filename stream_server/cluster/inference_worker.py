@@ -37,10 +37,15 @@ from stream_server.cluster.protocol import (
     WORKERS,
     direct_subject,
     job_from_message,
-    scores_reply,
 )
 from stream_server.config import Config
-from stream_server.core.windows import WindowEngine, WindowJob, WindowResult
+from stream_server.core.windows import (
+    WindowEngine,
+    WindowJob,
+    WindowResult,
+    WindowScores,
+    scores_bytes,
+)
 from stream_server.errors import ClusterError
 
 if TYPE_CHECKING:
@@ -101,7 +106,6 @@ class InferenceWorker:
         self._presence: asyncio.Task[None] | None = None
         #: Reply subjects of the windows the engine holds.
         self._replies: dict[WindowJob, str] = {}
-        self.answered = 0
 
     async def serve(self, engine: WindowEngine) -> None:
         """Join the queue group with ``engine``."""
@@ -172,10 +176,8 @@ class InferenceWorker:
             if msg.reply:
                 await self.nc.publish(msg.reply, headers={"status": "failed", "reason": str(exc)})
             return
-        parts = (scores.probs, scores.level_dbfs, scores.speech)
-        payload = b"".join(np.ascontiguousarray(p, dtype="<f4").tobytes() for p in parts)
         if msg.reply:
-            await self.nc.publish(msg.reply, payload, headers={"status": "ok"})
+            await self.nc.publish(msg.reply, scores_bytes(scores), headers={"status": "ok"})
 
     async def _on_release(self, msg: Msg) -> None:
         stream_id = (msg.headers or {}).get("stream_id")
@@ -199,14 +201,13 @@ class InferenceWorker:
         for result in results:
             reply = self._replies.pop(result.job, None)
             if reply is not None:
-                payload = scores_reply(result.probs, result.level_dbfs, result.speech_prob)
+                payload = scores_bytes(WindowScores.of_results([result]))
                 headers = {
                     "status": "ok",
                     "batch": str(result.batch_size),
                     "seconds": f"{result.batch_seconds:.6f}",
                 }
                 await self.nc.publish(reply, payload, headers=headers)
-                self.answered += 1
 
     async def _failed(self, jobs: Sequence[WindowJob], reason: str) -> None:
         for job in jobs:

@@ -5,15 +5,15 @@ window or its scores as a NATS message (headers and payload).
   it to one live worker; adding one adds capacity, losing one moves its work): headers
   ``stream_id``, ``end_sample``, ``since`` (sample indices) and ``warm`` (``"1"``: a warm-up job,
   sent without a reply subject: nothing comes back), the payload the window as little-endian
-  int16 PCM (exact: the streams' ring buffers hold 16-bit PCM; the model's rate, mono).
-- The reply: header ``status`` ``ok`` with the scores as payload (little-endian float32: the
-  ``labels`` probabilities, the level in dBFS, the speech probability) and ``batch``/``seconds``
+  int16 PCM (:func:`~stream_server.core.windows.pcm16_bytes`, exact: the streams' ring buffers
+  hold 16-bit PCM; the model's rate, mono).
+- The reply: header ``status`` ``ok`` with the scores as payload
+  (:func:`~stream_server.core.windows.scores_bytes` of the one window) and ``batch``/``seconds``
   (the batch it ran in: its size, its seconds), or ``replaced`` (the worker dropped it for a
   newer window of its stream), or ``failed`` with ``reason``.
 - A one-shot run (an upload's windows) is a request on :data:`WINDOWS` with headers ``oneshot``
   (the number of windows ``n``) and ``samples``, the payload ``(n, samples)`` little-endian
-  float32; the reply's payload the ``(n, labels)`` probabilities, then the ``n`` levels, then
-  the ``n`` speech probabilities (float32).
+  float32; the reply's payload their :func:`~stream_server.core.windows.scores_bytes`.
 - :data:`RELEASE` (every worker, no queue group): header ``stream_id``; the stream ended, the
   workers drop what they keep for it.
 
@@ -35,10 +35,7 @@ import time
 from collections.abc import Iterable
 from typing import Final
 
-import numpy as np
-
-from ring_buffer.buffer import PCM16_SCALE, to_pcm16
-from stream_server.core.windows import WindowJob, WindowScores
+from stream_server.core.windows import WindowJob, pcm16_bytes, pcm16_window
 
 __all__ = [
     "ONESHOT",
@@ -53,8 +50,6 @@ __all__ = [
     "job_from_message",
     "job_message",
     "pick_worker",
-    "scores_from_reply",
-    "scores_reply",
 ]
 
 WINDOWS: Final = "genrecast.windows"
@@ -96,7 +91,7 @@ def job_message(job: WindowJob) -> tuple[Headers, bytes]:
         "since": str(job.since),
         "warm": "1" if job.warm else "0",
     }
-    return headers, to_pcm16(job.window).astype("<i2", copy=False).tobytes()
+    return headers, pcm16_bytes(job.window)
 
 
 def job_from_message(headers: Headers | None, payload: bytes) -> WindowJob:
@@ -112,34 +107,11 @@ def job_from_message(headers: Headers | None, payload: bytes) -> WindowJob:
         end_sample, since = int(headers["end_sample"]), int(headers["since"])
     except KeyError as exc:
         raise ValueError(f"a window without the header {exc}") from None
-    if len(payload) % 2:
-        raise ValueError(f"{len(payload)} bytes are not 16-bit samples")
-    window = np.frombuffer(payload, dtype="<i2").astype(np.float32)
-    window *= np.float32(1.0 / PCM16_SCALE)
     return WindowJob(
         stream_id,
-        window,
+        pcm16_window(payload),
         end_sample,
         time.monotonic(),
         since=since,
         warm=headers.get("warm") == "1",
     )
-
-
-def scores_reply(probs: np.ndarray, level_dbfs: float, speech: float) -> bytes:
-    """One window's ``(labels,)`` probabilities, level and speech probability as a reply's
-    payload."""
-    tail = np.array([level_dbfs, speech], dtype="<f4")
-    return np.ascontiguousarray(probs, dtype="<f4").tobytes() + tail.tobytes()
-
-
-def scores_from_reply(payload: bytes, labels: int) -> WindowScores:
-    """One window's :class:`WindowScores` (``n`` = 1) from :func:`scores_reply`'s payload.
-
-    Raises:
-        ValueError: not ``labels + 2`` float32 values.
-    """
-    flat = np.frombuffer(payload, dtype="<f4").astype(np.float32)
-    if flat.size != labels + 2:
-        raise ValueError(f"{flat.size} values for a window of {labels} labels")
-    return WindowScores(flat[None, :labels], flat[labels : labels + 1], flat[labels + 1 :])

@@ -1,7 +1,8 @@
 """A window due for inference and what comes back for it: what a session hands to an engine and
-the scores it gets (pure data, numpy only), and the interface of an engine as the server uses it
-(:class:`WindowEngine`: the engine thread of :mod:`stream_server.inference.engine`, or an ingest
-worker's link to the engine process)."""
+the scores it gets (pure data, numpy only), their bytes where they cross to another process (a
+window as 16-bit PCM, scores as float32), and the interface of an engine as the server uses it
+(:class:`WindowEngine`: the engine thread of :mod:`stream_server.inference.engine`, an ingest
+worker's link to the engine process, or a cluster node's inference workers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ring_buffer.buffer import PCM16_SCALE, to_pcm16
+
 __all__ = [
     "ErrorCallback",
     "ResultsCallback",
@@ -21,6 +24,10 @@ __all__ = [
     "WindowResult",
     "WindowScores",
     "check_windows",
+    "pcm16_bytes",
+    "pcm16_window",
+    "scores_bytes",
+    "scores_from_bytes",
     "stack_windows",
 ]
 
@@ -94,6 +101,15 @@ class WindowScores:
             np.concatenate([p.speech for p in parts]),
         )
 
+    @staticmethod
+    def of_results(results: Sequence[WindowResult]) -> WindowScores:
+        """The scores of ``results`` (at least one), in their order."""
+        return WindowScores(
+            np.stack([result.probs for result in results]),
+            np.array([result.level_dbfs for result in results], dtype=np.float32),
+            np.array([result.speech_prob for result in results], dtype=np.float32),
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class WindowResult:
@@ -156,3 +172,45 @@ class WindowEngine(Protocol):
     def cancel(self, stream_id: str) -> WindowJob | None: ...
 
     def release(self, stream_id: str) -> None: ...
+
+
+def pcm16_bytes(window: np.ndarray) -> bytes:
+    """``(samples,)`` float32 audio as little-endian int16 bytes, encoded as a 16-bit ring buffer
+    stores it (:func:`ring_buffer.buffer.to_pcm16`): exact for audio such a buffer held."""
+    return to_pcm16(window).astype("<i2", copy=False).tobytes()
+
+
+def pcm16_window(payload: bytes) -> np.ndarray:
+    """The inverse of :func:`pcm16_bytes`: ``(samples,)`` float32, as a 16-bit ring buffer reads
+    its samples (exact).
+
+    Raises:
+        ValueError: an odd number of bytes.
+    """
+    if len(payload) % 2:
+        raise ValueError(f"{len(payload)} bytes are not 16-bit samples")
+    window = np.frombuffer(payload, dtype="<i2").astype(np.float32)
+    window *= np.float32(1.0 / PCM16_SCALE)  # a power of two: exact
+    return window
+
+
+def scores_bytes(scores: WindowScores) -> bytes:
+    """``n`` windows' scores as one payload: probs ``(n, labels)``, then levels and speech
+    ``(n,)``, all little-endian float32."""
+    return b"".join(
+        np.ascontiguousarray(part, dtype="<f4").tobytes()
+        for part in (scores.probs, scores.level_dbfs, scores.speech)
+    )
+
+
+def scores_from_bytes(payload: bytes, n: int, labels: int) -> WindowScores:
+    """The inverse of :func:`scores_bytes`.
+
+    Raises:
+        ValueError: not ``n * (labels + 2)`` float32 values.
+    """
+    flat = np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    if flat.size != n * (labels + 2):
+        raise ValueError(f"{flat.size} scores for {n} windows of {labels} labels")
+    probs = flat[: n * labels].reshape(n, labels)
+    return WindowScores(probs, flat[n * labels : n * (labels + 1)], flat[n * (labels + 1) :])

@@ -33,16 +33,21 @@ from typing import Any
 
 import numpy as np
 
-from ring_buffer.buffer import PCM16_SCALE
 from stream_server.config import Config
-from stream_server.core.windows import WindowJob, WindowResult, WindowScores
+from stream_server.core.windows import (
+    WindowJob,
+    WindowResult,
+    WindowScores,
+    pcm16_window,
+    scores_bytes,
+)
 from stream_server.errors import StorageError
 from stream_server.inference.engine import Engine
 from stream_server.inference.facts import session_params
 from stream_server.inference.loading import start_engine
 from stream_server.inference.model import LoadedModel
 from stream_server.messages import StreamEnded, dumps, stamp_seq
-from stream_server.serve.engine_link import ASK_TIMEOUT_S, scores_bytes
+from stream_server.serve.engine_link import ASK_TIMEOUT_S
 from stream_server.serve.metrics import Metrics
 from stream_server.serve.store import TimelineStore
 from stream_server.serve.wire import read_frame, write_frame
@@ -274,11 +279,9 @@ class EngineHost:
     # -- windows ----------------------------------------------------------------------------
 
     def _submit(self, worker: _Worker, header: dict[str, Any], payload: bytes) -> None:
-        window = np.frombuffer(payload, dtype="<i2").astype(np.float32)
-        window *= np.float32(1.0 / PCM16_SCALE)  # as a 16-bit ring buffer reads: exact
         job = WindowJob(
             header["stream_id"],
-            window,
+            pcm16_window(payload),
             int(header["end_sample"]),
             time.monotonic(),
             since=int(header["since"]),
@@ -310,11 +313,7 @@ class EngineHost:
             if owner is not None:
                 by_worker[owner[0]].append((owner[1], result))
         for worker, taken in by_worker.items():
-            scores = WindowScores(
-                np.stack([result.probs for _, result in taken]),
-                np.array([result.level_dbfs for _, result in taken], dtype=np.float32),
-                np.array([result.speech_prob for _, result in taken], dtype=np.float32),
-            )
+            scores = WindowScores.of_results([result for _, result in taken])
             first = taken[0][1]
             header = {
                 "op": "results",

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from ring_buffer.buffer import to_pcm16
 from stream_server.core.windows import (
     ErrorCallback,
     ResultsCallback,
@@ -37,6 +36,8 @@ from stream_server.core.windows import (
     WindowResult,
     WindowScores,
     check_windows,
+    pcm16_bytes,
+    scores_from_bytes,
 )
 from stream_server.errors import EngineStopped
 from stream_server.messages import ErrorMessage, PublishedMessage, dumps
@@ -44,7 +45,7 @@ from stream_server.serve.wire import Frame, read_frame, write_frame
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineLink", "Hello", "RemoteEngine", "job_header", "pcm16_bytes"]
+__all__ = ["EngineLink", "Hello", "RemoteEngine", "job_header"]
 
 #: Seconds a question to every worker may take before it is answered with what came.
 ASK_TIMEOUT_S = 5.0
@@ -55,12 +56,6 @@ MessageCallback = Callable[[int, str, str], None]
 NoticeCallback = Callable[[str | None, str], None]
 #: Answers a question for this worker's streams: ``(what, argument) -> JSON-ready value``.
 Answerer = Callable[[str, Any], Awaitable[Any]]
-
-
-def pcm16_bytes(window: np.ndarray) -> bytes:
-    """``(samples,)`` float32 audio as little-endian int16 bytes, encoded as a 16-bit ring buffer
-    stores it (:func:`ring_buffer.buffer.to_pcm16`): exact for audio such a buffer held."""
-    return to_pcm16(window).astype("<i2", copy=False).tobytes()
 
 
 def job_header(job: WindowJob) -> dict[str, Any]:
@@ -408,21 +403,3 @@ class RemoteEngine:
             )
         if results:
             self._on_results(results)
-
-
-def scores_bytes(scores: WindowScores) -> bytes:
-    """``n`` windows' scores as one payload: probs ``(n, labels)``, then levels and speech
-    ``(n,)``, all little-endian float32."""
-    return b"".join(
-        np.ascontiguousarray(part, dtype="<f4").tobytes()
-        for part in (scores.probs, scores.level_dbfs, scores.speech)
-    )
-
-
-def scores_from_bytes(payload: bytes, n: int, labels: int) -> WindowScores:
-    """The inverse of :func:`scores_bytes`."""
-    flat = np.frombuffer(payload, dtype="<f4").astype(np.float32)
-    if flat.size != n * (labels + 2):
-        raise ValueError(f"{flat.size} scores for {n} windows of {labels} labels")
-    probs = flat[: n * labels].reshape(n, labels)
-    return WindowScores(probs, flat[n * labels : n * (labels + 1)], flat[n * (labels + 1) :])
