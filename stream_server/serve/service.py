@@ -271,15 +271,21 @@ class Service:
         self.engine = engine
         self._log_model()
 
+    async def _describe_model(self) -> ModelFacts:
+        """The model's description where the model runs elsewhere: the one given, else the
+        configured model, loaded here (off the loop)."""
+        if self.model is None:
+            from stream_server.inference.loading import load_configured_model
+
+            self.model = await asyncio.to_thread(load_configured_model, self.config)
+        return self.model
+
     async def _attach_engine(self, link: EngineLink) -> None:
         """An ingest worker: wait for the engine process's model and use the remote engine.
         The model's description (labels, preprocessing) came with ``model``, else the
         configured model is loaded here for it."""
         hello = await link.hello()
-        if self.model is None:
-            from stream_server.inference.loading import load_configured_model
-
-            self.model = await asyncio.to_thread(load_configured_model, self.config)
+        await self._describe_model()
         self.device, self.precision = hello.device, hello.precision
         self.stream_state = hello.stream_state
         self.smoothing = SmoothingTable(len(self.display_labels), self._params().smoothing)
@@ -300,14 +306,11 @@ class Service:
         from stream_server.cluster.inference_worker import connect
         from stream_server.cluster.updates import UpdateBus
 
-        if self.model is None:
-            from stream_server.inference.loading import load_configured_model
-
-            self.model = await asyncio.to_thread(load_configured_model, self.config)
+        model = await self._describe_model()
         nc = await connect(self.config, "genrecast-node")
         engine = ClusterEngine(
             nc,
-            labels=len(self.model.labels),
+            labels=len(model.labels),
             max_batch=self.config.engine.max_batch,
             timeout_s=self.config.cluster.request_timeout_s,
             on_results=self._deliver,
