@@ -14,7 +14,10 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.errors import NoRespondersError
 from nats.js.api import StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 
 from stream_server.cluster.nats_server import (
     NatsServer,
@@ -62,35 +65,55 @@ def test_bad_clusters_are_refused_with_the_reason(tmp_path: Path) -> None:
         cluster_specs(3, tmp_path, host="10.0.0.1")
 
 
+async def _acknowledged(js: JetStreamContext, subject: str, data: bytes) -> int:
+    """Publishes until acknowledged (the stream may be electing a leader after a kill: no
+    responders, or no reply in time); the one message id makes a retry not a second copy."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while True:
+        try:
+            ack = await js.publish(subject, data, timeout=1.0, headers={"Nats-Msg-Id": subject})
+        except (NoRespondersError, NoStreamResponseError, nats.errors.TimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+        else:
+            return ack.seq
+
+
 async def _replicated(servers: list[NatsServer]) -> None:
     urls = [server.spec.url for server in servers]
     first = await nats.connect(servers=[urls[0]], connect_timeout=TIMEOUT_S)
-    js = first.jetstream()
-    await js.add_stream(StreamConfig(name="T", subjects=["t.>"], num_replicas=3))
-    for i in range(10):
-        assert (await js.publish(f"t.{i}", str(i).encode())).seq == i + 1
-    await first.close()
+    try:
+        js = first.jetstream()
+        await js.add_stream(StreamConfig(name="T", subjects=["t.>"], num_replicas=3))
+        for i in range(10):
+            assert await _acknowledged(js, f"t.{i}", str(i).encode()) == i + 1
+    finally:
+        await first.close()
 
     servers[1].kill()  # kill -9: two of three keep the quorum
     third = await nats.connect(servers=[urls[2]], connect_timeout=TIMEOUT_S)
-    js = third.jetstream()
-    for i in range(10, 20):  # acknowledged by the two left
-        ack = await js.publish(f"t.{i}", str(i).encode(), timeout=TIMEOUT_S)
-        assert ack.seq == i + 1
-    await third.close()
+    try:
+        js = third.jetstream()
+        for i in range(10, 20):  # acknowledged by the two left, once elected
+            assert await _acknowledged(js, f"t.{i}", str(i).encode()) == i + 1
+    finally:
+        await third.close()
 
     servers[1].start()  # the killed one comes back with its store and catches up
     await asyncio.to_thread(servers[1].wait_ready)
     back = await nats.connect(servers=[urls[1]], connect_timeout=TIMEOUT_S)
-    js = back.jetstream()
-    for _ in range(100):
-        info = await js.stream_info("T")
-        if info.state.messages == 20:
-            break
-        await asyncio.sleep(0.1)
-    got = [(await js.get_msg("T", seq)).data for seq in range(1, 21)]
-    assert got == [str(i).encode() for i in range(20)]
-    await back.close()
+    try:
+        js = back.jetstream()
+        for _ in range(100):
+            info = await js.stream_info("T")
+            if info.state.messages == 20:
+                break
+            await asyncio.sleep(0.1)
+        got = [(await js.get_msg("T", seq)).data for seq in range(1, 21)]
+        assert got == [str(i).encode() for i in range(20)]
+    finally:
+        await back.close()
 
 
 def test_a_three_server_cluster_keeps_every_acknowledged_message_through_a_kill(
