@@ -113,7 +113,7 @@ def streams_table(streams: list[dict[str, Any]], state: DashboardState) -> None:
         view = state.streams.get(sid)
         genre = (view.genre if view else None) or s.get("genre") or "-"
         conf = view.confidence if view and view.genre else s.get("confidence")
-        live = s.get("state") not in ("ended", "failed")
+        live = s.get("state") not in ("ended", "failed", "lost")
         started = s.get("created_at")
         ended = s.get("ended_at")
         age = (now if live else (ended or now)) - started if isinstance(started, float) else None

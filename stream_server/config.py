@@ -343,8 +343,9 @@ class ClusterConfig:
     learns the rest); ``user`` and the password in the environment variable ``password_env``
     when the servers want them; ``request_timeout_s``: how long a node waits for a window's
     scores before it counts the window as skipped (a worker that died with it); ``replicas``:
-    the NATS servers that keep each message of the cluster's updates stream (0: as many as
-    there are, up to 3; at most 5); ``updates_kept``: the newest messages that stream keeps (a
+    the NATS servers that keep each message of the cluster's updates stream and of its
+    key-value buckets (streams, timelines, live streams, leases; 0: as many as there are, up
+    to 3; at most 5); ``updates_kept``: the newest messages that stream keeps (a
     resume with ``since`` reaches back that far).
     """
 

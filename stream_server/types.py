@@ -28,7 +28,8 @@ __all__ = [
 FloatArray = npt.NDArray[np.float32]
 
 #: A stream's state: pushed streams stay ``"live"`` until they end; a pulled one moves
-#: ``connecting`` → ``live`` ⇄ ``reconnecting`` → ``ended`` / ``failed``.
+#: ``connecting`` → ``live`` ⇄ ``reconnecting`` → ``ended`` / ``failed``. (A cluster also
+#: lists a stream whose node died without ending it as ``lost``.)
 StreamState = Literal["connecting", "live", "reconnecting", "ended", "failed"]
 
 #: Counters a source keeps on its stream (``GET /streams``): audio chunks the server could not

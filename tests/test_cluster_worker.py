@@ -233,6 +233,31 @@ def test_a_node_serves_streams_scored_by_the_workers_as_one_process_does(
     assert compared >= 5
 
 
+async def _listed(base: str, ids: set[str], state: str) -> list[dict[str, Any]]:
+    """``GET /streams`` on ``base`` until it lists every stream of ``ids`` in ``state``."""
+    async with httpx.AsyncClient(base_url=base) as http:
+        for _ in range(round(TIMEOUT_S / 0.1)):
+            answer = (await http.get("/streams")).json()["streams"]
+            listed = [s for s in answer if s["stream_id"] in ids]
+            if len(listed) == len(ids) and all(s["state"] == state for s in listed):
+                return listed
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{base} never listed {ids} as {state}: {listed}")
+
+
+async def _timelines(a: str, b: str, stream_id: str) -> tuple[Any, Any]:
+    """A stream's timeline on nodes ``a`` and ``b`` once they agree (``a`` stores its end a
+    moment after its ``stream.ended``), else as they last were."""
+    path = f"/streams/{stream_id}/timeline"
+    async with httpx.AsyncClient() as http:
+        for _ in range(round(TIMEOUT_S / 0.1)):
+            got = [(await http.get(base + path)).json() for base in (a, b)]
+            if got[0] == got[1]:
+                break
+            await asyncio.sleep(0.1)
+    return got[0], got[1]
+
+
 def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
     cluster: tuple[str, Workers], config_path: Path, local: Any
 ) -> None:
@@ -269,6 +294,7 @@ def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
                 await conn.send(json.dumps({"type": "stop"}))
 
         pushing = asyncio.create_task(push())
+        listed_live = asyncio.create_task(_listed(b_url, ids, "live"))
         on_a: list[dict[str, Any]] = []
         following_a = asyncio.create_task(follow(sub_a, ids, on_a))
         on_b: list[dict[str, Any]] = []
@@ -285,6 +311,12 @@ def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
         await sub_a.close()
         for conn in conns:
             await conn.close()
+        # node B listed A's streams while they were live, and lists them ended now
+        assert all({"stream_time_s", "windows_computed"} <= set(s) for s in await listed_live)
+        await _listed(b_url, ids, "ended")
+        for stream_id in ids:  # the timeline A wrote, read on B
+            on_node_a, on_node_b = await _timelines(a_url, b_url, stream_id)
+            assert on_node_b == on_node_a and on_node_a["segments"], (on_node_a, on_node_b)
         return on_a, on_b
 
     try:

@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from stream_server.config import Config
+from stream_server.core.records import StreamRecord, TrackTitle
 from stream_server.core.session import SessionParams, StreamSession
 from stream_server.core.windows import WindowJob
 from stream_server.errors import GenrecastError
-from stream_server.serve.store import SCHEMA_VERSION, StreamRecord, TimelineStore, TrackTitle
+from stream_server.serve.store import SCHEMA_VERSION, TimelineStore
 from stream_server.sources.puller import (
     HttpBody,
     IcyDemuxer,

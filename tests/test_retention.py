@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from stream_server.config import Config, config_from_dict
+from stream_server.core.records import StreamRecord, TrackTitle
 from stream_server.core.timeline import Segment
 from stream_server.errors import ConfigError
 from stream_server.inference.model import LoadedModel
-from stream_server.serve.store import StreamRecord, TimelineStore, TrackTitle
+from stream_server.serve.store import TimelineStore
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run, serving, stream_ids
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from stream_server.core.records import StreamRecord
 from stream_server.core.timeline import Segment, TimelineBuilder
 from stream_server.errors import GenrecastError, StorageError
-from stream_server.serve.store import SCHEMA_VERSION, StreamRecord, TimelineStore
+from stream_server.serve.store import SCHEMA_VERSION, TimelineStore
 
 
 def record(stream_id: str, created_at: float = 1_700_000_000.0, **kw: object) -> StreamRecord:

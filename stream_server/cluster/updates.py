@@ -35,7 +35,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NOTICES", "STREAM", "SUBJECTS", "Hub", "UpdateBus", "cluster_size", "subject_of"]
+__all__ = [
+    "NOTICES",
+    "STREAM",
+    "SUBJECTS",
+    "Hub",
+    "UpdateBus",
+    "cluster_size",
+    "replicas_for",
+    "subject_of",
+]
 
 STREAM: Final = "GENRECAST_UPDATES"
 SUBJECTS: Final = "genrecast.updates"
@@ -65,6 +74,13 @@ def subject_of(stream_id: str) -> str:
 def cluster_size(nc: Client) -> int:
     """The NATS servers ``nc`` knows of: those configured and those their cluster told of."""
     return max(1, len({(url.hostname, url.port) for url in nc.servers}))
+
+
+def replicas_for(nc: Client, configured: int, existing: int | None) -> int:
+    """The replicas of a stream or bucket: ``configured`` (``cluster.replicas``) when set,
+    else the one that exists keeps its own (a node started while a server was down does not
+    shrink it), else as many as the servers, up to 3."""
+    return configured or existing or min(3, cluster_size(nc))
 
 
 class Hub(Protocol):
@@ -121,10 +137,9 @@ class UpdateBus:
                 existing: StreamConfig | None = (await js.stream_info(STREAM)).config
             except NotFoundError:
                 existing = None
-            replicas = self.replicas
-            if not replicas:  # a node that started while a server was down keeps the stream's
-                known = existing.num_replicas if existing else None
-                replicas = known or min(3, cluster_size(self.nc))
+            replicas = replicas_for(
+                self.nc, self.replicas, existing.num_replicas if existing else None
+            )
             config = StreamConfig(
                 name=STREAM,
                 subjects=[f"{SUBJECTS}.>"],

@@ -287,11 +287,14 @@ async def updates(ws: WebSocket) -> None:
 
 async def health(request: Request) -> Response:
     """``{"status": "ok"}``; an ingest worker of ``serve --workers N`` adds its ``worker``
-    index (0..N-1), process id and how many live streams it holds."""
+    index (0..N-1), process id and how many live streams it holds; a cluster node its
+    ``node`` id (as ``GET /streams`` names the node of a live stream) and its streams."""
     service: Service = request.app.state.service
     body: dict[str, object] = {"status": "ok"}
     if service.link is not None:
         body |= {"worker": service.link.index, "pid": os.getpid(), "streams": len(service.streams)}
+    if service.cluster_store is not None:
+        body |= {"node": service.node_id, "streams": len(service.streams)}
     return JSONResponse(body)
 
 

@@ -78,6 +78,11 @@ class Metrics:
             "Windows of uploaded files run through the model",
             registry=r,
         )
+        self.takeovers = Counter(
+            "genrecast_takeovers",
+            "Pulled stations this cluster node took over from a node that was gone",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from stream_server.config import Config
 from stream_server.core.audio import validate_format
+from stream_server.core.records import StreamArchive, StreamRecord, Tail, TrackTitle
 from stream_server.core.session import SessionParams, StreamSession, score_batch
 from stream_server.core.smoothing import SmoothingTable
 from stream_server.core.timeline import Segment
@@ -41,14 +42,18 @@ from stream_server.messages import (
 from stream_server.serve.engine_link import EngineLink
 from stream_server.serve.hub import Subscriber, UpdateHub
 from stream_server.serve.metrics import Metrics, merge_metrics
-from stream_server.serve.store import StreamRecord, Tail, TimelineStore, TrackTitle
+from stream_server.serve.store import TimelineStore
 from stream_server.serve.upload import Classifier
 from stream_server.sources.puller import Puller
 from stream_server.sources.source_policy import SourcePolicy
 from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
 
 if TYPE_CHECKING:  # torch: imported where the model runs (an ingest worker never does)
+    from nats.aio.client import Client as NatsClient
+
     from stream_server.cluster.engine import ClusterEngine
+    from stream_server.cluster.pulls import PullLeases, PullSpec
+    from stream_server.cluster.store import ClusterStore
     from stream_server.cluster.updates import UpdateBus
     from stream_server.inference.runner import InferenceRunner
 
@@ -59,6 +64,9 @@ _Audio = TypeVar("_Audio", bytes, FloatArray)
 
 #: Longest wait, in seconds, for a stream's last window to come back from the engine at its end.
 DRAIN_TIMEOUT_S = 10.0
+
+#: Why a cluster lists a stream as ``lost``: never ended, and no node puts it among its live ones.
+LOST_REASON = "its node stopped without ending it"
 
 #: Seconds between two prunings of the store (``storage.retention_days``) after the one at start.
 PRUNE_INTERVAL_S = 3600.0
@@ -90,6 +98,13 @@ class LiveStream:
     #: Called on the loop with the ``stream.ended`` message when the stream ends, whoever ended
     #: it (the ingest connection uses it to close its socket after a ``DELETE``).
     on_end: Callable[[StreamEnded], None] | None = None
+    #: A stream taken over from a node that died (a pulled station in a cluster): the
+    #: segments its earlier nodes stored; this session's are numbered after them.
+    earlier: list[Segment] = field(default_factory=list)
+
+    def segments(self) -> list[Segment]:
+        """The whole timeline: the earlier nodes' segments, then this session's."""
+        return [*self.earlier, *self.session.segments()]
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -159,7 +174,16 @@ class Service:
         #: updates stream its messages go through (stamped by JetStream, for every node).
         self.cluster_engine: ClusterEngine | None = None
         self.bus: UpdateBus | None = None
-        self.store: TimelineStore | None = None
+        #: The archive: the SQLite file (``storage.database``), or a cluster's buckets (also
+        #: :attr:`cluster_store`, with the register of every node's live streams).
+        self.store: StreamArchive | None = None
+        self.cluster_store: ClusterStore | None = None
+        self._nc: NatsClient | None = None
+        self._live_putter: asyncio.Task[None] | None = None
+        #: A cluster node's leases on the stations it pulls, and its id in them.
+        self.leases: PullLeases | None = None
+        self._leaser: asyncio.Task[None] | None = None
+        self.node_id = secrets.token_hex(4)
         self.load_error: str | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrecast-db")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -178,7 +202,10 @@ class Service:
     async def start(self) -> None:
         """Open the store and load the model (both off the event loop), then start the engine."""
         self._loop = asyncio.get_running_loop()
-        self.store = await self._in_db(TimelineStore, self.config.storage.database)
+        if self.config.cluster.urls:
+            await self._open_cluster_store()
+        else:
+            self.store = await self._in_db(TimelineStore, self.config.storage.database)
         if self.link is None:  # workers share the engine process's store, which did this
             await self._in_db(self._close_orphans)
         if self.config.storage.retention_days > 0 and self.link is None:
@@ -187,6 +214,41 @@ class Service:
         self._load_task = asyncio.create_task(self._load_in_background())
         self._reaper = asyncio.create_task(self._reap_idle())
         self.started.set()
+
+    async def _open_cluster_store(self) -> None:
+        """A cluster node: connect to NATS and open the cluster's archive; put this node's live
+        streams in its register from now on.
+
+        Raises:
+            ClusterError: NATS cannot be reached, or refused a bucket.
+        """
+        from stream_server.cluster.inference_worker import connect
+        from stream_server.cluster.store import ClusterStore
+
+        self._nc = await connect(self.config, "genrecast-node")
+        store = ClusterStore(self._nc, replicas=self.config.cluster.replicas)
+        try:
+            await store.open()
+        except BaseException:
+            await self._nc.close()
+            raise
+        self.store = self.cluster_store = store
+        self._live_putter = asyncio.create_task(self._put_live_periodically(store))
+        from stream_server.cluster.pulls import PullLeases
+
+        self.leases = PullLeases(self._nc, self.node_id, replicas=self.config.cluster.replicas)
+        await self.leases.open()
+
+    async def _put_live_periodically(self, store: ClusterStore) -> None:
+        from stream_server.cluster.store import LIVE_S
+
+        while True:
+            if self.streams:
+                try:
+                    await store.put_live(self._describe_live())
+                except Exception as exc:  # the next round tries again
+                    log.warning("the live streams could not be put in the cluster: %s", exc)
+            await asyncio.sleep(LIVE_S)
 
     async def _reap_idle(self) -> None:
         """End every pushed stream (WebSocket, WebRTC) that sent no audio for
@@ -303,11 +365,11 @@ class Service:
         over NATS (:class:`~stream_server.cluster.engine.ClusterEngine`). The model's
         description (labels, windows) is the configured model's, loaded here."""
         from stream_server.cluster.engine import ClusterEngine
-        from stream_server.cluster.inference_worker import connect
         from stream_server.cluster.updates import UpdateBus
 
         model = await self._describe_model()
-        nc = await connect(self.config, "genrecast-node")
+        nc = self._nc
+        assert nc is not None, "start() opens the cluster's connection"
         engine = ClusterEngine(
             nc,
             labels=len(model.labels),
@@ -336,6 +398,8 @@ class Service:
         self.cluster_engine = engine
         self.engine = engine
         self._log_model()
+        assert self.leases is not None  # stations whose node died are taken over from now on
+        self._leaser = asyncio.create_task(self.leases.run(self._take_over, self._lost_lease))
 
     def _log_model(self) -> None:
         assert self.model is not None
@@ -369,7 +433,7 @@ class Service:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        for task in (self._reaper, self._pruner):
+        for task in (self._reaper, self._pruner, self._live_putter, self._leaser):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -386,11 +450,12 @@ class Service:
             if self.bus is not None:
                 await self.bus.close()
             await self.cluster_engine.close()
-            await self.cluster_engine.nc.close()
         elif self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
-        if self.store is not None:
+        if self.store is not None:  # after the queued writes (a cluster's need the client)
             await self._in_db(self.store.close)
+        if self._nc is not None:
+            await self._nc.close()
         self._db.shutdown(wait=True)
 
     @property
@@ -442,12 +507,19 @@ class Service:
         return self._params().labels
 
     async def open_stream(
-        self, start: StartMessage, *, kind: str = "ws", source: str = "", client: str = ""
+        self,
+        start: StartMessage,
+        *,
+        kind: str = "ws",
+        source: str = "",
+        client: str = "",
+        resume: StreamRecord | None = None,
     ) -> tuple[LiveStream, str]:
         """Validate ``start`` and open a live stream; returns it and its ``stream.started`` JSON.
 
         ``client`` is who asks (an address): each may hold ``server.max_streams_per_client``
-        streams at once ("" is not limited: the server's own).
+        streams at once ("" is not limited: the server's own). ``resume``: a stored stream
+        that goes on here under its id (:meth:`pull`); it is not announced again (``""``).
 
         Raises:
             ProtocolError: not ready, a bad format or name, too many streams (``busy``, in all
@@ -471,10 +543,14 @@ class Service:
         name = check_text(start.get("name", ""), "name", MAX_NAME_CHARS)
         await self._admit(client)
         try:
-            live = await self._register(start, name, kind=kind, source=source, client=client)
+            live = await self._register(
+                start, name, kind=kind, source=source, client=client, resume=resume
+            )
         except BaseException:
             self._leave(client)
             raise
+        if resume is not None:
+            return live, ""
         return live, await self._announce(live)
 
     async def _admit(self, client: str) -> None:
@@ -512,11 +588,18 @@ class Service:
             self.link.leave(client)
 
     async def _register(
-        self, start: StartMessage, name: str, *, kind: str, source: str, client: str
+        self,
+        start: StartMessage,
+        name: str,
+        *,
+        kind: str,
+        source: str,
+        client: str,
+        resume: StreamRecord | None = None,
     ) -> LiveStream:
         """A new live stream, stored first and registered after: a stream the store refused
-        never exists."""
-        stream_id = secrets.token_hex(6)
+        never exists. ``resume``: a stored stream going on here (not stored again)."""
+        stream_id = secrets.token_hex(6) if resume is None else resume.stream_id
         session = StreamSession(
             stream_id,
             dataclasses.replace(self._params(), warm_up=self.stream_state, pcm16=True),
@@ -529,6 +612,11 @@ class Service:
         )
         live = LiveStream(session, source, client=client)
         assert self.store is not None
+        if resume is not None:
+            session.started_wall = resume.created_at
+            self.streams[stream_id] = live
+            self.metrics.active_streams.set(len(self.streams))
+            return live
         record = live.record()
         self._opening_by[client] = self._opening_by.get(client, 0) + 1
         try:
@@ -666,6 +754,12 @@ class Service:
         ended_at = time.time()
         if self.store is not None:
             self._db_write(self.store.end_stream, session.stream_id, ended_at)
+        if self.cluster_store is not None:
+            forget = asyncio.ensure_future(self.cluster_store.forget_live(session.stream_id))
+            forget.add_done_callback(_log_cluster_failure)
+        if self.leases is not None and session.stream_id in self.leases.held:
+            release = asyncio.ensure_future(self.leases.release(session.stream_id))
+            release.add_done_callback(_log_cluster_failure)
         message = StreamEnded(
             type="stream.ended",
             seq=0,
@@ -731,7 +825,7 @@ class Service:
         if self.store is not None and tails:
             self._db_write(self._write_tails, self.store, tails)
 
-    def _write_tails(self, store: TimelineStore, tails: Sequence[Tail]) -> None:
+    def _write_tails(self, store: StreamArchive, tails: Sequence[Tail]) -> None:
         """One batch's timeline tails in one transaction (database thread); a tail that cannot
         be stored is logged and counted, the others are kept."""
         for stream_id, reason in store.write_tails(tails):
@@ -793,12 +887,18 @@ class Service:
     # -- pulled streams (stream_server.sources.puller)
     # -----------------------------------------------
 
-    async def pull(self, source: str, *, name: str = "") -> LiveStream:
+    async def pull(
+        self, source: str, *, name: str = "", resume: StreamRecord | None = None
+    ) -> LiveStream:
         """Open a stream whose audio the server fetches itself from ``source`` (URL or path).
 
         Returns at once in state ``"connecting"``; a worker thread connects, decodes and feeds.
         The source is checked first (:mod:`stream_server.sources.source_policy`, off the event loop:
         it resolves host names and looks at files); nothing is registered if it is refused.
+        In a cluster the station is leased (:mod:`stream_server.cluster.pulls`); ``resume`` is
+        the stream of a station taken over: its id and record kept, no ``stream.started``, its
+        timeline continued after a gap (the time since the station started, at least to the
+        end of its stored timeline).
 
         Raises:
             ProtocolError: not ready, or too many streams (as :meth:`open_stream`).
@@ -817,13 +917,56 @@ class Service:
         rate = self.model.preprocessing.sample_rate
         start = StartMessage(type="start", sample_rate=rate, channels=1, format="f32le")
         start["name"] = name or source.rstrip("/").rsplit("/", 1)[-1] or source
-        live, _ = await self.open_stream(start, kind="url", source=source)
+        live, _ = await self.open_stream(start, kind="url", source=source, resume=resume)
         live.state = "connecting"
+        stream_id = live.session.stream_id
+        if resume is not None:
+            assert self.store is not None
+            live.earlier = await self._in_db(self.store.timeline, stream_id)
+            stored_end = live.earlier[-1].end_s if live.earlier else 0.0
+            live.session.mark_gap(max(stored_end, time.time() - resume.created_at))
         assert self._loop is not None
         puller = Puller(LiveSink(self, live), source, self.config.sources, self._loop)
-        self.pullers[live.session.stream_id] = puller
+        self.pullers[stream_id] = puller
         puller.start()
+        if self.leases is not None and resume is None:
+            from stream_server.cluster.pulls import PullSpec
+
+            try:
+                await self.leases.hold(PullSpec(stream_id, source, live.session.name))
+            except Exception as exc:  # it is pulled, but no other node would take it over
+                log.error("stream %s: its lease could not be taken: %s", stream_id, exc)
         return live
+
+    async def _take_over(self, spec: PullSpec) -> None:
+        """Pull on a station whose node died (its lease is this node's now).
+
+        Raises:
+            ClusterError: its stream ended meanwhile, or is unknown.
+            ProtocolError, SourceRefused: as :meth:`pull` (this node refuses it).
+        """
+        assert self.store is not None
+        record = await self._in_db(self.store.get_stream, spec.stream_id)
+        if record is None or record.ended_at is not None:
+            raise ClusterError(f"stream {spec.stream_id} ended")
+        await self.pull(spec.source, name=spec.name, resume=record)
+        self.metrics.takeovers.inc()
+
+    async def _lost_lease(self, stream_id: str) -> None:
+        """Another node pulls ``stream_id`` now: stop here without ending it."""
+        live = self.streams.get(stream_id)
+        if live is None:
+            return
+        live.ended = True
+        puller = self.pullers.pop(stream_id, None)
+        if puller is not None:
+            puller.stop()
+        if self.engine is not None:
+            self.engine.cancel(stream_id)
+        if self.streams.pop(stream_id, None) is not None:
+            self._leave(live.client)
+        live.session.close()
+        self.metrics.active_streams.set(len(self.streams))
 
     async def stop_stream(self, stream_id: str, reason: str = "stopped by request") -> bool:
         """End a live stream of any kind (a pulled one stops fetching), on whichever worker
@@ -875,7 +1018,7 @@ class Service:
         store; None if unknown."""
         live = self.streams.get(stream_id)
         if live is not None:
-            return live.session.segments()
+            return live.segments()
         if self.link is not None:
             for answer in await self.link.ask("timeline", stream_id):
                 if answer is not None:
@@ -891,10 +1034,13 @@ class Service:
         """Live streams first (every worker's), then stored ones, as JSON-ready dicts."""
         assert self.store is not None
         records: list[StreamRecord] = await self._in_db(self.store.list_streams, 100)
-        if self.link is None:
-            out = self._describe_live()
-        else:
+        if self.link is not None:
             out = [stream for answer in await self.link.ask("streams") for stream in answer]
+        else:
+            out = self._describe_live()
+        if self.cluster_store is not None:  # and every other node's
+            here = {stream["stream_id"] for stream in out}
+            out += [s for s in await self.cluster_store.live() if s["stream_id"] not in here]
         live = {stream["stream_id"] for stream in out}
         out += [self.describe(r) for r in records if r.stream_id not in live]
         return out
@@ -918,7 +1064,7 @@ class Service:
             live = self.streams.get(arg)
             if live is None:
                 return None
-            return [dataclasses.asdict(segment) for segment in live.session.segments()]
+            return [dataclasses.asdict(segment) for segment in live.segments()]
         if what == "stop":
             stream_id, reason = arg
             live = self.streams.get(stream_id)
@@ -947,10 +1093,14 @@ class Service:
         }
         if not isinstance(stream, LiveStream):
             described.update(self._final_states.get(record.stream_id, {}))
+            if record.ended_at is None and self.cluster_store is not None:
+                described |= {"state": "lost", "reason": LOST_REASON}
             return described
         live, s = stream, stream.session
         update = s.last_update
         described["state"] = live.state
+        if self.cluster_store is not None:
+            described["node"] = self.node_id  # which node of the cluster runs it
         return described | {
             "stream_time_s": round(s.stream_time_s, 3),
             "lag_s": round(s.stream_time_s - update["stream_time_s"], 3) if update else None,
@@ -1018,6 +1168,14 @@ class LiveSink:
         self._live.on_end = lambda ended: callback(ended["reason"])
 
 
+def _log_cluster_failure(future: asyncio.Future[None]) -> None:
+    """An ended stream's entries in the cluster (live register, lease) could not be deleted:
+    the live entry runs out by itself, a station would be taken over and found ended."""
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("an ended stream's cluster entries stay: %s", future.exception())
+
+
 def _tail(live: LiveStream, segments: list[tuple[int, Segment]]) -> Tail:
     """A session's changed timeline tail (``(index, segment)``, consecutive indices) to store."""
-    return live.session.stream_id, segments[0][0], [segment for _, segment in segments]
+    index = segments[0][0] + len(live.earlier)
+    return live.session.stream_id, index, [segment for _, segment in segments]

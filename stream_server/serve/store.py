@@ -18,14 +18,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from stream_server.core.records import StreamRecord, Tail, TrackTitle
 from stream_server.core.timeline import Segment
 from stream_server.errors import StorageError
 
-__all__ = ["SCHEMA_VERSION", "StreamRecord", "TimelineStore", "TrackTitle"]
+__all__ = ["SCHEMA_VERSION", "TimelineStore"]
 
 #: Schema version stored in ``PRAGMA user_version`` and in the ``schema_version`` table.
 #: Version 2 added the ``titles`` table (a version 1 file gains it when opened).
@@ -68,60 +68,7 @@ CREATE TABLE IF NOT EXISTS titles (
 CREATE INDEX IF NOT EXISTS titles_stream ON titles (stream_id, stream_time_s);
 """
 
-#: A timeline tail to store: ``(stream_id, first segment index, segments from there on)``.
-Tail = tuple[str, int, Sequence[Segment]]
-
 _STREAM_COLUMNS = "stream_id, name, kind, source, created_at, ended_at, sample_rate, channels, fmt"
-
-
-@dataclass(frozen=True)
-class StreamRecord:
-    """One stream the server has ingested.
-
-    Attributes:
-        stream_id: Unique id of the stream.
-        name: Human-readable name.
-        kind: How the audio arrives (e.g. ``"ws"``, ``"file"``, ``"url"``).
-        source: Where it comes from (client address, file path or URL).
-        created_at: When the stream started, wall-clock unix seconds.
-        ended_at: When it ended, wall-clock unix seconds; ``None`` while live.
-        sample_rate: Announced sample rate in Hz, if known.
-        channels: Announced channel count, if known.
-        fmt: Announced sample format (e.g. ``"s16le"``), if known.
-    """
-
-    stream_id: str
-    name: str
-    kind: str
-    source: str
-    created_at: float
-    ended_at: float | None = None
-    sample_rate: int | None = None
-    channels: int | None = None
-    fmt: str | None = None
-
-
-@dataclass(frozen=True)
-class TrackTitle:
-    """A title a stream announced (a track change).
-
-    Attributes:
-        stream_time_s: When, in seconds of stream time.
-        wall_time: When, wall-clock unix seconds.
-        title: The announced title, e.g. ``"Artist - Song"``.
-    """
-
-    stream_time_s: float
-    wall_time: float
-    title: str
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form; ``stream_time_s`` rounded to 3 decimals."""
-        return {
-            "stream_time_s": round(self.stream_time_s, 3),
-            "wall_time": self.wall_time,
-            "title": self.title,
-        }
 
 
 _StreamRow = tuple[str, str, str, str, float, float | None, int | None, int | None, str | None]

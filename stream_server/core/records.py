@@ -1,0 +1,113 @@
+"""What the archive keeps of a stream, and the archive's interface: a stream's record, the
+titles it announced, a timeline tail to write, and :class:`StreamArchive`, which both the
+one-machine SQLite store (:class:`~stream_server.serve.store.TimelineStore`) and a cluster's
+key-value buckets (:class:`~stream_server.cluster.store.ClusterStore`) implement.
+
+Times: ``created_at`` / ``ended_at`` and a title's ``wall_time`` are wall-clock unix seconds;
+segment times and a title's ``stream_time_s`` are seconds of stream time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from stream_server.core.timeline import Segment
+
+__all__ = ["StreamArchive", "StreamRecord", "Tail", "TrackTitle"]
+
+#: A timeline tail to store: ``(stream_id, first segment index, segments from there on)``.
+Tail = tuple[str, int, Sequence[Segment]]
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One stream the server has ingested.
+
+    Attributes:
+        stream_id: Unique id of the stream.
+        name: Human-readable name.
+        kind: How the audio arrives (e.g. ``"ws"``, ``"file"``, ``"url"``).
+        source: Where it comes from (client address, file path or URL).
+        created_at: When the stream started, wall-clock unix seconds.
+        ended_at: When it ended, wall-clock unix seconds; ``None`` while live.
+        sample_rate: Announced sample rate in Hz, if known.
+        channels: Announced channel count, if known.
+        fmt: Announced sample format (e.g. ``"s16le"``), if known.
+    """
+
+    stream_id: str
+    name: str
+    kind: str
+    source: str
+    created_at: float
+    ended_at: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    fmt: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackTitle:
+    """A title a stream announced (a track change).
+
+    Attributes:
+        stream_time_s: When, in seconds of stream time.
+        wall_time: When, wall-clock unix seconds.
+        title: The announced title, e.g. ``"Artist - Song"``.
+    """
+
+    stream_time_s: float
+    wall_time: float
+    title: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form; ``stream_time_s`` rounded to 3 decimals."""
+        return {
+            "stream_time_s": round(self.stream_time_s, 3),
+            "wall_time": self.wall_time,
+            "title": self.title,
+        }
+
+
+class StreamArchive(Protocol):
+    """Streams, their timelines and titles, kept beyond the process. The service calls these
+    from its one database thread (they may block it, never the event loop); each raises
+    :class:`~stream_server.errors.StorageError` when the archive cannot do it."""
+
+    def add_stream(self, record: StreamRecord) -> None:
+        """Keep a new stream (an existing id is an error)."""
+
+    def end_open_streams(self, ended_at: float) -> int:
+        """End the streams a previous run of this server left open; how many."""
+
+    def end_stream(self, stream_id: str, ended_at: float) -> None:
+        """Mark a stream ended at ``ended_at``."""
+
+    def get_stream(self, stream_id: str) -> StreamRecord | None:
+        """The stream with this id, or ``None``."""
+
+    def list_streams(self, limit: int = 100) -> list[StreamRecord]:
+        """Up to ``limit`` streams, newest first."""
+
+    def write_tail(self, stream_id: str, index: int, segments: Sequence[Segment]) -> None:
+        """Make ``segments`` the stream's timeline from segment number ``index`` on."""
+
+    def write_tails(self, tails: Sequence[Tail]) -> list[tuple[str, str]]:
+        """:meth:`write_tail` for many streams; ``(stream_id, reason)`` of each not written."""
+
+    def timeline(self, stream_id: str) -> list[Segment]:
+        """A stream's segments in order (empty for an unknown stream)."""
+
+    def add_title(self, stream_id: str, title: TrackTitle) -> None:
+        """Keep a title the stream announced."""
+
+    def titles(self, stream_id: str) -> list[TrackTitle]:
+        """A stream's titles in the order announced."""
+
+    def prune(self, before_wall_time: float) -> int:
+        """Delete the streams that ended before ``before_wall_time``; how many."""
+
+    def close(self) -> None:
+        """Release the archive; idempotent."""
