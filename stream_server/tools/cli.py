@@ -75,6 +75,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    require_extra("cluster")
+    from stream_server.tools.local_cluster import cluster_up, default_dir
+
+    folder = args.dir or default_dir()
+    print(f"starting {args.nats} NATS servers, {args.workers} workers, {args.nodes} nodes ...")
+    cluster = cluster_up(
+        folder,
+        nats=args.nats,
+        nodes=args.nodes,
+        workers=args.workers,
+        config=args.config,
+        port=args.port,
+    )
+    print(cluster.describe())
+    return 0
+
+
+def cmd_cluster_down(args: argparse.Namespace) -> int:
+    from stream_server.tools.local_cluster import cluster_down, default_dir
+
+    folder = args.dir or default_dir()
+    cluster = cluster_down(folder)
+    if cluster is None:
+        print(f"genrecast: no cluster is up in {folder}", file=sys.stderr)
+        return 1
+    print(f"stopped {len(cluster.processes)} processes; stores and logs stay in {folder}")
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -486,6 +516,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint directory or hub id (config: model.path)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (config: engine.device)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("cluster", help="a whole cluster on this machine's loopback, for trying it")
+    actions = p.add_subparsers(dest="action", required=True)
+    dir_help = "its folder: stores, logs, the list of processes (default: $XDG_STATE_HOME or "
+    dir_help += "~/.local/state, then genrecast/cluster)"
+    q = actions.add_parser(
+        "up", help="start NATS servers, inference workers and API nodes, each in the background"
+    )
+    q.add_argument("--nats", type=int, default=3, help="NATS servers, joined (default 3)")
+    q.add_argument("--nodes", type=int, default=2, help="API nodes: genrecast serve (default 2)")
+    q.add_argument("--workers", type=int, default=2, help="inference workers (default 2)")
+    q.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="first node's port, the next ones after it; 0: free ports (default 8000)",
+    )
+    q.add_argument("--config", type=Path, help="config.toml for the nodes and workers")
+    q.add_argument("--dir", type=Path, help=dir_help)
+    q.set_defaults(func=cmd_cluster_up)
+    q = actions.add_parser("down", help="stop the cluster `cluster up` started")
+    q.add_argument("--dir", type=Path, help=dir_help)
+    q.set_defaults(func=cmd_cluster_down)
 
     p = sub.add_parser(
         "push",
