@@ -57,28 +57,50 @@ log = logging.getLogger(__name__)
 __all__ = ["InferenceWorker", "connect", "run_inference_worker"]
 
 
-async def connect(config: Config, name: str) -> Client:
-    """A NATS client on ``cluster.urls`` that reconnects for ever (credentials from
-    ``cluster.user`` and the ``cluster.password_env`` variable).
+#: Seconds a node or worker has at its start to log in to a NATS server; after that it only
+#: reconnects (for ever) to a server lost on the way.
+CONNECT_GIVE_UP_S = 15.0
+
+
+def nats_password(config: Config) -> str | None:
+    """The password for ``cluster.user`` (from ``$cluster.password_env``); ``None`` without a
+    user. Checked before anything loads.
 
     Raises:
-        ClusterError: no server could be reached, or the servers refused the credentials.
+        ClusterError: ``cluster.urls`` is empty, or the user has no password.
     """
-    import nats
-    from nats.errors import Error as NatsError
-
     cfg = config.cluster
     if not cfg.urls:
         raise ClusterError("cluster.urls is empty: name a NATS server (or pass --cluster)")
     password = os.environ.get(cfg.password_env) if cfg.user else None
     if cfg.user and not password:
         raise ClusterError(f"cluster.user is set but ${cfg.password_env} is empty")
+    return password
+
+
+async def connect(config: Config, name: str) -> Client:
+    """A NATS client on ``cluster.urls`` that reconnects for ever once connected (credentials
+    from ``cluster.user`` and the ``cluster.password_env`` variable).
+
+    Raises:
+        ClusterError: no server could be reached within :data:`CONNECT_GIVE_UP_S`, or the
+            servers refused the credentials.
+    """
+    import nats
+    from nats.errors import Error as NatsError
+
+    cfg = config.cluster
+    password = nats_password(config)
+    servers = ", ".join(cfg.urls)
+    refused: list[str] = []
 
     async def report(exc: Exception) -> None:
+        if "authorization" in str(exc).lower():
+            refused.append(str(exc))  # a wrong user or password: no retry will do
         log.warning("NATS: %s", exc)
 
-    try:
-        return await nats.connect(
+    connecting = asyncio.ensure_future(
+        nats.connect(
             servers=list(cfg.urls),
             name=name,
             user=cfg.user or None,
@@ -89,8 +111,25 @@ async def connect(config: Config, name: str) -> Client:
             reconnect_time_wait=0.5,
             error_cb=report,
         )
+    )
+    deadline = asyncio.get_running_loop().time() + CONNECT_GIVE_UP_S
+    while not connecting.done() and not refused:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    if not connecting.done():
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        if refused:
+            raise ClusterError(
+                f"NATS at {servers} refused the credentials of cluster.user {cfg.user!r} "
+                f"(${cfg.password_env}): {refused[0]}"
+            )
+        raise ClusterError(f"cannot reach NATS at {servers} within {CONNECT_GIVE_UP_S:g} s")
+    try:
+        return connecting.result()
     except (OSError, NatsError) as exc:
-        raise ClusterError(f"cannot reach NATS at {', '.join(cfg.urls)}: {exc}") from None
+        raise ClusterError(f"cannot reach NATS at {servers}: {exc}") from None
 
 
 class InferenceWorker:

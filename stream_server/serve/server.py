@@ -122,10 +122,16 @@ async def running_server(
     Raises:
         ConfigError: a token cannot be read (``auth.*``), or ``server.host`` is not loopback
             while no token is configured and ``server.insecure`` is off.
+        ClusterError: a cluster node cannot log in to NATS or open the cluster's buckets.
     """
     tokens = checked_tokens(config)
     service = Service(config, model=model)
     sock = bind(config.server.host, config.server.port)
+    try:
+        await service.open_cluster()  # a node that cannot log in to NATS says so and stops
+    except BaseException:
+        sock.close()
+        raise
     port = sock.getsockname()[1]
     server = DrainingServer(uvicorn_config(service, tokens), service)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -203,7 +203,7 @@ class Service:
         """Open the store and load the model (both off the event loop), then start the engine."""
         self._loop = asyncio.get_running_loop()
         if self.config.cluster.urls:
-            await self._open_cluster_store()
+            await self.open_cluster()
         else:
             self.store = await self._in_db(TimelineStore, self.config.storage.database)
         if self.link is None:  # workers share the engine process's store, which did this
@@ -215,29 +215,33 @@ class Service:
         self._reaper = asyncio.create_task(self._reap_idle())
         self.started.set()
 
-    async def _open_cluster_store(self) -> None:
-        """A cluster node: connect to NATS and open the cluster's archive; put this node's live
-        streams in its register from now on.
+    async def open_cluster(self) -> None:
+        """A cluster node (``cluster.urls`` set): connect to NATS and open the cluster's
+        archive; put this node's live streams in its register from now on. Once; nothing
+        without a cluster.
 
         Raises:
             ClusterError: NATS cannot be reached, or refused a bucket.
         """
         from stream_server.cluster.inference_worker import connect
+        from stream_server.cluster.pulls import PullLeases
         from stream_server.cluster.store import ClusterStore
 
-        self._nc = await connect(self.config, "genrecast-node")
-        store = ClusterStore(self._nc, replicas=self.config.cluster.replicas)
+        if not self.config.cluster.urls or self._nc is not None:
+            return
+        nc = await connect(self.config, "genrecast-node")
+        replicas = self.config.cluster.replicas
+        store = ClusterStore(nc, replicas=replicas)
+        leases = PullLeases(nc, self.node_id, replicas=replicas)
         try:
             await store.open()
+            await leases.open()
         except BaseException:
-            await self._nc.close()
+            await nc.close()
             raise
+        self._nc, self.leases = nc, leases
         self.store = self.cluster_store = store
         self._live_putter = asyncio.create_task(self._put_live_periodically(store))
-        from stream_server.cluster.pulls import PullLeases
-
-        self.leases = PullLeases(self._nc, self.node_id, replicas=self.config.cluster.replicas)
-        await self.leases.open()
 
     async def _put_live_periodically(self, store: ClusterStore) -> None:
         from stream_server.cluster.store import LIVE_S

@@ -51,6 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from stream_server.extras import require
 
         require("cluster")
+        from stream_server.cluster.inference_worker import nats_password
+
+        nats_password(config)  # a missing password says so before the model loads
     model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
     if config.server.workers > 1:
         from stream_server.serve.workers import serve_workers
@@ -65,11 +68,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream_server.extras import require
 
     require("cluster")
-    from stream_server.cluster.inference_worker import run_inference_worker
+    from stream_server.cluster.inference_worker import nats_password, run_inference_worker
     from stream_server.inference.heap import cap_kernel_cache
 
     config = load_config_of(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
+    nats_password(config)  # a missing password says so before the model loads
     cap_kernel_cache(config.engine.kernel_cache)
     run_inference_worker(config)
     return 0

@@ -58,14 +58,18 @@ def genrecast(
     )
 
 
-def start_server(config: Path, *args: str, without: str = "") -> tuple[subprocess.Popen[str], str]:
-    """``genrecast serve --config CONFIG [ARGS...]``; returns once it prints its URL."""
+def start_server(
+    config: Path, *args: str, without: str = "", env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``genrecast serve --config CONFIG [ARGS...]`` (``env``: variables added to this
+    process's); returns once it prints its URL."""
     command = [*WITHOUT, without] if without else list(GENRECAST)
     proc = subprocess.Popen(
         [*command, "serve", "--config", str(config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **env} if env else None,
     )
     assert proc.stdout is not None
     for line in proc.stdout:  # blocks until the server says it is ready

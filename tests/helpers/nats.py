@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -36,13 +37,17 @@ def nats_cluster(
             server.stop()
 
 
-def start_worker(config: Path, url: str) -> tuple[str, subprocess.Popen[str]]:
-    """``genrecast worker --config CONFIG --cluster URL``; its id and process once ready."""
+def start_worker(
+    config: Path, url: str, env: dict[str, str] | None = None
+) -> tuple[str, subprocess.Popen[str]]:
+    """``genrecast worker --config CONFIG --cluster URL`` (``env``: variables added to this
+    process's); its id and process once ready."""
     proc = subprocess.Popen(
         [*GENRECAST, "worker", "--config", str(config), "--cluster", url],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **env} if env else None,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
