@@ -1,14 +1,17 @@
 """A cluster on three real ``nats-server`` processes loses one of them (``kill -9``) while a
 stream is pushed to a node: the node and the worker carry on through the other two, and a
-subscriber on another node gets every update of the stream, in order, once."""
+subscriber on another node gets every update of the stream, in order, once, and the stream's
+timeline, read on that node, holds every one of them."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import connect
 
 from ring_buffer.buffer import to_pcm16
@@ -37,7 +40,7 @@ def test_a_killed_nats_server_loses_no_update(tmp_path: Path) -> None:
         b, b_url = start_server(config, "--cluster", second)
         try:
 
-            async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], Any]:
                 ws_a, ws_b = (u.replace("http://", "ws://") for u in (a_url, b_url))
                 async with connect(ws_b + "/ws/updates", compression=None) as sub:
                     conn = await connect(ws_a + "/ws/ingest", compression=None)
@@ -57,9 +60,10 @@ def test_a_killed_nats_server_loses_no_update(tmp_path: Path) -> None:
                     await asyncio.wait_for(following, 6 * TIMEOUT_S)
                     await conn.close()
                 ended = next(m for m in seen if m["type"] == "stream.ended")
-                return [m for m in seen if m.get("stream_id") == stream_id], ended
+                messages = [m for m in seen if m.get("stream_id") == stream_id]
+                return messages, ended, await _timeline(b_url, stream_id, ended)
 
-            messages, ended = run(scenario(), 12 * TIMEOUT_S)
+            messages, ended, timeline = run(scenario(), 12 * TIMEOUT_S)
         finally:
             stop_server(a)
             stop_server(b)
@@ -74,3 +78,21 @@ def test_a_killed_nats_server_loses_no_update(tmp_path: Path) -> None:
     times = [m["stream_time_s"] for m in updates]
     assert times == sorted(times)
     assert messages[0]["type"] == "stream.started"
+    # the timeline node A wrote through the loss, read on B: every update in it, to the end
+    segments = timeline["segments"]
+    assert sum(s["updates"] for s in segments) == len(updates), segments
+    assert segments[0]["start_s"] == 0.0 and segments[-1]["end_s"] == times[-1], segments
+    assert all(x["end_s"] == y["start_s"] for x, y in itertools.pairwise(segments)), segments
+
+
+async def _timeline(base: str, stream_id: str, ended: dict[str, Any]) -> Any:
+    """The stream's timeline on ``base`` once it holds every update (the stream's node writes
+    its last one a moment after ``stream.ended``), else as it last was."""
+    async with httpx.AsyncClient(base_url=base) as http:
+        for _ in range(round(TIMEOUT_S / 0.1)):
+            timeline = (await http.get(f"/streams/{stream_id}/timeline")).json()
+            counted = sum(s["updates"] for s in timeline.get("segments", []))
+            if counted >= ended["windows_computed"]:
+                break
+            await asyncio.sleep(0.1)
+    return timeline

@@ -55,14 +55,27 @@ def test_what_one_node_writes_another_reads(url: str) -> None:
 
             first = [_segment(0, "rock"), _segment(1, "jazz"), _segment(2, "rock")]
             await asyncio.to_thread(store_a.write_tail, "s1", 0, first)
+            # written behind: the writer reads its own at once, the other node once written
+            assert await asyncio.to_thread(store_a.timeline, "s1") == first
+            assert await store_a.flush()
             assert await asyncio.to_thread(store_b.timeline, "s1") == first
             # a merged tail: shorter than the one stored, whose end goes
             merged = [Segment(1.0, 3.5, "jazz", 0.6, 4)]
             failed = await asyncio.to_thread(store_a.write_tails, [("s1", 1, merged)])
             assert failed == []
+            assert await store_a.flush()
             assert await asyncio.to_thread(store_b.timeline, "s1") == [first[0], *merged]
+            # tails queued before a write merge into one: the later replaces what it overlaps
+            later = [_segment(1, "soul"), _segment(2, "funk")]
+            await asyncio.to_thread(store_a.write_tails, [("s1", 1, [_segment(1, "x")])])
+            await asyncio.to_thread(store_a.write_tails, [("s1", 2, [_segment(2, "funk")])])
+            await asyncio.to_thread(store_a.write_tails, [("s1", 1, later[:1])])
+            await asyncio.to_thread(store_a.write_tails, [("s1", 2, later[1:])])
+            assert await store_a.flush()
+            assert await asyncio.to_thread(store_b.timeline, "s1") == [first[0], *later]
             # a node that did not write the stream (a takeover) finds the stored length
             await asyncio.to_thread(store_b.write_tail, "s1", 0, [_segment(0, "pop")])
+            assert await store_b.flush()
             assert await asyncio.to_thread(store_a.timeline, "s1") == [_segment(0, "pop")]
             assert await asyncio.to_thread(store_a.timeline, "nope") == []
             bad = await asyncio.to_thread(store_a.write_tails, [("s1", -1, merged)])
@@ -71,13 +84,15 @@ def test_what_one_node_writes_another_reads(url: str) -> None:
             titles = [TrackTitle(float(i), 200.0 + i, f"Artist - Song {i}") for i in range(12)]
             for title in titles:
                 await asyncio.to_thread(store_a.add_title, "s1", title)
+            assert await store_a.flush()
             assert await asyncio.to_thread(store_b.titles, "s1") == titles
 
             await asyncio.to_thread(store_a.end_stream, "s1", 150.0)
+            await asyncio.to_thread(store_b.end_stream, "nope", 1.0)  # logged, not retried
+            assert await store_a.flush() and await store_b.flush()
             ended = await asyncio.to_thread(store_b.get_stream, "s1")
             assert ended is not None and ended.ended_at == 150.0
-            with pytest.raises(StorageError, match="no stream with id 'nope'"):
-                await asyncio.to_thread(store_b.end_stream, "nope", 1.0)
+            assert await asyncio.to_thread(store_b.get_stream, "nope") is None
         finally:
             await a.close()
             await b.close()
@@ -94,6 +109,7 @@ def test_listing_pruning_and_the_live_register(url: str) -> None:
                 await asyncio.to_thread(store_a.add_stream, record)
                 await asyncio.to_thread(store_a.write_tail, f"l{i}", 0, [_segment(0, "rock")])
                 await asyncio.to_thread(store_a.add_title, f"l{i}", TrackTitle(0.0, 1.0, "A - B"))
+            assert await store_a.flush()
             listed = await asyncio.to_thread(store_b.list_streams, 100)
             ours = [r.stream_id for r in listed if r.stream_id.startswith("l")]
             assert ours == ["l2", "l1", "l0"]  # newest first
@@ -130,7 +146,7 @@ def test_it_is_not_called_from_its_own_loop_nor_once_closed(url: str) -> None:
             await store.open()
             with pytest.raises(RuntimeError, match="database thread"):
                 store.get_stream("x")  # it would wait on the loop it blocks
-            store.close()
+            await asyncio.to_thread(store.close)
             with pytest.raises(StorageError, match="not open"):
                 await asyncio.to_thread(store.get_stream, "x")
         finally:

@@ -31,7 +31,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from stream_server.cluster.updates import replicas_for, subject_of
@@ -64,6 +64,10 @@ LIVE_S: Final = 2.0
 LIVE_TTL_S: Final = 10.0
 #: Longest wait, in seconds, for one archive operation (its NATS calls, retries included).
 STORE_TIMEOUT_S: Final = 30.0
+#: Seconds between two tries of writes that failed (a NATS server lost: a reconnect, an
+#: election), and the longest :meth:`ClusterStore.close` waits for what is still unwritten.
+RETRY_S: Final = 0.25
+CLOSE_FLUSH_S: Final = 10.0
 
 _T = TypeVar("_T")
 
@@ -84,6 +88,15 @@ class ClusterStore:
         #: Segments each stream this node wrote has (what a shorter tail must delete).
         self._lengths: dict[str, int] = {}
         self._closed = False
+        # Writes not done yet (from the database thread, under the lock): each stream's tail,
+        # merged (a later tail replaces what it overlaps), and other writes in order.
+        self._lock = threading.Lock()
+        self._tails: dict[str, tuple[int, list[Segment]]] = {}
+        self._writing: dict[str, tuple[int, list[Segment]]] = {}  # the ones in flight
+        self._ops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._wake: asyncio.Event | None = None
+        self._write_lock: asyncio.Lock | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Make (or bind) the buckets.
@@ -96,6 +109,90 @@ class ClusterStore:
         self._streams = await bucket(self.nc, STREAMS, replicas=self.replicas, ttl=None)
         self._timelines = await bucket(self.nc, TIMELINES, replicas=self.replicas, ttl=None)
         self._live = await bucket(self.nc, LIVE, replicas=self.replicas, ttl=LIVE_TTL_S)
+        self._wake = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._writer = asyncio.create_task(self._write_forever())
+
+    # -- writes: behind, retried --------------------------------------------------------
+
+    def _queue_tail(self, stream_id: str, index: int, segments: Sequence[Segment]) -> None:
+        """Merge a tail into the stream's unwritten one (any thread, under the lock)."""
+        pending = self._tails.get(stream_id)
+        if pending is not None and pending[0] < index <= pending[0] + len(pending[1]):
+            first, earlier = pending
+            self._tails[stream_id] = (first, [*earlier[: index - first], *segments])
+        else:  # it starts at or before the unwritten one (or there is none): it replaces it
+            self._tails[stream_id] = (index, list(segments))
+
+    def _queued(self, operation: str, write: Callable[[], Awaitable[None]]) -> None:
+        with self._lock:
+            self._ops.append((operation, write))
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _write_forever(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while not await self._write_pending():  # noqa: ASYNC110 - a server lost: retry
+                await asyncio.sleep(RETRY_S)
+
+    async def _write_pending(self) -> bool:
+        """Write everything queued once; what failed is queued again. Whether all went. One
+        round at a time (a :meth:`flush` waits for the writer's round in flight)."""
+        assert self._write_lock is not None
+        async with self._write_lock:
+            return await self._write_round()
+
+    async def _write_round(self) -> bool:
+        from nats.errors import Error as NatsError
+
+        with self._lock:
+            tails, self._tails = self._tails, {}
+            ops, self._ops = self._ops, []
+            self._writing = tails
+        results = await asyncio.gather(
+            *(self._write_tail(sid, first, segs) for sid, (first, segs) in tails.items()),
+            return_exceptions=True,
+        )
+        failed_ops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        for operation, write in ops:
+            try:
+                await write()
+            except (NatsError, TimeoutError) as exc:
+                log.warning("%s in the cluster's archive is tried again: %s", operation, exc)
+                failed_ops.append((operation, write))
+            except StorageError as exc:  # nothing to retry
+                log.error("%s", exc)
+        again = []
+        for (sid, tail), result in zip(tails.items(), results, strict=True):
+            if isinstance(result, (NatsError, TimeoutError)):
+                log.warning("stream %s: its timeline is written again: %s", sid, result)
+                again.append((sid, tail))
+            elif isinstance(result, BaseException):  # not a server's loss: not retried
+                log.error("stream %s: its timeline could not be written: %r", sid, result)
+        with self._lock:
+            self._writing = {}
+            for sid, (first, segs) in again:  # older than anything queued since
+                newer = self._tails.pop(sid, None)
+                self._tails[sid] = (first, segs)
+                if newer is not None:
+                    self._queue_tail(sid, *newer)
+            self._ops[:0] = failed_ops
+        return not again and not failed_ops
+
+    async def flush(self, timeout_s: float = CLOSE_FLUSH_S) -> bool:
+        """Write what is queued, trying again until done or ``timeout_s``; whether all went."""
+        deadline = time.monotonic() + timeout_s
+        while not await self._write_pending():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(RETRY_S)
+        return True
 
     # -- the archive, from the database thread ------------------------------------------
 
@@ -148,12 +245,9 @@ class ClusterStore:
         return 0
 
     def end_stream(self, stream_id: str, ended_at: float) -> None:
-        """Mark a stream ended at ``ended_at``.
-
-        Raises:
-            StorageError: no such stream, or the write failed.
-        """
-        self._run("end_stream", self._end_stream(stream_id, ended_at))
+        """Mark a stream ended at ``ended_at``: queued, written behind (tried again through a
+        server's loss); an unknown stream is logged then."""
+        self._queued("end_stream", lambda: self._end_stream(stream_id, ended_at))
 
     async def _end_stream(self, stream_id: str, ended_at: float) -> None:
         assert self._streams is not None
@@ -198,15 +292,18 @@ class ClusterStore:
 
     def write_tail(self, stream_id: str, index: int, segments: Sequence[Segment]) -> None:
         """Make ``segments`` the stream's timeline from segment number ``index`` on: their keys
-        put, the keys of a longer previous tail deleted.
+        put, the keys of a longer previous tail deleted. Queued (a newer tail of the stream
+        merged into one not written yet) and written behind, tried again through a server's
+        loss; this node reads its own unwritten tails (:meth:`timeline`).
 
         Raises:
             ValueError: ``index`` is negative.
-            StorageError: the write failed.
         """
         if index < 0:
             raise ValueError(f"index must be >= 0, got {index!r}")
-        self._run("write_tail", self._write_tail(stream_id, index, segments))
+        with self._lock:
+            self._queue_tail(stream_id, index, segments)
+        self._kick()
 
     async def _write_tail(self, stream_id: str, index: int, segments: Sequence[Segment]) -> None:
         assert self._timelines is not None
@@ -224,28 +321,26 @@ class ClusterStore:
         self._lengths[stream_id] = end
 
     def write_tails(self, tails: Sequence[Tail]) -> list[tuple[str, str]]:
-        """:meth:`write_tail` for many streams at once (their puts in flight together); returns
-        ``(stream_id, reason)`` of each tail not written, the others are kept."""
-        return self._run("write_tails", self._write_tails(tails))
-
-    async def _write_tails(self, tails: Sequence[Tail]) -> list[tuple[str, str]]:
-        from nats.errors import Error as NatsError
-
-        async def one(stream_id: str, index: int, segments: Sequence[Segment]) -> str | None:
-            if index < 0:
-                return f"index must be >= 0, got {index!r}"
-            try:
-                await self._write_tail(stream_id, index, segments)
-            except (NatsError, TimeoutError) as exc:
-                return str(exc) or type(exc).__name__
-            return None
-
-        reasons = await asyncio.gather(*(one(*tail) for tail in tails))
-        return [(tail[0], reason) for tail, reason in zip(tails, reasons, strict=True) if reason]
+        """:meth:`write_tail` for many streams (their puts in flight together); returns
+        ``(stream_id, reason)`` of each tail refused (a negative index), the others queued."""
+        refused = [(sid, f"index must be >= 0, got {i!r}") for sid, i, _ in tails if i < 0]
+        with self._lock:
+            for stream_id, index, segments in tails:
+                if index >= 0:
+                    self._queue_tail(stream_id, index, segments)
+        self._kick()
+        return refused
 
     def timeline(self, stream_id: str) -> list[Segment]:
-        """The stream's segments in order (empty for an unknown stream)."""
-        return self._run("timeline", self._timeline(stream_id))
+        """The stream's segments in order (empty for an unknown stream), with this node's
+        tail of it not written yet."""
+        stored = self._run("timeline", self._timeline(stream_id))
+        with self._lock:
+            unwritten = [self._writing.get(stream_id), self._tails.get(stream_id)]
+        for tail in unwritten:  # the one in flight, then the one queued since
+            if tail is not None:
+                stored = [*stored[: tail[0]], *tail[1]]
+        return stored
 
     async def _timeline(self, stream_id: str) -> list[Segment]:
         assert self._timelines is not None
@@ -254,10 +349,11 @@ class ClusterStore:
         return [Segment(**json.loads(value)) for _, value in found]
 
     def add_title(self, stream_id: str, title: TrackTitle) -> None:
-        """Keep a title the stream announced."""
+        """Keep a title the stream announced (queued, written behind as :meth:`end_stream`)."""
         key = f"{stream_id}.t.{time.time_ns()}"
-        assert self._timelines is not None
-        self._run("add_title", self._timelines.put(key, _json(dataclasses.asdict(title))))
+        kv = self._timelines
+        assert kv is not None
+        self._queued("add_title", lambda: _put(kv, key, _json(dataclasses.asdict(title))))
 
     def titles(self, stream_id: str) -> list[TrackTitle]:
         """The stream's titles in the order announced (empty for an unknown stream)."""
@@ -288,7 +384,17 @@ class ClusterStore:
         return len(old)
 
     def close(self) -> None:
-        """Later archive calls raise :class:`StorageError`; the client is the node's."""
+        """Write what is queued (for up to :data:`CLOSE_FLUSH_S`; what is left is logged),
+        stop writing; later archive calls raise :class:`StorageError`. The client is the
+        node's. Idempotent."""
+        if self._closed or self._loop is None:
+            self._closed = True
+            return
+        if not self._run("close", self.flush()):
+            log.error("the cluster's archive closed with writes not done (NATS unreachable)")
+        writer = self._writer
+        if writer is not None:
+            self._loop.call_soon_threadsafe(writer.cancel)
         self._closed = True
 
     # -- live streams, on the loop ------------------------------------------------------
@@ -351,6 +457,10 @@ async def key_values(kv: KeyValue, keys: str) -> list[tuple[str, bytes]]:
         return found
     finally:
         await watcher.stop()
+
+
+async def _put(kv: KeyValue, key: str, value: bytes) -> None:
+    await kv.put(key, value)
 
 
 def _json(value: Any) -> bytes:
