@@ -144,7 +144,7 @@ def test_it_is_not_called_from_its_own_loop_nor_once_closed(url: str) -> None:
             with pytest.raises(StorageError, match="not open"):
                 store.get_stream("x")
             await store.open()
-            with pytest.raises(RuntimeError, match="database thread"):
+            with pytest.raises(RuntimeError, match="called on its event loop"):
                 store.get_stream("x")  # it would wait on the loop it blocks
             await asyncio.to_thread(store.close)
             with pytest.raises(StorageError, match="not open"):

@@ -268,8 +268,11 @@ def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
     for genre in ("blues", "reggae"):
         audio = decode_mono(str(clips(genre, 1)[0]), rate)[: 7 * rate]
         pcm[genre] = to_pcm16(audio).astype("<i2").tobytes()
+    # B's hub keeps 4 messages: its resumes reach further back through the cluster's stream
+    small = config_path.with_name("small-history.toml")
+    small.write_text(config_path.read_text("utf-8") + "\n[updates]\nhistory_size = 4\n", "utf-8")
     a, a_url = start_server(config_path, "--cluster", url)
-    b, b_url = start_server(config_path, "--cluster", url)
+    b, b_url = start_server(small, "--cluster", url)
 
     async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         ws_a, ws_b = (u.replace("http://", "ws://") for u in (a_url, b_url))
@@ -317,6 +320,12 @@ def test_updates_pushed_to_one_node_reach_a_subscriber_on_another_once_in_order(
         for stream_id in ids:  # the timeline A wrote, read on B
             on_node_a, on_node_b = await _timelines(a_url, b_url, stream_id)
             assert on_node_b == on_node_a and on_node_a["segments"], (on_node_a, on_node_b)
+        # a late subscriber on B from before the first message: all of it, no resume_gap
+        late: list[dict[str, Any]] = []
+        since = on_a[0]["seq"] - 1
+        async with connect(ws_b + f"/ws/updates?since={since}", compression=None) as third:
+            await follow(third, ids, late)
+        assert [m for m in late if m["seq"] >= on_a[0]["seq"]] == on_a
         return on_a, on_b
 
     try:

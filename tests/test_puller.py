@@ -671,8 +671,8 @@ def icecast(tmp_path: Path) -> Iterator[Icecast]:
     need(ICECAST)
     need(FFMPEG)
     server = Icecast(tmp_path)
-    server.start()
-    try:
+    try:  # a start that fails still closes the log and stops the process
+        server.start()
         yield server
     finally:
         server.stop()

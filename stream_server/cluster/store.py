@@ -53,6 +53,7 @@ __all__ = [
     "TIMELINES",
     "ClusterStore",
     "bucket",
+    "json_bytes",
     "key_values",
 ]
 
@@ -65,8 +66,10 @@ LIVE_TTL_S: Final = 10.0
 #: Longest wait, in seconds, for one archive operation (its NATS calls, retries included).
 STORE_TIMEOUT_S: Final = 30.0
 #: Seconds between two tries of writes that failed (a NATS server lost: a reconnect, an
-#: election), and the longest :meth:`ClusterStore.close` waits for what is still unwritten.
+#: election; doubling up to ``MAX_RETRY_S``), and the longest :meth:`ClusterStore.close` waits
+#: for what is still unwritten.
 RETRY_S: Final = 0.25
+MAX_RETRY_S: Final = 4.0
 CLOSE_FLUSH_S: Final = 10.0
 
 _T = TypeVar("_T")
@@ -138,8 +141,10 @@ class ClusterStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while not await self._write_pending():  # noqa: ASYNC110 - a server lost: retry
-                await asyncio.sleep(RETRY_S)
+            pause = RETRY_S
+            while not await self._write_pending():  # a server lost: try again, slower
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, MAX_RETRY_S)
 
     async def _write_pending(self) -> bool:
         """Write everything queued once; what failed is queued again. Whether all went. One
@@ -160,21 +165,24 @@ class ClusterStore:
             return_exceptions=True,
         )
         failed_ops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-        for operation, write in ops:
+        for n, (operation, write) in enumerate(ops):
             try:
                 await write()
-            except (NatsError, TimeoutError) as exc:
+            except (NatsError, TimeoutError) as exc:  # the rest after it, in order, next round
                 log.warning("%s in the cluster's archive is tried again: %s", operation, exc)
-                failed_ops.append((operation, write))
-            except StorageError as exc:  # nothing to retry
-                log.error("%s", exc)
+                failed_ops = ops[n:]
+                break
+            except Exception as exc:  # nothing a retry would change
+                log.error("%s in the cluster's archive failed: %s", operation, exc)
         again = []
         for (sid, tail), result in zip(tails.items(), results, strict=True):
             if isinstance(result, (NatsError, TimeoutError)):
                 log.warning("stream %s: its timeline is written again: %s", sid, result)
                 again.append((sid, tail))
-            elif isinstance(result, BaseException):  # not a server's loss: not retried
+            elif isinstance(result, Exception):  # not a server's loss: not retried
                 log.error("stream %s: its timeline could not be written: %r", sid, result)
+            elif isinstance(result, BaseException):
+                raise result
         with self._lock:
             self._writing = {}
             for sid, (first, segs) in again:  # older than anything queued since
@@ -185,13 +193,21 @@ class ClusterStore:
             self._ops[:0] = failed_ops
         return not again and not failed_ops
 
+    def forget(self, stream_id: str) -> None:
+        """Another node writes the stream now: drop its writes not done yet (any thread)."""
+        with self._lock:
+            self._tails.pop(stream_id, None)
+        self._lengths.pop(stream_id, None)
+
     async def flush(self, timeout_s: float = CLOSE_FLUSH_S) -> bool:
-        """Write what is queued, trying again until done or ``timeout_s``; whether all went."""
-        deadline = time.monotonic() + timeout_s
-        while not await self._write_pending():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(RETRY_S)
+        """Write what is queued, trying again until done or ``timeout_s`` seconds passed;
+        whether all went."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not await self._write_pending():  # noqa: ASYNC110 - a server lost
+                    await asyncio.sleep(RETRY_S)
+        except TimeoutError:
+            return False
         return True
 
     # -- the archive, from the database thread ------------------------------------------
@@ -205,7 +221,7 @@ class ClusterStore:
             raise StorageError(f"{operation} on the cluster's archive failed: it is not open")
         if threading.get_ident() == self._loop_thread:
             coro.close()
-            raise RuntimeError("the cluster's archive is called from its database thread")
+            raise RuntimeError("the cluster's archive is called on its event loop's thread")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(STORE_TIMEOUT_S)
@@ -245,8 +261,8 @@ class ClusterStore:
         return 0
 
     def end_stream(self, stream_id: str, ended_at: float) -> None:
-        """Mark a stream ended at ``ended_at``: queued, written behind (tried again through a
-        server's loss); an unknown stream is logged then."""
+        """Mark a stream ended at ``ended_at`` (wall-clock unix seconds): queued, written
+        behind (tried again through a server's loss); an unknown stream is logged then."""
         self._queued("end_stream", lambda: self._end_stream(stream_id, ended_at))
 
     async def _end_stream(self, stream_id: str, ended_at: float) -> None:
@@ -313,7 +329,7 @@ class ClusterStore:
             length = len(await key_values(kv, f"{stream_id}.s.*"))
         end = index + len(segments)
         puts = [
-            kv.put(f"{stream_id}.s.{index + i}", _json(dataclasses.asdict(segment)))
+            kv.put(f"{stream_id}.s.{index + i}", json_bytes(dataclasses.asdict(segment)))
             for i, segment in enumerate(segments)
         ]
         deletes = [kv.delete(f"{stream_id}.s.{i}") for i in range(end, length)]
@@ -334,9 +350,9 @@ class ClusterStore:
     def timeline(self, stream_id: str) -> list[Segment]:
         """The stream's segments in order (empty for an unknown stream), with this node's
         tail of it not written yet."""
-        stored = self._run("timeline", self._timeline(stream_id))
-        with self._lock:
+        with self._lock:  # before the read: a write done meanwhile is in it, or in these
             unwritten = [self._writing.get(stream_id), self._tails.get(stream_id)]
+        stored = self._run("timeline", self._timeline(stream_id))
         for tail in unwritten:  # the one in flight, then the one queued since
             if tail is not None:
                 stored = [*stored[: tail[0]], *tail[1]]
@@ -353,7 +369,7 @@ class ClusterStore:
         key = f"{stream_id}.t.{time.time_ns()}"
         kv = self._timelines
         assert kv is not None
-        self._queued("add_title", lambda: _put(kv, key, _json(dataclasses.asdict(title))))
+        self._queued("add_title", lambda: _put(kv, key, json_bytes(dataclasses.asdict(title))))
 
     def titles(self, stream_id: str) -> list[TrackTitle]:
         """The stream's titles in the order announced (empty for an unknown stream)."""
@@ -366,8 +382,9 @@ class ClusterStore:
         return [TrackTitle(**json.loads(value)) for _, value in found]
 
     def prune(self, before_wall_time: float) -> int:
-        """Delete every stream that ended before ``before_wall_time``, with its segments and
-        titles; how many went (any node may prune: a second one finds nothing)."""
+        """Delete every stream that ended before ``before_wall_time`` (wall-clock unix seconds),
+        with its segments and titles; how many went (any node may prune: a second one finds
+        nothing)."""
         return self._run("prune", self._prune(before_wall_time))
 
     async def _prune(self, before_wall_time: float) -> int:
@@ -390,12 +407,13 @@ class ClusterStore:
         if self._closed or self._loop is None:
             self._closed = True
             return
-        if not self._run("close", self.flush()):
-            log.error("the cluster's archive closed with writes not done (NATS unreachable)")
-        writer = self._writer
-        if writer is not None:
-            self._loop.call_soon_threadsafe(writer.cancel)
-        self._closed = True
+        try:
+            if not self._run("close", self.flush()):
+                log.error("the cluster's archive closed with writes not done (NATS unreachable)")
+        finally:
+            if self._writer is not None:
+                self._loop.call_soon_threadsafe(self._writer.cancel)
+            self._closed = True
 
     # -- live streams, on the loop ------------------------------------------------------
 
@@ -403,7 +421,7 @@ class ClusterStore:
         """Put this node's live streams (as ``GET /streams`` describes them), all at once."""
         assert self._live is not None
         kv = self._live
-        await asyncio.gather(*(kv.put(d["stream_id"], _json(d)) for d in described))
+        await asyncio.gather(*(kv.put(d["stream_id"], json_bytes(d)) for d in described))
 
     async def forget_live(self, stream_id: str) -> None:
         """A stream of this node ended: out of the live register at once."""
@@ -428,33 +446,42 @@ async def bucket(nc: Client, name: str, *, replicas: int, ttl: float | None) -> 
     from nats.js.errors import Error as JetStreamError
 
     js = nc.jetstream()
+    stream = f"KV_{name}"
     try:
         try:
-            existing: int | None = (await js.stream_info(f"KV_{name}")).config.num_replicas
+            info = await js.stream_info(stream)
         except NotFoundError:
-            existing = None
-        if existing is not None and replicas in (0, existing):
+            info = None
+        if info is not None:
+            if replicas and replicas != info.config.num_replicas:  # the configured count
+                await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
             return await js.key_value(name)
         try:
             return await js.create_key_value(
-                bucket=name, history=1, ttl=ttl, replicas=replicas_for(nc, replicas, existing)
+                bucket=name, history=1, ttl=ttl, replicas=replicas_for(nc, replicas, None)
             )
-        except BadRequestError:  # another node made it meanwhile, else this raises
-            return await js.key_value(name)
-    except (JetStreamError, BucketNotFoundError) as exc:
+        except BadRequestError as exc:  # another node made it meanwhile, else this raises
+            try:
+                return await js.key_value(name)
+            except BucketNotFoundError:
+                raise exc from None
+    except JetStreamError as exc:
         raise ClusterError(f"the key-value bucket {name} could not be made: {exc}") from None
 
 
 async def key_values(kv: KeyValue, keys: str) -> list[tuple[str, bytes]]:
     """``(key, value)`` of every key matching ``keys`` (a subject pattern), deleted ones left
     out, read through one watcher up to the bucket's present end."""
-    watcher: Any = await kv.watch(keys, ignore_deletes=True)  # nats-py leaves it untyped
-    found: list[tuple[str, bytes]] = []
-    try:
+    # the consumer goes 5 s after this read (not nats-py's default 5 minutes)
+    watcher: Any = await kv.watch(keys, inactive_threshold=5.0)  # nats-py leaves it untyped
+    found: dict[str, bytes] = {}
+    try:  # a key put or deleted while it is read: its last state counts
         while (entry := await watcher.updates(timeout=STORE_TIMEOUT_S)) is not None:
-            if entry.value is not None:
-                found.append((entry.key, entry.value))
-        return found
+            if entry.operation is None and entry.value is not None:
+                found[entry.key] = entry.value
+            else:
+                found.pop(entry.key, None)
+        return list(found.items())
     finally:
         await watcher.stop()
 
@@ -463,12 +490,13 @@ async def _put(kv: KeyValue, key: str, value: bytes) -> None:
     await kv.put(key, value)
 
 
-def _json(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact JSON bytes, as the buckets keep values."""
     return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _record_bytes(record: StreamRecord) -> bytes:
-    return _json(dataclasses.asdict(record))
+    return json_bytes(dataclasses.asdict(record))
 
 
 def _record(value: bytes) -> StreamRecord:

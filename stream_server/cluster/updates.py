@@ -27,7 +27,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from stream_server.errors import ClusterError
-from stream_server.messages import ErrorMessage, PublishedMessage, dumps, stamp_seq
+from stream_server.messages import ErrorMessage, PublishedMessage, dumps, error, stamp_seq
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -61,6 +61,8 @@ CATCH_UP_S: Final = 30.0
 STAMPED_GIVE_UP_S: Final = 10.0
 #: Seconds between two tries.
 PUBLISH_RETRY_S: Final = 0.25
+#: Most messages a resume reads back from the stream (the newest; a ``resume_gap`` before).
+REPLAY_MAX: Final = 50_000
 #: A stream id as a subject token: what genrecast makes (hex) and more, never ``.``, ``*``, ``>``.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -193,6 +195,42 @@ class UpdateBus:
     async def _on_notice(self, msg: Msg) -> None:
         stream_id = (msg.headers or {}).get("stream_id") or None
         self.hub.notify_text(stream_id, msg.data.decode())
+
+    async def replay(self, since: int, stream_id: str | None) -> tuple[list[str], int]:
+        """The kept messages after ``since`` (of ``stream_id``, else every stream's), stamped,
+        for a subscriber resuming further back than its node's hub keeps; and the ``seq`` they
+        reach (up to the stream's last message when asked). At most :data:`REPLAY_MAX`, the
+        newest; a ``resume_gap`` error first where older ones are not kept (any more)."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        info = await self._js.stream_info(STREAM)
+        first, last = int(info.state.first_seq), int(info.state.last_seq)
+        start = max(since + 1, first, last - REPLAY_MAX + 1)
+        texts: list[str] = []
+        if since < last and start > since + 1:
+            gap = error(
+                "resume_gap",
+                f"messages {since + 1}..{start - 1} are no longer kept; resuming from {start}",
+            )
+            texts.append(dumps(gap))
+        if start > last:
+            return texts, last
+        subject = subject_of(stream_id) if stream_id else f"{SUBJECTS}.>"
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        sub = await self._js.subscribe(subject, ordered_consumer=True, config=config)
+        reached = last
+        try:
+            if (await sub.consumer_info()).num_pending:
+                while True:
+                    msg = await sub.next_msg(timeout=CATCH_UP_S)
+                    seq = int(msg.metadata.sequence.stream)
+                    texts.append(stamp_seq(msg.data.decode(), seq))
+                    reached = max(reached, seq)
+                    if msg.metadata.num_pending == 0:
+                        break
+        finally:
+            await sub.unsubscribe()
+        return texts, reached
 
     def publish(self, message: PublishedMessage) -> None:
         """Queue ``message`` (seq 0) for the stream; sent in order, each once acknowledged."""

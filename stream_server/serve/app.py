@@ -45,7 +45,7 @@ from websockets.exceptions import InvalidState
 
 from stream_server.config import Config
 from stream_server.core.timeline import segments_to_csv
-from stream_server.errors import ProtocolError, SourceRefused
+from stream_server.errors import ClusterError, ProtocolError, SourceRefused
 from stream_server.extras import EXTRAS
 from stream_server.messages import (
     StreamEnded,
@@ -265,7 +265,11 @@ async def updates(ws: WebSocket) -> None:
         except ValueError:
             await _reject(ws, ProtocolError(f"'since' must be an integer seq, got {since_text!r}"))
             return
-    sub = service.hub.subscribe(stream_id, since)
+    try:
+        sub = await service.subscribe(stream_id, since)
+    except ClusterError as exc:  # the cluster's stream could not be read back
+        await _reject(ws, ProtocolError(str(exc), code="storage", close_code=1011))
+        return
     service.metrics.subscribers.set(service.hub.subscribers)
     tasks = {
         asyncio.create_task(_pump(ws, sub.queue)),

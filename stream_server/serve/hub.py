@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from stream_server.messages import ErrorMessage, PublishedMessage, dumps, error
@@ -51,6 +51,11 @@ class UpdateHub:
     def seq(self) -> int:
         """The ``seq`` of the last published message (0 before any)."""
         return self._seq
+
+    @property
+    def oldest(self) -> int:
+        """The ``seq`` of the oldest kept message (``seq + 1`` while none is kept)."""
+        return self._history[0][0] if self._history else self._seq + 1
 
     @property
     def subscribers(self) -> int:
@@ -96,16 +101,22 @@ class UpdateHub:
             if self._on_drop is not None:
                 self._on_drop(sub)
 
-    def subscribe(self, stream_id: str | None = None, since: int | None = None) -> Subscriber:
+    def subscribe(
+        self,
+        stream_id: str | None = None,
+        since: int | None = None,
+        first: Sequence[str] = (),
+    ) -> Subscriber:
         """Register a subscriber; with ``since``, first queue every kept message after that seq.
 
         If messages after ``since`` were already evicted from the history, an ``error`` message
-        with code ``resume_gap`` comes first, then the oldest kept ones.
+        with code ``resume_gap`` comes first, then the oldest kept ones. ``first``: texts queued
+        before all of that (older messages read from elsewhere, up to ``since``).
         """
-        replay: list[str] = []
+        replay: list[str] = list(first)
         if since is not None:
             since = max(since, 0)  # seqs start at 1: anything below 0 means "from the start"
-            oldest = self._history[0][0] if self._history else self._seq + 1
+            oldest = self.oldest
             if since + 1 < oldest and since < self._seq:
                 gap: ErrorMessage = error(
                     "resume_gap",

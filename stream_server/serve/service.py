@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -183,6 +183,8 @@ class Service:
         #: A cluster node's leases on the stations it pulls, and its id in them.
         self.leases: PullLeases | None = None
         self._leaser: asyncio.Task[None] | None = None
+        #: Puts and deletes of the live register and the leases not done yet.
+        self._cluster_tasks: set[asyncio.Future[None]] = set()
         self.node_id = secrets.token_hex(4)
         self.load_error: str | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrecast-db")
@@ -456,11 +458,15 @@ class Service:
             await self.cluster_engine.close()
         elif self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
-        if self.store is not None:  # after the queued writes (a cluster's need the client)
-            await self._in_db(self.store.close)
-        if self._nc is not None:
-            await self._nc.close()
-        self._db.shutdown(wait=True)
+        try:
+            if self._cluster_tasks:  # ended streams' live entries and leases, at most 5 s
+                await asyncio.wait(self._cluster_tasks, timeout=5.0)
+            if self.store is not None:  # after the queued writes (a cluster's need the client)
+                await self._in_db(self.store.close)
+        finally:
+            if self._nc is not None:
+                await self._nc.close()
+            self._db.shutdown(wait=True)
 
     @property
     def opening(self) -> int:
@@ -620,6 +626,7 @@ class Service:
             session.started_wall = resume.created_at
             self.streams[stream_id] = live
             self.metrics.active_streams.set(len(self.streams))
+            self._put_live_now(live)
             return live
         record = live.record()
         self._opening_by[client] = self._opening_by.get(client, 0) + 1
@@ -638,7 +645,22 @@ class Service:
                 del self._opening_by[client]
         self.streams[stream_id] = live
         self.metrics.active_streams.set(len(self.streams))
+        self._put_live_now(live)
         return live
+
+    def _put_live_now(self, live: LiveStream) -> None:
+        """A cluster node's new stream goes into the live register at once (not at the next
+        round), so no other node lists it as lost meanwhile."""
+        if self.cluster_store is not None:
+            self._in_cluster(self.cluster_store.put_live([self.describe(live)]))
+
+    def _in_cluster(self, write: Coroutine[Any, Any, None]) -> None:
+        """Run a write of the live register or the leases beside the loop's work; a failure
+        is logged (:func:`_log_cluster_failure`), :meth:`stop` waits for what is left."""
+        task = asyncio.ensure_future(write)
+        self._cluster_tasks.add(task)
+        task.add_done_callback(self._cluster_tasks.discard)
+        task.add_done_callback(_log_cluster_failure)
 
     async def _announce(self, live: LiveStream) -> str:
         """Publish a registered stream's ``stream.started``; its stamped JSON."""
@@ -759,11 +781,9 @@ class Service:
         if self.store is not None:
             self._db_write(self.store.end_stream, session.stream_id, ended_at)
         if self.cluster_store is not None:
-            forget = asyncio.ensure_future(self.cluster_store.forget_live(session.stream_id))
-            forget.add_done_callback(_log_cluster_failure)
+            self._in_cluster(self.cluster_store.forget_live(session.stream_id))
         if self.leases is not None and session.stream_id in self.leases.held:
-            release = asyncio.ensure_future(self.leases.release(session.stream_id))
-            release.add_done_callback(_log_cluster_failure)
+            self._in_cluster(self.leases.release(session.stream_id))
         message = StreamEnded(
             type="stream.ended",
             seq=0,
@@ -921,25 +941,31 @@ class Service:
         rate = self.model.preprocessing.sample_rate
         start = StartMessage(type="start", sample_rate=rate, channels=1, format="f32le")
         start["name"] = name or source.rstrip("/").rsplit("/", 1)[-1] or source
+        earlier: list[Segment] = []
+        if resume is not None:  # read before the stream exists here: a failure leaves nothing
+            assert self.store is not None
+            earlier = await self._in_db(self.store.timeline, resume.stream_id)
         live, _ = await self.open_stream(start, kind="url", source=source, resume=resume)
         live.state = "connecting"
         stream_id = live.session.stream_id
         if resume is not None:
-            assert self.store is not None
-            live.earlier = await self._in_db(self.store.timeline, stream_id)
-            stored_end = live.earlier[-1].end_s if live.earlier else 0.0
+            live.earlier = earlier
+            stored_end = earlier[-1].end_s if earlier else 0.0
             live.session.mark_gap(max(stored_end, time.time() - resume.created_at))
-        assert self._loop is not None
-        puller = Puller(LiveSink(self, live), source, self.config.sources, self._loop)
-        self.pullers[stream_id] = puller
-        puller.start()
-        if self.leases is not None and resume is None:
+        if self.leases is not None and resume is None:  # leased before anything is pulled
             from stream_server.cluster.pulls import PullSpec
 
             try:
                 await self.leases.hold(PullSpec(stream_id, source, live.session.name))
             except Exception as exc:  # it is pulled, but no other node would take it over
                 log.error("stream %s: its lease could not be taken: %s", stream_id, exc)
+            if live.ended:  # ended meanwhile (a DELETE, the server stopping)
+                await self.leases.release(stream_id)
+                return live
+        assert self._loop is not None
+        puller = Puller(LiveSink(self, live), source, self.config.sources, self._loop)
+        self.pullers[stream_id] = puller
+        puller.start()
         return live
 
     async def _take_over(self, spec: PullSpec) -> None:
@@ -950,6 +976,8 @@ class Service:
             ProtocolError, SourceRefused: as :meth:`pull` (this node refuses it).
         """
         assert self.store is not None
+        if spec.stream_id in self.streams:  # this node's own lease ran out: it pulls it still
+            return
         record = await self._in_db(self.store.get_stream, spec.stream_id)
         if record is None or record.ended_at is not None:
             raise ClusterError(f"stream {spec.stream_id} ended")
@@ -957,7 +985,10 @@ class Service:
         self.metrics.takeovers.inc()
 
     async def _lost_lease(self, stream_id: str) -> None:
-        """Another node pulls ``stream_id`` now: stop here without ending it."""
+        """Another node pulls ``stream_id`` now: stop here without ending it, and without
+        writing its timeline any more (the other node does)."""
+        if self.cluster_store is not None:
+            self.cluster_store.forget(stream_id)
         live = self.streams.get(stream_id)
         if live is None:
             return
@@ -1044,13 +1075,28 @@ class Service:
             out = self._describe_live()
         if self.cluster_store is not None:  # and every other node's
             here = {stream["stream_id"] for stream in out}
-            out += [s for s in await self.cluster_store.live() if s["stream_id"] not in here]
+            ended = {r.stream_id for r in records if r.ended_at is not None}
+            out += [
+                s
+                for s in await self.cluster_store.live()
+                # not this node's (a put that landed after its stream ended), nor ended
+                if s["stream_id"] not in here | ended and s.get("node") != self.node_id
+            ]
         live = {stream["stream_id"] for stream in out}
         out += [self.describe(r) for r in records if r.stream_id not in live]
         return out
 
     def _describe_live(self) -> list[dict[str, Any]]:
         return [self.describe(live) for live in self.streams.values()]
+
+    async def subscribe(self, stream_id: str | None, since: int | None) -> Subscriber:
+        """A ``/ws/updates`` subscriber of the hub (:meth:`UpdateHub.subscribe`). On a cluster
+        node, a ``since`` older than the hub keeps is read back from the cluster's updates
+        stream first, so a resume reaches as far back as ``cluster.updates_kept``."""
+        if self.bus is None or since is None or since + 1 >= self.hub.oldest:
+            return self.hub.subscribe(stream_id, since)
+        older, reached = await self.bus.replay(max(since, 0), stream_id)
+        return self.hub.subscribe(stream_id, reached, first=older)
 
     async def metrics_text(self) -> bytes:
         """The Prometheus text of ``/metrics``: with a link, every worker's metrics summed."""
@@ -1097,7 +1143,8 @@ class Service:
         }
         if not isinstance(stream, LiveStream):
             described.update(self._final_states.get(record.stream_id, {}))
-            if record.ended_at is None and self.cluster_store is not None:
+            lost = record.stream_id not in self._final_states and record.ended_at is None
+            if lost and self.cluster_store is not None:
                 described |= {"state": "lost", "reason": LOST_REASON}
             return described
         live, s = stream, stream.session
@@ -1173,8 +1220,8 @@ class LiveSink:
 
 
 def _log_cluster_failure(future: asyncio.Future[None]) -> None:
-    """An ended stream's entries in the cluster (live register, lease) could not be deleted:
-    the live entry runs out by itself, a station would be taken over and found ended."""
+    """A stream's entry in the cluster's live register (or its lease) could not be put or
+    deleted: a live entry runs out by itself, a lease is released again each round."""
     if not future.cancelled() and future.exception() is not None:
         log.warning("an ended stream's cluster entries stay: %s", future.exception())
 

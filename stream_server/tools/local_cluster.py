@@ -27,14 +27,23 @@ from typing import Final
 from stream_server.cluster.nats_server import NatsServer, cluster_specs
 from stream_server.errors import ClusterError
 
-__all__ = ["STATE", "LocalCluster", "Process", "cluster_down", "cluster_up", "default_dir"]
+__all__ = [
+    "STATE",
+    "LocalCluster",
+    "Process",
+    "cluster_down",
+    "cluster_up",
+    "default_dir",
+    "stop_processes",
+]
 
 #: The file in the folder that lists the cluster's processes.
 STATE: Final = "cluster.json"
 #: Seconds the workers and nodes have to say they are ready (they load the model at once).
 READY_TIMEOUT_S: Final = 300.0
-#: Seconds a process has to exit after SIGTERM before it is killed.
-STOP_TIMEOUT_S: Final = 20.0
+#: Seconds a process has to exit after SIGTERM before it is killed: a node drains its streams
+#: (10 s), stops its pulls and writes what its archive still holds (10 s each, at most).
+STOP_TIMEOUT_S: Final = 45.0
 _NODE_READY = re.compile(r"genrecast ready on (http://\S+)")
 _WORKER_READY = re.compile(r"genrecast worker (\w+) ready")
 
@@ -130,6 +139,12 @@ def cluster_up(
         raise ClusterError(
             f"a cluster is up in {folder} already: genrecast cluster down --dir {folder}"
         )
+    stores = [d for d in (folder / "nats").glob("nats-*") if d.is_dir()]
+    if stores and len(stores) != nats:  # its streams' replicas would miss their peers
+        raise ClusterError(
+            f"{folder} holds the stores of {len(stores)} NATS servers: --nats {len(stores)}, "
+            "or another --dir"
+        )
     servers = [NatsServer(spec) for spec in cluster_specs(nats, folder / "nats")]
     cluster = LocalCluster(str(folder), [server.spec.url for server in servers])
     try:
@@ -139,7 +154,7 @@ def cluster_up(
             cluster.processes.append(
                 Process("nats", server.pid, str(server.log_path), server.spec.url)
             )
-        cluster.save()  # from here on, `cluster down` finds whatever was started
+            cluster.save()  # from here on, `cluster down` finds whatever was started
         for server in servers:
             server.wait_ready()
         urls = ",".join(cluster.nats_urls)
@@ -153,7 +168,8 @@ def cluster_up(
         _wait_ready(cluster)
         cluster.save()
     except BaseException:
-        cluster_down(folder)
+        stop_processes(cluster)
+        (folder / STATE).unlink(missing_ok=True)
         raise
     return cluster
 
@@ -171,6 +187,7 @@ def _spawn(cluster: LocalCluster, role: str, name: str, args: Sequence[str]) -> 
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     cluster.processes.append(Process(role, proc.pid, str(log), log_from=log_from))
+    cluster.save()
 
 
 def _wait_ready(cluster: LocalCluster) -> None:
@@ -202,6 +219,14 @@ def cluster_down(folder: Path) -> LocalCluster | None:
     cluster = LocalCluster.load(folder)
     if cluster is None:
         return None
+    stop_processes(cluster)
+    (folder / STATE).unlink(missing_ok=True)
+    return cluster
+
+
+def stop_processes(cluster: LocalCluster) -> None:
+    """SIGTERM the cluster's processes that still run, by role (nodes, workers, NATS), each
+    role given :data:`STOP_TIMEOUT_S` before SIGKILL."""
     for role in ("node", "worker", "nats"):
         group = [p for p in cluster.of(role) if _running(p)]
         for p in group:
@@ -211,11 +236,9 @@ def cluster_down(folder: Path) -> LocalCluster | None:
         while any(_alive(p.pid) for p in group) and time.monotonic() < deadline:
             time.sleep(0.1)
         for p in group:
-            if _alive(p.pid):
+            if _running(p):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGKILL)
-    (folder / STATE).unlink(missing_ok=True)
-    return cluster
 
 
 def _running(p: Process) -> bool:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.helpers.constants import TIMEOUT_S
@@ -59,13 +60,18 @@ def genrecast(
 
 
 def start_server(
-    config: Path, *args: str, without: str = "", env: dict[str, str] | None = None
+    config: Path,
+    *args: str,
+    without: str = "",
+    env: dict[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], str]:
     """``genrecast serve --config CONFIG [ARGS...]`` (``env``: variables added to this
-    process's); returns once it prints its URL."""
+    process's; ``wrap``: a command it runs under, e.g. ``ip netns exec NS``); returns once it
+    prints its URL."""
     command = [*WITHOUT, without] if without else list(GENRECAST)
     proc = subprocess.Popen(
-        [*command, "serve", "--config", str(config), *args],
+        [*wrap, *command, "serve", "--config", str(config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -23,12 +23,17 @@ Workers = dict[str, subprocess.Popen[str]]
 
 @contextmanager
 def nats_cluster(
-    root: Path, count: int = 3, *, user: str | None = None, password: str | None = None
+    root: Path,
+    count: int = 3,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[list[NatsServer]]:
-    """``count`` servers joined as one cluster (one: a lone server), each ready; stopped after."""
-    servers = [
-        NatsServer(spec) for spec in cluster_specs(count, root, user=user, password=password)
-    ]
+    """``count`` servers on ``host`` joined as one cluster (one: a lone server), each ready;
+    stopped after."""
+    specs = cluster_specs(count, root, host=host, user=user, password=password)
+    servers = [NatsServer(spec) for spec in specs]
     start_all(servers)
     try:
         yield servers
