@@ -21,4 +21,28 @@ echo "ring_buffer branch coverage: 100%"
 # Every test, without coverage (tracing would slow the suite by half; for a report of the
 # whole code: .venv/bin/pytest --cov=stream_server --cov-branch).
 # --durations: the slowest tests, to keep the whole run well inside CI's 30 minutes.
-.venv/bin/pytest --durations=25 "$@"
+if [ $# -gt 0 ] || [ "${GENRECAST_TEST_JOBS:-2}" = 1 ]; then
+    exec .venv/bin/pytest --durations=25 "$@"
+fi
+# Without arguments: the test files in two halves at once. Most tests wait on sockets, child
+# processes and real time, so one pytest keeps one of two cores busy about 80 % of the time;
+# every test uses its own ports (0), folders and processes, so the halves do not meet.
+logs=$(mktemp -d)
+mapfile -t files < <(ls tests/test_*.py)
+halves=("" "")
+for i in "${!files[@]}"; do halves[$((i % 2))]+=" ${files[$i]}"; done
+# shellcheck disable=SC2086 # the file lists are meant to split into words
+.venv/bin/pytest -p no:cacheprovider --durations=15 ${halves[0]} >"$logs/1.log" 2>&1 &
+first=$!
+# shellcheck disable=SC2086
+.venv/bin/pytest -p no:cacheprovider --durations=15 ${halves[1]} >"$logs/2.log" 2>&1 &
+second=$!
+status=0
+wait "$first" || status=1
+wait "$second" || status=1
+for half in 1 2; do
+    echo "=== tests, half $half of 2 ==="
+    cat "$logs/$half.log"
+done
+rm -rf "$logs"
+exit "$status"

@@ -14,7 +14,6 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from stream_server.inference.model import DEFAULT_MODEL_DIR
 from tests.helpers.cli import genrecast, start_server, stop_server, write_config
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
@@ -25,9 +24,11 @@ TOKEN = "node-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def protected(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
+) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("auth")
-    config = write_config(root / "c.toml", DEFAULT_MODEL_DIR)
+    config = write_config(root / "c.toml", tiny_checkpoint)
     with config.open("a", encoding="utf-8") as out:
         out.write('\n[cluster]\nuser = "genrecast"\n')
     with nats_cluster(root / "nats", 1, user="genrecast", password=PASSWORD) as (server,):

@@ -15,7 +15,6 @@ import httpx
 from websockets.asyncio.client import connect
 
 from ring_buffer.buffer import to_pcm16
-from stream_server.inference.model import DEFAULT_MODEL_DIR
 from stream_server.media.decode import decode_mono
 from tests.helpers.audio import clips
 from tests.helpers.cli import start_server, stop_server, write_config
@@ -27,8 +26,8 @@ RATE = 16000
 SECONDS = 12.0
 
 
-def test_a_killed_nats_server_loses_no_update(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.toml", DEFAULT_MODEL_DIR)
+def test_a_killed_nats_server_loses_no_update(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    config = write_config(tmp_path / "c.toml", tiny_checkpoint)
     audio = decode_mono(str(clips("country", 1)[0]), RATE)[: round(SECONDS * RATE)]
     pcm = to_pcm16(audio).astype("<i2").tobytes()
     with nats_cluster(tmp_path / "nats", 3) as servers:

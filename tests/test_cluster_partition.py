@@ -15,7 +15,6 @@ import httpx
 from websockets.asyncio.client import connect
 
 from ring_buffer.buffer import to_pcm16
-from stream_server.inference.model import DEFAULT_MODEL_DIR
 from stream_server.media.decode import decode_mono
 from tests.helpers.audio import clips
 from tests.helpers.cli import start_server, stop_server, write_config
@@ -32,8 +31,10 @@ PASSWORD = "partition-pass-0123456789"
 TOKEN = "partition-token-0123456789abcdef"
 
 
-def test_a_node_cut_off_for_a_while_catches_up_once_its_link_is_back(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.toml", DEFAULT_MODEL_DIR)
+def test_a_node_cut_off_for_a_while_catches_up_once_its_link_is_back(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    config = write_config(tmp_path / "c.toml", tiny_checkpoint)
     with config.open("a", encoding="utf-8") as out:
         out.write('\n[cluster]\nuser = "genrecast"\n')
     audio = decode_mono(str(clips("disco", 1)[0]), RATE)[: round(SECONDS * RATE)]

@@ -19,7 +19,6 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from stream_server.inference.model import DEFAULT_MODEL_DIR
 from tests.helpers.cli import start_server, stop_server, write_config
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
@@ -39,10 +38,10 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndlessMp3]:
 
 @pytest.fixture(scope="module")
 def cluster(
-    tmp_path_factory: pytest.TempPathFactory, station: EndlessMp3
+    tmp_path_factory: pytest.TempPathFactory, station: EndlessMp3, tiny_checkpoint: Path
 ) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("cluster")
-    config = write_config(root / "c.toml", DEFAULT_MODEL_DIR)
+    config = write_config(root / "c.toml", tiny_checkpoint)
     host = station.url.split("/")[2]
     with config.open("a", encoding="utf-8") as out:
         out.write(f'\n[sources]\nallowed_hosts = ["{host}"]\n')

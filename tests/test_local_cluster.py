@@ -13,7 +13,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from stream_server.tools.local_cluster import STATE
-from tests.helpers.cli import genrecast
+from tests.helpers.cli import genrecast, write_config
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.live import run
 
@@ -47,9 +47,13 @@ async def _push_and_read(first: str, second: str) -> tuple[str, dict[str, object
     raise AssertionError(f"{second} never listed {stream_id} as ended")
 
 
-def test_cluster_up_starts_a_working_cluster_and_down_stops_it(tmp_path: Path) -> None:
+def test_cluster_up_starts_a_working_cluster_and_down_stops_it(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     folder = tmp_path / "cluster"
-    args = ("--nats", "3", "--nodes", "2", "--workers", "1", "--port", "0", "--dir", str(folder))
+    config = write_config(tmp_path / "c.toml", tiny_checkpoint)
+    args = ("--nats", "3", "--nodes", "2", "--workers", "1", "--port", "0")
+    args += ("--config", str(config), "--dir", str(folder))
     up = genrecast("cluster", "up", *args, timeout=10 * TIMEOUT_S)
     try:
         assert up.returncode == 0, up.stdout + up.stderr

@@ -34,7 +34,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from stream_server.cluster.updates import replicas_for, subject_of
+from stream_server.cluster.updates import (
+    jetstream_not_ready,
+    replicas_for,
+    subject_of,
+    when_jetstream_answers,
+)
 from stream_server.core.records import StreamRecord, Tail, TrackTitle
 from stream_server.core.timeline import Segment
 from stream_server.errors import ClusterError, StorageError
@@ -437,11 +442,18 @@ class ClusterStore:
 async def bucket(nc: Client, name: str, *, replicas: int, ttl: float | None) -> KeyValue:
     """The key-value bucket ``name`` (one value per key; each forgotten ``ttl`` seconds after
     it was put, if given), made if it is not there, else bound as it is unless ``replicas``
-    (:func:`~.updates.replicas_for`) asks for another count.
+    (:func:`~.updates.replicas_for`) asks for another count; tried again while JetStream does
+    not answer yet (:func:`~.updates.when_jetstream_answers`).
 
     Raises:
-        ClusterError: JetStream refused it (e.g. more replicas than servers).
+        ClusterError: JetStream refused it (e.g. more replicas than servers), or did not answer.
     """
+    return await when_jetstream_answers(
+        lambda: _bucket(nc, name, replicas=replicas, ttl=ttl), f"the key-value bucket {name}"
+    )
+
+
+async def _bucket(nc: Client, name: str, *, replicas: int, ttl: float | None) -> KeyValue:
     from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
     from nats.js.errors import Error as JetStreamError
 
@@ -466,6 +478,8 @@ async def bucket(nc: Client, name: str, *, replicas: int, ttl: float | None) -> 
             except BucketNotFoundError:
                 raise exc from None
     except JetStreamError as exc:
+        if jetstream_not_ready(exc):  # tried again by bucket()
+            raise
         raise ClusterError(f"the key-value bucket {name} could not be made: {exc}") from None
 
 

@@ -24,7 +24,8 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from stream_server.errors import ClusterError
 from stream_server.messages import ErrorMessage, PublishedMessage, dumps, error, stamp_seq
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 __all__ = [
     "NOTICES",
     "STREAM",
@@ -42,8 +45,10 @@ __all__ = [
     "Hub",
     "UpdateBus",
     "cluster_size",
+    "jetstream_not_ready",
     "replicas_for",
     "subject_of",
+    "when_jetstream_answers",
 ]
 
 STREAM: Final = "GENRECAST_UPDATES"
@@ -61,6 +66,8 @@ CATCH_UP_S: Final = 30.0
 STAMPED_GIVE_UP_S: Final = 10.0
 #: Seconds between two tries.
 PUBLISH_RETRY_S: Final = 0.25
+#: Seconds a node has at its start for JetStream to answer at all.
+JETSTREAM_READY_S: Final = 60.0
 #: Most messages a resume reads back from the stream (the newest; a ``resume_gap`` before).
 REPLAY_MAX: Final = 50_000
 #: A stream id as a subject token: what genrecast makes (hex) and more, never ``.``, ``*``, ``>``.
@@ -76,6 +83,39 @@ def subject_of(stream_id: str) -> str:
 def cluster_size(nc: Client) -> int:
     """The NATS servers ``nc`` knows of: those configured and those their cluster told of."""
     return max(1, len({(url.hostname, url.port) for url in nc.servers}))
+
+
+def jetstream_not_ready(exc: BaseException) -> bool:
+    """JetStream did not answer yet: a timeout, no responders, or 503 (no meta leader yet)."""
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeoutError
+    from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+    return isinstance(
+        exc, NatsTimeoutError | NoRespondersError | NoStreamResponseError | ServiceUnavailableError
+    )
+
+
+async def when_jetstream_answers(make: Callable[[], Awaitable[_T]], what: str) -> _T:
+    """``make()``, tried again while JetStream does not answer yet (the servers of a cluster
+    that just started elect a leader first), up to :data:`JETSTREAM_READY_S` seconds.
+
+    Raises:
+        ClusterError: it still did not answer then.
+    """
+    deadline = time.monotonic() + JETSTREAM_READY_S
+    while True:
+        try:
+            return await make()
+        except Exception as exc:
+            if not jetstream_not_ready(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"{what}: JetStream did not answer within {JETSTREAM_READY_S:g} s ({exc})"
+                ) from None
+            log.info("%s: JetStream is not ready yet (%s); trying again", what, exc)
+            await asyncio.sleep(0.5)
 
 
 def replicas_for(nc: Client, configured: int, existing: int | None) -> int:
@@ -123,17 +163,34 @@ class UpdateBus:
         Raises:
             ClusterError: JetStream refused the stream (e.g. more replicas than servers).
         """
-        from nats.js.api import (
-            ConsumerConfig,
-            DeliverPolicy,
-            DiscardPolicy,
-            StorageType,
-            StreamConfig,
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        js = self.nc.jetstream()
+        last = await when_jetstream_answers(lambda: self._make(js), f"the updates stream {STREAM}")
+        self._js = js
+        start = max(1, last - self.history + 1)
+        consumer = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
         )
+        self._sub = await js.subscribe(
+            f"{SUBJECTS}.>", cb=self._on_message, ordered_consumer=True, config=consumer
+        )
+        self._notices = await self.nc.subscribe(NOTICES, cb=self._on_notice)
+        self._sender = asyncio.create_task(self._send())
+        # caught up with what was there before it opened: a resume finds it
+        deadline = time.monotonic() + CATCH_UP_S
+        while self.hub.seq < last:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the updates stream was not read up to {last} in time")
+            await asyncio.sleep(0.01)
+
+    async def _make(self, js: Any) -> int:
+        """Make (or update) the stream; its last sequence."""
+        from nats.errors import Error as NatsApiError
+        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
         from nats.js.errors import BadRequestError, NotFoundError
         from nats.js.errors import Error as JetStreamError
 
-        js = self.nc.jetstream()
         try:
             try:
                 existing: StreamConfig | None = (await js.stream_info(STREAM)).config
@@ -157,25 +214,11 @@ class UpdateBus:
                     await js.stream_info(STREAM)
             elif (existing.num_replicas, existing.max_msgs) != (replicas, self.kept):
                 await js.update_stream(config)  # the configured limits
-            last = (await js.stream_info(STREAM)).state.last_seq
-        except JetStreamError as exc:
+            return int((await js.stream_info(STREAM)).state.last_seq)
+        except (JetStreamError, NatsApiError) as exc:
+            if jetstream_not_ready(exc):
+                raise
             raise ClusterError(f"the updates stream {STREAM} could not be made: {exc}") from None
-        self._js = js
-        start = max(1, last - self.history + 1)
-        consumer = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-        )
-        self._sub = await js.subscribe(
-            f"{SUBJECTS}.>", cb=self._on_message, ordered_consumer=True, config=consumer
-        )
-        self._notices = await self.nc.subscribe(NOTICES, cb=self._on_notice)
-        self._sender = asyncio.create_task(self._send())
-        # caught up with what was there before it opened: a resume finds it
-        deadline = time.monotonic() + CATCH_UP_S
-        while self.hub.seq < last:
-            if time.monotonic() > deadline:
-                raise ClusterError(f"the updates stream was not read up to {last} in time")
-            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         """Send what is queued, then stop following."""
@@ -220,7 +263,8 @@ class UpdateBus:
         sub = await self._js.subscribe(subject, ordered_consumer=True, config=config)
         reached = last
         try:
-            if (await sub.consumer_info()).num_pending:
+            # messages the server sent before it answered are queued here already: count them
+            if (await sub.consumer_info()).num_pending or sub.pending_msgs:
                 while True:
                     msg = await sub.next_msg(timeout=CATCH_UP_S)
                     seq = int(msg.metadata.sequence.stream)
