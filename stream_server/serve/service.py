@@ -621,21 +621,30 @@ class Service:
             table=self.smoothing,
         )
         live = LiveStream(session, source, client=client)
-        assert self.store is not None
         if resume is not None:
             session.started_wall = resume.created_at
-            self.streams[stream_id] = live
-            self.metrics.active_streams.set(len(self.streams))
-            self._put_live_now(live)
-            return live
-        record = live.record()
+        else:
+            await self._store_new(live, client)
+        self.streams[stream_id] = live
+        self.metrics.active_streams.set(len(self.streams))
+        self._put_live_now(live)
+        return live
+
+    async def _store_new(self, live: LiveStream, client: str) -> None:
+        """Keep a new stream's record, counted as opening for ``client`` meanwhile.
+
+        Raises:
+            ProtocolError: the store refused it (the session is closed).
+        """
+        assert self.store is not None
+        session = live.session
         self._opening_by[client] = self._opening_by.get(client, 0) + 1
         try:
-            await self._in_db(self.store.add_stream, record)
+            await self._in_db(self.store.add_stream, live.record())
         except Exception as exc:
             session.close()
             self.metrics.errors.labels(kind="storage").inc()
-            log.error("stream %s could not be stored: %s", stream_id, exc)
+            log.error("stream %s could not be stored: %s", session.stream_id, exc)
             raise ProtocolError(
                 "the stream could not be stored; try again", code="storage", close_code=1011
             ) from None
@@ -643,10 +652,6 @@ class Service:
             self._opening_by[client] -= 1
             if not self._opening_by[client]:
                 del self._opening_by[client]
-        self.streams[stream_id] = live
-        self.metrics.active_streams.set(len(self.streams))
-        self._put_live_now(live)
-        return live
 
     def _put_live_now(self, live: LiveStream) -> None:
         """A cluster node's new stream goes into the live register at once (not at the next
@@ -769,14 +774,10 @@ class Service:
                 await asyncio.wait_for(live.idle.wait(), DRAIN_TIMEOUT_S)
             except TimeoutError:
                 log.warning("stream %s ended before its last window came back", session.stream_id)
-        dropped = None if self.engine is None else self.engine.cancel(session.stream_id)
+        dropped = self._unregister(live)
         if dropped is not None and not dropped.warm:
             session.skipped()
             self.metrics.windows_skipped.inc()
-        if self.streams.pop(session.stream_id, None) is not None:
-            self._leave(live.client)
-        session.close()
-        self.metrics.active_streams.set(len(self.streams))
         ended_at = time.time()
         if self.store is not None:
             self._db_write(self.store.end_stream, session.stream_id, ended_at)
@@ -996,12 +997,18 @@ class Service:
         puller = self.pullers.pop(stream_id, None)
         if puller is not None:
             puller.stop()
-        if self.engine is not None:
-            self.engine.cancel(stream_id)
+        self._unregister(live)
+
+    def _unregister(self, live: LiveStream) -> WindowJob | None:
+        """A stream that ended here: its window waiting for the engine dropped (returned), out
+        of the live streams and its client's count, its session closed."""
+        stream_id = live.session.stream_id
+        dropped = None if self.engine is None else self.engine.cancel(stream_id)
         if self.streams.pop(stream_id, None) is not None:
             self._leave(live.client)
         live.session.close()
         self.metrics.active_streams.set(len(self.streams))
+        return dropped
 
     async def stop_stream(self, stream_id: str, reason: str = "stopped by request") -> bool:
         """End a live stream of any kind (a pulled one stops fetching), on whichever worker
