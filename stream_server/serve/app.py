@@ -44,6 +44,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidState
 
 from stream_server.config import Config
+from stream_server.core.palette import label_colours
 from stream_server.core.timeline import segments_to_csv
 from stream_server.errors import ClusterError, ProtocolError, SourceRefused
 from stream_server.extras import EXTRAS
@@ -317,6 +318,7 @@ async def ready(request: Request) -> Response:
             "half_precision": service.precision == "float16",
             "precision": service.precision,
             "labels": list(service.display_labels),
+            "colours": label_colours(service.display_labels),
             "sample_rate": model.preprocessing.sample_rate,
             "window_s": service.window_s,
             "hop_s": service.config.engine.hop_s,
