@@ -14,27 +14,52 @@ import html
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from dashboard.api import Api, Reply
-from dashboard.charts import NEUTRAL, probability_chart, timeline_chart
 from dashboard.feed import Feed
 from dashboard.metrics import MetricsSample, key_metrics, parse_metrics
 from dashboard.state import (
     DashboardState,
+    StreamView,
     format_age,
     merge_segments,
     recent,
     segments_from_json,
 )
+from dashboard.svg import (
+    CHART_CSS,
+    bars_html,
+    chip,
+    format_clock,
+    heat_strip_html,
+    legend_html,
+    stacked_area_html,
+    timeline_html,
+)
+from dashboard.wall import (
+    SORTS,
+    WallRow,
+    default_selection,
+    filter_rows,
+    sort_rows,
+    wall_html,
+    wall_rows,
+)
+from stream_server.core.palette import label_colours
 from stream_server.core.timeline import segments_to_csv
 from stream_server.messages import NON_MUSIC_LABELS
 from stream_server.tools.client import resolve_token
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TITLE = "genrecast live dashboard"
+#: The page icon, shared with the server's pages.
+ICON = Path(__file__).resolve().parents[1] / "stream_server" / "static" / "favicon.png"
+#: Label to ``#rrggbb``.
+Palette = dict[str, str]
 
 
 def server_url(argv: list[str]) -> str:
@@ -57,21 +82,61 @@ def marker(element_id: str, text: str, **data: object) -> None:
     st.markdown(f'<div id="{element_id}"{attrs}>{html.escape(text)}</div>', unsafe_allow_html=True)
 
 
-def label_html(label: str) -> str:
-    """``label`` as HTML: speech and silence in the neutral grey of the charts, genres as
-    they are."""
-    text = html.escape(label)
-    if label in NON_MUSIC_LABELS:
-        return f'<span class="neutral" style="color:{NEUTRAL}">{text}</span>'
-    return text
+STYLE = """
+<style>
+.block-container {padding-top: 2.6rem; padding-bottom: 1rem;}
+.chip {display:inline-block; padding:0 .5em; border-radius:.8em; font-size:.85em; line-height:1.5em;
+       white-space:nowrap;}
+.legend .chip {margin:0 .2em .2em 0;}
+.muted {color:#777;}
+.conf {margin-left:.35em; font-variant-numeric:tabular-nums;}
+.statusline {font-size:.9em; color:#444; margin:.1em 0 .4em 0;}
+.statusline b {font-variant-numeric:tabular-nums;}
+.wall {max-height:380px; overflow-y:auto; border:1px solid #e5e5e5; border-radius:4px;}
+#wall {width:100%; border-collapse:collapse; font-size:.85em;}
+#wall th {position:sticky; top:0; background:#fafafa; text-align:left; font-weight:600;}
+#wall td, #wall th {padding:2px 8px; border-bottom:1px solid #f0f0f0; vertical-align:middle;}
+#wall tr.selected {background:#fff8e1;}
+#wall .error {color:#b00020; display:inline-block; max-width:28em; overflow:hidden;
+              text-overflow:ellipsis; white-space:nowrap; vertical-align:bottom;}
+.state-live {color:#1b7f3b;} .state-failed, .state-lost {color:#b00020; font-weight:600;}
+.state-ended {color:#777;} .state-connecting, .state-reconnecting {color:#b26a00;}
+.headline {font-size:1.5em; margin:.1em 0 .2em 0;} .headline .chip {font-size:.9em;}
+.failure {background:#fdecea; color:#7a0010; border-left:4px solid #b00020; padding:.4em .7em;
+          margin:.3em 0;}
+.bars .bar-row {display:flex; align-items:center; gap:.4em; font-size:.8em; margin:1px 0;}
+.bars .bar-label {width:6.5em; text-align:right;} .bars .bar-value {width:3em;}
+.bars .bar-track {flex:1; background:#f2f2f2; height:.9em;}
+.bars .bar {display:block; height:100%;}
+.gc-chart {display:block;}
+#changes {font-size:.85em; max-height:160px; overflow-y:auto; margin:0; padding-left:1.2em;}
+</style>
+"""
 
 
 def show_error(where: str, reply: Reply) -> None:
     st.warning(f"{where}: {reply.error}")
 
 
+@st.cache_data(ttl=10.0, show_spinner=False)
+def model_facts(server: str) -> dict[str, Any]:
+    """``/ready`` (labels, colours, hop, model, device), cached 10 s; ``{}`` until ready."""
+    reply = Api(server).ready()
+    return reply.data if reply.ok and isinstance(reply.data, dict) else {}
+
+
+def palette(facts: dict[str, Any], extra: list[str]) -> dict[str, str]:
+    """The server's colours (``/ready``), and stable ones for labels it does not list."""
+    served = facts.get("colours")
+    labels = list(facts.get("labels") or [])
+    colours = label_colours(labels, extra)
+    if isinstance(served, dict):
+        colours.update({str(k): str(v) for k, v in served.items()})
+    return colours
+
+
 def header(api: Api, feed: Feed) -> bool:
-    """Server status and key metrics; returns whether the server answered."""
+    """Server status and key metrics on one line; returns whether the server answered."""
     health = api.health()
     if not health.ok:
         marker("server-status", "server down", state="down")
@@ -81,7 +146,9 @@ def header(api: Api, feed: Feed) -> bool:
         )
         return False
     status = "connected" if feed.connected else feed.status
-    marker("server-status", f"server up at {api.base} · live updates: {status}", state="up")
+    facts = model_facts(api.base)
+    model = f" · {facts.get('device', '?')}" if facts else " · model loading"
+    marker("server-status", f"server up at {api.base}{model} · live updates: {status}", state="up")
     reply = api.metrics()
     if not reply.ok:
         show_error("metrics", reply)
@@ -94,50 +161,15 @@ def header(api: Api, feed: Feed) -> bool:
     previous: MetricsSample | None = st.session_state.get("metrics_sample")
     st.session_state["metrics_sample"] = sample
     km = key_metrics(sample, previous)
-    cols = st.columns(5)
-    cols[0].metric("live streams", km.active_streams)
-    cols[1].metric("windows/s", "-" if km.windows_per_s is None else f"{km.windows_per_s:.1f}")
-    cols[2].metric(
-        "p99 latency", "-" if km.p99_latency_ms is None else f"{km.p99_latency_ms:.0f} ms"
-    )
-    cols[3].metric("windows computed", km.windows_computed)
-    cols[4].metric("skipped windows", km.windows_skipped)
-    return True
-
-
-def streams_table(streams: list[dict[str, Any]], state: DashboardState) -> None:
-    now = time.time()
-    rows = []
-    for s in streams:
-        sid = str(s.get("stream_id", ""))
-        view = state.streams.get(sid)
-        genre = (view.genre if view else None) or s.get("genre") or "-"
-        conf = view.confidence if view and view.genre else s.get("confidence")
-        live = s.get("state") not in ("ended", "failed", "lost")
-        started = s.get("created_at")
-        ended = s.get("ended_at")
-        age = (now if live else (ended or now)) - started if isinstance(started, float) else None
-        lag = s.get("lag_s")
-        cells = [
-            html.escape(str(s.get("name") or sid)),
-            html.escape(str(s.get("kind", ""))),
-            html.escape(str(s.get("state", ""))),
-            label_html(str(genre)) + ("" if conf is None else f" ({float(conf):.0%})"),
-            "-" if lag is None else f"{float(lag):.1f} s",
-            format_age(age),
-        ]
-        tds = "".join(f"<td>{c}</td>" for c in cells)
-        rows.append(
-            f'<tr data-stream-id="{html.escape(sid)}"'
-            f' data-state="{html.escape(str(s.get("state")))}"'
-            f' data-genre="{html.escape(str(genre))}">{tds}</tr>'
-        )
-    head = "".join(f"<th>{h}</th>" for h in ("stream", "kind", "state", "genre", "lag", "live for"))
+    rate = "-" if km.windows_per_s is None else f"{km.windows_per_s:.1f}"
+    p99 = "-" if km.p99_latency_ms is None else f"{km.p99_latency_ms:.0f} ms"
     st.markdown(
-        f'<table id="streams" style="width:100%"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>",
+        f'<div class="statusline" id="key-metrics">live streams <b>{km.active_streams}</b> · '
+        f"windows/s <b>{rate}</b> · p99 latency <b>{p99}</b> · windows computed "
+        f"<b>{km.windows_computed}</b> · skipped <b>{km.windows_skipped}</b></div>",
         unsafe_allow_html=True,
     )
+    return True
 
 
 @st.cache_data(ttl=2.0, show_spinner=False)
@@ -149,89 +181,198 @@ def history(server: str, stream_id: str) -> tuple[dict[str, Any] | None, str]:
     return (reply.data if reply.ok else None), (csv.data if csv.ok else "")
 
 
-def selected_stream(api: Api, streams: list[dict[str, Any]], state: DashboardState) -> None:
-    ids = [str(s["stream_id"]) for s in streams if "stream_id" in s]
-    names = {str(s["stream_id"]): str(s.get("name") or s["stream_id"]) for s in streams}
+def choose_stream(rows: list[WallRow]) -> str | None:
+    """The stream selector; the newest live stream until the user picks one."""
+    ids = [r.stream_id for r in rows]
     if not ids:
+        return None
+    by_id = {r.stream_id: r for r in rows}
+    current = st.session_state.get("stream")
+    if current not in ids or not st.session_state.get("stream_picked"):
+        st.session_state["stream"] = default_selection(rows)
+
+    def picked() -> None:
+        st.session_state["stream_picked"] = True
+
+    def name(sid: str) -> str:
+        row = by_id[sid]
+        genre = row.genre if not row.final else row.main_genre
+        return f"{row.name} · {row.state}" + (f" · {genre}" if genre else "") + f" ({sid})"
+
+    sid: str = st.selectbox("stream", ids, key="stream", format_func=name, on_change=picked)
+    return sid
+
+
+def _current(row: WallRow) -> str:
+    """The headline's data attributes, read by tests and scripts."""
+    genre = row.genre or ""
+    return (
+        f'id="current-genre" data-genre="{html.escape(genre)}" '
+        f'data-stream-id="{html.escape(row.stream_id)}" data-state="{html.escape(row.state)}" '
+        f'data-neutral="{genre in NON_MUSIC_LABELS}"'
+    )
+
+
+def headline(
+    row: WallRow, view: StreamView | None, summary: dict[str, Any], colours: Palette
+) -> None:
+    """The selected stream's state in one line: the current genre (live), the summary (ended),
+    the reason (failed)."""
+    genre = row.genre
+    if not row.final:
+        if genre:
+            text = (
+                f'<div class="headline" {_current(row)}>{chip(genre, colours)} '
+                f'<span class="conf">{(row.confidence or 0.0):.0%} (smoothed)</span> '
+                f'<span class="muted">· {format_age(row.audio_s)} of audio'
+                + ("" if row.lag_s is None else f" · lag {row.lag_s:.1f} s")
+                + "</span></div>"
+            )
+        else:
+            state = html.escape(row.state)
+            text = (
+                f'<div class="headline muted" {_current(row)}>{state}: '
+                "waiting for the first window…</div>"
+            )
+        st.markdown(text, unsafe_allow_html=True)
+    else:
+        shares = summary.get("genres") or []
+        main = " ".join(
+            f"{chip(str(g['genre']), colours)} {float(g['share']):.0%}" for g in shares[:4]
+        )
+        st.markdown(
+            f'<div class="headline" {_current(row)}><span id="summary">'
+            f'<span class="state state-{html.escape(row.state)}">{html.escape(row.state)}</span> '
+            f'<span class="muted">· {format_age(float(summary.get("duration_s") or row.audio_s))}'
+            f" of audio · {int(summary.get('windows') or 0)} windows</span> {main}</div>",
+            unsafe_allow_html=True,
+        )
+    if row.error:
+        what = "failed" if row.state == "failed" else "last error"
+        st.markdown(
+            f'<div class="failure" id="failure" data-reason="{html.escape(row.error)}">'
+            f"<b>{what}:</b> {html.escape(row.error)}</div>",
+            unsafe_allow_html=True,
+        )
+    if view and view.title:
+        marker("current-title", f"now playing: {view.title}", title=view.title)
+
+
+def selected_stream(
+    api: Api,
+    rows: list[WallRow],
+    streams: list[dict[str, Any]],
+    state: DashboardState,
+    facts: dict[str, Any],
+) -> None:
+    sid = choose_stream(rows)
+    if sid is None:
         st.info("No streams yet: push one (`genrecast push FILE`) or add a radio URL on the left.")
         return
-    current = st.session_state.get("stream")
-    if current not in ids:
-        live = [str(s["stream_id"]) for s in streams if s.get("state") == "live"]
-        st.session_state["stream"] = (live or ids)[0]
-    sid = st.selectbox(
-        "stream", ids, key="stream", format_func=lambda i: f"{names.get(i, i)} ({i})"
-    )
+    row = next(r for r in rows if r.stream_id == sid)
+    listed = next((s for s in streams if s.get("stream_id") == sid), {})
+    listed_summary = listed.get("summary")
+    summary: dict[str, Any] = listed_summary if isinstance(listed_summary, dict) else {}
     view = state.streams.get(sid)
-    row = next((s for s in streams if s.get("stream_id") == sid), {})
-    genre = (view.genre if view else None) or row.get("genre")
-    conf = (view.confidence if view and view.genre else row.get("confidence")) or 0.0
-    title = (view.title if view else "") or row.get("title") or ""
-    left, right = st.columns([2, 1])
+    data, csv = history(api.base, sid)
+    stored = segments_from_json(data.get("segments") if data else None)
+    segments = merge_segments(stored, view.segments() if view else [])
+    colours = palette(facts, [s.genre for s in segments])
+    headline(row, view, summary, colours)
+    left, right = st.columns([4, 1])
     with left:
-        if genre:
-            st.markdown(f"### {label_html(str(genre))} · {float(conf):.0%}", unsafe_allow_html=True)
-        marker(
-            "current-genre",
-            f"current genre: {genre or 'waiting for the first window'}",
-            genre=genre or "",
-            stream_id=sid,
-            neutral=str(genre) in NON_MUSIC_LABELS,
-        )
-        if title:
-            marker("current-title", f"now playing: {title}", title=title)
-        data, csv = history(api.base, sid)
-        stored = segments_from_json(data.get("segments") if data else None)
-        live_segments = view.segments() if view else []
-        segments = merge_segments(stored, live_segments)
-        minutes = st.slider("timeline: last minutes", 1, 60, 10, key="minutes")
+        minutes = st.session_state.get("minutes", 10)
         shown = recent(segments, float(minutes))
         titles = view.titles if view else []
         if not titles and data:
             titles = [(float(t["stream_time_s"]), str(t["title"])) for t in data.get("titles", [])]
-        marker("timeline", f"{len(shown)} segment(s)", segments=len(shown))
         if shown:
-            lo = shown[0].start_s
-            st.altair_chart(
-                timeline_chart(
+            t0, t1 = shown[0].start_s, max(shown[-1].end_s, shown[0].start_s + 10.0)
+            labels = [g for g in facts.get("labels") or [] if g in {s.genre for s in shown}]
+            labels += [s.genre for s in shown if s.genre not in labels]
+            changes = [
+                (c.stream_time_s, c.genre) for c in state.changes_of(sid) if c.stream_time_s >= t0
+            ]
+            pictures = [
+                legend_html(labels, colours),
+                timeline_html(
                     shown,
-                    [c for c in state.changes_of(sid) if c.stream_time_s >= lo],
-                    [t for t in titles if t[0] >= lo],
-                    labels=view.probabilities if view else (),
+                    colours,
+                    element_id="timeline",
+                    t0=t0,
+                    t1=t1,
+                    changes=changes,
+                    titles=[t for t in titles if t[0] >= t0],
+                ),
+            ]
+            if view is not None and view.history.count:
+                times, smoothed, raw = view.history.recent(t0)
+                order = [g for g in facts.get("labels") or [] if g in view.history.labels]
+                order += [g for g in view.history.labels if g not in order]
+                cols = [view.history.labels.index(g) for g in order]
+                hop = float(facts.get("hop_s") or 1.0)
+                pictures.append(
+                    stacked_area_html(times, order, smoothed[:, cols], colours, t0=t0, t1=t1)
                 )
-            )
-        exports = st.columns(2)
-        payload = data or {"stream_id": sid, "segments": [s.to_dict() for s in segments]}
-        exports[0].download_button(
-            "timeline CSV",
-            csv or segments_to_csv(segments),
-            file_name=f"{sid}-timeline.csv",
-            mime="text/csv",
-            on_click="ignore",
-            key="csv",
-        )
-        exports[1].download_button(
-            "timeline JSON",
-            json.dumps(payload, indent=2),
-            file_name=f"{sid}-timeline.json",
-            mime="application/json",
-            on_click="ignore",
-            key="json",
-        )
-    with right:
-        st.caption("smoothed probabilities")
-        if view and view.probabilities:
-            st.altair_chart(probability_chart(view.probabilities))
+                pictures.append(
+                    '<div class="muted" style="font-size:.75em">each window\'s own (raw) top '
+                    "probabilities, darker = more likely</div>"
+                    + heat_strip_html(times, order, raw[:, cols], colours, t0=t0, t1=t1, hop_s=hop)
+                )
+            st.markdown("".join(pictures), unsafe_allow_html=True)
         else:
-            st.write("-")
-    st.subheader("genre changes")
-    changes = list(reversed(state.changes_of(sid)))[:20]
-    items = "".join(
-        f"<li>t={c.stream_time_s:.1f} s: {label_html(c.previous or 'start')} → "
-        f"<b>{label_html(c.genre)}</b> ({c.confidence:.0%})</li>"
-        for c in changes
+            st.markdown(
+                '<div id="timeline" data-segments="0" class="muted">no windows yet</div>',
+                unsafe_allow_html=True,
+            )
+    with right:
+        if view and view.probabilities:
+            st.caption("smoothed probabilities now")
+            st.markdown(bars_html(view.probabilities, colours), unsafe_allow_html=True)
+        changes_here = list(reversed(state.changes_of(sid)))[:20]
+        items = "".join(
+            f"<li>{format_clock(c.stream_time_s)}: "
+            f"{chip(c.previous, colours) if c.previous else 'start'} → "
+            f"{chip(c.genre, colours)}</li>"
+            for c in changes_here
+        )
+        st.caption("genre changes")
+        st.markdown(f'<ul id="changes">{items or "<li>none yet</li>"}</ul>', unsafe_allow_html=True)
+    controls = st.columns([2, 1, 1, 3])
+    controls[0].slider("timeline: last minutes", 1, 60, 10, key="minutes")
+    payload = data or {"stream_id": sid, "segments": [s.to_dict() for s in segments]}
+    controls[1].download_button(
+        "timeline CSV",
+        csv or segments_to_csv(segments),
+        file_name=f"{sid}-timeline.csv",
+        mime="text/csv",
+        on_click="ignore",
+        key="csv",
     )
-    st.markdown(f'<ul id="changes">{items or "<li>none yet</li>"}</ul>', unsafe_allow_html=True)
+    controls[2].download_button(
+        "timeline JSON",
+        json.dumps(payload, indent=2),
+        file_name=f"{sid}-timeline.json",
+        mime="application/json",
+        on_click="ignore",
+        key="json",
+    )
+
+
+def wall(rows: list[WallRow], facts: dict[str, Any]) -> None:
+    """Every stream: filter, sort, the table."""
+    controls = st.columns([3, 2, 2, 3])
+    text = controls[0].text_input(
+        "filter streams", key="wall_filter", placeholder="name, genre, state…"
+    )
+    order = controls[1].selectbox("sort by", SORTS, key="wall_sort")
+    show_ended = controls[2].checkbox("show ended", value=True, key="wall_ended")
+    shown = sort_rows(filter_rows(rows, text, show_ended=show_ended), order)
+    controls[3].caption(f"{len(shown)} of {len(rows)} streams")
+    colours = palette(facts, [r.genre for r in rows if r.genre])
+    st.markdown(
+        wall_html(shown, colours, selected=st.session_state.get("stream")), unsafe_allow_html=True
+    )
 
 
 @st.fragment(run_every=1.0)
@@ -246,9 +387,11 @@ def live_view(server: str) -> None:
             show_error("streams", reply)
             return
         state = feed.snapshot()
-        st.subheader("streams")
-        streams_table(reply.data, state)
-        selected_stream(api, reply.data, state)
+        facts = model_facts(server)
+        rows = wall_rows(reply.data, state.streams)
+        selected_stream(api, rows, reply.data, state, facts)
+        st.markdown("##### every stream")
+        wall(rows, facts)
     except Exception as exc:  # a page never shows a traceback
         st.error(f"The dashboard could not draw this view: {type(exc).__name__}: {exc}")
 
@@ -303,6 +446,10 @@ def upload(server: str) -> None:
         return
     try:
         result = reply.data
+        segments = segments_from_json(result.get("segments"))
+        windows = result.get("windows", [])
+        facts = model_facts(server)
+        colours = palette(facts, [*result["probabilities"], *(s.genre for s in segments)])
         marker(
             "upload-result",
             f"{file.name}: {result['genre']} ({result['confidence']:.0%}) · "
@@ -311,22 +458,30 @@ def upload(server: str) -> None:
             genre=result["genre"],
         )
         cols = st.columns([1, 2])
-        segments = segments_from_json(result.get("segments"))
-        labels = [*result["probabilities"], *(s.genre for s in segments)]
         with cols[0]:
-            st.altair_chart(
-                probability_chart(dict(result["probabilities"]), bar_px=26, labels=labels)
+            st.caption(f"whole file: mean of its {len(windows)} windows' probabilities")
+            st.markdown(
+                bars_html(dict(result["probabilities"]), colours, element_id="upload-bars"),
+                unsafe_allow_html=True,
             )
         with cols[1]:
             if segments:
+                decoding = result.get("decoding", "live")
+                st.caption(
+                    f"timeline ({decoding} decoding of the windows, speech and silence apart)"
+                )
                 marker(
                     "upload-timeline",
-                    f"timeline ({result.get('decoding', 'live')} decoding): "
+                    f"timeline ({decoding} decoding): "
                     + ", ".join(dict.fromkeys(s.genre for s in segments)),
                     labels=" ".join(dict.fromkeys(s.genre for s in segments)),
-                    decoding=result.get("decoding", ""),
+                    decoding=decoding,
                 )
-                st.altair_chart(timeline_chart(segments, labels=labels))
+                st.markdown(
+                    legend_html([s.genre for s in segments], colours)
+                    + timeline_html(segments, colours, element_id="upload-timeline-chart"),
+                    unsafe_allow_html=True,
+                )
             st.dataframe(
                 [
                     {
@@ -336,7 +491,7 @@ def upload(server: str) -> None:
                         "confidence": round(w["confidence"], 3),
                         "top": ", ".join(f"{p['label']} {p['prob']:.2f}" for p in w["top"]),
                     }
-                    for w in result.get("windows", [])
+                    for w in windows
                 ],
                 height=220,
             )
@@ -345,9 +500,11 @@ def upload(server: str) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title=TITLE, layout="wide")
+    icon = str(ICON) if ICON.is_file() else None
+    st.set_page_config(page_title=TITLE, page_icon=icon, layout="wide")
     server = server_url(sys.argv[1:])
-    st.title(TITLE)
+    st.markdown(STYLE.replace("</style>", CHART_CSS + "</style>"), unsafe_allow_html=True)
+    st.markdown(f"#### {TITLE}")
     sidebar(server)
     live_view(server)
     upload(server)

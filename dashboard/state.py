@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
+
 from stream_server.core.timeline import Segment, TimelineBuilder
 from stream_server.messages import GenreChange, GenreUpdate, ServerMessage, TrackChange
 
@@ -23,6 +25,69 @@ from stream_server.messages import GenreChange, GenreUpdate, ServerMessage, Trac
 MAX_CHANGES = 500
 #: Track titles kept per stream.
 MAX_TITLES = 200
+#: ``genre.update`` messages whose probabilities are kept per stream (the probability charts):
+#: 10 minutes at a 1 s hop.
+HISTORY_UPDATES = 600
+
+
+class ProbabilityHistory:
+    """A stream's recent probabilities, in fixed arrays (a ring of :data:`HISTORY_UPDATES`).
+
+    Labels are columns in the order first seen. :meth:`recent` gives ``times`` ``(n,)`` (seconds
+    of stream time), ``smoothed`` and ``raw`` ``(n, labels)`` in ``0..1``, oldest first; ``raw``
+    is NaN where a window's top-k did not include the label.
+    """
+
+    def __init__(self, capacity: int = HISTORY_UPDATES) -> None:
+        self.labels: list[str] = []
+        self._column: dict[str, int] = {}
+        self._times = np.zeros(capacity)
+        self._smoothed = np.zeros((capacity, 0), np.float32)
+        self._raw = np.zeros((capacity, 0), np.float32)
+        self._next = 0
+        self.count = 0
+
+    def _columns(self, labels: list[str]) -> None:
+        new = [label for label in dict.fromkeys(labels) if label not in self._column]
+        if not new:
+            return
+        for label in new:
+            self._column[label] = len(self.labels)
+            self.labels.append(label)
+        grow = np.full((len(self._times), len(new)), np.nan, np.float32)
+        self._smoothed = np.concatenate([self._smoothed, np.nan_to_num(grow)], axis=1)
+        self._raw = np.concatenate([self._raw, grow], axis=1)
+
+    def add(self, t: float, smoothed: Mapping[str, float], raw: Mapping[str, float]) -> None:
+        """One update at stream time ``t``: every label's smoothed probability and the
+        window's top-k raw ones."""
+        self._columns([*smoothed, *raw])
+        i = self._next
+        self._times[i] = t
+        self._smoothed[i] = 0.0
+        self._raw[i] = np.nan
+        for label, p in smoothed.items():
+            self._smoothed[i, self._column[label]] = p
+        for label, p in raw.items():
+            self._raw[i, self._column[label]] = p
+        self._next = (i + 1) % len(self._times)
+        self.count = min(self.count + 1, len(self._times))
+
+    def recent(self, since_s: float = -math.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(times, smoothed, raw)`` of the kept updates at or after ``since_s``."""
+        order = (np.arange(self.count) + self._next - self.count) % len(self._times)
+        keep = order[self._times[order] >= since_s]
+        return self._times[keep], self._smoothed[keep], self._raw[keep]
+
+    def __deepcopy__(self, memo: dict[int, object]) -> ProbabilityHistory:
+        twin = ProbabilityHistory.__new__(ProbabilityHistory)
+        twin.__dict__ = {k: copy.copy(v) for k, v in self.__dict__.items()}
+        twin._times, twin._smoothed, twin._raw = (
+            self._times.copy(),
+            self._smoothed.copy(),
+            self._raw.copy(),
+        )
+        return twin
 
 
 @dataclass
@@ -46,6 +111,7 @@ class StreamView:
         probabilities: The server's smoothed probability of every label, best first, label to
             ``0..1``.
         titles: ``(stream_time_s, title)`` announced by the source, oldest first.
+        history: The recent smoothed and raw probabilities (:class:`ProbabilityHistory`).
     """
 
     stream_id: str
@@ -64,6 +130,7 @@ class StreamView:
     probabilities: dict[str, float] = field(default_factory=dict)
     titles: list[tuple[float, str]] = field(default_factory=list)
     timeline: TimelineBuilder = field(default_factory=TimelineBuilder, repr=False)
+    history: ProbabilityHistory = field(default_factory=ProbabilityHistory, repr=False)
 
     @property
     def title(self) -> str:
@@ -177,6 +244,7 @@ class DashboardState:
             t, m["genre"], float(m["confidence"]), window_start_s=float(m["window_start_s"])
         )
         view.probabilities = {p["label"]: float(p["prob"]) for p in m["smoothed"]}
+        view.history.add(t, view.probabilities, {p["label"]: float(p["prob"]) for p in m["top"]})
         view.genre = m["genre"]
         view.confidence = float(m["confidence"])
         view.stream_time_s = t

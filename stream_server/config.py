@@ -159,7 +159,9 @@ class ServerConfig:
     connecting and from the first byte of each further request on a kept-alive connection
     (:mod:`stream_server.serve.http_timeouts`);
     ``workers``: ingest processes (:mod:`stream_server.serve.workers`); 1: one process serves
-    and runs the model.
+    and runs the model;
+    ``dashboard_port``: the port ``genrecast dashboard`` listens on (on this machine), which the
+    landing page ``/`` links to when it answers; 0: no link.
     """
 
     host: str = "127.0.0.1"
@@ -176,6 +178,7 @@ class ServerConfig:
     insecure: bool = False
     header_timeout_s: float = field(default=10.0, metadata={CHECK: _positive})
     workers: int = field(default=1, metadata={CHECK: _workers})
+    dashboard_port: int = field(default=8501, metadata={CHECK: _port})
 
 
 @dataclass(frozen=True)
@@ -374,10 +377,13 @@ class StorageConfig:
 class SourcesConfig:
     """Streams the server pulls itself (``POST /streams {"url"}``): radio, HLS, files.
 
-    ``open_timeout_s`` bounds connecting and probing; ``stall_s`` is how long a live source may
-    deliver no audio before it is dropped and reconnected; reconnects back off exponentially from
-    ``reconnect_min_s`` to ``reconnect_max_s``; after ``max_reconnects`` failed reconnects in a
-    row the stream fails (0: retry for ever).
+    ``open_timeout_s`` (seconds) bounds connecting and probing; ``stall_s`` (seconds) is how long
+    a source may deliver no audio before its connection is dropped. A source that never
+    delivered audio fails after ``first_connect_attempts`` failed connections (1: at its first
+    failure, with the reason in ``GET /streams``). Once it has delivered audio, a lost source is
+    reconnected, backing off exponentially from ``reconnect_min_s`` to ``reconnect_max_s``
+    seconds; after ``max_reconnects`` failed reconnects in a row the stream fails (0: retry for
+    ever).
 
     What may be pulled (:mod:`stream_server.sources.source_policy`): ``http``/``https`` URLs whose
     host resolves only to public addresses, unless ``allow_private_addresses`` (a LAN: loopback,
@@ -391,6 +397,7 @@ class SourcesConfig:
     reconnect_min_s: float = field(default=0.5, metadata={CHECK: _positive})
     reconnect_max_s: float = field(default=30.0, metadata={CHECK: _positive})
     max_reconnects: int = field(default=10, metadata={CHECK: _non_negative})
+    first_connect_attempts: int = field(default=1, metadata={CHECK: _positive})
     chunk_s: float = field(default=0.1, metadata={CHECK: _positive})
     media_dir: str = ""
     allow_private_addresses: bool = False

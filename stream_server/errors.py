@@ -21,7 +21,9 @@ class is defined here::
     ├── UploadError            an uploaded file was refused; has an HTTP status
     ├── WebRTCError            a WebRTC offer was refused; has an HTTP status
     ├── ClientError            the command-line client could not talk to a server
-    │   └── AccessRefused      ... because it wants a token (401) or more scopes (403)
+    │   ├── AccessRefused      ... because it wants a token (401) or more scopes (403)
+    │   └── PullFailed         ... or would not pull a source, or pulling it failed first
+    ├── CannotListen           the server cannot listen on its host and port (busy, no right)
     ├── SoakError              a soak was asked for outside its bounds or could not start
     ├── ClusterError           a cluster (NATS servers, nodes, workers) could not be made or run
     └── _Stopped               private to the puller (:mod:`stream_server.sources.puller`): it
@@ -119,8 +121,9 @@ class SourceRefused(GenrecastError):
     The message is the same whatever the reason, so that a client cannot tell a file that does
     not exist from one it may not read, nor a name that does not resolve from one that resolves
     to a private address. ``detail`` says why, for the server's log only. ``transient`` is true
-    when the reason may pass (the host name did not resolve): a stream already pulling retries
-    then, as after a connection error, instead of failing at once.
+    when the reason may pass (the host name did not resolve): a stream that has delivered audio
+    retries then, as after a connection error, instead of failing at once; ``host`` and
+    ``port`` are then the name that did not resolve and the port it was wanted on.
     """
 
     MESSAGE = (
@@ -128,10 +131,19 @@ class SourceRefused(GenrecastError):
         "and files in its media folder"
     )
 
-    def __init__(self, detail: str, *, transient: bool = False) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        transient: bool = False,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
         super().__init__(self.MESSAGE)
         self.detail = detail
         self.transient = transient
+        self.host = host
+        self.port = port
 
 
 class EngineStopped(GenrecastError):
@@ -173,6 +185,14 @@ class ClientError(GenrecastError):
     """The server refused a client or broke off the conversation."""
 
 
+class PullFailed(ClientError):
+    """The server would not pull a source, or pulling it failed before it went live."""
+
+
+class CannotListen(GenrecastError):
+    """The server cannot listen where it is told to; the message says why and what to change."""
+
+
 class AccessRefused(ClientError):
     """The server wants a token (``status`` 401) or one with more scopes (403)."""
 
@@ -193,6 +213,7 @@ class ClusterError(GenrecastError):
 __all__ = [
     "AccessRefused",
     "AudioFormatError",
+    "CannotListen",
     "ClientError",
     "ClusterError",
     "ConfigError",
@@ -204,6 +225,7 @@ __all__ = [
     "ModelLoadError",
     "NotHttp",
     "ProtocolError",
+    "PullFailed",
     "RingBufferError",
     "SoakError",
     "SourceRefused",

@@ -103,6 +103,46 @@ def test_tokens_and_scopes_on_every_route(
     assert recorder.take_problems() == []
 
 
+def test_pages_and_the_api_description_are_open_and_show_no_streams(
+    make_config: Callable[..., Config],
+    tiny_model: LoadedModel,
+    tokens: dict[str, list[str]],
+) -> None:
+    """What shows no stream data needs no token; the landing page counts no stream for a
+    stranger (its script asks ``/streams`` with the token of its address), and ``/streams``
+    still needs one."""
+
+    async def scenario() -> None:
+        async with (
+            serving(make_config(auth=tokens), tiny_model) as (server, http),
+            connect(
+                server.ws_url + "/ws/ingest", additional_headers=bearer(FEEDER), compression=None
+            ) as conn,
+        ):
+            await conn.send(start(name="not for strangers"))
+            assert (await recv_json(conn))["type"] == "stream.started"
+            for path in ("/", "/docs", "/openapi.json", "/favicon.ico", "/favicon.svg", "/mic"):
+                reply = await http.get(path)
+                assert reply.status_code == 200, path
+            for path in ("/streams", "/streams/abc/timeline", "/metrics"):
+                assert (await http.get(path)).status_code == 401, path
+            landing = (await http.get("/")).text
+            assert '<span id="live-count">…</span>' in landing  # counted by the page, not here
+            assert "not for strangers" not in landing
+            assert "read token" in landing
+            doc = (await http.get("/openapi.json")).json()
+            assert doc["paths"]["/streams"]["get"]["security"] == [{"bearer": []}]
+            assert doc["paths"]["/"]["get"]["security"] == []
+            assert "This server needs a token" in (await http.get("/docs")).text
+            # the Host and Origin rules hold for the open pages too
+            rebound = await http.get("/", headers={"Host": f"evil.example:{server.port}"})
+            assert rebound.status_code == 421
+            rebound = await http.get("/openapi.json", headers={"Host": "evil.example"})
+            assert rebound.status_code == 421
+
+    run(scenario())
+
+
 def test_browser_tickets_open_websockets_for_a_while(
     make_config: Callable[..., Config],
     tiny_model: LoadedModel,

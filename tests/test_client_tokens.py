@@ -273,7 +273,7 @@ def test_the_dashboard_page_uses_the_token_of_its_command(
                         await asyncio.sleep(0.2)
                 page = await browser.new_page()
                 await page.goto(url)
-                await page.wait_for_selector("table#streams", timeout=WAIT_MS)
+                await page.wait_for_selector("table#wall", timeout=WAIT_MS)
                 await page.wait_for_selector(
                     "#server-status:has-text('live updates: connected')", timeout=WAIT_MS
                 )

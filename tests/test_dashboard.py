@@ -55,63 +55,115 @@ def until(check: Any, what: str, timeout_s: float = 2 * TIMEOUT_S) -> Any:
         time.sleep(0.2)
 
 
-def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
-    tmp_path: Path,
-) -> None:
-    [pushed] = clips("jazz", 1)
+def rgb(hex_colour: str) -> str:
+    """``#rrggbb`` as the browser's computed ``rgb(r, g, b)``."""
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+def background(page: Any, selector: str) -> str:
+    colour: str = page.eval_on_selector(selector, "e => getComputedStyle(e).backgroundColor")
+    return colour
+
+
+def test_dashboard_shows_live_failed_and_ended_streams_in_one_palette(tmp_path: Path) -> None:
+    """Three live streams (two songs, one silence) and a pull that fails: the wall lists them
+    all with the failure's reason; a genre has one colour in the wall, the timeline and the
+    bars; an upload is classified; a URL added in the form is pulled."""
+    [jazz] = clips("jazz", 1)
     [classical] = clips("classical", 1)
-    # an upload with music then silence, and a live stream of silence alone
     song = decode_mono(str(classical), 22050)[: 8 * 22050]
     upload = encode_audio(
         tmp_path / "classical-then-silence.wav",
         np.concatenate([song, np.zeros(6 * 22050, np.float32)])[:, None],
         22050,
     )
-    quiet = encode_audio(tmp_path / "quiet.wav", np.zeros((22050 * 12, 1), np.float32), 22050)
+    quiet = encode_audio(tmp_path / "quiet.wav", np.zeros((22050 * 30, 1), np.float32), 22050)
     mp3 = mp3_file(tmp_path, 6.0).read_bytes()
+    dead = f"http://127.0.0.1:{free_port()}/none"  # nothing listens there
     with (
         EndlessMp3(mp3) as radio_station,
         genrecast_server(tmp_path) as server,
         dashboard(server) as url,
     ):
-        labels = httpx.get(f"{server}/ready", trust_env=False).json()["labels"]
-        push = Proc(
-            cli("push", str(pushed), "--server", server, "--realtime", "--name", "live jazz")
-        )
-        hush: Proc | None = None
+        ready = httpx.get(f"{server}/ready", trust_env=False).json()
+        labels, colours = ready["labels"], ready["colours"]
+        pushes = [
+            Proc(cli("push", str(path), "--server", server, "--realtime", "--name", name))
+            for path, name in ((jazz, "live jazz"), (classical, "live classical"), (quiet, "quiet"))
+        ]
         try:
+            failed = httpx.post(
+                f"{server}/streams", json={"url": dead, "name": "dead"}, trust_env=False
+            ).json()["stream_id"]
             with browser_page() as page:
                 page.goto(url)
                 page.get_by_text(TITLE).first.wait_for()
                 page.wait_for_selector("#server-status[data-state=up]")
 
-                # the pushed stream appears, with a timeline of at least one segment
-                row = page.wait_for_selector("#streams tr[data-stream-id]")
-                stream_id = row.get_attribute("data-stream-id")
-                [mine] = [s for s in streams_of(server) if s["stream_id"] == stream_id]
-                assert mine["kind"] == "ws" and mine["name"] == "live jazz"
-                page.wait_for_selector(f"#current-genre[data-stream-id='{stream_id}']")
-                page.wait_for_selector("#timeline:not([data-segments='0'])")
-                page.wait_for_selector(".vega-embed")
-
-                # the genre shown is the server's latest one for that stream
-                def same_genre() -> bool:
-                    shown = page.get_attribute("#current-genre", "data-genre")
-                    [now] = [s for s in streams_of(server) if s["stream_id"] == stream_id]
-                    return bool(shown) and shown == now["genre"] and shown in labels
-
-                until(same_genre, "the dashboard's genre to match GET /streams")
-                assert page.locator("#changes li").count() >= 1
-
-                # a silent stream shows "silence", in the neutral grey, not as a genre
-                hush = Proc(
-                    cli("push", str(quiet), "--server", server, "--realtime", "--name", "quiet")
-                )
+                # the wall lists the three live streams and the failed pull with its reason
+                page.wait_for_selector("#wall tr[data-state=live][data-genre]:not([data-genre=''])")
+                [dead_row] = [s for s in streams_of(server) if s["stream_id"] == failed]
+                assert dead_row["state"] == "failed", dead_row
+                reason = dead_row["last_error"]
+                assert reason and "refused" in reason, dead_row
                 cell = page.wait_for_selector(
-                    "#streams tr[data-genre=silence] span.neutral", timeout=3 * WAIT_MS
+                    f"#wall tr[data-stream-id='{failed}'][data-state=failed] .error"
                 )
-                assert cell.text_content() == "silence"
-                assert cell.evaluate("e => getComputedStyle(e).color") == "rgb(158, 158, 158)"
+                assert cell.text_content() == reason
+
+                def pushed_live() -> bool:
+                    names = {"live jazz", "live classical", "quiet"}
+                    ids = [s["stream_id"] for s in streams_of(server) if s["name"] in names]
+                    rows = [f"#wall tr[data-stream-id='{i}'][data-state=live]" for i in ids]
+                    return len(ids) == 3 and all(page.locator(r).count() for r in rows)
+
+                until(pushed_live, "the three pushed streams live on the wall")
+
+                # the newest live stream is selected, and the selected one's genre has one
+                # colour in its wall chip, its timeline and its bars: the server's
+                selected = page.get_attribute("#current-genre", "data-stream-id")
+                live = [s for s in streams_of(server) if s["state"] == "live"]
+                assert selected == max(live, key=lambda s: s["created_at"])["stream_id"]
+                page.get_by_role("combobox", name="stream").click()
+                page.get_by_role("option", name="live jazz", exact=False).click()
+                page.wait_for_selector("#current-genre[data-genre]:not([data-genre=''])")
+                [jazz_row] = [s for s in streams_of(server) if s["name"] == "live jazz"]
+                until(
+                    lambda: (
+                        page.get_attribute("#current-genre", "data-stream-id")
+                        == jazz_row["stream_id"]
+                    ),
+                    "live jazz to be selected",
+                )
+                sid = jazz_row["stream_id"]
+
+                def one_colour() -> bool:
+                    genre = page.get_attribute("#current-genre", "data-genre")
+                    if not genre or genre not in labels:
+                        return False
+                    wall = f"#wall tr[data-stream-id='{sid}'] .chip[data-genre='{genre}']"
+                    timeline = f"#timeline .segment[data-genre='{genre}']"
+                    bar = f"#bars .bar[data-genre='{genre}']"
+                    if not all(page.locator(s).count() for s in (wall, timeline, bar)):
+                        return False
+                    seen = {background(page, s) for s in (wall, timeline, bar)}
+                    return seen == {rgb(colours[genre])}
+
+                until(one_colour, "one colour for the genre in the wall, timeline and bars")
+                assert page.locator("#changes li").count() >= 1
+                assert page.locator("#smoothed-chart polygon.area").count() >= 1
+
+                # silence is neutral grey on the wall, not a genre's colour
+                chip = page.wait_for_selector(
+                    "#wall tr[data-genre=silence] .chip[data-genre=silence]", timeout=3 * WAIT_MS
+                )
+                assert chip.text_content() == "silence"
+                assert (
+                    chip.evaluate("e => getComputedStyle(e).backgroundColor")
+                    == rgb(colours["silence"])
+                    == "rgb(158, 158, 158)"
+                )
 
                 # an upload is classified by the server and shown, its silence too
                 page.set_input_files("input[type=file]", str(upload))
@@ -132,12 +184,11 @@ def test_dashboard_follows_a_live_stream_classifies_uploads_and_adds_streams(
                 [pulled] = [s for s in streams_of(server) if s["stream_id"] == added_id]
                 assert pulled["kind"] == "url" and pulled["name"] == "dashboard radio"
                 assert pulled["source"] == radio_station.url
-                page.wait_for_selector(f"#streams tr[data-stream-id='{added_id}'][data-genre]")
+                page.wait_for_selector(f"#wall tr[data-stream-id='{added_id}'][data-state=live]")
                 assert not page.get_by_text("Traceback").count()
         finally:
-            push.stop()
-            if hush is not None:
-                hush.stop()
+            for push in pushes:
+                push.stop()
 
 
 def test_dashboard_says_when_the_server_is_down() -> None:

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import copy
+import re
+
+import numpy as np
 import pytest
 
 from dashboard.metrics import key_metrics, parse_metrics, quantile_from_buckets
-from dashboard.state import DashboardState, format_age, merge_segments, recent
+from dashboard.state import (
+    DashboardState,
+    ProbabilityHistory,
+    format_age,
+    merge_segments,
+    recent,
+)
+from dashboard.svg import (
+    bars_html,
+    chip,
+    heat_strip_html,
+    sparkline_svg,
+    stacked_area_html,
+    timeline_html,
+)
+from dashboard.wall import default_selection, filter_rows, sort_rows, wall_html, wall_rows
+from stream_server.core.palette import GENRE_COLOURS, NEUTRAL, label_colours
 from stream_server.core.timeline import Segment
 from stream_server.messages import (
     GenreChange,
@@ -202,23 +222,93 @@ def test_key_metrics_from_prometheus_text() -> None:
     assert quantile_from_buckets({0.1: 0.0, float("inf"): 4.0}, 0.5) == pytest.approx(0.1)
 
 
-def test_speech_and_silence_are_neutral_grey_in_the_charts() -> None:
-    from dashboard.charts import GENRE_COLOURS, NEUTRAL, colour_scale, timeline_chart
+def test_one_colour_per_label_in_every_picture() -> None:
+    colours = label_colours(["blues", "jazz", "rock"])
+    segments = [Segment(0.0, 5.0, "rock", 0.8, 3), Segment(5.0, 9.0, "silence", 1.0, 4)]
+    timeline = timeline_html(segments, colours, changes=[(5.0, "silence")], titles=[(1.0, "A")])
+    fills = dict(re.findall(r'class="segment" data-genre="(\w+)" data-colour="(#\w+)"', timeline))
+    assert fills == {"rock": colours["rock"], "silence": NEUTRAL}
+    assert colours["rock"] == GENRE_COLOURS[2]  # the model's third label, whatever is shown
+    assert "stream time (seconds of audio)" in timeline and "⚑ A" in timeline
+    bars = bars_html({"jazz": 0.7, "silence": 0.3}, colours)
+    assert re.findall(r'data-genre="(\w+)" style="width:[\d.]+%;background:(#\w+)"', bars) == [
+        ("jazz", colours["jazz"]),
+        ("silence", NEUTRAL),
+    ]
+    assert f'data-genre="jazz" data-colour="{colours["jazz"]}"' in chip("jazz", colours)
+    spark = sparkline_svg([(0.0, 50.0, "jazz"), (50.0, 60.0, "rock")], colours, end_s=60.0)
+    assert re.findall(r'data-genre="(\w+)"[^>]*fill="(#\w+)"', spark) == [
+        ("jazz", colours["jazz"]),
+        ("rock", colours["rock"]),
+    ]
 
-    scale = colour_scale(["rock", "silence", "jazz", "speech", "blues"]).to_dict()
-    colours = dict(zip(scale["domain"], scale["range"], strict=True))
-    assert colours["speech"] == colours["silence"] == NEUTRAL
-    genres = [colours[g] for g in ("blues", "jazz", "rock")]
-    assert genres == list(GENRE_COLOURS[:3])  # sorted genres, distinct, never the grey
-    assert NEUTRAL not in GENRE_COLOURS
-    chart = timeline_chart(
-        [Segment(0.0, 5.0, "rock", 0.8, 3), Segment(5.0, 9.0, "silence", 1.0, 4)],
-        labels=["blues", "jazz", "rock"],
-    ).to_dict()
-    encoded = chart["layer"][0]["encoding"]["color"]["scale"]
-    assert dict(zip(encoded["domain"], encoded["range"], strict=True)) == {
-        "blues": GENRE_COLOURS[0],
-        "jazz": GENRE_COLOURS[1],
-        "rock": GENRE_COLOURS[2],
-        "silence": NEUTRAL,
+
+def test_the_probability_pictures_stack_to_one_and_show_raw_windows() -> None:
+    colours = label_colours(["jazz", "rock"])
+    times = np.array([5.0, 6.0, 7.0])
+    smoothed = np.array([[0.75, 0.25]] * 3)
+    area = stacked_area_html(times, ["jazz", "rock"], smoothed, colours, t0=5.0, t1=7.0)
+    tops = re.findall(r'data-genre="(\w+)" points="([^"]+)"', area)
+    assert [g for g, _ in tops] == ["jazz", "rock"]
+    rock_top_y = float(tops[1][1].split()[0].split(",")[1])
+    assert rock_top_y == 0.0  # the stack reaches 1 (the top of the picture)
+    raw = np.array([[0.81, np.nan], [0.64, 0.04], [np.nan, np.nan]])
+    strip = heat_strip_html(times, ["jazz", "rock"], raw, colours, t0=5.0, t1=7.0)
+    cells = re.findall(r'data-genre="(\w+)"[^>]*fill-opacity="([\d.]+)"', strip)
+    assert cells == [("jazz", "0.90"), ("jazz", "0.80"), ("rock", "0.20")]
+
+
+def test_probability_history_keeps_the_last_updates_in_label_columns() -> None:
+    history = ProbabilityHistory(capacity=3)
+    for i in range(5):
+        history.add(float(i), {"jazz": 0.9, "rock": 0.1}, {"jazz": 0.8, "pop": 0.2})
+    times, smoothed, raw = history.recent()
+    assert history.labels == ["jazz", "rock", "pop"]
+    assert times.tolist() == [2.0, 3.0, 4.0]
+    assert smoothed[0].tolist() == pytest.approx([0.9, 0.1, 0.0])
+    assert raw[0, [0, 2]].tolist() == pytest.approx([0.8, 0.2]) and np.isnan(raw[0, 1])
+    assert history.recent(3.5)[0].tolist() == [4.0]
+    twin = copy.deepcopy(history)
+    twin.add(9.0, {"jazz": 0.5}, {})
+    assert history.recent()[0].tolist() == [2.0, 3.0, 4.0]
+
+
+def wall_stream(sid: str, state: str, created: float, **extra: object) -> dict[str, object]:
+    return {
+        "stream_id": sid,
+        "name": sid,
+        "kind": "url",
+        "state": state,
+        "created_at": created,
+        **extra,
     }
+
+
+def test_the_wall_sorts_filters_and_selects_the_newest_live_stream() -> None:
+    streams = [
+        wall_stream("old", "live", 1.0, genre="jazz", confidence=0.6, lag_s=0.4),
+        wall_stream("new", "live", 3.0, genre="rock", confidence=0.9, lag_s=0.1),
+        wall_stream("gone", "failed", 5.0, reason="x", last_error="connection refused by h:1"),
+        wall_stream(
+            "done",
+            "ended",
+            4.0,
+            summary={
+                "genres": [{"genre": "blues", "share": 0.47}],
+                "duration_s": 30.0,
+                "passages": [{"start_s": 0, "end_s": 30, "genre": "blues"}],
+            },
+        ),
+    ]
+    rows = wall_rows(streams, {})
+    assert default_selection(rows) == "new"  # newest live, not the newer failed one
+    assert [r.stream_id for r in sort_rows(rows, "newest")] == ["new", "old", "gone", "done"]
+    assert [r.stream_id for r in sort_rows(rows, "confidence")][:2] == ["new", "old"]
+    assert [r.stream_id for r in filter_rows(rows, "REFUSED")] == ["gone"]
+    assert [r.stream_id for r in filter_rows(rows, "", show_ended=False)] == ["old", "new"]
+    page = wall_html(sort_rows(rows, "name"), label_colours(["blues", "jazz", "rock"]))
+    assert page.index('data-stream-id="new"') < page.index('data-stream-id="old"')
+    assert "connection refused by h:1" in page
+    assert 'data-genre="blues"' in page and "47%" in page  # an ended stream's main genre
+    many = wall_rows([wall_stream(f"s{i}", "live", float(i)) for i in range(300)], {})
+    assert "50 more: filter to narrow." in wall_html(many, {}, limit=250)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,19 +39,55 @@ def test_mic_page_shows_the_live_genre_of_the_microphone(
             async_playwright() as playwright,
         ):
             browser = await launch(playwright, *fake_microphone(wav))
+            ready = (await http.get("/ready")).json()
             try:
                 page = await browser.new_page()
                 await page.goto(f"{server.http_url}/mic")
                 assert await page.text_content("#status") is not None
+                assert not await page.is_visible("#countdown")
                 await page.click("#start")
+                # before the first window: how long until the model has heard a window
+                await page.wait_for_selector("#countdown[data-left]", timeout=WAIT_MS)
+                countdown = await page.text_content("#countdown-text") or ""
+                assert re.search(r"First genre in \d+\.\d s", countdown), countdown
+                assert f"{ready['window_s']:g} s at a time" in countdown
+                # the input level meter follows the microphone
+                await page.wait_for_selector("#level-text[data-rms-db]", timeout=WAIT_MS)
+                levels = [await _level(page)]
+                while len(set(levels)) < 3:
+                    await page.wait_for_timeout(120)
+                    levels.append(await _level(page))
+                    assert len(levels) < 100, levels
+                assert all(-60 < rms < 0 for rms, _ in levels), levels
+                assert all(peak >= rms for rms, peak in levels), levels
                 await page.wait_for_selector("#genre[data-genre]", timeout=WAIT_MS)
+                assert not await page.is_visible("#countdown")  # gone with the first genre
                 genre = (await page.text_content("#genre") or "").strip()
                 stream_id = (await page.text_content("#stream-id") or "").strip()
-                labels = (await http.get("/ready")).json()["labels"]
+                labels = ready["labels"]
                 assert genre in labels
+                # one number, labelled, in the genre's colour of /ready
+                assert re.fullmatch(r"\d{1,3} %", await page.text_content("#confidence") or "")
+                assert await page.text_content("#confidence-label") == "smoothed"
+                colour = await page.eval_on_selector("#genre", "e => getComputedStyle(e).color")
+                assert colour == _rgb(ready["colours"][genre])
+                probs = await page.eval_on_selector_all(
+                    "#probs li", "ls => ls.map(l => l.dataset.label)"
+                )
+                assert set(probs) <= set(labels) and probs
                 assert await page.locator("#timeline span").count() >= 1
                 assert await page.locator("#changes li").count() >= 1
                 assert not await page.is_visible("#error")
+                # the timeline's axis: seconds of stream time, from 0
+                await page.wait_for_function(
+                    "document.querySelectorAll('#axis .tick').length >= 2", timeout=WAIT_MS
+                )
+                ticks = await page.eval_on_selector_all(
+                    "#axis .tick", "ts => ts.map(t => [Number(t.dataset.t), t.textContent])"
+                )
+                assert ticks[0] == [0, "0 s"], ticks
+                assert [t for t, _ in ticks] == sorted({t for t, _ in ticks}), ticks
+                assert all(text.endswith(" s") or ":" in text for _, text in ticks), ticks
                 # music is sent as captured: no voice processing carving it up
                 settings = await page.evaluate("media.getAudioTracks()[0].getSettings()")
                 assert settings["echoCancellation"] is False, settings
@@ -66,6 +104,7 @@ def test_mic_page_shows_the_live_genre_of_the_microphone(
                 await page.wait_for_selector(
                     "#status[data-state=ended]:has-text('Stream ended')", timeout=WAIT_MS
                 )
+                assert await page.text_content("#level-text") == "— dBFS"  # the meter stopped
             finally:
                 await browser.close()
             streams = (await http.get("/streams")).json()["streams"]
@@ -133,6 +172,12 @@ def test_mic_page_shows_silence_and_speech_in_neutral_grey(
                 assert (await page.text_content("#genre") or "").startswith(kind)
                 colour = await page.eval_on_selector("#genre", "e => getComputedStyle(e).color")
                 assert colour == grey
+                number = await page.text_content("#confidence") or ""
+                label = await page.text_content("#confidence-label")
+                if kind == "speech":  # the number says how sure the speech detector is
+                    assert re.fullmatch(r"\d{1,3} %", number) and label == "speech probability"
+                else:  # silence has no number
+                    assert number == "" and label == ""
                 blocks = await page.eval_on_selector_all(
                     "#timeline span", "spans => spans.map(s => getComputedStyle(s).backgroundColor)"
                 )
@@ -148,3 +193,17 @@ def test_mic_page_shows_silence_and_speech_in_neutral_grey(
                 await browser.close()
 
     run(scenario())
+
+
+async def _level(page: Any) -> tuple[float, float]:
+    """The meter's RMS and peak now, in dBFS."""
+    rms, peak = await page.eval_on_selector(
+        "#level-text", "e => [Number(e.dataset.rmsDb), Number(e.dataset.peakDb)]"
+    )
+    return float(rms), float(peak)
+
+
+def _rgb(colour: str) -> str:
+    """``#rrggbb`` as ``getComputedStyle`` writes it."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"

@@ -239,7 +239,7 @@ def test_titles_are_stored_and_a_version_1_file_gains_the_table(tmp_path: Path) 
         }
         assert store.titles("nope") == []
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     raw.close()
 
 
@@ -478,12 +478,16 @@ def test_bad_requests_are_refused_with_a_clear_message(
     run(scenario(), limit_s=3 * TIMEOUT_S)
 
 
-def test_unreachable_source_reconnects_then_fails_without_hurting_another_stream(
+def test_unreachable_source_is_tried_again_then_fails_without_hurting_another_stream(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
+    """A source that never delivered audio is tried ``first_connect_attempts`` times."""
     mp3 = mp3_file(tmp_path, 6.0).read_bytes()
-    dead = f"http://127.0.0.1:{free_port()}/nothing.mp3"
-    config = pull_config(make_config, max_reconnects=3, reconnect_min_s=0.3)
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}/nothing.mp3"
+    config = pull_config(
+        make_config, first_connect_attempts=4, max_reconnects=1, reconnect_min_s=0.3
+    )
 
     async def scenario() -> None:
         with EndlessMp3(mp3) as source:
@@ -497,9 +501,10 @@ def test_unreachable_source_reconnects_then_fails_without_hurting_another_stream
                 async with updates(server, bad["stream_id"]) as conn:
                     await wait_state(http, bad["stream_id"], {"reconnecting"}, seen)
                     ended = await next_message(conn, of_type("stream.ended"))
-                assert "failed 4 times in a row" in ended["reason"]
+                refused = f"connection refused by 127.0.0.1:{port}"
+                assert ended["reason"] == f"source failed 4 times in a row; last: {refused}"
                 info = await wait_state(http, bad["stream_id"], {"failed"}, seen)
-                assert info["reconnects"] == 3
+                assert info["reconnects"] == 3 and info["last_error"] == refused
                 assert seen[0] in ("connecting", "reconnecting") and seen[-1] == "failed"
                 assert "live" not in seen
                 async with updates(server, good["stream_id"]) as conn:

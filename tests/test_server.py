@@ -8,10 +8,12 @@ import itertools
 import json
 import os
 import socket
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -389,6 +391,77 @@ def test_timeline_survives_a_restart(
         assert (tmp_path / "timeline.db").is_file()
 
     run(scenario())
+
+
+def test_an_ended_stream_keeps_what_it_was_across_a_restart(
+    make_config: Callable[..., Config], tiny_model: LoadedModel, tmp_path: Path
+) -> None:
+    """A live stream lists its summary so far; once ended, its summary, last genre, windows and
+    reason are listed from what the store kept with it, after a restart too, without its
+    timeline being read. A stream ended without them (by an older version) gets them from its
+    timeline once, stored back."""
+    config = make_config()
+
+    def check_summary(summary: dict[str, Any], info: dict[str, Any]) -> None:
+        assert summary["genre"] in tiny_model.labels
+        assert summary["genres"][0]["genre"] == summary["genre"]
+        assert sum(g["share"] for g in summary["genres"]) == pytest.approx(1.0, abs=1e-3)
+        assert 0 <= summary["duration_s"] <= info["stream_time_s"]
+        assert summary["passages"] and summary["more_passages"] == 0
+
+    async def scenario() -> None:
+        async with serving(config, tiny_model) as (server, http):
+            async with ws(server, "/ws/ingest") as ingest:
+                stream_id = await start_stream(ingest, name="kept")
+                other_id = await start_stream_elsewhere(server)
+                await send_audio(ingest, music(6.0, RATE))
+                while True:  # its windows are scored
+                    live = await listed(http, stream_id)
+                    if live["summary"]["windows"] >= 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert live["state"] == "live" and "reason" not in live, live
+                assert live["last_error"] is None and live["last_error_at"] is None
+                check_summary(live["summary"], live)
+                ended = await stop_stream(ingest)
+            first = await listed(http, stream_id)
+            assert first["state"] == "ended" and first["reason"] == "stopped by client"
+            assert first["windows_computed"] == ended["windows_computed"] > 0
+            assert first["windows_skipped"] == ended["windows_skipped"]
+            assert first["stream_time_s"] == ended["stream_time_s"]
+            assert first["genre"] in tiny_model.labels and first["last_error"] is None
+            check_summary(first["summary"], first)
+            assert 0 < first["summary"]["windows"] <= first["windows_computed"]
+        db = tmp_path / "timeline.db"
+        with sqlite3.connect(db) as raw:  # as a version that kept no outcome left it
+            raw.execute("UPDATE streams SET outcome = NULL WHERE stream_id = ?", (other_id,))
+        raw.close()
+        async with serving(config, tiny_model) as (_, http):
+            after = await listed(http, stream_id)
+            assert after == first
+            filled = await listed(http, other_id)
+            assert filled["state"] == "ended" and filled["reason"] is None
+            assert filled["summary"]["windows"] > 0 and "windows_computed" not in filled
+            assert filled["genre"] == filled["summary"]["passages"][-1]["genre"]
+        with sqlite3.connect(db) as raw:
+            rows = dict(raw.execute("SELECT stream_id, outcome FROM streams").fetchall())
+        raw.close()
+        assert json.loads(rows[other_id])["summary"] == filled["summary"]  # stored back
+
+    async def start_stream_elsewhere(server: RunningServer) -> str:
+        async with ws(server, "/ws/ingest") as other:
+            other_id = await start_stream(other, name="other")
+            await send_audio(other, music(4.0, RATE))
+            await stop_stream(other)
+        return other_id
+
+    run(scenario())
+
+
+async def listed(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
+    streams = (await http.get("/streams")).json()["streams"]
+    (info,) = [s for s in streams if s["stream_id"] == stream_id]
+    return dict(info)
 
 
 def test_listening_socket_is_tcp_so_replies_are_not_delayed() -> None:

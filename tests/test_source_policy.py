@@ -10,8 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.hls import HLS_TYPE, TS_TYPE, aac_segments, media_playlist
 from tests.helpers.live import next_message, of_type, run, serving, stream_info, updates
+from tests.helpers.site import Route, Site
 
 REFUSED = SourceRefused.MESSAGE
 
@@ -253,6 +252,7 @@ def test_playlist_uris_of_master_and_media_playlists() -> None:
 def test_source_config_keys_defaults_and_errors() -> None:
     default = SourcesConfig()
     assert default.max_reconnects == 10  # failed pulls stop
+    assert default.first_connect_attempts == 1  # a source that never worked fails at once
     assert default.media_dir == "" and not default.allow_private_addresses
     assert default.allowed_hosts == []
     loaded = config_from_dict(
@@ -279,6 +279,8 @@ def test_source_config_keys_defaults_and_errors() -> None:
         ("allowed_hosts", [5]),
         ("allow_private_addresses", "yes"),
         ("media_dir", 3),
+        ("first_connect_attempts", 0),
+        ("first_connect_attempts", 1.5),
     ):
         with pytest.raises(ConfigError) as info:
             config_from_dict({"sources": {key: value}})
@@ -286,55 +288,6 @@ def test_source_config_keys_defaults_and_errors() -> None:
 
 
 # -- real servers -------------------------------------------------------------------------------
-
-
-@dataclass
-class Route:
-    """What one path answers: a status, headers and a body."""
-
-    status: int = 200
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-    length: bool = True  # send Content-Length; else the body ends when the connection closes
-
-
-class Site:
-    """An HTTP server on a free loopback port that answers fixed routes (404 otherwise) and
-    records every path it was asked for."""
-
-    def __init__(self, routes: dict[str, Route] | None = None) -> None:
-        self.routes: dict[str, Route] = dict(routes or {})
-        self.hits: list[str] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.hits.append(self.path)
-                route = owner.routes.get(self.path, Route(404, (), b"not found"))
-                self.send_response(route.status)
-                for name, value in route.headers:
-                    self.send_header(name, value)
-                if route.length:
-                    self.send_header("Content-Length", str(len(route.body)))
-                self.end_headers()
-                self.wfile.write(route.body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port: int = self.server.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Site:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def wav_route(tmp_path: Path, seconds: float = 8.0) -> Route:
@@ -579,7 +532,7 @@ def test_every_redirect_is_checked(make_config: Callable[..., Config], tmp_path:
                 info = await failed_with(http, f"{first.base}/loop")
                 assert info["state"] == "failed"
                 assert "more than 5 redirects" in info["reason"], info
-                assert first.hits.count("/loop") == 2 * 6  # two connections of six requests
+                assert first.hits.count("/loop") == 6  # one connection of six requests
                 # a redirect to an allowed place is followed
                 reply = await post(http, f"{first.base}/fine")
                 assert reply.status_code == 201, reply.text
@@ -779,7 +732,7 @@ def test_a_body_ffmpeg_would_read_as_a_playlist_opens_nothing(
             async with serving(config) as (_, http):
                 info = await failed_with(http, f"{first.base}/radio?f=.m3u8")
                 assert info["state"] == "failed", info
-            assert first.hits.count("/radio?f=.m3u8") == 2
+            assert first.hits.count("/radio?f=.m3u8") == 1  # never audio: not tried again
             assert target.hits == []
 
         run(scenario(), limit_s=3 * TIMEOUT_S)
@@ -841,18 +794,22 @@ def test_a_live_source_runs_at_most_a_burst_ahead_of_the_clock(
         run(scenario(site), limit_s=3 * TIMEOUT_S)
 
 
-def test_failed_pulls_stop_after_the_bound_with_the_reason_in_get_streams(
+def test_a_source_that_never_worked_is_tried_first_connect_attempts_times(
     make_config: Callable[..., Config],
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/nothing.mp3"
-    config = source_config(make_config, allow_private_addresses=True, max_reconnects=2)
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}/nothing.mp3"
+    config = source_config(
+        make_config, allow_private_addresses=True, first_connect_attempts=3, max_reconnects=1
+    )
 
     async def scenario() -> None:
         async with serving(config) as (server, http):
             info = await failed_with(http, dead)
             assert info["state"] == "failed" and info["reconnects"] == 2
-            assert info["reason"].startswith("source failed 3 times in a row; last: "), info
-            assert "ConnectError" in info["reason"], info
+            last = f"connection refused by 127.0.0.1:{port}"
+            assert info["reason"] == f"source failed 3 times in a row; last: {last}", info
+            assert info["last_error"] == last, info
             assert not server.service.pullers and not server.service.streams
 
     run(scenario(), limit_s=3 * TIMEOUT_S)

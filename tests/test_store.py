@@ -6,10 +6,12 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stream_server.core.records import StreamRecord
+from stream_server.core.records import StreamOutcome, StreamRecord, TrackTitle
+from stream_server.core.summary import summarize
 from stream_server.core.timeline import Segment, TimelineBuilder
 from stream_server.errors import GenrecastError, StorageError
 from stream_server.serve.store import SCHEMA_VERSION, TimelineStore
@@ -184,6 +186,114 @@ def test_survives_a_restart(db_path: Path) -> None:
         second.close()
     with TimelineStore(db_path) as third:
         assert len(third.timeline("s1")) == 2
+
+
+def outcome(**kw: Any) -> StreamOutcome:
+    segments = [Segment(0.0, 6.0, "jazz", 0.7, 13), Segment(6.0, 8.0, "blues", 0.6, 5)]
+    fields: dict[str, Any] = {
+        "state": "failed",
+        "reason": "source failed 3 times in a row; last: connection refused by 10.0.0.5:8000",
+        "summary": summarize(segments).to_dict(),
+        "stream_time_s": 8.0,
+        "windows_computed": 18,
+        "windows_skipped": 1,
+        "genre": "blues",
+        "confidence": 0.6,
+        "reconnects": 2,
+        "last_error": "connection refused by 10.0.0.5:8000",
+        "last_error_at": 1_700_000_049.5,
+    }
+    fields.update(kw)
+    return StreamOutcome(**fields)
+
+
+def test_an_ended_stream_keeps_its_outcome_across_a_restart(db_path: Path) -> None:
+    kept = outcome()
+    with TimelineStore(db_path) as first:
+        first.add_stream(record("s1"))
+        first.add_stream(record("s2", created_at=1_700_000_001.0))
+        first.end_stream("s1", 1_700_000_050.0, kept)
+        first.end_stream("s2", 1_700_000_060.0)  # ended without one (a worker that died)
+    with TimelineStore(db_path) as second:
+        got = second.get_stream("s1")
+        assert got is not None and got.outcome == kept and got.ended_at == 1_700_000_050.0
+        assert got.outcome.summary["genre"] == "jazz"
+        assert [r.outcome for r in second.list_streams()] == [None, kept]
+        second.end_stream("s1", 1_700_000_070.0)  # no outcome given: the one kept stays
+        again = second.get_stream("s1")
+        assert again is not None and again.outcome == kept and again.ended_at == 1_700_000_070.0
+
+
+def test_an_outcome_that_cannot_be_read_is_left_out_not_fatal(db_path: Path) -> None:
+    with TimelineStore(db_path) as store:
+        store.add_stream(record("s1"))
+        store.end_stream("s1", 1_700_000_050.0, outcome())
+    raw = sqlite3.connect(db_path)
+    with raw:
+        raw.execute('UPDATE streams SET outcome = \'{"no": "state"}\'')
+    raw.close()
+    with TimelineStore(db_path) as store:
+        got = store.get_stream("s1")
+        assert got is not None and got.outcome is None and got.ended_at == 1_700_000_050.0
+
+
+def test_outcomes_ignore_keys_they_do_not_know() -> None:
+    data = {**outcome().to_dict(), "from_a_later_version": 1}
+    assert StreamOutcome.from_dict(data) == outcome()
+    with pytest.raises(ValueError, match="state"):
+        StreamOutcome.from_dict({"reason": "x"})
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_file_gains_the_outcome_column_and_keeps_its_streams(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.executescript(
+            "CREATE TABLE streams (stream_id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT "
+            "NOT NULL, source TEXT NOT NULL, created_at REAL NOT NULL, ended_at REAL, "
+            "sample_rate INTEGER, channels INTEGER, fmt TEXT);"
+            "CREATE TABLE segments (stream_id TEXT NOT NULL, idx INTEGER NOT NULL, start_s REAL "
+            "NOT NULL, end_s REAL NOT NULL, genre TEXT NOT NULL, confidence REAL NOT NULL, "
+            "updates INTEGER NOT NULL, PRIMARY KEY (stream_id, idx)) WITHOUT ROWID;"
+            "INSERT INTO streams VALUES ('old', 'old one', 'ws', 'x', 5.0, 9.0, 16000, 1, "
+            "'s16le');"
+            "INSERT INTO segments VALUES ('old', 0, 0.0, 4.0, 'rock', 0.9, 9);"
+            f"PRAGMA user_version = {version};"
+        )
+    raw.close()
+    # two openers at once (the ingest workers of one server): one migrates, neither fails
+    opened: list[TimelineStore] = []
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            opened.append(TimelineStore(path))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in opened:
+        s.close()
+    assert errors == []
+    with TimelineStore(path) as store:
+        old = store.get_stream("old")
+        assert old == StreamRecord("old", "old one", "ws", "x", 5.0, 9.0, 16000, 1, "s16le")
+        assert store.timeline("old") == [Segment(0.0, 4.0, "rock", 0.9, 9)]
+        store.end_stream("old", 9.0, outcome(state="ended"))
+        got = store.get_stream("old")
+        assert got is not None and got.outcome == outcome(state="ended")
+        store.add_title("old", TrackTitle(1.0, 6.0, "A title"))  # version 2's table
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+    raw.close()
 
 
 def test_garbage_file_is_a_storage_error_at_open(tmp_path: Path) -> None:

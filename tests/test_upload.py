@@ -15,6 +15,8 @@ import pytest
 from starlette.requests import Request
 
 from stream_server.config import Config
+from stream_server.core.summary import summarize
+from stream_server.core.timeline import Segment
 from stream_server.inference.classify import classify_file, format_result
 from stream_server.inference.model import LoadedModel
 from stream_server.serve.server import RunningServer, running_server
@@ -71,6 +73,7 @@ def check_result(result: dict[str, Any], labels: tuple[str, ...], data: bytes) -
     assert set(result) == {
         "source", "sha256", "model", "device", "duration_s", "processing_ms", "cached",
         "genre", "confidence", "probabilities", "padded", "decoding", "windows", "segments",
+        "summary",
     }  # fmt: skip
     assert result["decoding"] == "viterbi"
     assert list(result["probabilities"]) and set(result["probabilities"]) == set(labels)
@@ -87,6 +90,12 @@ def check_result(result: dict[str, Any], labels: tuple[str, ...], data: bytes) -
         assert w["top"][0]["label"] in labels
         assert 0.0 <= w["start_s"] < w["end_s"] <= result["duration_s"] + 1e-3
     assert {s["genre"] for s in result["segments"]} <= set(labels)
+    # the timeline summed up as GET /streams sums up a stream: one definition (core/summary.py)
+    summary = result["summary"]
+    assert summary == summarize([Segment(**s) for s in result["segments"]]).to_dict()
+    assert summary["genre"] in labels
+    assert summary["windows"] == len(result["windows"])
+    assert summary["passages"][0]["start_s"] == result["segments"][0]["start_s"]
 
 
 # -- the pure parts ------------------------------------------------------------------------------
@@ -427,6 +436,13 @@ def test_classify_with_server(
         assert "cached" in as_text.stdout.splitlines()[0]  # the second upload of the file
         assert "top genres:" in as_text.stdout and "timeline:" in as_text.stdout
         assert result["genre"] in as_text.stdout
+        # the mean and the smoothed timeline, each labelled, under the first line
+        lines = as_text.stdout.splitlines()
+        mean = (
+            f"whole file (mean of 7 windows): {result['genre']} {100 * result['confidence']:.1f} %"
+        )
+        assert lines[2] == mean
+        assert lines[3].startswith(f"timeline (smoothed): {result['summary']['genre']} ")
 
         assert bad.returncode == 2
         assert "Traceback" not in bad.stderr

@@ -5,7 +5,8 @@ servers so they outlive the loss of a server or a node. Also the register of liv
 Buckets (keys are stream ids, which are subject tokens: :func:`~.updates.subject_of`):
 
 - :data:`STREAMS`: ``<stream id>`` → the stream's :class:`~stream_server.core.records.StreamRecord`
-  as JSON.
+  as JSON, with its :class:`~stream_server.core.records.StreamOutcome` (how it ended, its
+  summary) once it has ended.
 - :data:`TIMELINES`: ``<stream id>.s.<index>`` → segment ``index`` of its timeline
   (:class:`~stream_server.core.timeline.Segment` as JSON); ``<stream id>.t.<n>`` → a title
   it announced (:class:`~stream_server.core.records.TrackTitle`; ``n``: its wall time in
@@ -40,7 +41,7 @@ from stream_server.cluster.updates import (
     subject_of,
     when_jetstream_answers,
 )
-from stream_server.core.records import StreamRecord, Tail, TrackTitle
+from stream_server.core.records import StreamOutcome, StreamRecord, Tail, TrackTitle
 from stream_server.core.timeline import Segment
 from stream_server.errors import ClusterError, StorageError
 
@@ -265,19 +266,24 @@ class ClusterStore:
         listed as lost (its record never ended, no live entry); 0."""
         return 0
 
-    def end_stream(self, stream_id: str, ended_at: float) -> None:
-        """Mark a stream ended at ``ended_at`` (wall-clock unix seconds): queued, written
-        behind (tried again through a server's loss); an unknown stream is logged then."""
-        self._queued("end_stream", lambda: self._end_stream(stream_id, ended_at))
+    def end_stream(
+        self, stream_id: str, ended_at: float, outcome: StreamOutcome | None = None
+    ) -> None:
+        """Mark a stream ended at ``ended_at`` (wall-clock unix seconds), keeping ``outcome``
+        with it (``None``: the outcome it has, if any, stays): queued, written behind (tried
+        again through a server's loss); an unknown stream is logged then."""
+        self._queued("end_stream", lambda: self._end_stream(stream_id, ended_at, outcome))
 
-    async def _end_stream(self, stream_id: str, ended_at: float) -> None:
+    async def _end_stream(
+        self, stream_id: str, ended_at: float, outcome: StreamOutcome | None
+    ) -> None:
         assert self._streams is not None
         record = await self._get_stream(stream_id)
         if record is None:
             raise StorageError(
                 f"end_stream on the cluster's archive failed: no stream with id {stream_id!r}"
             )
-        ended = dataclasses.replace(record, ended_at=ended_at)
+        ended = dataclasses.replace(record, ended_at=ended_at, outcome=outcome or record.outcome)
         await self._streams.put(stream_id, _record_bytes(ended))
         self._lengths.pop(stream_id, None)
 
@@ -514,4 +520,8 @@ def _record_bytes(record: StreamRecord) -> bytes:
 
 
 def _record(value: bytes) -> StreamRecord:
-    return StreamRecord(**json.loads(value))
+    fields = json.loads(value)
+    outcome = fields.pop("outcome", None)
+    return StreamRecord(
+        **fields, outcome=None if outcome is None else StreamOutcome.from_dict(outcome)
+    )

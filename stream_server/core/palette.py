@@ -10,11 +10,11 @@ from run to run. Colours are CSS ``#rrggbb`` strings.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from stream_server.messages import NON_MUSIC_LABELS
 
-__all__ = ["GENRE_COLOURS", "NEUTRAL", "label_colours"]
+__all__ = ["GENRE_COLOURS", "NEUTRAL", "colour_of", "colour_of_name", "label_colours"]
 
 #: The colour of speech and silence: a grey unlike any genre's.
 NEUTRAL = "#9e9e9e"
@@ -44,7 +44,8 @@ GENRE_COLOURS: tuple[str, ...] = (
 )
 
 
-def _colour_of_name(label: str) -> str:
+def colour_of_name(label: str) -> str:
+    """A colour for a label the model lacks, from its name (stable across runs and machines)."""
     digest = hashlib.sha256(label.encode("utf-8")).digest()
     return GENRE_COLOURS[int.from_bytes(digest[:4], "big") % len(GENRE_COLOURS)]
 
@@ -63,5 +64,11 @@ def label_colours(model_labels: Sequence[str], extra: Iterable[str] = ()) -> dic
     for label in NON_MUSIC_LABELS:
         colours[label] = NEUTRAL
     for label in extra:
-        colours.setdefault(label, _colour_of_name(label))
+        colours.setdefault(label, colour_of_name(label))
     return colours
+
+
+def colour_of(label: str, colours: Mapping[str, str]) -> str:
+    """``label``'s colour in ``colours`` (from :func:`label_colours`), or
+    :func:`colour_of_name` for a label it lacks."""
+    return colours.get(label) or colour_of_name(label)

@@ -1,21 +1,81 @@
-"""What the archive keeps of a stream, and the archive's interface: a stream's record, the
-titles it announced, a timeline tail to write, and :class:`StreamArchive`, which both the
-one-machine SQLite store (:class:`~stream_server.serve.store.TimelineStore`) and a cluster's
-key-value buckets (:class:`~stream_server.cluster.store.ClusterStore`) implement.
+"""What the archive keeps of a stream, and the archive's interface: a stream's record, how it
+ended and what it was (:class:`StreamOutcome`), the titles it announced, a timeline tail to
+write, and :class:`StreamArchive`, which both the one-machine SQLite store
+(:class:`~stream_server.serve.store.TimelineStore`) and a cluster's key-value buckets
+(:class:`~stream_server.cluster.store.ClusterStore`) implement.
 
-Times: ``created_at`` / ``ended_at`` and a title's ``wall_time`` are wall-clock unix seconds;
-segment times and a title's ``stream_time_s`` are seconds of stream time.
+Times: ``created_at`` / ``ended_at``, a title's ``wall_time`` and an outcome's
+``last_error_at`` are wall-clock unix seconds; segment times, a title's ``stream_time_s`` and an
+outcome's ``stream_time_s`` are seconds of stream time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from stream_server.core.timeline import Segment
 
-__all__ = ["StreamArchive", "StreamRecord", "Tail", "TrackTitle"]
+__all__ = ["StreamArchive", "StreamOutcome", "StreamRecord", "Tail", "TrackTitle"]
+
+
+@dataclass(frozen=True)
+class StreamOutcome:
+    """How a stream ended and what it was, kept with its record when it ends, so that a listing
+    of ended streams reads no timeline. ``None`` where not known (a stream a previous run left
+    open, whose outcome was read back from its timeline).
+
+    Attributes:
+        state: ``"ended"``, or ``"failed"`` (a pulled source that gave up).
+        reason: Why it ended, e.g. ``"stopped by request"``, ``"HTTP 404 Not Found from ..."``.
+        summary: :meth:`~stream_server.core.summary.StreamSummary.to_dict` of its whole
+            timeline: main genre, shares, passages.
+        stream_time_s: Seconds of stream time at its end.
+        windows_computed: Windows the model scored.
+        windows_skipped: Windows due but dropped before inference.
+        genre: The last genre it was labelled with.
+        confidence: That label's last confidence (``0..1``).
+        title: The last title it announced.
+        dropped: Pulled audio chunks dropped (the event loop behind).
+        corrupt_packets: Pulled packets the decoder rejected.
+        reconnects: Reconnects of a pulled source.
+        last_error: The latest connection error of a pulled source, if any.
+        last_error_at: When it happened, wall-clock unix seconds.
+    """
+
+    state: str
+    reason: str | None
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    stream_time_s: float | None = None
+    windows_computed: int | None = None
+    windows_skipped: int | None = None
+    genre: str | None = None
+    confidence: float | None = None
+    title: str | None = None
+    dropped: int = 0
+    corrupt_packets: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every attribute by name (``GET /streams`` lists these)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StreamOutcome:
+        """The outcome :meth:`to_dict` wrote; keys this version does not know are ignored.
+
+        Raises:
+            ValueError: ``data`` has no ``state``.
+        """
+        if "state" not in data:
+            raise ValueError("a stream outcome needs a 'state'")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 #: A timeline tail to store: ``(stream_id, first segment index, segments from there on)``.
 Tail = tuple[str, int, Sequence[Segment]]
@@ -35,6 +95,8 @@ class StreamRecord:
         sample_rate: Announced sample rate in Hz, if known.
         channels: Announced channel count, if known.
         fmt: Announced sample format (e.g. ``"s16le"``), if known.
+        outcome: How it ended and what it was; ``None`` while live (and for a stream ended
+            before outcomes were kept, or ended by a process that could not tell).
     """
 
     stream_id: str
@@ -46,6 +108,7 @@ class StreamRecord:
     sample_rate: int | None = None
     channels: int | None = None
     fmt: str | None = None
+    outcome: StreamOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +145,11 @@ class StreamArchive(Protocol):
     def end_open_streams(self, ended_at: float) -> int:
         """End the streams a previous run of this server left open; how many."""
 
-    def end_stream(self, stream_id: str, ended_at: float) -> None:
-        """Mark a stream ended at ``ended_at``."""
+    def end_stream(
+        self, stream_id: str, ended_at: float, outcome: StreamOutcome | None = None
+    ) -> None:
+        """Mark a stream ended at ``ended_at``, keeping ``outcome`` with it (``None``: the
+        outcome it has, if any, stays)."""
 
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         """The stream with this id, or ``None``."""

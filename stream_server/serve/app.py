@@ -14,13 +14,17 @@ Routes:
     POST /webrtc/offer             browser audio over WebRTC: SDP offer in, answer + stream_id out
                                    (501 without the ``webrtc`` extra)
     GET /mic                       the browser microphone page
+    GET /                          the landing page: what runs, links to everything
+    GET /docs                      the API and WebSocket protocol as a page
+    GET /openapi.json              the API, generated from these routes (OpenAPI 3.1)
+    GET /favicon.ico, .svg, .png   the icon
     POST /auth/ticket              a bearer token in, a short-lived browser ticket out
 
 Every request passes :class:`~stream_server.serve.guard.Guard` first: Host and Origin checks, JSON
 bodies only as ``application/json``, and with tokens configured the scope of
-:func:`required_scope` (open: ``/health``, ``/ready``, ``/mic``; ``read``: listings, timelines,
-``/ws/updates``, ``/metrics``; ``ingest``: ``/ws/ingest``, ``/webrtc/offer``, ``/classify``;
-``admin``: ``POST /streams``, ``DELETE /streams/{id}``).
+:func:`required_scope` (open: :data:`OPEN_PATHS`, what shows no stream data; ``read``: listings,
+timelines, ``/ws/updates``, ``/metrics``; ``ingest``: ``/ws/ingest``, ``/webrtc/offer``,
+``/classify``; ``admin``: ``POST /streams``, ``DELETE /streams/{id}``).
 """
 
 from __future__ import annotations
@@ -32,17 +36,24 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidState
 
+from stream_server import version
 from stream_server.config import Config
 from stream_server.core.palette import label_colours
 from stream_server.core.timeline import segments_to_csv
@@ -58,6 +69,20 @@ from stream_server.messages import (
 )
 from stream_server.serve.auth import ADMIN, INGEST, READ, Scope, TicketIssuer, Tokens, load_tokens
 from stream_server.serve.guard import Guard, GuardPolicy, client_address
+from stream_server.serve.openapi import (
+    DeletedAnswer,
+    ErrorAnswer,
+    HealthAnswer,
+    NotReadyAnswer,
+    ReadyAnswer,
+    openapi_schema,
+)
+from stream_server.serve.pages import (
+    Landing,
+    dashboard_running,
+    render_docs,
+    render_landing,
+)
 from stream_server.serve.service import LiveStream, Service
 from stream_server.serve.upload import classify_endpoint
 
@@ -295,7 +320,7 @@ async def health(request: Request) -> Response:
     index (0..N-1), process id and how many live streams it holds; a cluster node its
     ``node`` id (as ``GET /streams`` names the node of a live stream) and its streams."""
     service: Service = request.app.state.service
-    body: dict[str, object] = {"status": "ok"}
+    body = HealthAnswer(status="ok")
     if service.link is not None:
         body |= {"worker": service.link.index, "pid": os.getpid(), "streams": len(service.streams)}
     if service.cluster_store is not None:
@@ -303,27 +328,30 @@ async def health(request: Request) -> Response:
     return JSONResponse(body)
 
 
-async def ready(request: Request) -> Response:
-    service: Service = request.app.state.service
+def ready_answer(service: Service) -> ReadyAnswer | NotReadyAnswer:
+    """What ``GET /ready`` answers (the landing page shows the same)."""
     if not service.ready or service.model is None:
-        body = {"ready": False, "error": service.load_error}
-        return JSONResponse(body, status_code=503)
+        return NotReadyAnswer(ready=False, error=service.load_error)
     model = service.model
-    return JSONResponse(
-        {
-            "ready": True,
-            "model": model.source,
-            "trained": model.trained,
-            "device": service.device,
-            "half_precision": service.precision == "float16",
-            "precision": service.precision,
-            "labels": list(service.display_labels),
-            "colours": label_colours(service.display_labels),
-            "sample_rate": model.preprocessing.sample_rate,
-            "window_s": service.window_s,
-            "hop_s": service.config.engine.hop_s,
-        }
+    return ReadyAnswer(
+        ready=True,
+        model=model.source,
+        trained=model.trained,
+        device=service.device,
+        half_precision=service.precision == "float16",
+        precision=service.precision,
+        labels=list(service.display_labels),
+        colours=label_colours(service.display_labels),
+        sample_rate=model.preprocessing.sample_rate,
+        window_s=service.window_s,
+        hop_s=service.config.engine.hop_s,
     )
+
+
+async def ready(request: Request) -> Response:
+    """The model is loaded (200), or not yet or not at all (503)."""
+    answer = ready_answer(request.app.state.service)
+    return JSONResponse(answer, status_code=200 if answer["ready"] else 503)
 
 
 async def list_streams(request: Request) -> Response:
@@ -348,10 +376,6 @@ async def timeline(request: Request) -> Response:
     )
 
 
-def _bad_request(message: str) -> Response:
-    return JSONResponse({"error": message}, status_code=400)
-
-
 async def create_stream(request: Request) -> Response:
     """``POST /streams {"url", "name"?}``: the server pulls the source itself (201)."""
     service: Service = request.app.state.service
@@ -374,13 +398,80 @@ async def delete_stream(request: Request) -> Response:
     service: Service = request.app.state.service
     stream_id = request.path_params["stream_id"]
     if not await service.stop_stream(stream_id):
-        return JSONResponse({"error": f"no live stream {stream_id!r}"}, status_code=404)
-    return JSONResponse({"stream_id": stream_id, "state": "ended"})
+        return JSONResponse(ErrorAnswer(error=f"no live stream {stream_id!r}"), status_code=404)
+    return JSONResponse(DeletedAnswer(stream_id=stream_id, state="ended"))
 
 
 async def mic_page(request: Request) -> Response:
     """``GET /mic``: the browser microphone page."""
     return FileResponse(STATIC_DIR / "mic.html", media_type="text/html; charset=utf-8")
+
+
+#: The icons, by path: the file in ``static/`` and its media type.
+ICONS: dict[str, tuple[str, str]] = {
+    "/favicon.ico": ("favicon.ico", "image/x-icon"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.png": ("favicon.png", "image/png"),
+}
+
+
+async def icon(request: Request) -> Response:
+    """The icon, as ICO, SVG or PNG (the dashboard takes the PNG too)."""
+    name, media_type = ICONS[request.url.path]
+    return FileResponse(
+        STATIC_DIR / name, media_type=media_type, headers={"cache-control": "max-age=86400"}
+    )
+
+
+async def landing_page(request: Request) -> Response:
+    """``GET /``: what runs here, and links to the dashboard, the pages and the API."""
+    service: Service = request.app.state.service
+    guarded: bool = request.app.state.guarded
+    streams: tuple[int, int] | None = None
+    if not guarded:  # anyone may read them: the page shows them at once
+        with contextlib.suppress(ClusterError):
+            listed = await service.list_streams()
+            live = sum(1 for s in listed if s.get("state") == "live")
+            streams = (live, len(listed) - live)
+    port = service.config.server.dashboard_port
+    dashboard = None
+    if port and await dashboard_running(port):
+        dashboard = str(request.url.replace(port=port, path="/", query="", fragment=""))
+    page = Landing(
+        ready=ready_answer(service),
+        version=version(),
+        streams=streams,
+        guarded=guarded,
+        dashboard_url=dashboard,
+        dashboard_port=port,
+        open_metrics=service.config.auth.open_metrics,
+    )
+    return HTMLResponse(render_landing(page), headers={"cache-control": "no-store"})
+
+
+def api_document(request: Request) -> dict[str, Any]:
+    """The OpenAPI document of the app serving ``request`` (made once per app)."""
+    state = request.app.state
+    if getattr(state, "openapi", None) is None:
+        state.openapi = openapi_schema(
+            request.app.routes,
+            required=state.required,
+            guarded=state.guarded,
+            json_paths=JSON_PATHS,
+            version=version(),
+        )
+    document: dict[str, Any] = state.openapi
+    return document
+
+
+async def openapi_json(request: Request) -> Response:
+    """``GET /openapi.json``: the API, generated from the app's routes."""
+    return JSONResponse(api_document(request))
+
+
+async def docs_page(request: Request) -> Response:
+    """``GET /docs``: ``/openapi.json`` as a page."""
+    return HTMLResponse(render_docs(api_document(request)))
 
 
 async def webrtc_not_installed(request: Request) -> Response:
@@ -408,10 +499,17 @@ def _webrtc(service: Service) -> tuple[WebRTCGateway | None, Endpoint]:
     return gateway, offer_endpoint
 
 
+#: What anyone may read, tokens or not: it shows no stream data.
+OPEN_PATHS = frozenset({"/", "/health", "/ready", "/mic", "/docs", "/openapi.json", *ICONS})
+
+#: The routes whose POST body must be JSON (the guard refuses any other ``Content-Type``).
+JSON_PATHS = frozenset({"/streams", "/webrtc/offer"})
+
+
 def required_scope(method: str, path: str, *, open_metrics: bool = False) -> Scope | None:
     """The scope a request needs (``None``: open to anyone); see :mod:`stream_server.serve.auth`.
     Paths no route serves need ``read``, so a stranger learns nothing from them."""
-    if path in ("/health", "/ready", "/mic"):
+    if path in OPEN_PATHS:
         return None
     if path == "/metrics":
         return None if open_metrics else READ
@@ -435,19 +533,23 @@ def create_app(service: Service, tokens: Tokens | None = None) -> Starlette:
     """The ASGI app around ``service``; its lifespan starts and stops the service.
 
     Every request passes the :class:`~stream_server.serve.guard.Guard` first, with ``tokens``
-    (default:
-    :func:`configured_tokens`)."""
+    (default: :func:`configured_tokens`). The landing page links to the dashboard when one
+    answers on ``server.dashboard_port`` of this machine."""
     webrtc, offer = _webrtc(service)
     auth = service.config.auth
     open_metrics = auth.open_metrics
+
+    def required(method: str, path: str) -> Scope | None:
+        return required_scope(method, path, open_metrics=open_metrics)
+
     policy = GuardPolicy(
         tokens=configured_tokens(service.config) if tokens is None else tokens,
         tickets=TicketIssuer(auth.ticket_s),
-        required=lambda method, path: required_scope(method, path, open_metrics=open_metrics),
+        required=required,
         bind_host=service.config.server.host,
         hosts=tuple(auth.hosts),
         origins=tuple(auth.origins),
-        json_paths=frozenset({"/streams", "/webrtc/offer"}),
+        json_paths=JSON_PATHS,
     )
 
     @contextlib.asynccontextmanager
@@ -478,11 +580,18 @@ def create_app(service: Service, tokens: Tokens | None = None) -> Starlette:
                 methods=["POST"],
             ),
             Route("/mic", mic_page),
+            Route("/", landing_page),
+            Route("/docs", docs_page),
+            Route("/openapi.json", openapi_json),
+            *(Route(path, icon) for path in ICONS),
         ],
         lifespan=lifespan,
         middleware=[Middleware(Guard, policy=policy)],
     )
     app.state.service = service
     app.state.webrtc = webrtc
+    app.state.required = required
+    app.state.guarded = policy.tokens.enabled
+    app.state.openapi = None
     _quiet_client_errors()
     return app

@@ -4,8 +4,8 @@ Pure rules, no sockets: :mod:`stream_server.serve.guard` applies them to every r
 
 **Scopes.** ``read`` (stream listings, timelines, ``/ws/updates``, ``/metrics`` unless
 ``[auth] open_metrics``), ``ingest`` (``/ws/ingest``, ``/webrtc/offer``, ``POST /classify``) and
-``admin`` (``POST`` and ``DELETE /streams``). ``/health``, ``/ready`` and the ``/mic`` page are
-open.
+``admin`` (``POST`` and ``DELETE /streams``). What shows no stream data is open: ``/health``,
+``/ready``, the pages (``/``, ``/mic``, ``/docs``), ``/openapi.json`` and the icons.
 
 **Tokens.** The environment variable ``GENRECAST_TOKEN`` is one token with every scope;
 ``[auth] read_tokens``, ``ingest_tokens`` and ``admin_tokens`` list more, each entry
@@ -16,8 +16,8 @@ one in constant time (SHA-256 digests, :func:`hmac.compare_digest`). With no tok
 server is open, and may then listen on loopback only (:func:`exposure_problem`).
 
 **Browser tickets.** A browser cannot set headers on a WebSocket, so a page that holds a token
-(the ``/mic`` page takes it from the address's ``#token=`` fragment, which never leaves the
-browser) asks ``POST /auth/ticket`` for a **short-lived signed ticket** carrying the token's
+(the ``/mic`` and ``/`` pages take it from the address's ``#token=`` fragment, which never leaves
+the browser) asks ``POST /auth/ticket`` for a **short-lived signed ticket** carrying the token's
 scopes and passes it as ``?ticket=`` on the WebSocket. A ticket is
 ``base64url(scopes|expiry).base64url(HMAC-SHA256)`` under a random key drawn when the server
 starts, valid ``[auth] ticket_s`` seconds (and never after a restart).
@@ -40,7 +40,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from stream_server.config import parse_host_entry
@@ -53,6 +53,7 @@ __all__ = [
     "SCOPES",
     "TOKEN_ENV",
     "Scope",
+    "TicketAnswer",
     "TicketIssuer",
     "Tokens",
     "bearer_token",
@@ -163,6 +164,14 @@ def bearer_token(authorization: str | None) -> str | None:
     if kind.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+class TicketAnswer(TypedDict):
+    """A browser ticket, seconds it stays valid, and the scopes it carries."""
+
+    ticket: str
+    expires_in_s: float
+    scopes: list[Scope]
 
 
 def _b64(data: bytes) -> str:

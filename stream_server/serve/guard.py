@@ -27,6 +27,7 @@ from stream_server.serve.auth import (
     Scope as AccessScope,
 )
 from stream_server.serve.auth import (
+    TicketAnswer,
     TicketIssuer,
     Tokens,
     bearer_token,
@@ -141,12 +142,10 @@ class Guard:
             )
             return
         ticket = policy.tickets.issue(scopes)
-        body = {
-            "ticket": ticket,
-            "expires_in_s": policy.tickets.lifetime_s,
-            "scopes": sorted(scopes),
-        }
-        await _json(send, 200, body)
+        body = TicketAnswer(
+            ticket=ticket, expires_in_s=policy.tickets.lifetime_s, scopes=sorted(scopes)
+        )
+        await _json(send, 200, dict(body))
 
 
 async def _json(send: Send, status: int, body: dict[str, Any], *, auth: bool = False) -> None:

@@ -115,22 +115,32 @@ def checked_tokens(config: Config) -> Tokens:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    config: Config, *, model: LoadedModel | None = None, wait_ready: bool = True
+    config: Config,
+    *,
+    model: LoadedModel | None = None,
+    wait_ready: bool = True,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serve ``config`` on its host and port (0 for a free one) in the current event loop.
+
+    ``sock``: the listening socket, bound already (:func:`~stream_server.serve.listen.listen_on`,
+    as ``genrecast serve`` does before the model loads); ``None`` binds one here. It is closed
+    with the server either way.
 
     Raises:
         ConfigError: a token cannot be read (``auth.*``), or ``server.host`` is not loopback
             while no token is configured and ``server.insecure`` is off.
         ClusterError: a cluster node cannot log in to NATS or open the cluster's buckets.
     """
-    tokens = checked_tokens(config)
-    service = Service(config, model=model)
-    sock = bind(config.server.host, config.server.port)
     try:
+        tokens = checked_tokens(config)
+        service = Service(config, model=model)
+        if sock is None:
+            sock = bind(config.server.host, config.server.port)
         await service.open_cluster()  # a node that cannot log in to NATS says so and stops
     except BaseException:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise
     port = sock.getsockname()[1]
     server = DrainingServer(uvicorn_config(service, tokens), service)
@@ -151,11 +161,14 @@ async def running_server(
         sock.close()
 
 
-def serve(config: Config, *, model: LoadedModel | None = None) -> None:
-    """Run the server until interrupted (Ctrl-C / SIGTERM); says where once it is ready."""
+def serve(
+    config: Config, *, model: LoadedModel | None = None, sock: socket.socket | None = None
+) -> None:
+    """Run the server until interrupted (Ctrl-C / SIGTERM); says where once it is ready.
+    ``sock``: the listening socket, bound already (see :func:`running_server`)."""
 
     async def main() -> None:
-        async with running_server(config, model=model) as server:
+        async with running_server(config, model=model, sock=sock) as server:
             print(
                 f"genrecast ready on {server.http_url}  (updates: {server.ws_url}/ws/updates)",
                 flush=True,

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,12 +22,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from stream_server.config import Config
 from stream_server.core.audio import validate_format
-from stream_server.core.records import StreamArchive, StreamRecord, Tail, TrackTitle
+from stream_server.core.records import (
+    StreamArchive,
+    StreamOutcome,
+    StreamRecord,
+    Tail,
+    TrackTitle,
+)
 from stream_server.core.session import SessionParams, StreamSession, score_batch
 from stream_server.core.smoothing import SmoothingTable
+from stream_server.core.summary import summarize
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowEngine, WindowJob, WindowResult
-from stream_server.errors import ClusterError, ProtocolError, SourceRefused
+from stream_server.errors import ClusterError, ProtocolError, SourceRefused, StorageError
 from stream_server.inference.facts import ModelFacts, session_params, window_seconds
 from stream_server.messages import (
     MAX_NAME_CHARS,
@@ -71,6 +79,17 @@ LOST_REASON = "its node stopped without ending it"
 #: Seconds between two prunings of the store (``storage.retention_days``) after the one at start.
 PRUNE_INTERVAL_S = 3600.0
 
+#: Streams listed by ``GET /streams`` beside the live ones: the newest stored.
+LISTED_STORED = 100
+
+#: Figures of an ended stream listed only where known (not for one whose outcome was read back
+#: from its timeline).
+_FIGURES_WHERE_KNOWN = ("stream_time_s", "windows_computed", "windows_skipped")
+
+#: Outcomes of the streams that ended here kept in memory (the newest), for listings made before
+#: the archive has them (a cluster's archive writes behind).
+ENDED_KEPT = 256
+
 
 @dataclass(eq=False)
 class LiveStream:
@@ -78,7 +97,9 @@ class LiveStream:
 
     ``state`` and the counters matter for pulled streams (:mod:`stream_server.sources.puller`):
     ``dropped`` audio chunks the loop could not take in time, ``corrupt_packets`` the decoder
-    rejected, ``reconnects`` started. Other kinds stay ``"live"`` with zero counters.
+    rejected, ``reconnects`` started, and ``last_error`` the latest failed connection (kept after
+    the source is back), at ``last_error_at`` (unix seconds). Other kinds stay ``"live"`` with
+    zero counters and no error.
     """
 
     session: StreamSession
@@ -90,6 +111,8 @@ class LiveStream:
     dropped: int = 0
     corrupt_packets: int = 0
     reconnects: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
     title: str | None = None
     #: Who opened it (the client's address; empty: the server itself), for per-client limits.
     client: str = ""
@@ -192,8 +215,8 @@ class Service:
         self._load_task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
         self.pullers: dict[str, Puller] = {}
-        # Pulled streams ended in this run: final state ("ended" or "failed") and counters.
-        self._final_states: dict[str, dict[str, Any]] = {}
+        # The outcomes of the streams that ended here, newest last (at most ENDED_KEPT).
+        self._ended: OrderedDict[str, StreamOutcome] = OrderedDict()
         if link is not None:
             link.on_message = self.hub.deliver
             link.on_notice = self.hub.notify_text
@@ -758,13 +781,6 @@ class Service:
             puller.stop()
             if live.state not in ("ended", "failed"):
                 live.state = "ended"
-            self._final_states[session.stream_id] = {
-                "state": live.state,
-                "reason": reason,
-                "dropped": live.dropped,
-                "corrupt_packets": live.corrupt_packets,
-                "reconnects": live.reconnects,
-            }
         if drain:
             skipped = session.windows_skipped
             self._submit(live, session.finish())
@@ -779,8 +795,12 @@ class Service:
             session.skipped()
             self.metrics.windows_skipped.inc()
         ended_at = time.time()
+        outcome = _outcome(live, reason)
+        self._ended[session.stream_id] = outcome
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
         if self.store is not None:
-            self._db_write(self.store.end_stream, session.stream_id, ended_at)
+            self._db_write(self.store.end_stream, session.stream_id, ended_at, outcome)
         if self.cluster_store is not None:
             self._in_cluster(self.cluster_store.forget_live(session.stream_id))
         if self.leases is not None and session.stream_id in self.leases.held:
@@ -919,7 +939,10 @@ class Service:
 
         Returns at once in state ``"connecting"``; a worker thread connects, decodes and feeds.
         The source is checked first (:mod:`stream_server.sources.source_policy`, off the event loop:
-        it resolves host names and looks at files); nothing is registered if it is refused.
+        it resolves host names and looks at files); nothing is registered if it is refused (a
+        host name that does not resolve, where the policy may say so
+        (:meth:`~stream_server.sources.source_policy.SourcePolicy.may_tell_unresolved`), is
+        not refused: the stream fails at its first connection with ``host not found``).
         In a cluster the station is leased (:mod:`stream_server.cluster.pulls`); ``resume`` is
         the stream of a station taken over: its id and record kept, no ``stream.started``, its
         timeline continued after a gap (the time since the station started, at least to the
@@ -937,8 +960,9 @@ class Service:
         try:
             await asyncio.to_thread(policy.check_source, source)
         except SourceRefused as exc:
-            log.info("refused to pull %r: %s", source, exc.detail)
-            raise
+            if not policy.may_tell_unresolved(exc):
+                log.info("refused to pull %r: %s", source, exc.detail)
+                raise
         rate = self.model.preprocessing.sample_rate
         start = StartMessage(type="start", sample_rate=rate, channels=1, format="f32le")
         start["name"] = name or source.rstrip("/").rsplit("/", 1)[-1] or source
@@ -964,7 +988,14 @@ class Service:
                 await self.leases.release(stream_id)
                 return live
         assert self._loop is not None
-        puller = Puller(LiveSink(self, live), source, self.config.sources, self._loop)
+        puller = Puller(
+            LiveSink(self, live),
+            source,
+            self.config.sources,
+            self._loop,
+            on_error=lambda reason, at: self.connection_failed(live, reason, at),
+            went_live=resume is not None,  # it delivered audio on the node it was taken from
+        )
         self.pullers[stream_id] = puller
         puller.start()
         return live
@@ -1021,6 +1052,12 @@ class Service:
             return any(await self.link.ask("stop", [stream_id, reason]))
         return False
 
+    def connection_failed(self, live: LiveStream, reason: str, wall_time: float) -> None:
+        """A connection of a pulled stream failed for ``reason`` at ``wall_time`` (unix
+        seconds): its ``last_error`` (on the loop)."""
+        if not live.ended:
+            live.last_error, live.last_error_at = reason, wall_time
+
     def mark_gap(self, live: LiveStream, gap_s: float) -> None:
         """The stream's source was away for ``gap_s`` seconds and is back (on the loop)."""
         if live.ended:
@@ -1073,9 +1110,22 @@ class Service:
         return segments
 
     async def list_streams(self) -> list[dict[str, Any]]:
-        """Live streams first (every worker's), then stored ones, as JSON-ready dicts."""
+        """Live streams first (every worker's), then stored ones, as JSON-ready dicts.
+
+        A stored stream's outcome and summary come with its record; one ended without them (by
+        a previous run, or by a process that could not tell) gets them here from its timeline,
+        once: they are stored back.
+        """
         assert self.store is not None
-        records: list[StreamRecord] = await self._in_db(self.store.list_streams, 100)
+        records: list[StreamRecord] = await self._in_db(self.store.list_streams, LISTED_STORED)
+        missing = [
+            r
+            for r in records
+            if r.ended_at is not None and r.outcome is None and r.stream_id not in self._ended
+        ]
+        if missing:
+            filled = await self._in_db(self._fill_outcomes, self.store, missing)
+            records = [filled.get(r.stream_id, r) for r in records]
         if self.link is not None:
             out = [stream for answer in await self.link.ask("streams") for stream in answer]
         else:
@@ -1095,6 +1145,25 @@ class Service:
 
     def _describe_live(self) -> list[dict[str, Any]]:
         return [self.describe(live) for live in self.streams.values()]
+
+    @staticmethod
+    def _fill_outcomes(
+        store: StreamArchive, records: Sequence[StreamRecord]
+    ) -> dict[str, StreamRecord]:
+        """Ended streams stored without an outcome, by id, with the outcome their timelines
+        give, which is stored back (database thread). A stream that cannot be read or written
+        is logged and left out."""
+        filled: dict[str, StreamRecord] = {}
+        for record in records:
+            assert record.ended_at is not None
+            try:
+                outcome = _outcome_of_timeline(store.timeline(record.stream_id))
+                store.end_stream(record.stream_id, record.ended_at, outcome)
+            except StorageError as exc:
+                log.error("stream %s: its outcome could not be kept: %s", record.stream_id, exc)
+                continue
+            filled[record.stream_id] = dataclasses.replace(record, outcome=outcome)
+        return filled
 
     async def subscribe(self, stream_id: str | None, since: int | None) -> Subscriber:
         """A ``/ws/updates`` subscriber of the hub (:meth:`UpdateHub.subscribe`). On a cluster
@@ -1133,8 +1202,10 @@ class Service:
 
     def describe(self, stream: LiveStream | StreamRecord) -> dict[str, Any]:
         """One stream as ``GET /streams`` lists it, live or stored: the stored record's fields;
-        a live stream adds its state and live figures, a stored one is ``"ended"`` (a pulled
-        stream that ended in this run: its final state, reason and counters)."""
+        a live stream adds its state and live figures, its ``last_error`` and the ``summary``
+        of its timeline so far; a stored one adds its outcome (:class:`StreamOutcome`: final
+        state, ``reason``, figures and ``summary``). A stored stream that never ended is
+        ``"ended"``, or ``"lost"`` in a cluster (no node runs it), with no summary."""
         record = stream.record() if isinstance(stream, LiveStream) else stream
         described: dict[str, Any] = {
             "stream_id": record.stream_id,
@@ -1149,11 +1220,16 @@ class Service:
             "format": record.fmt,
         }
         if not isinstance(stream, LiveStream):
-            described.update(self._final_states.get(record.stream_id, {}))
-            lost = record.stream_id not in self._final_states and record.ended_at is None
-            if lost and self.cluster_store is not None:
+            outcome = self._ended.get(record.stream_id) or record.outcome
+            if outcome is not None:
+                final = outcome.to_dict()
+                for key in _FIGURES_WHERE_KNOWN:
+                    if final[key] is None:  # ended without its outcome: read from its timeline
+                        del final[key]
+                return described | final
+            if record.ended_at is None and self.cluster_store is not None:
                 described |= {"state": "lost", "reason": LOST_REASON}
-            return described
+            return described | {"summary": None, "last_error": None, "last_error_at": None}
         live, s = stream, stream.session
         update = s.last_update
         described["state"] = live.state
@@ -1171,6 +1247,9 @@ class Service:
             "title": live.title,
             "genre": update["genre"] if update else None,
             "confidence": update["confidence"] if update else None,
+            "last_error": live.last_error,
+            "last_error_at": live.last_error_at,
+            "summary": summarize(live.segments()).to_dict(),
         }
 
 
@@ -1231,6 +1310,43 @@ def _log_cluster_failure(future: asyncio.Future[None]) -> None:
     deleted: a live entry runs out by itself, a lease is released again each round."""
     if not future.cancelled() and future.exception() is not None:
         log.warning("an ended stream's cluster entries stay: %s", future.exception())
+
+
+def _outcome(live: LiveStream, reason: str) -> StreamOutcome:
+    """How ``live`` ended (for ``reason``) and what it was: its final figures and the summary
+    of its whole timeline."""
+    session = live.session
+    update = session.last_update
+    return StreamOutcome(
+        state="failed" if live.state == "failed" else "ended",
+        reason=reason,
+        summary=summarize(live.segments()).to_dict(),
+        stream_time_s=round(session.stream_time_s, 3),
+        windows_computed=session.windows_computed,
+        windows_skipped=session.windows_skipped,
+        genre=update["genre"] if update else None,
+        confidence=update["confidence"] if update else None,
+        title=live.title,
+        dropped=live.dropped,
+        corrupt_packets=live.corrupt_packets,
+        reconnects=live.reconnects,
+        last_error=live.last_error,
+        last_error_at=live.last_error_at,
+    )
+
+
+def _outcome_of_timeline(segments: Sequence[Segment]) -> StreamOutcome:
+    """The outcome of a stream that ended without one, from its stored timeline: its summary,
+    its stream time, its last genre; why it ended and its counts are not known."""
+    last = segments[-1] if segments else None
+    return StreamOutcome(
+        state="ended",
+        reason=None,
+        summary=summarize(segments).to_dict(),
+        stream_time_s=None if last is None else round(last.end_s, 3),
+        genre=None if last is None else last.genre,
+        confidence=None if last is None else round(last.confidence, 4),
+    )
 
 
 def _tail(live: LiveStream, segments: list[tuple[int, Segment]]) -> Tail:

@@ -8,10 +8,15 @@ synchronous; the server calls them from a worker thread.
 Times: ``created_at`` / ``ended_at`` are wall-clock unix seconds; segment ``start_s`` / ``end_s``
 are seconds of stream time, and so is a title's ``stream_time_s`` (its ``wall_time`` is unix
 seconds).
+
+A stream's :class:`~stream_server.core.records.StreamOutcome` (how it ended, its summary) is kept
+as JSON in its row when it ends, so listing ended streams reads no timeline.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import sqlite3
@@ -21,15 +26,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from stream_server.core.records import StreamRecord, Tail, TrackTitle
+from stream_server.core.records import StreamOutcome, StreamRecord, Tail, TrackTitle
 from stream_server.core.timeline import Segment
 from stream_server.errors import StorageError
 
 __all__ = ["SCHEMA_VERSION", "TimelineStore"]
 
+log = logging.getLogger(__name__)
+
 #: Schema version stored in ``PRAGMA user_version`` and in the ``schema_version`` table.
-#: Version 2 added the ``titles`` table (a version 1 file gains it when opened).
-SCHEMA_VERSION = 2
+#: Version 2 added the ``titles`` table, version 3 the ``outcome`` column of ``streams`` (an
+#: older file gains them when opened).
+SCHEMA_VERSION = 3
 
 _MEMORY = ":memory:"
 
@@ -46,7 +54,8 @@ CREATE TABLE IF NOT EXISTS streams (
     ended_at    REAL,
     sample_rate INTEGER,
     channels    INTEGER,
-    fmt         TEXT
+    fmt         TEXT,
+    outcome     TEXT
 );
 CREATE INDEX IF NOT EXISTS streams_created_at ON streams (created_at);
 CREATE TABLE IF NOT EXISTS segments (
@@ -68,14 +77,46 @@ CREATE TABLE IF NOT EXISTS titles (
 CREATE INDEX IF NOT EXISTS titles_stream ON titles (stream_id, stream_time_s);
 """
 
-_STREAM_COLUMNS = "stream_id, name, kind, source, created_at, ended_at, sample_rate, channels, fmt"
+_STREAM_COLUMNS = (
+    "stream_id, name, kind, source, created_at, ended_at, sample_rate, channels, fmt, outcome"
+)
 
 
-_StreamRow = tuple[str, str, str, str, float, float | None, int | None, int | None, str | None]
+_StreamRow = tuple[
+    str, str, str, str, float, float | None, int | None, int | None, str | None, str | None
+]
 
 
 def _record_from_row(row: _StreamRow) -> StreamRecord:
-    return StreamRecord(*row)
+    stream_id, name, kind, source, created_at, ended_at, rate, channels, fmt, outcome = row
+    return StreamRecord(
+        stream_id,
+        name,
+        kind,
+        source,
+        created_at,
+        ended_at,
+        rate,
+        channels,
+        fmt,
+        _outcome_from_json(stream_id, outcome),
+    )
+
+
+def _outcome_from_json(stream_id: str, text: str | None) -> StreamOutcome | None:
+    """The outcome stored as JSON; ``None`` when there is none, or when it cannot be read
+    (logged: the stream is listed without it rather than not at all)."""
+    if text is None:
+        return None
+    try:
+        return StreamOutcome.from_dict(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        log.warning("stream %s: its stored outcome cannot be read: %s", stream_id, exc)
+        return None
+
+
+def _outcome_json(outcome: StreamOutcome | None) -> str | None:
+    return None if outcome is None else json.dumps(outcome.to_dict(), separators=(",", ":"))
 
 
 class TimelineStore:
@@ -127,16 +168,32 @@ class TimelineStore:
                     f"the supported version {SCHEMA_VERSION}"
                 )
             if version < SCHEMA_VERSION:
-                # One transaction: a failure leaves the file untouched (the connection is then
-                # closed by __init__, discarding the partial work).
-                conn.executescript(
-                    "BEGIN;\n"
-                    + _SCHEMA
-                    + "DELETE FROM schema_version;\n"
-                    + f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION});\n"
-                    + f"PRAGMA user_version = {SCHEMA_VERSION};\n"
-                    + "COMMIT;\n"
-                )
+                self._migrate(conn)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an older (or new, empty) file to :data:`SCHEMA_VERSION` in one transaction,
+        taken for writing before the version is read again: a failure leaves the file
+        untouched, and of two processes that open one old file at once (the ingest workers)
+        the second finds the work done."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(streams)")}
+                if "outcome" not in columns:  # a version 1 or 2 file
+                    conn.execute("ALTER TABLE streams ADD COLUMN outcome TEXT")
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _op(self, operation: str) -> Iterator[sqlite3.Connection]:
@@ -173,7 +230,7 @@ class TimelineStore:
         """
         with self._op("add_stream") as conn, conn:
             conn.execute(
-                f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO streams ({_STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.stream_id,
                     record.name,
@@ -184,6 +241,7 @@ class TimelineStore:
                     record.sample_rate,
                     record.channels,
                     record.fmt,
+                    _outcome_json(record.outcome),
                 ),
             )
 
@@ -200,15 +258,20 @@ class TimelineStore:
             )
             return cur.rowcount
 
-    def end_stream(self, stream_id: str, ended_at: float) -> None:
-        """Mark a stream as ended at ``ended_at`` (wall-clock unix seconds).
+    def end_stream(
+        self, stream_id: str, ended_at: float, outcome: StreamOutcome | None = None
+    ) -> None:
+        """Mark a stream as ended at ``ended_at`` (wall-clock unix seconds), keeping ``outcome``
+        with it (``None``: the outcome it has, if any, stays).
 
         Raises:
             StorageError: no such stream, or the write failed.
         """
         with self._op("end_stream") as conn, conn:
             cur = conn.execute(
-                "UPDATE streams SET ended_at = ? WHERE stream_id = ?", (ended_at, stream_id)
+                "UPDATE streams SET ended_at = ?, outcome = COALESCE(?, outcome) "
+                "WHERE stream_id = ?",
+                (ended_at, _outcome_json(outcome), stream_id),
             )
             if cur.rowcount == 0:
                 raise StorageError(

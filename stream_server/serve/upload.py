@@ -2,8 +2,10 @@
 
 The body is a ``multipart/form-data`` form with a ``file`` field, or the raw file with a
 ``Content-Type`` of ``audio/*`` (``video/*``, ``application/ogg`` and ``application/octet-stream``
-are taken too). The answer is a :class:`~stream_server.messages.ClassifyResult`; a refused upload
-gets ``{"error": "..."}`` with a 4xx status (:class:`UploadError`).
+are taken too). The answer is a :class:`ClassifyAnswer`: a
+:class:`~stream_server.messages.ClassifyResult` and the ``summary`` of its timeline
+(:func:`with_summary`); a refused upload gets ``{"error": "..."}`` with a 4xx status
+(:class:`UploadError`).
 
 Pure parts, tested directly: :class:`ResultCache` (least recently used answers keyed by the
 SHA-256 of the bytes) and :func:`upload_kind`. The shell around them, in order:
@@ -35,7 +37,7 @@ from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, BinaryIO, Generic, Protocol, TypeVar
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar, cast
 
 import av.error
 import numpy as np
@@ -47,6 +49,7 @@ from starlette.types import Message, Receive
 
 from stream_server.config import UploadConfig
 from stream_server.core.session import SessionParams
+from stream_server.core.summary import summarize
 from stream_server.core.timeline import Segment
 from stream_server.core.windows import WindowEngine, WindowScores, stack_windows
 from stream_server.errors import DecodeError, EngineStopped, UploadError
@@ -67,6 +70,40 @@ RAW_TYPES = frozenset({"application/octet-stream", "application/ogg"})
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+class ClassifyAnswer(ClassifyResult):
+    """The answer to ``POST /classify`` (and ``genrecast classify --json``): the
+    :class:`~stream_server.messages.ClassifyResult` and ``summary``, its timeline summed up by
+    :func:`~stream_server.core.summary.summarize` (``StreamSummary.to_dict``: ``genre``,
+    ``duration_s``, ``windows``, ``genres`` shares, ``passages``), as ``GET /streams`` sums up a
+    stream.
+
+    Two answers, on purpose: ``genre``/``probabilities`` is the mean of the windows'
+    probabilities over the whole file (what ``genrecast evaluate`` scores); ``summary.genre`` is
+    the genre the smoothed timeline shows longest. A genre second in many windows can lead the
+    mean while the timeline never shows it.
+    """
+
+    summary: dict[str, object]
+
+
+def with_summary(result: ClassifyResult) -> ClassifyAnswer:
+    """``result`` with the ``summary`` of its ``segments`` (worked out afresh, so an answer
+    from an older server gets the same one)."""
+    segments = [
+        Segment(
+            start_s=float(s["start_s"]),
+            end_s=float(s["end_s"]),
+            genre=s["genre"],
+            confidence=float(s["confidence"]),
+            updates=int(s["updates"]),
+        )
+        for s in result["segments"]
+    ]
+    answer = cast(ClassifyAnswer, dict(result))
+    answer["summary"] = summarize(segments).to_dict()
+    return answer
 
 
 class ResultCache(Generic[K, V]):
@@ -392,7 +429,7 @@ class Uploads:
         self.host = host
         self.config = config
         self.metrics = metrics
-        self.cache: ResultCache[str, ClassifyResult] = ResultCache(self.config.cache_entries)
+        self.cache: ResultCache[str, ClassifyAnswer] = ResultCache(self.config.cache_entries)
         #: Uploads being received or classified now (at most ``max_concurrent``).
         self.active = 0
 
@@ -447,7 +484,7 @@ class Uploads:
         metrics.uploads.labels(result="cached" if result["cached"] else "classified").inc()
         return JSONResponse(result)
 
-    async def classify(self, spool: Spool, name: str) -> ClassifyResult:
+    async def classify(self, spool: Spool, name: str) -> ClassifyAnswer:
         """The answer for the spooled file: from the cache, else decoded and run."""
         start = time.perf_counter()
         if spool.size == 0:
@@ -479,7 +516,7 @@ class Uploads:
             device=classifier.device,
             model=classifier.model,
         )
-        result = report.to_result(sha256=spool.sha256)
+        result = with_summary(report.to_result(sha256=spool.sha256))
         self.cache.put(spool.sha256, result)
         return result
 

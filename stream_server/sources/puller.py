@@ -31,18 +31,27 @@ and hands ``chunk_s`` blocks to its :class:`~stream_server.types.StreamSink` on 
   container with a known duration) is paced at real time and ends the stream at its end. A live
   source paces itself, but may run at most :data:`MAX_BURST_S` seconds of audio ahead of the wall
   clock (the burst a radio server sends on connect); beyond that it is read at real time.
-* **Reconnects**: the end of a live source, a connection error, or no audio for ``stall_s``
-  seconds drops the connection; the puller reconnects after a capped exponential backoff
-  (:class:`ReconnectPolicy`) and keeps the stream id. The gap is marked on the timeline
-  (:meth:`StreamSession.mark_gap`): the open segment closes and stream time jumps forward by the
-  wall-clock length of the gap. After ``max_reconnects`` failed connections in a row (0: never)
-  the stream ends in state ``"failed"``; the reason is kept with it (``GET /streams``). Only a
-  connection that delivered :data:`RECOVERED_S` seconds of audio starts the count again, so a
-  source that sends a moment of audio and drops, again and again, still fails.
+* **A source that never delivered audio fails fast**: its first failed connection (or its
+  ``first_connect_attempts``-th) ends the stream in state ``"failed"`` with the reason in words
+  (:func:`describe_failure`: ``HTTP 404 Not Found from http://host/path``, ``connection refused
+  by 127.0.0.1:8000``, ``host not found: radio.example``, ``no audio for 10 s``, ``not an audio
+  stream (text/html)``), listed by ``GET /streams``. A stream taken over from another node of a
+  cluster counts as one that delivered audio.
+* **Reconnects**, once a source has delivered audio: the end of a live source, a connection
+  error, or no audio for ``stall_s`` seconds drops the connection; the puller reconnects after a
+  capped exponential backoff (:class:`ReconnectPolicy`) and keeps the stream id. Each failed
+  connection's reason goes to ``on_error`` (the stream's ``last_error``). The gap is marked on
+  the timeline (:meth:`StreamSession.mark_gap`): the open segment closes and stream time jumps
+  forward by the wall-clock length of the gap. After ``max_reconnects`` failed connections in a
+  row (0: never) the stream ends in state ``"failed"``; the reason is kept with it
+  (``GET /streams``). Only a connection that delivered :data:`RECOVERED_S` seconds of audio
+  starts the count again, so a source that sends a moment of audio and drops, again and again,
+  still fails.
 
 States (:func:`transition`): ``connecting`` → ``live`` ⇄ ``reconnecting``, and ``ended`` /
 ``failed`` at the end. The pure parts (:func:`format_hint`, :class:`ReconnectPolicy`,
-:func:`transition`, :class:`IcyDemuxer`, :func:`parse_stream_title`) have no I/O.
+:func:`transition`, :class:`IcyDemuxer`, :func:`parse_stream_title`, :func:`describe_failure`)
+have no I/O.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import logging
 import math
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -61,6 +71,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+import av
+import httpcore
 import httpx
 import numpy as np
 from av.container import InputContainer
@@ -105,6 +117,7 @@ __all__ = [
     "ReconnectPolicy",
     "StreamEvent",
     "StreamStateError",
+    "describe_failure",
     "format_hint",
     "is_url",
     "parse_stream_title",
@@ -191,33 +204,46 @@ def format_hint(content_type: str | None, url: str = "") -> str | None:
 
 @dataclass(frozen=True)
 class ReconnectPolicy:
-    """Capped exponential backoff, in seconds.
+    """Capped exponential backoff, in seconds, and when to give up.
 
     Attributes:
         min_s: delay before the first reconnect.
         max_s: the delay doubles on each further failure up to this.
-        max_reconnects: give up after this many failed reconnects in a row; 0: never.
+        max_reconnects: give up after this many failed reconnects in a row, once the source
+            has delivered audio; 0: never.
+        first_attempts: connections tried in all before a source that never delivered audio
+            is given up (1: none after the first failure).
     """
 
     min_s: float
     max_s: float
     max_reconnects: int = 0
+    first_attempts: int = 1
 
     @classmethod
     def from_config(cls, config: SourcesConfig) -> ReconnectPolicy:
-        return cls(config.reconnect_min_s, config.reconnect_max_s, config.max_reconnects)
+        return cls(
+            config.reconnect_min_s,
+            config.reconnect_max_s,
+            config.max_reconnects,
+            config.first_connect_attempts,
+        )
 
-    def delay(self, failures: int) -> float | None:
+    def delay(self, failures: int, *, went_live: bool = True) -> float | None:
         """Seconds to wait before the next connection, or ``None`` to give up.
 
         Args:
             failures: connections in a row that ended (the latest included), counting one that
                 delivered :data:`RECOVERED_S` of audio as the first: ``1`` after such a source
                 is lost or the first connection fails, ``n + 1`` after ``n`` failed.
+            went_live: the source has delivered audio (``max_reconnects`` bounds the
+                failures); else ``first_attempts`` does.
         """
         if failures < 1:
             raise ValueError(f"failures must be >= 1, got {failures!r}")
-        if self.max_reconnects and failures > self.max_reconnects:
+        if not went_live and failures >= self.first_attempts:
+            return None
+        if went_live and self.max_reconnects and failures > self.max_reconnects:
             return None
         return min(self.max_s, self.min_s * 2.0 ** min(failures - 1, 64))
 
@@ -264,6 +290,189 @@ def parse_stream_title(block: bytes) -> str | None:
     if match is None:
         return None
     return match.group(1).strip() or None
+
+
+#: ``Content-Type`` main types and types that are never audio: a body of one that FFmpeg cannot
+#: read is ``not an audio stream (<type>)``.
+_NOT_AUDIO_TYPES: Final = ("text", "image", "font", "message", "multipart")
+_NOT_AUDIO: Final = frozenset(
+    {
+        "application/json",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/javascript",
+        "application/pdf",
+        "application/x-www-form-urlencoded",
+        "application/problem+json",
+    }
+)
+
+#: The errno part of an exception's text (``[Errno 111] ``), which says nothing to a reader.
+_ERRNO: Final = re.compile(r"\[Errno -?\d+\]\s*")
+#: OpenSSL's library code and source line in an ``ssl`` error's text.
+_TLS_NOISE: Final = re.compile(r"\[SSL(: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions behind it, outermost first: its ``__cause__`` (else its
+    ``__context__`` unless suppressed) and exceptions among its arguments (httpcore re-raises
+    its errors ``from None``, the socket's error kept as the argument), at most 16."""
+    out: list[BaseException] = []
+    waiting: list[BaseException] = [exc]
+    while waiting and len(out) < 16:
+        current = waiting.pop(0)
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        waiting += [arg for arg in current.args if isinstance(arg, BaseException)]
+        if current.__cause__ is not None:
+            waiting.append(current.__cause__)
+        elif current.__context__ is not None and not current.__suppress_context__:
+            waiting.append(current.__context__)
+    return out
+
+
+def _first(chain: list[BaseException], kind: type[BaseException] | tuple[type, ...]) -> Any:
+    return next((e for e in chain if isinstance(e, kind)), None)
+
+
+def _where(chain: list[BaseException], url: str) -> tuple[str, str]:
+    """``(host, "host:port")`` of the request that failed: the one an ``httpx`` error names
+    (after redirects), else ``url``."""
+    for exc in chain:
+        if isinstance(exc, httpx.RequestError):
+            try:
+                url = str(exc.request.url)
+            except RuntimeError:  # an error raised outside a request has none
+                continue
+            break
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return url, url
+    if not host:
+        return url, url
+    port = port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    shown = f"[{host}]" if ":" in host else host
+    return host, f"{shown}:{port}" if port else shown
+
+
+def _plain(text: str) -> str:
+    """``text`` without errno numbers, its first letter lower-case, no final full stop."""
+    text = _ERRNO.sub("", text).strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+
+
+def _tls_text(exc: ssl.SSLError) -> str:
+    """What went wrong in TLS, without OpenSSL's codes: ``wrong version number``."""
+    reason = getattr(exc, "reason", None)  # set by the ssl module's own errors
+    if reason:
+        return str(reason).lower().replace("_", " ")
+    text = exc.strerror or (str(exc.args[-1]) if exc.args else str(exc))
+    text = _TLS_NOISE.sub("", text)
+    return _plain(text) or "the handshake failed"
+
+
+def _mime(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    return content_type.split(";", 1)[0].strip().lower() or None
+
+
+def _not_audio(mime: str | None) -> bool:
+    return mime is not None and (mime.split("/", 1)[0] in _NOT_AUDIO_TYPES or mime in _NOT_AUDIO)
+
+
+def describe_failure(
+    exc: BaseException,
+    *,
+    url: str = "",
+    content_type: str | None = None,
+    stall_s: float | None = None,
+    open_timeout_s: float | None = None,
+) -> str:
+    """Why one connection to a pulled source failed, in words for ``GET /streams``: what
+    happened and where, with no errno numbers and no exception class names.
+
+    ``HTTP 404 Not Found from http://host/path`` (raised as such by the puller),
+    ``connection refused by 127.0.0.1:8000``, ``host not found: radio.example``,
+    ``no answer from radio.example:80 within 10 s``, ``no audio for 10 s``,
+    ``connection reset by radio.example:80``, ``radio.example:80 closed the connection``,
+    ``not an audio stream (text/html)``, ``cannot decode the audio (audio/mpeg): invalid data
+    found when processing input``; a refusal of the source policy is its one message.
+
+    Args:
+        exc: What the connection raised (the exceptions behind it are looked at too).
+        url: The URL it was fetching, for an error that does not name its request.
+        content_type: The ``Content-Type`` the body handed to FFmpeg came with, if any.
+        stall_s: The read timeout, seconds (``sources.stall_s``): a read that timed out is
+            ``no audio for <stall_s> s``.
+        open_timeout_s: The connect timeout, seconds (``sources.open_timeout_s``).
+    """
+    chain = _chain(exc)
+    host, address = _where(chain, url)
+    refused = _first(chain, SourceRefused)
+    if refused is not None:
+        if refused.transient:
+            return f"host not found: {refused.host or host}"
+        return str(refused)
+    stalled = _first(chain, SourceStalled)
+    if stalled is not None:
+        return str(stalled)
+    if _first(chain, socket.gaierror) is not None:
+        return f"host not found: {host}"
+    cert = _first(chain, ssl.SSLCertVerificationError)
+    if cert is not None:
+        why = _plain(str(getattr(cert, "verify_message", None) or "")) or _tls_text(cert)
+        return f"the TLS certificate of {host} is not accepted: {why}"
+    tls = _first(chain, ssl.SSLError)
+    if tls is not None:
+        return f"TLS with {address} failed: {_tls_text(tls)}"
+    if _first(chain, (httpx.ConnectTimeout, httpcore.ConnectTimeout)) is not None:
+        within = f" within {open_timeout_s:g} s" if open_timeout_s else " in time"
+        return f"no answer from {address}{within}"
+    if _first(chain, (httpx.TimeoutException, httpcore.TimeoutException, TimeoutError)) is not None:
+        return f"no audio for {stall_s:g} s" if stall_s else f"no data from {address} in time"
+    if _first(chain, ConnectionRefusedError) is not None:
+        return f"connection refused by {address}"
+    if _first(chain, ConnectionResetError) is not None:
+        return f"connection reset by {address}"
+    closed = _first(chain, (httpx.RemoteProtocolError, httpcore.RemoteProtocolError))
+    if closed is not None:
+        text = str(closed)
+        if "disconnect" in text or "closed" in text or not text:
+            return f"{address} closed the connection"
+        return f"{address} broke the HTTP protocol: {_plain(text)}"
+    mime = _mime(content_type)
+    ffmpeg = _first(chain, av.FFmpegError)
+    decode = _first(chain, DecodeError)
+    if (ffmpeg is not None or decode is not None) and _not_audio(mime):
+        return f"not an audio stream ({mime})"
+    if ffmpeg is not None:
+        detail = _plain(str(ffmpeg.strerror or "")) or "FFmpeg refused it"
+        return f"cannot decode the audio{f' ({mime})' if mime else ''}: {detail}"
+    connect = _first(chain, (httpx.ConnectError, httpcore.ConnectError))
+    os_error = _first(chain, OSError)
+    if os_error is not None and os_error.strerror:
+        detail = _plain(os_error.strerror)
+        if connect is not None:
+            return f"cannot connect to {address}: {detail}"
+        if host != address:  # a network address, not a file
+            return f"the connection to {address} failed: {detail}"
+        return f"reading {address} failed: {detail}"
+    if connect is not None:
+        return f"cannot connect to {address}" + (
+            f": {_plain(str(connect))}" if str(connect) else ""
+        )
+    network = _first(chain, (httpx.TransportError, httpcore.NetworkError))
+    if network is not None:
+        detail = _plain(str(network))
+        return f"the connection to {address} failed" + (f": {detail}" if detail else "")
+    if isinstance(exc, GenrecastError) or decode is not None:
+        return _plain(str(decode if decode is not None else exc)) or "the source failed"
+    text = _plain(str(exc))
+    return f"unexpected error: {text}" if text else "unexpected error"
 
 
 class IcyDemuxer:
@@ -466,7 +675,10 @@ class Puller:
 
     Every change to the stream (state, counters, audio, titles, gaps, its end) is posted to the
     event loop as a call on its :class:`~stream_server.types.StreamSink`; the worker never
-    touches it directly.
+    touches it directly. ``on_error(reason, wall_time)`` is posted too, for each connection that
+    failed (:func:`describe_failure`; ``wall_time`` in unix seconds). ``went_live``: the source
+    has delivered audio before (a stream taken over from another node): it is retried as a
+    live source from its first failure.
     """
 
     def __init__(
@@ -475,8 +687,13 @@ class Puller:
         source: str,
         config: SourcesConfig,
         loop: asyncio.AbstractEventLoop,
+        *,
+        on_error: Callable[[str, float], object] | None = None,
+        went_live: bool = False,
     ) -> None:
         self._sink = sink
+        self._on_error = on_error
+        self._went_live = went_live  # some connection delivered audio
         self.source = source
         self._config = config
         self._loop = loop
@@ -492,6 +709,7 @@ class Puller:
         self._last_audio: float | None = None  # time.monotonic() of the last chunk delivered
         self._connection_start = time.monotonic()
         self._delivered_now = False  # this connection has delivered audio
+        self._content_type: str | None = None  # of the body this connection handed to FFmpeg
         self._thread = threading.Thread(
             target=self._run, name=f"genrecast-pull-{sink.stream_id}", daemon=True
         )
@@ -578,7 +796,14 @@ class Puller:
         except Exception as exc:  # never leave a stream hanging on an unexpected error
             log.exception("pulling %s failed", self.source)
             if not self._stop.is_set():
-                self._finish("gave_up", f"source failed: {exc}")
+                reason = describe_failure(exc, url=self.source)
+                self._failed(reason)
+                self._finish("gave_up", f"source failed: {reason}")
+
+    def _failed(self, reason: str) -> None:
+        """One connection failed: its reason goes to the stream (``last_error``)."""
+        if self._on_error is not None:
+            self._post(self._on_error, reason, time.time())
 
     def _connections(self) -> None:
         failures = 0
@@ -589,18 +814,21 @@ class Puller:
             if outcome.finished:
                 self._finish("finished", "end of source")
                 return
+            self._failed(outcome.reason)
             if outcome.refused:
                 self._finish("gave_up", outcome.reason)
                 return
             # A connection that stayed long enough starts the count again; one that delivered a
             # moment of audio and dropped is one more failure in a row.
             failures = 1 if outcome.audio_s >= RECOVERED_S else failures + 1
-            delay = self._policy.delay(failures)
+            delay = self._policy.delay(failures, went_live=self._went_live)
             if delay is None:
-                self._finish(
-                    "gave_up",
-                    f"source failed {failures} times in a row; last: {outcome.reason}",
-                )
+                if failures == 1:  # a source that never delivered audio: the reason itself
+                    reason = outcome.reason
+                else:
+                    reason = f"source failed {failures} times in a row; last: {outcome.reason}"
+                log.info("pulling %s failed: %s", self.source, reason)
+                self._finish("gave_up", reason)
                 return
             log.info(
                 "source %s lost (%s); reconnecting in %.1f s", self.source, outcome.reason, delay
@@ -625,6 +853,7 @@ class Puller:
         stats = DecodeStats()
         reported = 0
         self._delivered_now = False
+        self._content_type = None
         self._connection_start = time.monotonic()
         paced_t0 = 0.0
         sent = 0
@@ -658,7 +887,7 @@ class Puller:
                             break
                         now = time.monotonic()
                         if not self._delivered_now:
-                            self._went_live(now)
+                            self._live_again(now)
                             paced_t0 = now
                         self._delivered_now = True
                         self._last_audio = now
@@ -679,19 +908,31 @@ class Puller:
             return _Outcome(sent / self._rate, False, "stopped")
         except SourceRefused as exc:
             log.warning("refused to pull %r: %s", self.source, exc.detail)
-            if exc.transient:  # a name that did not resolve: retried like a connection error
-                return _Outcome(sent / self._rate, False, exc.detail)
-            return _Outcome(sent / self._rate, False, str(exc), refused=True)
+            reason = self._reason(exc)
+            # a name that did not resolve: a failed connection like any other
+            return _Outcome(sent / self._rate, False, reason, refused=not exc.transient)
         except Exception as exc:  # any failure of one connection: reconnect per the policy
             if self._stop.is_set():
                 return _Outcome(sent / self._rate, False, "stopped")
-            return _Outcome(sent / self._rate, False, _describe(exc))
+            log.info("pulling %s: %r", self.source, exc)
+            return _Outcome(sent / self._rate, False, self._reason(exc))
         finally:
             self._count("corrupt_packets", stats.corrupt_packets - reported)
             self._socket = None
 
-    def _went_live(self, now: float) -> None:
+    def _reason(self, exc: BaseException) -> str:
+        cfg = self._config
+        return describe_failure(
+            exc,
+            url=self.source,
+            content_type=self._content_type,
+            stall_s=cfg.stall_s,
+            open_timeout_s=cfg.open_timeout_s,
+        )
+
+    def _live_again(self, now: float) -> None:
         """First audio of a connection: mark the gap since the last audio, if any."""
+        self._went_live = True
         if self._last_audio is not None:
             self._post(self._sink.gap, max(0.0, now - self._last_audio))
         self._event("audio")
@@ -723,7 +964,7 @@ class Puller:
                 yield self._opened(icy.chunks, icy.headers, exc.url)
                 return
             if response.status_code >= 400:
-                raise DecodeError(f"HTTP {response.status_code} {response.reason_phrase}")
+                raise DecodeError(_http_error(response))
             if format_hint(response.headers.get("content-type"), str(response.url)) == "hls":
                 playlist_url = str(response.url)
                 playlist = read_playlist(response)
@@ -760,6 +1001,7 @@ class Puller:
         """FFmpeg's input for one body: finite when it has a length and no ICY metadata."""
         if self._stop.is_set():
             raise _Stopped("stopped")
+        self._content_type = headers.get("content-type")
         reader = self._reader(chunks, headers, url)
         finite = "icy-metaint" not in headers and "content-length" in headers
         hint = format_hint(headers.get("content-type"), url)
@@ -785,7 +1027,7 @@ class Puller:
             self._sources.check_url(variant)
             with fetch(client, variant, self._sources) as response:
                 if response.status_code >= 400:
-                    raise DecodeError(f"HTTP {response.status_code} fetching {variant!r}")
+                    raise DecodeError(_http_error(response))
                 data = read_playlist(response)
             sub_text = data.decode("utf-8", "replace")
             if is_master_playlist(sub_text):
@@ -806,9 +1048,12 @@ def _int_header(value: str | None) -> int | None:
     return n if n > 0 else None
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, GenrecastError) else f"{type(exc).__name__}: {text}"
+def _http_error(response: httpx.Response) -> str:
+    """``HTTP 404 Not Found from http://host/path``: an error status and where it came from
+    (after redirects; the query left out, it may hold a token)."""
+    url = response.url.copy_with(query=None, fragment=None)
+    reason = response.reason_phrase or ""
+    return f"HTTP {response.status_code}{f' {reason}' if reason else ''} from {url}"
 
 
 def _log_failure(future: Any) -> None:

@@ -19,7 +19,10 @@ the server may open it, from the ``[sources]`` config:
 
 Every refusal is one :class:`~stream_server.errors.SourceRefused` with one message, so that a
 client learns nothing about which files exist or what a name resolves to; its ``detail`` says
-why, for the server's log.
+why, for the server's log. One exception (:meth:`SourcePolicy.may_tell_unresolved`): where the
+policy does not judge a host by its addresses (``allow_private_addresses``, ``allowed_hosts``),
+a name that does not resolve is not refused at ``POST /streams``; the stream fails at its first
+connection with ``host not found: <host>``.
 
 The checks are pure but for two seams: name resolution (the ``resolver``, injectable) and the
 file system (resolving a path, and :func:`open_media`). The puller repeats the check at every
@@ -258,9 +261,13 @@ class SourcePolicy:
         try:
             addresses = tuple(dict.fromkeys(self.resolver(host, port)))
         except (OSError, UnicodeError) as exc:
-            raise SourceRefused(f"{host!r} does not resolve: {exc}", transient=True) from None
+            raise SourceRefused(
+                f"{host!r} does not resolve: {exc}", transient=True, host=host, port=port
+            ) from None
         if not addresses:
-            raise SourceRefused(f"{host!r} resolves to no address", transient=True)
+            raise SourceRefused(
+                f"{host!r} resolves to no address", transient=True, host=host, port=port
+            )
         if self.host_allowed(host, port):
             return addresses
         for address in addresses:
@@ -268,6 +275,17 @@ class SourcePolicy:
             if problem is not None:
                 raise SourceRefused(f"{host!r} resolves to {problem}")
         return addresses
+
+    def may_tell_unresolved(self, refusal: SourceRefused) -> bool:
+        """Whether a client may learn that the host of a source does not resolve, rather than
+        get the one refusal: only where the policy would not refuse that host for the addresses
+        it resolves to (``allow_private_addresses``, or the host in ``allowed_hosts``), so the
+        difference tells nothing about names that resolve to refused addresses. Then the stream
+        is made, and its first connection fails with ``host not found: <host>``.
+        """
+        if not refusal.transient or refusal.host is None or refusal.port is None:
+            return False
+        return self.allow_private_addresses or self.host_allowed(refusal.host, refusal.port)
 
     # -- local files ----------------------------------------------------------------------
 

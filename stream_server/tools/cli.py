@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream_server import version
 from stream_server.config import Config, load_config
-from stream_server.errors import GenrecastError
+from stream_server.errors import AccessRefused, GenrecastError
 from stream_server.extras import require as require_extra
 from stream_server.serve.auth import TOKEN_ENV
 from stream_server.training.recipes import ARCHITECTURES, TrainOptions, with_overrides
+
+if TYPE_CHECKING:
+    from stream_server.inference.model import LoadedModel
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TOKEN_HELP = (
@@ -39,13 +44,44 @@ def load_config_of(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from stream_server.inference.heap import cap_kernel_cache
-    from stream_server.inference.loading import load_configured_model
-    from stream_server.serve.server import checked_tokens, serve
+    from stream_server.serve.listen import cannot_listen, listen_on
+    from stream_server.serve.server import checked_tokens
 
     config = load_config_of(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
     checked_tokens(config)  # refuse an unguarded non-loopback address before anything loads
+    host, port = config.server.host, config.server.port
+    # The port first: a busy one is said at once, not after the model's load. One process keeps
+    # the socket it bound and serves on it; --workers N binds its own, so this one only checks.
+    sock = listen_on(host, port)
+    try:
+        if config.server.workers > 1:
+            sock.close()
+        model = _load_for_serving(config)
+        if config.server.workers > 1:
+            from stream_server.serve.workers import serve_workers
+
+            try:
+                serve_workers(config, model)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                # taken in the moment between the check above and its own bind
+                raise cannot_listen(host, port, exc) from None
+        else:
+            from stream_server.serve.server import serve
+
+            serve(config, model=model, sock=sock)
+    finally:
+        sock.close()  # closed already by the server or above: a no-op then
+    return 0
+
+
+def _load_for_serving(config: Config) -> LoadedModel:
+    """The configured model, once the cluster's password (if any) is known to be there."""
+    from stream_server.inference.heap import cap_kernel_cache
+    from stream_server.inference.loading import load_configured_model
+
     cap_kernel_cache(config.engine.kernel_cache)  # before the model's first kernel
     if config.cluster.urls:
         from stream_server.extras import require
@@ -54,14 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from stream_server.cluster.inference_worker import nats_password
 
         nats_password(config)  # a missing password says so before the model loads
-    model = load_configured_model(config)  # fail fast on a bad checkpoint, before listening
-    if config.server.workers > 1:
-        from stream_server.serve.workers import serve_workers
-
-        serve_workers(config, model)
-    else:
-        serve(config, model=model)
-    return 0
+    return load_configured_model(config)  # fail fast on a bad checkpoint, before serving
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -112,62 +141,118 @@ def cmd_cluster_down(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     import asyncio
 
-    from stream_server.tools.client import (
-        http_base,
-        print_progress,
-        pull,
-        push,
-        resolve_token,
-        wants_pull,
-    )
+    from stream_server.tools.client import wants_pull
 
     if args.pull or wants_pull(args.source):
         # A local path goes as an absolute path: the server reads it from its own file system.
         source = args.source if "://" in args.source else str(Path(args.source).resolve())
-        stream = asyncio.run(
-            pull(source, server=args.server, name=args.name or "", token=args.token)
-        )
-        stream_id = stream["stream_id"]
-        print(stream_id)
-        if not args.quiet:
-            # the token is named, never printed
-            bearer = (
-                f'-H "Authorization: Bearer ${TOKEN_ENV}" ' if resolve_token(args.token) else ""
-            )
-            stop = f"curl -X DELETE {bearer}{http_base(args.server)}/streams/{stream_id}"
-            print(
-                f"the server is pulling {stream['source']} as stream {stream_id}; "
-                f"watch it with: genrecast watch --stream {stream_id}; stop it with: {stop}",
-                file=sys.stderr,
-            )
-        return 0
+        return asyncio.run(_push_pull(args, source))
+    return asyncio.run(_push_file(args))
+
+
+async def _push_file(args: argparse.Namespace) -> int:
+    """``push FILE``: stream it as PCM, then say what the server heard (the stream's summary)."""
+    from stream_server.core.summary import summarize
+    from stream_server.tools.client import (
+        fetch_timeline,
+        format_ended,
+        print_progress,
+        push,
+    )
 
     def started(stream_id: str) -> None:
-        print(f"stream {stream_id} started; watch it with: genrecast watch --stream {stream_id}")
-
-    result = asyncio.run(
-        push(
-            args.source,
-            server=args.server,
-            name=args.name or "",
-            pace="realtime" if args.realtime else "flood" if args.flood else "fast",
-            on_started=started,
-            progress=None if args.quiet else print_progress(),
-            token=args.token,
+        print(
+            f"stream {stream_id} started; watch it with: genrecast watch --stream {stream_id}",
+            flush=True,
         )
+
+    # Progress redraws one line with \r: on a terminal only, never into a log file or a pipe.
+    drawing = not args.quiet and sys.stderr.isatty()
+    result = await push(
+        args.source,
+        server=args.server,
+        name=args.name or "",
+        pace="realtime" if args.realtime else "flood" if args.flood else "fast",
+        on_started=started,
+        progress=print_progress() if drawing else None,
+        token=args.token,
     )
-    if not args.quiet:
+    if drawing:
         sys.stderr.write("\n")
-    ended = result.ended
-    computed = ended["windows_computed"] if ended else 0
-    skipped = ended["windows_skipped"] if ended else 0
-    reason = ended["reason"] if ended else ""
-    why = f" ({reason})" if reason and reason != "stopped by client" else ""
-    print(
-        f"stream {result.stream_id} ended{why}: {result.seconds_sent:.1f} s of audio sent, "
-        f"{computed} windows computed, {skipped} skipped"
-    )
+    summary = None
+    try:  # the stored timeline: what the server heard, as every other client sees it
+        summary = summarize(await fetch_timeline(args.server, result.stream_id, token=args.token))
+    except GenrecastError as exc:
+        print(f"genrecast: no summary of the stream: {exc}", file=sys.stderr)
+    print("\n".join(format_ended(result.stream_id, result.seconds_sent, result.ended, summary)))
     return 0
+
+
+async def _push_pull(args: argparse.Namespace, source: str) -> int:
+    """``push URL`` (or ``--pull PATH``): the server pulls ``source``; wait until it is live or
+    fails."""
+    from stream_server.errors import PullFailed
+    from stream_server.tools.client import (
+        http_base,
+        pull,
+        resolve_token,
+        stop_stream,
+        wait_live,
+    )
+
+    try:
+        stream = await pull(source, server=args.server, name=args.name or "", token=args.token)
+    except PullFailed as exc:
+        print(f"genrecast: {exc}", file=sys.stderr)
+        return 1
+    stream_id = stream["stream_id"]
+    print(stream_id, flush=True)  # stdout carries the id alone, for scripts
+    bearer = f'-H "Authorization: Bearer ${TOKEN_ENV}" ' if resolve_token(args.token) else ""
+    stop = f"curl -X DELETE {bearer}{http_base(args.server)}/streams/{stream_id}"
+    hints = f"watch it with: genrecast watch --stream {stream_id}; stop it with: {stop}"
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    if args.detach:
+        say(f"the server is pulling {stream['source']} as stream {stream_id}; {hints}")
+        return 0
+    say(f"waiting for {stream['source']} to go live (at most {args.wait:g} s) …")
+
+    def retrying(state: str, reason: str) -> None:
+        if state == "reconnecting":
+            say(f"the server is trying again{f': {reason}' if reason else ''} …")
+
+    try:
+        outcome = await wait_live(
+            args.server, stream_id, token=args.token, wait_s=args.wait, on_state=retrying
+        )
+    except AccessRefused as exc:
+        raise AccessRefused(
+            exc.status,
+            f"{exc}, which waiting for the stream to go live needs (GET /streams); the server "
+            "is pulling it: pass --detach, or use a token with the 'read' scope",
+        ) from None
+    if outcome.live:
+        if outcome.state == "live":
+            say(f"stream {stream_id} is live: the server is pulling {stream['source']}; {hints}")
+        else:
+            say(f"stream {stream_id} played to its end: {outcome.reason or outcome.state}")
+        return 0
+    why = outcome.reason or "the server gave no reason"
+    if outcome.state in ("failed", "ended", "lost"):
+        print(f"genrecast: the server could not pull {stream['source']}: {why}", file=sys.stderr)
+        return 1
+    stopped = await stop_stream(args.server, stream_id, token=args.token)
+    state = outcome.state or "not listed"
+    print(
+        f"genrecast: {stream['source']} was not live after {args.wait:g} s (state {state}: "
+        f"{why}); {'stopped it' if stopped else 'it may still be pulled'}; wait longer with "
+        "--wait S, or leave it to the server with --detach",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -184,23 +269,28 @@ def cmd_watch(args: argparse.Namespace) -> int:
             count=args.count,
             until_end=args.until_end,
             token=args.token,
+            connect_s=args.wait,
         )
     )
     return 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from stream_server.inference.classify import classify_file, file_sha256, format_result
+    from stream_server.serve.upload import with_summary
+    from stream_server.tools.client import format_classify
 
     if args.server:
         from stream_server.tools.client import classify_remote
 
-        result = classify_remote(args.file, server=args.server, token=args.token)
+        # an older server's answer has no summary: the same one is worked out here
+        result = with_summary(classify_remote(args.file, server=args.server, token=args.token))
     else:
+        from stream_server.inference.classify import classify_file, file_sha256
+
         report = classify_file(args.file, load_config_of(args), progress=not args.json)
-        result = report.to_result(sha256=file_sha256(args.file))
-    # one shape either way: the POST /classify answer (stream_server.messages.ClassifyResult)
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
+        result = with_summary(report.to_result(sha256=file_sha256(args.file)))
+    # one shape either way: the POST /classify answer (stream_server.serve.upload.ClassifyAnswer)
+    print(json.dumps(result, indent=2) if args.json else format_classify(result))
     return 0
 
 
@@ -417,6 +507,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         "--server.port", str(args.port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
         "--", "--server", args.server,
     ]  # fmt: skip
     env = dict(os.environ)
@@ -547,6 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "push",
         help="stream an audio file to a server as PCM, or have the server pull an http(s) URL",
+        description="Stream an audio file to a server as PCM and print what the server heard: "
+        "its main genre, the others' shares and the genres it went through with their times "
+        "(from the stream's stored timeline, GET /streams/ID/timeline). An http(s) URL is "
+        "pulled by the server itself (POST /streams): push prints the stream id, waits until "
+        "the stream is live (or fails) and returns, leaving the server pulling it.",
+        epilog="exit status: 0 done (a pulled stream is live); 1 the server refused or could not "
+        "pull the source (its reason on stderr); 2 the server cannot be reached, wants a token, "
+        "or the file cannot be read. A progress line is drawn on stderr only when it is a "
+        "terminal.",
     )
     p.add_argument(
         "source",
@@ -566,25 +666,66 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send as fast as the connection allows; the server skips windows it cannot keep up",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="no progress output, no hints")
     p.add_argument(
         "--pull",
         action="store_true",
         help="have the server read SOURCE itself (an http(s) URL, or a file in the server's "
-        "media folder, [sources] media_dir); prints the stream id and returns",
+        "media folder, [sources] media_dir), as for a URL",
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="with a pulled source: print the stream id and return at once, without waiting "
+        "for it to go live (a later failure shows in GET /streams and genrecast watch)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="with a pulled source: seconds to wait for it to go live; a source not live by "
+        "then is stopped and push exits 1 (default 30; a source the server gives up on ends "
+        "the wait at once)",
     )
     p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("watch", help="print live updates")
+    p = sub.add_parser(
+        "watch",
+        help="print live updates",
+        description="Print the server's messages as they come, one line each under labelled "
+        "columns (--json: one JSON object a line). Says at once which server and streams it "
+        "watches; a server that never answers is given up after --wait seconds, a connection "
+        "that drops later is resumed where it stopped.",
+        epilog="exit status: 0 done (--count or --until-end reached); 2 no server answered "
+        "within --wait, or it refused the subscription; 130 interrupted (Ctrl-C).",
+    )
     _client_args(p)
     p.add_argument("--stream", help="only this stream id")
     p.add_argument("--since", type=int, help="replay messages after this seq")
     p.add_argument("--json", action="store_true", help="print raw JSON messages")
     p.add_argument("--count", type=int, help="exit after this many genre.update messages")
     p.add_argument("--until-end", action="store_true", help="exit when the stream ends")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to keep trying a server that does not answer at first, then give up "
+        "(default 10; once connected, a lost connection is retried for ever)",
+    )
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("classify", help="classify an audio file, offline or on a server")
+    p = sub.add_parser(
+        "classify",
+        help="classify an audio file, offline or on a server",
+        description="Classify a whole file through the live windows and smoothing. Two "
+        "answers, each labelled: 'whole file', the mean of the windows' probabilities (the "
+        "answer's genre, what genrecast evaluate scores), and 'timeline', the smoothed genre "
+        "from window to window with each genre's share (the answer's summary). They may "
+        "differ: a genre that is second in many windows can lead the mean while the timeline "
+        "never shows it.",
+    )
     p.add_argument("file", help="audio file (anything PyAV can read)")
     _client_args(
         p,
@@ -877,8 +1018,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GenrecastError as exc:
         print(f"genrecast: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # e.g. the server is not reachable
-        print(f"genrecast: {exc}", file=sys.stderr)
+    except OSError as exc:  # e.g. a file that cannot be read: said in words, without errno
+        from stream_server.tools.client import error_words
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"genrecast: {where}{error_words(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

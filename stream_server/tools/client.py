@@ -12,23 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
 import os
+import re
+import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
-from urllib.parse import urlencode
+from typing import Any, Final, Literal, TextIO
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from stream_server.errors import AccessRefused, ClientError
+from stream_server.core.summary import StreamSummary, summarize
+from stream_server.core.timeline import Segment
+from stream_server.errors import AccessRefused, ClientError, PullFailed
 from stream_server.media.decode import iter_pcm, probe
 from stream_server.messages import (
+    NON_MUSIC_LABELS,
     ClassifyResult,
     ServerMessage,
     StartMessage,
@@ -42,6 +49,125 @@ from stream_server.serve.auth import ADMIN, INGEST, READ, TOKEN_ENV, Scope
 FRAME_SECONDS = 0.1
 #: Longest wait, in seconds, for the server to compute the next window when pushing ``fast``.
 PACE_TIMEOUT_S = 120.0
+#: Seconds ``genrecast watch`` keeps trying a server it has never reached before it gives up.
+WATCH_CONNECT_S = 10.0
+
+# -- errors in words ---------------------------------------------------------------------------
+#
+# Every failure a client reports goes through :func:`close_words` (a WebSocket closed by the
+# server) or :func:`error_words` (a connection that failed): the user reads what happened, never
+# an errno or a close code.
+
+#: What a WebSocket close code (RFC 6455 section 7.4.1) means, for a close without a reason.
+CLOSE_WORDS: Final[Mapping[int, str]] = {
+    1000: "the server closed the connection",
+    1001: "the server is going away (shutting down)",
+    1002: "the server found a protocol error in what was sent",
+    1003: "the server does not accept the data sent",
+    1005: "the server closed the connection without saying why",
+    1006: "the connection dropped (the server stopped, or the network failed)",
+    1007: "the server found invalid data in a message",
+    1008: "the server refused the connection (its policy, or the token)",
+    1009: "a message was too large for the server",
+    1010: "the server lacks an extension the client needs",
+    1011: "the server hit an internal error (its log says why)",
+    1012: "the server is restarting",
+    1013: "the server is overloaded; try again later",
+    1014: "a gateway in front of the server failed",
+    1015: "the TLS handshake failed",
+}
+
+#: What an OS error number means on a client's connection.
+ERRNO_WORDS: Final[Mapping[int, str]] = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset by the server",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "connection broken",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.EHOSTDOWN: "host down",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ENETDOWN: "network down",
+    errno.EADDRNOTAVAIL: "address not available",
+    errno.EACCES: "permission denied",
+}
+
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (-?\d+)\]")
+
+
+def close_words(code: int | None, reason: str = "") -> str:
+    """Why a WebSocket was closed, in words: the server's own ``reason`` when it gave one (it is
+    written for people), else what ``code`` means (``None``: no close frame came)."""
+    if reason.strip():
+        return reason.strip()
+    if code is None:
+        return CLOSE_WORDS[1006]
+    return CLOSE_WORDS.get(code, "the server closed the connection without saying why")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it (``__cause__``, else ``__context__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _errno_words(number: int) -> str | None:
+    if number < 0:  # getaddrinfo's EAI_* codes: the name did not resolve
+        return "host not found"
+    return ERRNO_WORDS.get(number)
+
+
+def error_words(exc: BaseException) -> str:
+    """What went wrong with a connection, in a few words (``connection refused``,
+    ``host not found``, ``timed out``, ``the server is restarting``): no errno, no close code.
+
+    Looks through ``exc`` and the errors behind it (httpx wraps the socket's).
+    """
+    dropped = False  # a connection closed without a close frame: its cause may say more
+    for error in _chain(exc):
+        if isinstance(error, ConnectionClosed):
+            if error.rcvd is not None:
+                return close_words(error.rcvd.code, error.rcvd.reason)
+            dropped = True
+            continue
+        if isinstance(error, socket.gaierror):
+            return "host not found"
+        if isinstance(error, (TimeoutError, httpx.TimeoutException)):
+            return "timed out"
+        if isinstance(error, OSError) and error.errno is not None:
+            words = _errno_words(error.errno)
+            if words:
+                return words
+    for error in _chain(exc):  # "Multiple exceptions: [Errno 111] ...", or httpx's text
+        match = _ERRNO_IN_TEXT.search(str(error))
+        if match and (words := _errno_words(int(match.group(1)))):
+            return words
+    if dropped:
+        return close_words(None)
+    if isinstance(exc, InvalidHandshake):
+        return "it does not answer as a genrecast server does (no WebSocket)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    text = _ERRNO_IN_TEXT.sub("", str(exc)).strip()
+    return text or type(exc).__name__
+
+
+def unreachable(base: str, exc: BaseException) -> ClientError:
+    """The error for a server at ``base`` that could not be reached because of ``exc``."""
+    return ClientError(f"cannot reach the server at {base}: {error_words(exc)}")
+
+
+def no_server(base: str, words: str) -> ClientError:
+    """The error for a server at ``base`` that never answered (``words``: why the last attempt
+    failed, :func:`error_words`)."""
+    return ClientError(
+        f"no genrecast server answers at {base} ({words}); is it running? "
+        "start one with `genrecast serve`"
+    )
 
 
 def resolve_token(token: str | None = None) -> str | None:
@@ -107,6 +233,22 @@ async def open_ws(
             f"the server refused {path} ({status}): {error or exc.response.reason_phrase}"
         ) from None
     async with ws:
+        yield ws
+
+
+@contextlib.asynccontextmanager
+async def _connected(
+    server: str, url: str, *, token: str | None, scope: Scope
+) -> AsyncIterator[ClientConnection]:
+    """:func:`open_ws`, with a connection that cannot be made said in words
+    (:func:`unreachable`)."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(open_ws(url, token=token, scope=scope))
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            if isinstance(exc, InvalidStatus):  # refusals are ClientErrors already
+                raise
+            raise unreachable(http_base(server), exc) from None
         yield ws
 
 
@@ -198,7 +340,7 @@ async def _window_and_hop(server: str, token: str | None) -> tuple[float, float]
         ) as http:
             ready = (await http.get("/ready")).json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise ClientError(f"cannot reach the server at {base}: {exc}") from None
+        raise unreachable(base, exc) from None
     if not ready.get("ready"):
         raise ClientError(f"the server is not ready: {ready.get('error') or 'model loading'}")
     return float(ready["window_s"]), float(ready["hop_s"])
@@ -232,7 +374,7 @@ async def push_frames(
         start["name"] = name
     window_s, hop_s = await _window_and_hop(server, token) if pace == "fast" else (0.0, 0.0)
     computed = _ComputedUntil()
-    async with open_ws(ws_url(server, "/ws/ingest"), token=token, scope=INGEST) as ws:
+    async with _connected(server, ws_url(server, "/ws/ingest"), token=token, scope=INGEST) as ws:
         await ws.send(dumps(start))
         started = await _expect(ws, "stream.started", 30.0)
         assert started["type"] == "stream.started"
@@ -266,7 +408,7 @@ async def push_frames(
         except ConnectionClosed as exc:
             stopped = await _ended_before_close(ws)
             if stopped is None:
-                raise ClientError(f"the server closed the stream: {exc}") from None
+                raise ClientError(f"the server closed the stream: {error_words(exc)}") from None
             ended = stopped  # ended elsewhere (DELETE /streams/{id}, server stopping)
         finally:
             if follower is not None:
@@ -300,7 +442,8 @@ async def _wait_or_fail(waiting: Coroutine[Any, Any, None], follower: asyncio.Ta
     exc = follower.exception() if not follower.cancelled() else None
     if isinstance(exc, ClientError):
         raise exc
-    raise ClientError(f"lost the updates connection while pacing: {exc}")
+    words = error_words(exc) if exc is not None else "it stopped"
+    raise ClientError(f"lost the updates connection while pacing: {words}")
 
 
 async def push(
@@ -359,7 +502,7 @@ def classify_remote(
                 headers=headers,
             )
     except httpx.HTTPError as exc:
-        raise ClientError(f"cannot reach the server at {base}: {exc}") from None
+        raise unreachable(base, exc) from None
     finally:
         file.close()
     _check_access(response, INGEST, bool(headers))
@@ -382,6 +525,26 @@ def wants_pull(source: str) -> bool:
     return source.lower().startswith(("http://", "https://"))
 
 
+def _pull_hint(source: str) -> str:
+    """Why a server may have refused ``source`` when the source alone tells (the server's own
+    answer is one message whatever the reason)."""
+    if not wants_pull(source):
+        return "; a file must be inside the server's media folder ([sources] media_dir)"
+    host = (urlsplit(source).hostname or "").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        private = host == "localhost" or host.endswith(".localhost")
+    else:
+        private = address.is_loopback or address.is_private or address.is_link_local
+    if private:
+        return (
+            f"; {host} is a loopback or private address, which a server pulls only with "
+            "[sources] allow_private_addresses = true (or the host in allowed_hosts)"
+        )
+    return ""
+
+
 async def pull(
     source: str, *, server: str, name: str = "", token: str | None = None
 ) -> dict[str, Any]:
@@ -391,7 +554,9 @@ async def pull(
     ``admin`` scope (see :func:`auth_headers`).
 
     Raises:
-        ClientError: the server cannot be reached, wants a token, or refused the source.
+        PullFailed: the server refused the source (its reason, and a hint when the source
+            itself says why).
+        ClientError: the server cannot be reached or wants a token.
     """
     headers = auth_headers(token)
     body: dict[str, str] = {"url": source}
@@ -402,37 +567,336 @@ async def pull(
         async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=30.0) as http:
             response = await http.post("/streams", json=body, headers=headers)
     except httpx.HTTPError as exc:
-        raise ClientError(f"cannot reach the server at {base}: {exc}") from None
+        raise unreachable(base, exc) from None
     _check_access(response, ADMIN, bool(headers))
     try:
         reply: dict[str, Any] = response.json()
     except ValueError:
         reply = {"error": response.text}
     if response.status_code != 201:
-        raise ClientError(f"the server refused to pull {source!r}: {reply.get('error', reply)}")
+        error = reply.get("error", reply) if isinstance(reply, dict) else reply
+        hint = _pull_hint(source) if response.status_code == 403 else ""
+        raise PullFailed(f"the server refused to pull {source!r}: {error}{hint}")
     return reply
 
 
+def stream_failure(stream: Mapping[str, Any]) -> str:
+    """Why a stream of ``GET /streams`` ended or is not live, in the server's words: its
+    ``reason``, and its ``last_error`` when that says more; empty when it gives neither."""
+    reason = str(stream.get("reason") or "").strip()
+    last = str(stream.get("last_error") or "").strip()
+    if last and last not in reason:
+        return f"{reason} (last error: {last})" if reason else last
+    return reason
+
+
+@dataclass(frozen=True)
+class PullOutcome:
+    """Where a pulled stream stood when :func:`wait_live` stopped waiting.
+
+    ``live``: it went live (``state`` ``live``), or played to its end before it was seen live;
+    ``state``: its last state in ``GET /streams`` (empty: not listed yet); ``reason``: the
+    server's words for an end or for what it is retrying (:func:`stream_failure`).
+    """
+
+    live: bool
+    state: str
+    reason: str
+
+
+async def _get_json(http: httpx.AsyncClient, path: str, base: str, sent_token: bool) -> Any:
+    """``GET path`` as JSON; a refusal or an unreachable server is a :class:`ClientError`."""
+    try:
+        response = await http.get(path)
+    except httpx.HTTPError as exc:
+        raise unreachable(base, exc) from None
+    _check_access(response, READ, sent_token)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or body is None:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise ClientError(
+            f"GET {path} failed ({response.status_code}): {error or response.reason_phrase}"
+        )
+    return body
+
+
+async def wait_live(
+    server: str,
+    stream_id: str,
+    *,
+    token: str | None = None,
+    wait_s: float = 30.0,
+    poll_s: float = 0.2,
+    on_state: Callable[[str, str], None] | None = None,
+) -> PullOutcome:
+    """Follow a pulled stream in ``GET /streams`` until it goes live, ends or fails, or
+    ``wait_s`` seconds pass (then ``live`` is false and ``state`` its state at that moment).
+    ``on_state(state, reason)`` hears of each new state on the way (``reconnecting``, with the
+    last error).
+
+    Raises:
+        ClientError: the server cannot be reached, or the token lacks the ``read`` scope.
+    """
+    base = http_base(server)
+    headers = auth_headers(token)
+    deadline = time.monotonic() + wait_s
+    seen = ""
+    async with httpx.AsyncClient(
+        base_url=base, trust_env=False, timeout=10.0, headers=headers
+    ) as http:
+        while True:
+            body = await _get_json(http, "/streams", base, bool(headers))
+            streams = body.get("streams", []) if isinstance(body, dict) else []
+            stream = next((s for s in streams if s.get("stream_id") == stream_id), None)
+            state = str(stream.get("state", "")) if stream else ""
+            if state != seen and state in ("connecting", "reconnecting") and on_state:
+                assert stream is not None
+                on_state(state, stream_failure(stream))
+            seen = state
+            if state == "live":
+                return PullOutcome(True, state, "")
+            if state in ("ended", "failed", "lost"):
+                assert stream is not None
+                played = False
+                if state == "ended":  # a short source may end between two looks
+                    timeline = await _get_json(
+                        http, f"/streams/{stream_id}/timeline", base, bool(headers)
+                    )
+                    played = bool(timeline.get("segments"))
+                return PullOutcome(played, state, stream_failure(stream))
+            if time.monotonic() >= deadline:
+                return PullOutcome(False, state, stream_failure(stream) if stream else "")
+            await asyncio.sleep(poll_s)
+
+
+async def stop_stream(server: str, stream_id: str, *, token: str | None = None) -> bool:
+    """``DELETE /streams/{id}``; whether the server ended it (false: it was not live, or the
+    server could not be asked)."""
+    base = http_base(server)
+    try:
+        async with httpx.AsyncClient(
+            base_url=base, trust_env=False, timeout=10.0, headers=auth_headers(token)
+        ) as http:
+            response = await http.delete(f"/streams/{stream_id}")
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+async def fetch_timeline(server: str, stream_id: str, *, token: str | None = None) -> list[Segment]:
+    """The genre timeline of a stream (``GET /streams/{id}/timeline``).
+
+    Raises:
+        ClientError: the server cannot be reached, wants a token with the ``read`` scope, or
+            does not know the stream.
+    """
+    base = http_base(server)
+    headers = auth_headers(token)
+    async with httpx.AsyncClient(
+        base_url=base, trust_env=False, timeout=30.0, headers=headers
+    ) as http:
+        body = await _get_json(http, f"/streams/{stream_id}/timeline", base, bool(headers))
+    return segments_of(body.get("segments", []) if isinstance(body, dict) else [])
+
+
+def segments_of(rows: object) -> list[Segment]:
+    """Timeline segments from their JSON form (``GET /streams/{id}/timeline``, a
+    ``POST /classify`` answer's ``segments``)."""
+    if not isinstance(rows, list):
+        return []
+    return [
+        Segment(
+            start_s=float(row["start_s"]),
+            end_s=float(row["end_s"]),
+            genre=str(row["genre"]),
+            confidence=float(row.get("confidence", 0.0)),
+            updates=int(row.get("updates", 1)),
+        )
+        for row in rows
+        if isinstance(row, dict)
+    ]
+
+
+# -- summaries in words ------------------------------------------------------------------------
+
+#: Genres named after the main one in :func:`format_shares`; passages in :func:`format_passages`.
+SHARES_SHOWN = 4
+PASSAGES_SHOWN = 12
+
+
+def percent(share: float) -> str:
+    """A share (``0..1``) as whole percent, ``72 %``; a trace under half a percent ``<1 %``."""
+    value = 100.0 * share
+    if 0.0 < value < 0.5:
+        return "<1 %"
+    return f"{value:.0f} %"
+
+
+def format_shares(summary: StreamSummary, most: int = SHARES_SHOWN) -> str:
+    """``rock 72 % (jazz 20 %, speech 8 %)``: the main genre and the next ``most`` shares."""
+    if not summary.genres:
+        return "none"
+    main, *rest = summary.genres
+    others = [f"{g.genre} {percent(g.share)}" for g in rest[:most]]
+    if len(rest) > most:
+        others.append(f"{len(rest) - most} more")
+    text = f"{main.genre} {percent(main.share)}"
+    return f"{text} ({', '.join(others)})" if others else text
+
+
+def format_passage(start_s: float, end_s: float, genre: str) -> str:
+    """``12.5-18.0 s jazz``."""
+    return f"{start_s:.1f}-{end_s:.1f} s {genre}"
+
+
+def format_passages(summary: StreamSummary, most: int = PASSAGES_SHOWN) -> str:
+    """``0.0-12.5 s rock · 12.5-18.0 s jazz · …`` : the genres in order, with their times;
+    after ``most`` of them, how many more."""
+    shown = [format_passage(p.start_s, p.end_s, p.genre) for p in summary.passages[:most]]
+    left = len(summary.passages) - len(shown) + summary.more_passages
+    if left > 0:
+        shown.append(f"… {left} more")
+    return " · ".join(shown)
+
+
+def format_summary(summary: StreamSummary) -> list[str]:
+    """What a stream was, in two lines: its main genre with the others' shares, then the
+    genres it went through with their times."""
+    if summary.genre is None:
+        return ["main genre: none (no window was computed: less audio than one window)"]
+    return [f"main genre: {format_shares(summary)}", format_passages(summary)]
+
+
+def format_ended(
+    stream_id: str, seconds_sent: float, ended: StreamEnded | None, summary: StreamSummary | None
+) -> list[str]:
+    """The lines ``genrecast push`` ends with: how much went, then :func:`format_summary`."""
+    computed = ended["windows_computed"] if ended else 0
+    skipped = ended["windows_skipped"] if ended else 0
+    reason = ended["reason"] if ended else ""
+    why = f" ({reason})" if reason and reason != "stopped by client" else ""
+    lines = [
+        f"stream {stream_id} ended{why}: {seconds_sent:.1f} s of audio sent, "
+        f"{computed} windows ({skipped} skipped)"
+    ]
+    if summary is not None:
+        lines += format_summary(summary)
+    return lines
+
+
+def music_windows(result: ClassifyResult) -> int:
+    """How many windows a ``POST /classify`` answer's probabilities are the mean of: those
+    labelled music, or all of them when none is."""
+    music = sum(1 for w in result["windows"] if w["genre"] not in NON_MUSIC_LABELS)
+    return music or len(result["windows"])
+
+
+def format_classify_headline(result: ClassifyResult) -> list[str]:
+    """The two answers of a ``POST /classify`` result, each labelled: the whole file's mean of
+    window probabilities (``genre``, what ``genrecast evaluate`` scores) and the smoothed
+    timeline's main genre (its :func:`~stream_server.core.summary.summarize`)."""
+    summary = summarize(segments_of(result["segments"]))
+    lines = [
+        f"whole file (mean of {music_windows(result)} windows): "
+        f"{result['genre']} {100.0 * result['confidence']:.1f} %"
+    ]
+    if summary.genre is None:
+        return [*lines, "timeline (smoothed): empty"]
+    if len(summary.passages) == 1:
+        only = summary.passages[0]
+        passage = format_passage(only.start_s, only.end_s, "").rstrip()
+        lines.append(f"timeline (smoothed): {only.genre} {passage} (100 %)")
+    else:
+        lines.append(f"timeline (smoothed): {format_shares(summary)}")
+        lines.append(f"  {format_passages(summary)}")
+    if summary.genre != result["genre"]:
+        lines.append(
+            "  (they differ: the whole-file figure averages every window's probabilities, the "
+            "timeline follows the smoothed genre from window to window)"
+        )
+    return lines
+
+
+def format_classify(result: ClassifyResult) -> str:
+    """A ``POST /classify`` answer for people: its first line, the labelled headline
+    (:func:`format_classify_headline`), then the full report."""
+    from stream_server.inference.classify import format_result  # torch: only when printing
+
+    first, _, rest = format_result(result).partition("\n")
+    return "\n".join([first, "", *format_classify_headline(result), rest])
+
+
+# -- watching ----------------------------------------------------------------------------------
+
+#: ``genrecast watch``'s columns: (label, width); the last one takes what is left of the line.
+WATCH_COLUMNS: Final[tuple[tuple[str, int], ...]] = (
+    ("seq", 8),
+    ("time", 8),
+    ("stream", 12),
+    ("stream time", 11),
+    ("genre / event", 14),
+    ("confidence", 10),
+    ("latency", 8),
+    ("top genres of the window", 0),
+)
+
+
+def _row(*cells: str) -> str:
+    """Cells laid out in :data:`WATCH_COLUMNS`; fewer cells leave the rest out."""
+    out = []
+    for (_, width), cell in zip(WATCH_COLUMNS, cells, strict=False):
+        out.append(cell.ljust(width) if width else cell)
+    return "  ".join(out).rstrip()
+
+
+def watch_header() -> str:
+    """The line of column labels above :func:`format_message`'s lines."""
+    return _row(*(label for label, _ in WATCH_COLUMNS))
+
+
+def _clock(wall_time: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall_time))
+
+
 def format_message(m: ServerMessage) -> str:
-    """One human-readable line for a server message."""
+    """One human-readable line for a server message, in :data:`WATCH_COLUMNS`."""
+    if m["type"] == "error":
+        return f"error from the server: {m['message']}"
+    seq, stream_id = f"[{m['seq']:>6}]", m["stream_id"]
+    if m["type"] == "stream.started":
+        name = f" {m['name']!r}" if m["name"] else ""
+        return _row(seq, _clock(m["wall_time"]), stream_id, "", f"started:{name} ({m['kind']})")
+    at = f"t={m['stream_time_s']:7.1f}s"
+    clock = _clock(m["wall_time"])
     if m["type"] == "genre.update":
         top = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in m["top"])
-        return (
-            f"[{m['seq']:>6}] {m['stream_id']}  t={m['stream_time_s']:7.1f}s  "
-            f"{m['genre']:<12} {m['confidence']:.2f}  ({top})  {m['latency_ms']:.0f} ms"
+        return _row(
+            seq,
+            clock,
+            stream_id,
+            at,
+            m["genre"],
+            f"{m['confidence']:.2f}",
+            f"{m['latency_ms']:.0f} ms",
+            top,
         )
     if m["type"] == "genre.change":
-        return (
-            f"[{m['seq']:>6}] {m['stream_id']}  t={m['stream_time_s']:7.1f}s  "
-            f"genre change: {m['previous']} -> {m['genre']}"
-        )
+        previous = m["previous"] or "start"
+        return _row(seq, clock, stream_id, at, f"change: {previous} -> {m['genre']}")
     if m["type"] == "track.change":
-        return (
-            f"[{m['seq']:>6}] {m['stream_id']}  t={m['stream_time_s']:7.1f}s  track: {m['title']}"
-        )
-    if m["type"] == "error":
-        return f"error ({m['code']}): {m['message']}"
-    return f"[{m['seq']:>6}] {m['stream_id']}  {m['type']}"
+        return _row(seq, clock, stream_id, at, f"track: {m['title']}")
+    counts = f"{m['windows_computed']} windows ({m['windows_skipped']} skipped)"
+    return _row(seq, clock, stream_id, at, f"ended: {m['reason']}; {counts}")
+
+
+def watch_banner(server: str, stream_id: str | None, since: int | None) -> str:
+    """What ``genrecast watch`` says first: which server, which streams, from where."""
+    which = f"stream {stream_id}" if stream_id else "every stream"
+    start = "from now on" if since is None else f"replaying every message after seq {since}"
+    return f"genrecast watch: {which} on {http_base(server)}, {start}"
 
 
 async def watch(
@@ -441,27 +905,56 @@ async def watch(
     stream_id: str | None = None,
     since: int | None = None,
     out: TextIO = sys.stdout,
+    log: TextIO = sys.stderr,
     as_json: bool = False,
     count: int | None = None,
     until_end: bool = False,
     reconnect: bool = True,
     token: str | None = None,
+    connect_s: float = WATCH_CONNECT_S,
+    retry_s: float = 1.0,
 ) -> int:
     """Print messages from ``/ws/updates``; resumes with ``since`` after a dropped connection.
 
-    Stops after ``count`` ``genre.update`` messages, or when the watched stream ends if
-    ``until_end``. Returns the number of updates printed. ``token``: one with the ``read`` scope
-    (see :func:`auth_headers`); a refused one is never retried.
+    Says at once what it watches (:func:`watch_banner`, then the column labels of
+    :func:`watch_header`; with ``as_json`` the banner goes to ``log`` and ``out`` carries JSON
+    alone) and that it is waiting. Stops after ``count`` ``genre.update`` messages, or when the
+    watched stream ends if ``until_end``. Returns the number of updates printed. ``token``: one
+    with the ``read`` scope (see :func:`auth_headers`); a refused one is never retried.
+
+    A server never reached is tried every ``retry_s`` seconds for ``connect_s`` seconds, then
+    given up (:func:`no_server`); once connected, a dropped connection is tried again for ever
+    (``reconnect``), and said once per drop on ``log``.
 
     Raises:
-        ClientError: the server refused the subscription, or (without ``reconnect``) dropped it.
+        ClientError: no server answered within ``connect_s``; the server refused the
+            subscription; or (without ``reconnect``) it dropped the connection.
     """
+    base = http_base(server)
+    banner = watch_banner(server, stream_id, since)
+    if as_json:
+        print(banner, file=log)
+    else:
+        print(banner, watch_header(), sep="\n", file=out)
+    print(f"waiting for updates from {base} …", file=log)
+    out.flush()
+    log.flush()
     updates = 0
     last_seq = since
+    connected = False
+    first_try = time.monotonic()
+    lost_said = False
     while True:
         url = ws_url(server, "/ws/updates", stream_id=stream_id, since=last_seq)
+        lost: BaseException | str
         try:
             async with open_ws(url, token=token, scope=READ) as ws:
+                if lost_said and connected:
+                    after = f" after seq {last_seq}" if last_seq is not None else ""
+                    print(f"connected again; resuming{after}", file=log, flush=True)
+                elif lost_said:
+                    print(f"connected to {base}", file=log, flush=True)
+                connected, lost_said = True, False
                 async for raw in ws:
                     message = parse_server_message(raw)
                     if message["type"] != "error":
@@ -478,11 +971,27 @@ async def watch(
                         and stream_id in (None, message["stream_id"])
                     ):
                         return updates
-        except (ConnectionClosed, OSError) as exc:
-            if not reconnect:
-                raise ClientError(f"updates connection lost: {exc}") from None
-            print(f"connection lost ({exc}); reconnecting", file=sys.stderr)
-            await asyncio.sleep(1.0)
+                lost = close_words(ws.close_code, ws.close_reason or "")  # closed cleanly
+        except (ConnectionClosed, OSError, TimeoutError, InvalidHandshake) as exc:
+            lost = exc  # refusals of the handshake are ClientErrors (open_ws): not retried
+        words = lost if isinstance(lost, str) else error_words(lost)
+        if not connected:
+            left = connect_s - (time.monotonic() - first_try)
+            if left <= 0:
+                raise no_server(base, words)
+            if not lost_said:
+                print(
+                    f"no answer yet ({words}); trying for {connect_s:g} s …", file=log, flush=True
+                )
+                lost_said = True
+            await asyncio.sleep(min(retry_s, left))  # the last try at connect_s
+            continue
+        if not reconnect:
+            raise ClientError(f"lost the updates connection: {words}")
+        if not lost_said:
+            print(f"lost the connection to {base} ({words}); reconnecting …", file=log, flush=True)
+            lost_said = True
+        await asyncio.sleep(retry_s)
 
 
 def print_progress(stream: TextIO = sys.stderr) -> ProgressFn:

@@ -21,9 +21,15 @@ WITHOUT = [sys.executable, "-m", "tests.helpers.without"]
 
 
 def write_config(
-    path: Path, checkpoint: Path | str, *, port: int = 0, database: Path | str = ":memory:"
+    path: Path,
+    checkpoint: Path | str,
+    *,
+    port: int = 0,
+    database: Path | str = ":memory:",
+    extra: str = "",
 ) -> Path:
-    """A ``config.toml`` for a quick loopback server: ``checkpoint`` on the CPU, 0.5 s hops."""
+    """A ``config.toml`` for a quick loopback server: ``checkpoint`` on the CPU, 0.5 s hops
+    (``checkpoint`` ``""``: the model genrecast ships); ``extra``: more TOML tables."""
     path.write_text(
         f"""
 [server]
@@ -39,6 +45,7 @@ hop_s = 0.5
 
 [storage]
 database = "{database}"
+{extra}
 """,
         encoding="utf-8",
     )
