@@ -28,7 +28,6 @@ from dashboard.state import (
     format_age,
     merge_segments,
     recent,
-    segments_from_json,
 )
 from dashboard.svg import (
     CHART_CSS,
@@ -50,7 +49,7 @@ from dashboard.wall import (
     wall_rows,
 )
 from stream_server.core.palette import label_colours
-from stream_server.core.timeline import segments_to_csv
+from stream_server.core.timeline import segments_from_json, segments_to_csv
 from stream_server.messages import NON_MUSIC_LABELS
 from stream_server.tools.client import resolve_token
 
@@ -195,9 +194,9 @@ def choose_stream(rows: list[WallRow]) -> str | None:
         st.session_state["stream_picked"] = True
 
     def name(sid: str) -> str:
-        row = by_id[sid]
-        genre = row.genre if not row.final else row.main_genre
-        return f"{row.name} · {row.state}" + (f" · {genre}" if genre else "") + f" ({sid})"
+        # the label stays the same while the stream plays, so an open list does not change
+        # under the pointer
+        return f"{by_id[sid].name} ({sid})"
 
     sid: str = st.selectbox("stream", ids, key="stream", format_func=name, on_change=picked)
     return sid
@@ -388,7 +387,7 @@ def live_view(server: str) -> None:
             return
         state = feed.snapshot()
         facts = model_facts(server)
-        rows = wall_rows(reply.data, state.streams)
+        rows = wall_rows(reply.data, state.streams, time.time())
         selected_stream(api, rows, reply.data, state, facts)
         st.markdown("##### every stream")
         wall(rows, facts)

@@ -304,27 +304,6 @@ def merge_segments(history: list[Segment], live: list[Segment]) -> list[Segment]
     return out
 
 
-def segments_from_json(rows: object) -> list[Segment]:
-    """Segments from the REST timeline's ``segments`` list; malformed rows are skipped."""
-    out: list[Segment] = []
-    if not isinstance(rows, list):
-        return out
-    for row in rows:
-        try:
-            out.append(
-                Segment(
-                    float(row["start_s"]),
-                    float(row["end_s"]),
-                    str(row["genre"]),
-                    float(row["confidence"]),
-                    int(row["updates"]),
-                )
-            )
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
-
-
 def recent(segments: list[Segment], minutes: float) -> list[Segment]:
     """The segments that end within the last ``minutes`` of the timeline's latest time."""
     if not segments:

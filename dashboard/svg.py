@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from stream_server.core.palette import chip_html as chip
 from stream_server.core.palette import colour_of
 from stream_server.core.timeline import Segment
 
@@ -30,7 +31,6 @@ __all__ = [
     "legend_html",
     "sparkline_svg",
     "stacked_area_html",
-    "text_colour",
     "timeline_html",
 ]
 
@@ -58,23 +58,8 @@ CHART_CSS = """
 FloatArray = npt.NDArray[np.floating]
 
 
-def text_colour(background: str) -> str:
-    """Black or white, whichever reads better on ``background`` (``#rrggbb``)."""
-    r, g, b = (int(background[i : i + 2], 16) for i in (1, 3, 5))
-    return "#111" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "#fff"
-
-
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def chip(label: str, colours: Mapping[str, str], text: str | None = None) -> str:
-    """A rounded label in its colour: ``<span class="chip" data-genre=...>``."""
-    bg = colour_of(label, colours)
-    return (
-        f'<span class="chip" data-genre="{_esc(label)}" data-colour="{bg}" '
-        f'style="background:{bg};color:{text_colour(bg)}">{_esc(text or label)}</span>'
-    )
 
 
 def legend_html(labels: Sequence[str], colours: Mapping[str, str]) -> str:

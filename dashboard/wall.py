@@ -15,9 +15,9 @@ from typing import Any
 
 from dashboard.state import StreamView, format_age
 from dashboard.svg import chip, sparkline_svg
+from stream_server.core.records import FINAL_STATES
 
 __all__ = [
-    "FINAL_STATES",
     "SORTS",
     "WallRow",
     "default_selection",
@@ -27,8 +27,6 @@ __all__ = [
     "wall_rows",
 ]
 
-#: States a stream does not leave.
-FINAL_STATES = frozenset({"ended", "failed", "lost"})
 #: Sort orders of the wall, by name shown to the user.
 SORTS = ("newest", "name", "state", "genre", "confidence", "lag")
 #: Seconds of stream time a sparkline shows.
@@ -78,11 +76,25 @@ def _float(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _error(stream: Mapping[str, Any], state: str, now: float) -> str:
+    """Why a stream failed or was lost (its ``reason``, the whole of it); for one still going,
+    its latest connection error and how long ago it was."""
+    if state in ("failed", "lost") and stream.get("reason"):
+        return str(stream["reason"])
+    last = stream.get("last_error")
+    if not last:
+        return ""
+    at = _float(stream.get("last_error_at"))
+    if at is not None and state not in FINAL_STATES:
+        return f"{last} ({format_age(now - at)} ago)"
+    return str(last)
+
+
 def wall_rows(
-    streams: Sequence[Mapping[str, Any]], views: Mapping[str, StreamView]
+    streams: Sequence[Mapping[str, Any]], views: Mapping[str, StreamView], now: float = 0.0
 ) -> list[WallRow]:
     """A row per stream of ``GET /streams``; the live view, when there is one, has the
-    newest genre and timeline."""
+    newest genre and timeline. ``now``: unix seconds, for the age of a last error."""
     rows = []
     for s in streams:
         sid = str(s.get("stream_id", ""))
@@ -106,7 +118,7 @@ def wall_rows(
         audio = _float(s.get("stream_time_s")) or _float(summary.get("duration_s")) or 0.0
         if view:
             audio = max(audio, view.stream_time_s)
-        error = s.get("last_error") or (s.get("reason") if state == "failed" else "") or ""
+        error = _error(s, state, now)
         rows.append(
             WallRow(
                 stream_id=sid,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from stream_server.core.summary import summarize
-from stream_server.tools.client import segments_of
+from stream_server.core.timeline import segments_from_json
 from tests.helpers.audio import clips, encode_audio, music
 from tests.helpers.cli import (
     GENRECAST,
@@ -111,7 +111,7 @@ def test_classify_prints_genres_and_timeline(cli_config: Path, tmp_path: Path) -
     assert report["duration_s"] == pytest.approx(5.0, abs=0.01)
 
     # the summary is the timeline's, by the one definition of core/summary.py
-    assert report["summary"] == summarize(segments_of(report["segments"])).to_dict()
+    assert report["summary"] == summarize(segments_from_json(report["segments"])).to_dict()
     assert report["summary"]["windows"] == len(report["windows"])
 
     text = genrecast("classify", str(wav), "--config", str(cli_config))
@@ -232,7 +232,7 @@ def test_push_of_a_real_clip_ends_with_what_the_server_heard(server: str) -> Non
 
     # the summary is the one of the stored timeline, as every other client reads it
     timeline = httpx.get(f"{server}/streams/{stream_id}/timeline", timeout=TIMEOUT_S).json()
-    summary = summarize(segments_of(timeline["segments"]))
+    summary = summarize(segments_from_json(timeline["segments"]))
     assert summary.genre in LABELS and summary.windows == windows
     main = re.fullmatch(r"main genre: (\w+) (\d+) %(?: \((.*)\))?", lines[2])
     assert main, pushed.stdout

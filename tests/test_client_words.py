@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, Inv
 from websockets.frames import Close
 
 from stream_server.core.summary import summarize
-from stream_server.core.timeline import Segment
+from stream_server.core.timeline import Segment, segments_from_json
 from stream_server.messages import ClassifyResult, ServerMessage, StreamEnded
 from stream_server.serve.listen import cannot_listen
 from stream_server.serve.upload import with_summary
@@ -28,7 +28,6 @@ from stream_server.tools.client import (
     format_summary,
     no_server,
     percent,
-    segments_of,
     stream_failure,
     unreachable,
     watch_banner,
@@ -269,7 +268,7 @@ def test_the_classify_answers_summary_is_its_timelines() -> None:
     assert answer["summary"] == summarize(segments).to_dict()
     assert answer["summary"]["genre"] == "rock" and answer["genre"] == "jazz"
     assert "summary" not in result  # a new object: a cached answer is not changed
-    assert segments_of(answer["segments"]) == segments
+    assert segments_from_json(answer["segments"]) == segments
 
 
 # -- watch ---------------------------------------------------------------------------------------

@@ -81,10 +81,11 @@ def test_dashboard_shows_live_failed_and_ended_streams_in_one_palette(tmp_path: 
     quiet = encode_audio(tmp_path / "quiet.wav", np.zeros((22050 * 30, 1), np.float32), 22050)
     mp3 = mp3_file(tmp_path, 6.0).read_bytes()
     dead = f"http://127.0.0.1:{free_port()}/none"  # nothing listens there
+    port = free_port()
     with (
         EndlessMp3(mp3) as radio_station,
-        genrecast_server(tmp_path) as server,
-        dashboard(server) as url,
+        genrecast_server(tmp_path, dashboard_port=port) as server,
+        dashboard(server, port) as url,
     ):
         ready = httpx.get(f"{server}/ready", trust_env=False).json()
         labels, colours = ready["labels"], ready["colours"]
@@ -105,8 +106,8 @@ def test_dashboard_shows_live_failed_and_ended_streams_in_one_palette(tmp_path: 
                 page.wait_for_selector("#wall tr[data-state=live][data-genre]:not([data-genre=''])")
                 [dead_row] = [s for s in streams_of(server) if s["stream_id"] == failed]
                 assert dead_row["state"] == "failed", dead_row
-                reason = dead_row["last_error"]
-                assert reason and "refused" in reason, dead_row
+                reason = dead_row["reason"]
+                assert reason and "refused" in reason and reason == dead_row["last_error"], dead_row
                 cell = page.wait_for_selector(
                     f"#wall tr[data-stream-id='{failed}'][data-state=failed] .error"
                 )
@@ -186,6 +187,19 @@ def test_dashboard_shows_live_failed_and_ended_streams_in_one_palette(tmp_path: 
                 assert pulled["source"] == radio_station.url
                 page.wait_for_selector(f"#wall tr[data-stream-id='{added_id}'][data-state=live]")
                 assert not page.get_by_text("Traceback").count()
+
+                # the server's landing page: the model, the streams, and links that all answer,
+                # the dashboard's among them
+                page.goto(f"{server}/")
+                page.wait_for_selector("#live-count")
+                assert page.title() == "genrecast"
+                hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
+                assert f"http://127.0.0.1:{port}/" in hrefs, hrefs
+                assert {f"{server}{p}" for p in ("/mic", "/docs", "/openapi.json")} <= set(hrefs)
+                for href in hrefs:
+                    assert page.request.get(href).status == 200, href
+                page.click("#dashboard")
+                page.get_by_text(TITLE).first.wait_for()
         finally:
             for push in pushes:
                 push.stop()

@@ -288,7 +288,16 @@ def test_the_wall_sorts_filters_and_selects_the_newest_live_stream() -> None:
     streams = [
         wall_stream("old", "live", 1.0, genre="jazz", confidence=0.6, lag_s=0.4),
         wall_stream("new", "live", 3.0, genre="rock", confidence=0.9, lag_s=0.1),
-        wall_stream("gone", "failed", 5.0, reason="x", last_error="connection refused by h:1"),
+        wall_stream(
+            "gone",
+            "failed",
+            5.0,
+            reason="source failed 3 times in a row; last: connection refused by h:1",
+            last_error="connection refused by h:1",
+        ),
+        wall_stream(
+            "back", "live", 2.0, last_error="no audio for 10 s", last_error_at=1000.0 - 125
+        ),
         wall_stream(
             "done",
             "ended",
@@ -300,15 +309,19 @@ def test_the_wall_sorts_filters_and_selects_the_newest_live_stream() -> None:
             },
         ),
     ]
-    rows = wall_rows(streams, {})
+    rows = wall_rows(streams, {}, now=1000.0)
     assert default_selection(rows) == "new"  # newest live, not the newer failed one
-    assert [r.stream_id for r in sort_rows(rows, "newest")] == ["new", "old", "gone", "done"]
+    order = ["new", "back", "old", "gone", "done"]
+    assert [r.stream_id for r in sort_rows(rows, "newest")] == order
     assert [r.stream_id for r in sort_rows(rows, "confidence")][:2] == ["new", "old"]
     assert [r.stream_id for r in filter_rows(rows, "REFUSED")] == ["gone"]
-    assert [r.stream_id for r in filter_rows(rows, "", show_ended=False)] == ["old", "new"]
+    assert [r.stream_id for r in filter_rows(rows, "", show_ended=False)] == ["old", "new", "back"]
+    errors = {r.stream_id: r.error for r in rows}
+    assert errors["gone"].startswith("source failed 3 times")  # the whole reason
+    assert errors["back"] == "no audio for 10 s (2m 05s ago)"  # recovered: when it was
     page = wall_html(sort_rows(rows, "name"), label_colours(["blues", "jazz", "rock"]))
     assert page.index('data-stream-id="new"') < page.index('data-stream-id="old"')
-    assert "connection refused by h:1" in page
+    assert "last: connection refused by h:1" in page
     assert 'data-genre="blues"' in page and "47%" in page  # an ended stream's main genre
     many = wall_rows([wall_stream(f"s{i}", "live", float(i)) for i in range(300)], {})
     assert "50 more: filter to narrow." in wall_html(many, {}, limit=250)

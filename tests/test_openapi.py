@@ -111,8 +111,10 @@ def test_parameters_bodies_and_security_are_described(
     classify = doc["paths"]["/classify"]["post"]
     assert {"multipart/form-data", "audio/*"} <= set(classify["requestBody"]["content"])
     assert classify["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "$ref": REF + "ClassifyResult"
+        "$ref": REF + "ClassifyAnswer"
     }
+    answer = doc["components"]["schemas"]["ClassifyAnswer"]["properties"]
+    assert answer["summary"] == {"$ref": REF + "StreamSummary"}
     # with tokens, guarded operations need the bearer scheme; open ones none
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     for path, item in doc["paths"].items():

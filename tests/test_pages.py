@@ -95,7 +95,7 @@ def test_the_landing_page_says_what_runs_and_every_link_answers(
             assert ready["model"] in page and ready["device"] in page
             assert ready["precision"] in page and version() in page
             for label in ready["labels"]:  # chips in /ready's colours
-                assert f'data-label="{label}" style="background:{ready["colours"][label]}' in page
+                assert f'data-genre="{label}" data-colour="{ready["colours"][label]}"' in page
             assert '<span id="live-count">0</span>' in page  # no tokens: counted at once
             assert "Dashboard: not running" in page and "genrecast dashboard" in page
             links = parse(page)
@@ -187,7 +187,7 @@ def test_the_landing_page_in_a_browser_reads_streams_with_a_token(
                 assert "/#token=YOUR_TOKEN" in note
                 chips = await page.eval_on_selector_all(
                     "#labels .chip",
-                    "cs => cs.map(c => [c.dataset.label, getComputedStyle(c).backgroundColor])",
+                    "cs => cs.map(c => [c.dataset.genre, getComputedStyle(c).backgroundColor])",
                 )
                 ready = (await http.get("/ready")).json()
                 assert [label for label, _ in chips] == ready["labels"]

@@ -21,7 +21,7 @@ import pytest
 
 from stream_server.config import Config
 from stream_server.errors import DecodeError, SourceRefused, SourceStalled
-from stream_server.sources.puller import ReconnectPolicy, describe_failure
+from stream_server.sources.puller import ReconnectPolicy, _http_error, describe_failure
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
@@ -316,3 +316,16 @@ def test_a_station_that_worked_then_dropped_is_retried_and_says_why(
     with Site({"/radio": down}) as site, EndlessMp3(mp3) as endless:
         site.queued["/radio"] = [audio]
         run(scenario(site, endless), limit_s=3 * TIMEOUT_S)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:secret@radio.example/live?key=secret#x", "http://radio.example/live"),
+        ("https://radio.example:8443/a/b", "https://radio.example:8443/a/b"),
+        ("http://[::1]:8000/live", "http://[::1]:8000/live"),
+    ],
+)
+def test_an_error_status_names_where_without_user_password_or_query(url: str, shown: str) -> None:
+    response = httpx.Response(404, request=httpx.Request("GET", url))
+    assert _http_error(response) == f"HTTP 404 Not Found from {shown}"

@@ -54,8 +54,10 @@ def test_an_empty_timeline_has_no_genre() -> None:
     }
 
 
-def test_passages_beyond_the_limit_are_counted() -> None:
+def test_the_latest_passages_are_kept_and_earlier_ones_counted() -> None:
     segments = [seg(i, i + 1, "rock" if i % 2 else "pop") for i in range(MAX_PASSAGES + 7)]
     summary = summarize(segments)
     assert len(summary.passages) == MAX_PASSAGES
-    assert summary.more_passages == 7
+    assert summary.more_passages == 7  # the earliest ones: the latest are kept
+    assert summary.passages[-1].end_s == segments[-1].end_s
+    assert summary.passages[0].start_s == 7.0

@@ -393,6 +393,9 @@ def test_a_killed_worker_is_started_again_and_the_other_keeps_serving(
         async with httpx.AsyncClient(base_url=url) as http:  # the store ended the cut streams
             listed = {s["stream_id"]: s for s in (await http.get("/streams")).json()["streams"]}
         assert all(listed[stream_id]["ended_at"] is not None for stream_id in cut)
+        for stream_id in cut:  # with why (kept with the record, not read back from a timeline)
+            assert listed[stream_id]["reason"] == "its worker process stopped", listed[stream_id]
+            assert listed[stream_id]["summary"] is not None, listed[stream_id]
         for conn, _ in conns:
             await conn.close()
 

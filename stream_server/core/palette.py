@@ -10,11 +10,20 @@ from run to run. Colours are CSS ``#rrggbb`` strings.
 from __future__ import annotations
 
 import hashlib
+import html
 from collections.abc import Iterable, Mapping, Sequence
 
 from stream_server.messages import NON_MUSIC_LABELS
 
-__all__ = ["GENRE_COLOURS", "NEUTRAL", "colour_of", "colour_of_name", "label_colours"]
+__all__ = [
+    "GENRE_COLOURS",
+    "NEUTRAL",
+    "chip_html",
+    "colour_of",
+    "colour_of_name",
+    "label_colours",
+    "text_colour",
+]
 
 #: The colour of speech and silence: a grey unlike any genre's.
 NEUTRAL = "#9e9e9e"
@@ -72,3 +81,25 @@ def colour_of(label: str, colours: Mapping[str, str]) -> str:
     """``label``'s colour in ``colours`` (from :func:`label_colours`), or
     :func:`colour_of_name` for a label it lacks."""
     return colours.get(label) or colour_of_name(label)
+
+
+def text_colour(background: str) -> str:
+    """Near-black or white, whichever reads better on ``background`` (``#rrggbb``): by the
+    background's relative luminance."""
+    try:
+        r, g, b = (int(background[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    except ValueError:
+        return "#fff"
+    luminance = 0.2126 * r**2.2 + 0.7152 * g**2.2 + 0.0722 * b**2.2
+    return "#111" if luminance > 0.33 else "#fff"
+
+
+def chip_html(label: str, colours: Mapping[str, str], text: str | None = None) -> str:
+    """``label`` as a coloured chip: ``<span class="chip" data-genre=... data-colour=...>``
+    in its colour (:func:`colour_of`) with readable text; ``text`` shown instead of the label.
+    The one chip of every page (dashboard, landing page)."""
+    bg = colour_of(label, colours)
+    return (
+        f'<span class="chip" data-genre="{html.escape(label)}" data-colour="{bg}" '
+        f'style="background:{bg};color:{text_colour(bg)}">{html.escape(text or label)}</span>'
+    )

@@ -18,7 +18,18 @@ from typing import Any, Protocol
 
 from stream_server.core.timeline import Segment
 
-__all__ = ["StreamArchive", "StreamOutcome", "StreamRecord", "Tail", "TrackTitle"]
+__all__ = [
+    "FINAL_STATES",
+    "StreamArchive",
+    "StreamOutcome",
+    "StreamRecord",
+    "Tail",
+    "TrackTitle",
+]
+
+#: States of a listed stream (``GET /streams``) it never leaves: it ended, its source failed, or
+#: (in a cluster) the node that ran it died without ending it. Every other state is a live one.
+FINAL_STATES: frozenset[str] = frozenset({"ended", "failed", "lost"})
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from stream_server.core.timeline import Segment
 
 __all__ = ["MAX_PASSAGES", "GenreShare", "Passage", "StreamSummary", "summarize"]
 
-#: The most passages (runs of one genre) a summary keeps: the first ones, then the count.
+#: The most passages (runs of one genre) a summary keeps: the latest ones, and the count of
+#: the earlier ones.
 MAX_PASSAGES = 50
 
 
@@ -60,8 +61,8 @@ class StreamSummary:
         duration_s: Seconds of stream time from the first segment's start to the last one's end.
         windows: Updates (one per hop) the timeline holds.
         genres: Every label's share, largest first (speech and silence included).
-        passages: The first :data:`MAX_PASSAGES` runs of one genre, in order.
-        more_passages: Runs left out after those.
+        passages: The last :data:`MAX_PASSAGES` runs of one genre, in order.
+        more_passages: Earlier runs left out before those.
     """
 
     duration_s: float
@@ -112,5 +113,5 @@ def summarize(segments: Sequence[Segment]) -> StreamSummary:
             passages[-1] = Passage(passages[-1].start_s, s.end_s, s.genre)
         else:
             passages.append(Passage(s.start_s, s.end_s, s.genre))
-    kept = passages[:MAX_PASSAGES]
+    kept = passages[-MAX_PASSAGES:]
     return StreamSummary(duration, windows, tuple(shares), tuple(kept), len(passages) - len(kept))

@@ -16,7 +16,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CSV_FIELDS", "Segment", "TimelineBuilder", "segments_to_csv"]
+__all__ = [
+    "CSV_FIELDS",
+    "Segment",
+    "TimelineBuilder",
+    "segments_from_json",
+    "segments_to_csv",
+]
 
 #: Column order of :meth:`Segment.to_dict` and :func:`segments_to_csv`.
 CSV_FIELDS: tuple[str, ...] = ("start_s", "end_s", "genre", "confidence", "updates")
@@ -333,3 +339,25 @@ def segments_to_csv(segments: Sequence[Segment]) -> str:
     for segment in segments:
         writer.writerow(segment.to_dict())
     return buf.getvalue()
+
+
+def segments_from_json(rows: object) -> list[Segment]:
+    """Segments from their JSON form (:meth:`Segment.to_dict`: ``GET /streams/{id}/timeline``'s
+    ``segments``, a ``POST /classify`` answer's); a row that is not one is skipped."""
+    out: list[Segment] = []
+    if not isinstance(rows, list):
+        return out
+    for row in rows:
+        try:
+            out.append(
+                Segment(
+                    float(row["start_s"]),
+                    float(row["end_s"]),
+                    str(row["genre"]),
+                    float(row["confidence"]),
+                    int(row["updates"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out

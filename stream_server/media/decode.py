@@ -116,7 +116,14 @@ def _open(
         )
         return container
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise DecodeError(f"cannot open audio source {_name(source)!r}: {exc}") from exc
+        raise DecodeError(f"cannot open audio source {_name(source)!r}: {_words(exc)}") from exc
+
+
+def _words(exc: BaseException) -> str:
+    """An FFmpeg or OS error's own words, without its number (``No such file or
+    directory``, not ``[Errno 2] No such file or directory: 'x'``)."""
+    words = getattr(exc, "strerror", None)
+    return str(words) if words else str(exc)
 
 
 def _name(source: str | Readable) -> str:

@@ -56,6 +56,7 @@ from websockets.exceptions import InvalidState
 from stream_server import version
 from stream_server.config import Config
 from stream_server.core.palette import label_colours
+from stream_server.core.records import FINAL_STATES
 from stream_server.core.timeline import segments_to_csv
 from stream_server.errors import ClusterError, ProtocolError, SourceRefused
 from stream_server.extras import EXTRAS
@@ -431,7 +432,7 @@ async def landing_page(request: Request) -> Response:
     if not guarded:  # anyone may read them: the page shows them at once
         with contextlib.suppress(ClusterError):
             listed = await service.list_streams()
-            live = sum(1 for s in listed if s.get("state") == "live")
+            live = sum(1 for s in listed if s.get("state") not in FINAL_STATES)
             streams = (live, len(listed) - live)
     port = service.config.server.dashboard_port
     dashboard = None

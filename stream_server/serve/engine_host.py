@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from stream_server.config import Config
+from stream_server.core.records import StreamOutcome
+from stream_server.core.summary import summarize
 from stream_server.core.windows import (
     WindowJob,
     WindowResult,
@@ -53,6 +55,9 @@ from stream_server.serve.store import TimelineStore
 from stream_server.serve.wire import read_frame, write_frame
 
 log = logging.getLogger(__name__)
+
+#: Why the streams of an ingest worker that died ended.
+WORKER_STOPPED = "its worker process stopped"
 
 __all__ = ["EngineHost"]
 
@@ -204,13 +209,15 @@ class EngineHost:
             question.waiting.discard(worker.index)
             self._maybe_answer(qid)
         orphans = [sid for sid, entry in self._live.items() if entry.worker is worker]
+        figures: dict[str, tuple[float, int]] = {}
         for stream_id in orphans:
             entry = self._live[stream_id]
+            figures[stream_id] = (entry.stream_time_s, entry.windows)
             ended = StreamEnded(
                 type="stream.ended",
                 seq=0,
                 stream_id=stream_id,
-                reason="its worker process stopped",
+                reason=WORKER_STOPPED,
                 stream_time_s=entry.stream_time_s,
                 wall_time=time.time(),
                 windows_computed=entry.windows,
@@ -218,19 +225,28 @@ class EngineHost:
             )
             self._stamp(dict(ended), dumps(ended), None, None)
         if orphans:
-            self._end_in_store(orphans)
+            self._end_in_store(figures)
 
-    def _end_in_store(self, stream_ids: list[str]) -> None:
-        """Mark a dead worker's streams ended in the store (they would stay open for ever)."""
+    def _end_in_store(self, figures: dict[str, tuple[float, int]]) -> None:
+        """Mark a dead worker's streams ended in the store (they would stay open for ever), with
+        why and what they were; ``figures``: stream id to (stream time in seconds, windows)."""
         try:
             store = TimelineStore(self.config.storage.database)
         except StorageError as exc:
             log.error("could not end a stopped worker's streams: %s", exc)
             return
         try:
-            for stream_id in stream_ids:
+            for stream_id, (stream_time_s, windows) in figures.items():
                 try:
-                    store.end_stream(stream_id, time.time())
+                    outcome = StreamOutcome(
+                        state="ended",
+                        reason=WORKER_STOPPED,
+                        summary=summarize(store.timeline(stream_id)).to_dict(),
+                        stream_time_s=stream_time_s,
+                        windows_computed=windows,
+                        windows_skipped=0,
+                    )
+                    store.end_stream(stream_id, time.time(), outcome)
                 except StorageError as exc:
                     log.error("could not end stream %s: %s", stream_id, exc)
         finally:

@@ -4,9 +4,11 @@
 with the methods it takes; a route this module has no entry for still appears, marked
 ``x-undocumented`` (a test fails on that). What a route is for, its parameters, request body and
 status codes are written once, in :data:`OPERATIONS`, keyed by method and path. Body shapes are
-TypedDicts -- those of :mod:`stream_server.messages` and the answers below, which the handlers
-build -- turned into JSON Schema by :func:`schema_of`, so a field added to one shows up here.
-The scope a route needs comes from the same function the guard applies.
+TypedDicts -- those of :mod:`stream_server.messages`, :mod:`stream_server.serve.upload` and the
+answers below, which the handlers build -- and the dataclasses whose ``to_dict()`` they send
+(:class:`~stream_server.core.summary.StreamSummary`), turned into JSON Schema by :func:`schema_of`,
+so a field added to one shows up here. The scope a route needs comes from the same function the
+guard applies.
 
 The WebSockets, which OpenAPI cannot describe, are in the document's ``x-websockets``
 section: each endpoint's query parameters, what the client sends and what it gets (the message
@@ -15,6 +17,8 @@ TypedDicts of :mod:`stream_server.messages`), and the close and error codes.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -25,11 +29,14 @@ from typing import Any, Literal, NotRequired, TypedDict, Union, get_args, get_or
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from stream_server import messages
+from stream_server.core.summary import StreamSummary
 from stream_server.serve.auth import Scope, TicketAnswer
+from stream_server.serve.upload import ClassifyAnswer
 
 __all__ = [
     "CLOSE_CODES",
     "ERROR_CODES",
+    "JSON_FORMS",
     "OPERATIONS",
     "SOCKETS",
     "DeletedAnswer",
@@ -100,24 +107,52 @@ class ErrorAnswer(TypedDict):
     code: NotRequired[str]
 
 
+#: The states ``GET /streams`` lists: a pulled stream's (:data:`~stream_server.types.StreamState`),
+#: and ``lost``, a stream of a cluster that no node runs and that never ended.
+ListedState = Literal["connecting", "live", "reconnecting", "ended", "failed", "lost"]
+
+
 class StreamInfo(TypedDict):
-    """One stream, live or stored. Live streams add their figures (``stream_time_s``,
-    ``windows_computed``, the current ``genre`` and ``confidence``, ...); the list of keys may
-    grow."""
+    """One stream, live or stored, as ``Service.describe`` lists it.
+
+    Every stream has its record's fields, its ``state``, ``summary`` (what it was: its main
+    genre, each genre's share and its passages; ``null`` for a stream that never ended and has no
+    outcome, such as a ``lost`` one), and the latest failed connection of a pulled source,
+    ``last_error`` at ``last_error_at`` (unix seconds; kept after the source is back; ``null`` if
+    none).
+
+    A live stream adds its figures (``stream_time_s``, ``lag_s``, ``windows_computed``, ...), the
+    current ``genre`` and ``confidence`` (``null`` before its first window) and, in a cluster, the
+    ``node`` that runs it. An ended stream adds why it ended, ``reason`` (``null`` when not known:
+    one ended by a previous run), its last ``genre``, ``confidence`` and ``title``, and its final
+    counters; the figures are left out where not known. The list of keys may grow.
+    """
 
     stream_id: str
     name: str
     kind: str
     source: str
-    state: str
+    state: ListedState
     created_at: float
     ended_at: float | None
+    sample_rate: int | None
+    channels: int | None
+    format: str | None
+    summary: StreamSummary | None
+    last_error: str | None
+    last_error_at: float | None
+    reason: NotRequired[str | None]
     genre: NotRequired[str | None]
     confidence: NotRequired[float | None]
+    title: NotRequired[str | None]
     stream_time_s: NotRequired[float]
+    lag_s: NotRequired[float | None]
     windows_computed: NotRequired[int]
     windows_skipped: NotRequired[int]
-    title: NotRequired[str | None]
+    overrun_samples: NotRequired[int]
+    dropped: NotRequired[int]
+    corrupt_packets: NotRequired[int]
+    reconnects: NotRequired[int]
     node: NotRequired[str]
 
 
@@ -210,13 +245,21 @@ def _json_type(value: object) -> str:
     return "string"
 
 
+#: Fields the code types loosely (a ``to_dict()`` result as ``dict[str, object]``), by TypedDict
+#: and key: the type whose JSON form they hold.
+JSON_FORMS: dict[tuple[type, str], Any] = {
+    (ClassifyAnswer, "summary"): StreamSummary,
+}
+
+
 def schema_of(tp: Any, components: dict[str, Json]) -> Json:
     """The JSON Schema of the type ``tp``. A TypedDict becomes a ``$ref`` to its entry in
-    ``components`` (added there, with the entries of the TypedDicts it holds)."""
-    if typing.is_typeddict(tp):
+    ``components`` (added there, with the entries of the types it holds); so does a dataclass,
+    as its ``to_dict()`` writes it: every field and every property, all required."""
+    if typing.is_typeddict(tp) or (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
         name = tp.__name__
         if name not in components:
-            components[name] = {}  # placeholder: a TypedDict that refers to itself terminates
+            components[name] = {}  # placeholder: a type that refers to itself terminates
             components[name] = _object_schema(tp, components)
         return {"$ref": SCHEMA_PREFIX + name}
     origin = get_origin(tp)
@@ -246,24 +289,79 @@ def schema_of(tp: Any, components: dict[str, Json]) -> Json:
     raise TypeError(f"no JSON Schema for {tp!r}")
 
 
-def _object_schema(td: type, components: dict[str, Json]) -> Json:
-    hints = typing.get_type_hints(td, include_extras=True)
-    total = getattr(td, "__total__", True)
+def _fields(tp: type) -> list[tuple[str, Any, bool | None, str]]:
+    """``(key, type, required, description)`` of a TypedDict's keys (``required`` None: as the
+    TypedDict's totality says) or of a dataclass's properties then fields (all required; the
+    descriptions from its ``Attributes:`` section and the properties' docstrings)."""
+    hints = typing.get_type_hints(tp, include_extras=True)
+    if not dataclasses.is_dataclass(tp):
+        return [(key, hint, None, "") for key, hint in hints.items()]
+    out: list[tuple[str, Any, bool | None, str]] = []
+    for name, member in inspect.getmembers(tp, lambda m: isinstance(m, property)):
+        if name.startswith("_") or member.fget is None:
+            continue
+        returns = typing.get_type_hints(member.fget).get("return", Any)
+        out.append((name, returns, True, doc_text(member.fget.__doc__)))
+    described = _attribute_docs(tp.__doc__)
+    out += [
+        (f.name, hints[f.name], True, described.get(f.name, ""))
+        for f in dataclasses.fields(tp)
+        if not f.name.startswith("_")
+    ]
+    return out
+
+
+def _attribute_docs(doc: str | None) -> dict[str, str]:
+    """A Google-style docstring's ``Attributes:`` entries, as plain text by name."""
+    lines = inspect.cleandoc(doc or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:") + 1
+    except StopIteration:
+        return {}
+    entries: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    indent: int | None = None
+    for line in lines[start:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if depth == 0:  # the next section
+            break
+        match = re.match(r"(\w+):\s*(.*)$", line.strip())
+        if match and (indent is None or depth <= indent):
+            indent = depth
+            current = entries.setdefault(match.group(1), [match.group(2)])
+        elif current is not None:
+            current.append(line.strip())
+    return {name: doc_text(" ".join(text)) for name, text in entries.items()}
+
+
+def _summary_of(doc: str | None) -> str:
+    """A docstring without its Google-style sections (``Attributes:``, ``Args:``, ...)."""
+    text = inspect.cleandoc(doc or "")
+    return re.split(r"^(?:Attributes|Args|Returns|Raises):\s*$", text, maxsplit=1, flags=re.M)[0]
+
+
+def _object_schema(tp: type, components: dict[str, Json]) -> Json:
+    total = getattr(tp, "__total__", True)
     properties: Json = {}
     required: list[str] = []
-    for key, hint in hints.items():
+    for key, hint, needed, description in _fields(tp):
         origin = get_origin(hint)
         if origin is NotRequired:
             hint, needed = get_args(hint)[0], False
         elif origin is typing.Required:
             hint, needed = get_args(hint)[0], True
-        else:
+        elif needed is None:
             needed = total
+        hint = JSON_FORMS.get((tp, key), hint)
         properties[key] = schema_of(hint, components)
+        if description:
+            properties[key] = {**properties[key], "description": description}
         if needed:
             required.append(key)
     schema: Json = {"type": "object", "properties": properties, "required": required}
-    if description := doc_text(td.__doc__):
+    if description := doc_text(_summary_of(tp.__doc__)):
         schema["description"] = description
     return schema
 
@@ -419,7 +517,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/classify"): Op(
         "Classify one audio file",
         "The whole file goes through the live windows and smoothing; the same bytes again get "
-        "the kept answer (`cached`).",
+        "the kept answer (`cached`). The answer's `summary` sums up its timeline as "
+        "`GET /streams` sums up a stream.",
         tag="files",
         body={
             "multipart/form-data": {
@@ -432,7 +531,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         },
         body_description="A form with a `file` field, or the file itself as the body.",
         answers={
-            200: json_answer("The file's genres.", messages.ClassifyResult),
+            200: json_answer("The file's genres, and its timeline summed up.", ClassifyAnswer),
             400: json_answer("An empty or malformed upload."),
             413: json_answer("The file is larger than `upload.max_bytes`."),
             415: json_answer("Not an audio file the server can decode."),

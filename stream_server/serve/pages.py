@@ -23,6 +23,9 @@ from typing import Any
 
 import httpx
 
+from stream_server.core.palette import chip_html
+from stream_server.core.records import FINAL_STATES
+
 __all__ = [
     "Landing",
     "chips",
@@ -123,23 +126,6 @@ def _prose(text: str) -> str:
     return "".join(out)
 
 
-def _text_on(colour: str) -> str:
-    """Black or white, whichever reads better on ``colour`` (``#rrggbb``)."""
-    try:
-        r, g, b = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
-    except ValueError:
-        return "#fff"
-    lum = 0.2126 * r**2.2 + 0.7152 * g**2.2 + 0.0722 * b**2.2
-    return "#111" if lum > 0.33 else "#fff"
-
-
-def _chip(label: str, colour: str) -> str:
-    return (
-        f'<span class="chip" data-label="{_e(label)}" style="background:{_e(colour)};'
-        f'color:{_text_on(colour)}">{_e(label)}</span>'
-    )
-
-
 # -- the landing page ------------------------------------------------------------------------
 
 
@@ -222,7 +208,7 @@ async function refreshStreams() {
   }
   if (!res.ok) return;
   const body = await res.json();
-  const live = body.streams.filter((s) => s.state === "live").length;
+  const live = body.streams.filter((s) => !FINAL_STATES.includes(s.state)).length;
   $("live-count").textContent = String(live);
   $("stored-count").textContent = `live · ${plural(body.streams.length - live, "stored stream")}`;
   $("stream-note").textContent = "";
@@ -356,7 +342,7 @@ def render_landing(page: Landing) -> str:
 </ul>
 </section>
 </main>
-<script>{_LANDING_SCRIPT}</script>
+<script>const FINAL_STATES = {json.dumps(sorted(FINAL_STATES))};{_LANDING_SCRIPT}</script>
 </body>
 </html>
 """
@@ -667,4 +653,4 @@ def render_docs(doc: Mapping[str, Any]) -> str:
 
 def chips(labels: Iterable[str], colours: Mapping[str, str]) -> str:
     """Labels as coloured chips (HTML)."""
-    return "".join(_chip(label, colours.get(label, "#9e9e9e")) for label in labels)
+    return "".join(chip_html(label, colours) for label in labels)

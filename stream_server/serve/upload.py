@@ -50,7 +50,7 @@ from starlette.types import Message, Receive
 from stream_server.config import UploadConfig
 from stream_server.core.session import SessionParams
 from stream_server.core.summary import summarize
-from stream_server.core.timeline import Segment
+from stream_server.core.timeline import Segment, segments_from_json
 from stream_server.core.windows import WindowEngine, WindowScores, stack_windows
 from stream_server.errors import DecodeError, EngineStopped, UploadError
 from stream_server.media.decode import iter_pcm, probe
@@ -91,16 +91,7 @@ class ClassifyAnswer(ClassifyResult):
 def with_summary(result: ClassifyResult) -> ClassifyAnswer:
     """``result`` with the ``summary`` of its ``segments`` (worked out afresh, so an answer
     from an older server gets the same one)."""
-    segments = [
-        Segment(
-            start_s=float(s["start_s"]),
-            end_s=float(s["end_s"]),
-            genre=s["genre"],
-            confidence=float(s["confidence"]),
-            updates=int(s["updates"]),
-        )
-        for s in result["segments"]
-    ]
+    segments = segments_from_json(result["segments"])
     answer = cast(ClassifyAnswer, dict(result))
     answer["summary"] = summarize(segments).to_dict()
     return answer

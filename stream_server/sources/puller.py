@@ -1050,8 +1050,11 @@ def _int_header(value: str | None) -> int | None:
 
 def _http_error(response: httpx.Response) -> str:
     """``HTTP 404 Not Found from http://host/path``: an error status and where it came from
-    (after redirects; the query left out, it may hold a token)."""
-    url = response.url.copy_with(query=None, fragment=None)
+    (after redirects; user, password and query left out: they may hold a secret)."""
+    u = response.url
+    host = f"[{u.host}]" if ":" in u.host else u.host
+    port = f":{u.port}" if u.port is not None else ""
+    url = f"{u.scheme}://{host}{port}{u.path}"
     reason = response.reason_phrase or ""
     return f"HTTP {response.status_code}{f' {reason}' if reason else ''} from {url}"
 

@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from stream_server.core.summary import StreamSummary, summarize
-from stream_server.core.timeline import Segment
+from stream_server.core.timeline import Segment, segments_from_json
 from stream_server.errors import AccessRefused, ClientError, PullFailed
 from stream_server.media.decode import iter_pcm, probe
 from stream_server.messages import (
@@ -629,7 +629,7 @@ async def wait_live(
     *,
     token: str | None = None,
     wait_s: float = 30.0,
-    poll_s: float = 0.2,
+    poll_s: float = 0.5,
     on_state: Callable[[str, str], None] | None = None,
 ) -> PullOutcome:
     """Follow a pulled stream in ``GET /streams`` until it goes live, ends or fails, or
@@ -699,25 +699,7 @@ async def fetch_timeline(server: str, stream_id: str, *, token: str | None = Non
         base_url=base, trust_env=False, timeout=30.0, headers=headers
     ) as http:
         body = await _get_json(http, f"/streams/{stream_id}/timeline", base, bool(headers))
-    return segments_of(body.get("segments", []) if isinstance(body, dict) else [])
-
-
-def segments_of(rows: object) -> list[Segment]:
-    """Timeline segments from their JSON form (``GET /streams/{id}/timeline``, a
-    ``POST /classify`` answer's ``segments``)."""
-    if not isinstance(rows, list):
-        return []
-    return [
-        Segment(
-            start_s=float(row["start_s"]),
-            end_s=float(row["end_s"]),
-            genre=str(row["genre"]),
-            confidence=float(row.get("confidence", 0.0)),
-            updates=int(row.get("updates", 1)),
-        )
-        for row in rows
-        if isinstance(row, dict)
-    ]
+    return segments_from_json(body.get("segments", []) if isinstance(body, dict) else [])
 
 
 # -- summaries in words ------------------------------------------------------------------------
@@ -754,9 +736,12 @@ def format_passage(start_s: float, end_s: float, genre: str) -> str:
 
 def format_passages(summary: StreamSummary, most: int = PASSAGES_SHOWN) -> str:
     """``0.0-12.5 s rock · 12.5-18.0 s jazz · …`` : the genres in order, with their times;
-    after ``most`` of them, how many more."""
+    after ``most`` of them, how many more (and first, how many earlier ones the summary left
+    out)."""
     shown = [format_passage(p.start_s, p.end_s, p.genre) for p in summary.passages[:most]]
-    left = len(summary.passages) - len(shown) + summary.more_passages
+    if summary.more_passages > 0:
+        shown.insert(0, f"{summary.more_passages} earlier …")
+    left = len(summary.passages) - min(most, len(summary.passages))
     if left > 0:
         shown.append(f"… {left} more")
     return " · ".join(shown)
@@ -798,7 +783,7 @@ def format_classify_headline(result: ClassifyResult) -> list[str]:
     """The two answers of a ``POST /classify`` result, each labelled: the whole file's mean of
     window probabilities (``genre``, what ``genrecast evaluate`` scores) and the smoothed
     timeline's main genre (its :func:`~stream_server.core.summary.summarize`)."""
-    summary = summarize(segments_of(result["segments"]))
+    summary = summarize(segments_from_json(result["segments"]))
     lines = [
         f"whole file (mean of {music_windows(result)} windows): "
         f"{result['genre']} {100.0 * result['confidence']:.1f} %"

@@ -66,11 +66,12 @@ class Proc:
 
 
 @contextlib.contextmanager
-def genrecast_server(tmp_path: Path) -> Iterator[str]:
-    """``genrecast serve`` on a free port with the default model; yields its http URL."""
+def genrecast_server(tmp_path: Path, dashboard_port: int = 0) -> Iterator[str]:
+    """``genrecast serve`` on a free port with the default model; yields its http URL. Its
+    landing page links to a dashboard on ``dashboard_port`` (0: none)."""
     config = tmp_path / "config.toml"
     config.write_text(
-        '[server]\nport = 0\nlog_level = "warning"\n'
+        f'[server]\nport = 0\nlog_level = "warning"\ndashboard_port = {dashboard_port}\n'
         '[engine]\ndevice = "cpu"\n'
         f'[storage]\ndatabase = "{tmp_path / "timeline.db"}"\n'
         # the test's radio station is on loopback: a LAN set-up
@@ -96,9 +97,10 @@ def genrecast_server(tmp_path: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def dashboard(server: str) -> Iterator[str]:
-    """``genrecast dashboard`` on a free port; yields its URL once Streamlit answers."""
-    port = free_port()
+def dashboard(server: str, port: int = 0) -> Iterator[str]:
+    """``genrecast dashboard`` on ``port`` (0: a free one); yields its URL once Streamlit
+    answers."""
+    port = port or free_port()
     proc = Proc(cli("dashboard", "--server", server, "--port", str(port)))
     url = f"http://127.0.0.1:{port}"
     try:
