@@ -25,7 +25,16 @@ from stream_server.sources.puller import ReconnectPolicy, _http_error, describe_
 from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
-from tests.helpers.live import next_message, of_type, run, serving, stream_info, updates
+from tests.helpers.live import (
+    ended_info,
+    next_message,
+    of_type,
+    pull_config,
+    run,
+    serving,
+    stream_info,
+    updates,
+)
 from tests.helpers.radio import EndlessMp3, mp3_file
 from tests.helpers.site import Route, Site
 
@@ -175,33 +184,6 @@ def test_a_source_that_never_delivered_audio_gets_first_attempts_tries() -> None
 
 
 # -- a real server pulling from loopback --------------------------------------------------------
-
-
-def pull_config(make_config: Callable[..., Config], **sources: Any) -> Config:
-    """The untrained model, short windows, fast reconnects; loopback allowed (a LAN)."""
-    return make_config(
-        model={"path": "untrained"},
-        engine={"window_s": 2.0, "hop_s": 0.5},
-        sources={
-            "stall_s": 3.0,
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 0.2,
-            "allow_private_addresses": True,
-            **sources,
-        },
-    )
-
-
-async def ended_info(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
-    """Poll ``GET /streams`` every 50 ms, up to TIMEOUT_S seconds, until the stream has ended
-    (it lists its ``reason``)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        info = await stream_info(http, stream_id)
-        if "reason" in info:
-            return info
-        assert time.monotonic() < deadline, f"{stream_id} has not ended: {info}"
-        await asyncio.sleep(0.05)
 
 
 def test_a_source_that_never_worked_fails_at_once_saying_why(

@@ -39,7 +39,15 @@ from stream_server.tools.client import http_base, wants_pull
 from tests.helpers.audio import music_source
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
-from tests.helpers.live import next_message, of_type, run, serving, stream_info, updates
+from tests.helpers.live import (
+    next_message,
+    of_type,
+    pull_config,
+    run,
+    serving,
+    stream_info,
+    updates,
+)
 from tests.helpers.radio import FFMPEG, EndlessMp3, LoopbackServer, mp3_file, need, send_paced_mp3
 
 ICECAST = shutil.which("icecast2") or "/usr/bin/icecast2"
@@ -259,21 +267,6 @@ async def wait_state(
             return info
         assert time.monotonic() < deadline, f"stream stayed {info['state']!r}: {info}"
         await asyncio.sleep(0.05)
-
-
-def pull_config(make_config: Callable[..., Config], **sources: Any) -> Config:
-    """A config for pulling from the test's own servers, all on loopback (a LAN, to the policy)."""
-    return make_config(
-        model={"path": "untrained"},
-        engine={"window_s": 2.0, "hop_s": 0.5},
-        sources={
-            "stall_s": 3.0,
-            "reconnect_min_s": 0.2,
-            "reconnect_max_s": 0.5,
-            "allow_private_addresses": True,
-            **sources,
-        },
-    )
 
 
 def test_endless_http_mp3_goes_live_via_the_cli_and_delete_stops_it(
@@ -590,22 +583,39 @@ class Icecast:
         owner = ""
         if os.geteuid() == 0:
             owner = "<changeowner><user>nobody</user><group>nogroup</group></changeowner>"
+        self._owner = owner
         self.config = folder / "icecast.xml"
-        self.config.write_text(
-            ICECAST_XML.format(
-                password=self.password, port=self.port, dir=folder, changeowner=owner
-            )
-        )
         self.log = open(folder / "icecast.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc: subprocess.Popen[bytes] | None = None
         self.source: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{self.port}/stream.mp3"
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [ICECAST, "-c", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self._wait(lambda status: True, "icecast to listen")
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mp3"
+
+    def start(self, attempts: int = 3) -> None:
+        """Start icecast; one that exits before it listens (its free port taken meanwhile by
+        another process) is started again on another port, ``attempts`` times in all."""
+        for attempt in range(attempts):
+            if attempt:
+                self.port = free_port()
+            self.config.write_text(
+                ICECAST_XML.format(
+                    password=self.password,
+                    port=self.port,
+                    dir=self.folder,
+                    changeowner=self._owner,
+                )
+            )
+            self.proc = subprocess.Popen(
+                [ICECAST, "-c", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT
+            )
+            try:
+                self._wait(lambda status: True, "icecast to listen")
+                return
+            except AssertionError:
+                if self.proc.poll() is None or attempt == attempts - 1:
+                    raise
 
     def status(self) -> dict[str, Any]:
         reply = httpx.get(f"http://127.0.0.1:{self.port}/status-json.xsl", trust_env=False)

@@ -32,7 +32,15 @@ from tests.helpers.audio import encode_audio, music
 from tests.helpers.cli import free_port
 from tests.helpers.constants import TIMEOUT_S
 from tests.helpers.hls import HLS_TYPE, TS_TYPE, aac_segments, media_playlist
-from tests.helpers.live import next_message, of_type, run, serving, stream_info, updates
+from tests.helpers.live import (
+    ended_info,
+    next_message,
+    of_type,
+    run,
+    serving,
+    stream_info,
+    updates,
+)
 from tests.helpers.site import Route, Site
 
 REFUSED = SourceRefused.MESSAGE
@@ -333,19 +341,7 @@ async def failed_with(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
     TIMEOUT_S seconds, until the stream has ended and lists its final ``reason``."""
     reply = await post(http, url)
     assert reply.status_code == 201, (url, reply.text)
-    return await failed_with_id(http, reply.json()["stream_id"])
-
-
-async def failed_with_id(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
-    """Poll ``GET /streams`` every 50 ms for up to TIMEOUT_S seconds until the stream has ended
-    and lists its final ``reason``."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        info = await stream_info(http, stream_id)
-        if "reason" in info:
-            return info
-        assert time.monotonic() < deadline, f"{stream_id}: no final reason yet: {info}"
-        await asyncio.sleep(0.05)
+    return await ended_info(http, reply.json()["stream_id"])
 
 
 def test_files_outside_the_media_folder_get_the_answer_a_missing_file_gets(
@@ -644,7 +640,7 @@ def test_what_the_hls_demuxer_fetches_later_is_checked_too(
                 first.routes["/live.m3u8"] = Route(
                     200, HLS_TYPE, media_playlist(later, first=1, ended=False)
                 )
-                info = await failed_with_id(http, stream_id)
+                info = await ended_info(http, stream_id)
                 assert info["state"] == "failed" and info["reason"] == REFUSED, info
                 assert info["reconnects"] == 0, "a refused source is not retried"
                 assert first.hits.count("/live.m3u8") >= 2, first.hits  # a reload happened
@@ -705,7 +701,7 @@ def test_a_reloaded_playlist_is_bounded_like_the_first(
                 stream_id = reply.json()["stream_id"]
                 await hit(site, "/s0.ts")  # FFmpeg is reading the first playlist
                 site.routes["/live.m3u8"] = Route(200, HLS_TYPE, huge)
-                info = await failed_with_id(http, stream_id)
+                info = await ended_info(http, stream_id)
                 assert info["state"] == "failed", info
                 assert f"HLS playlist larger than {MAX_PLAYLIST_BYTES} bytes" in info["reason"]
 
@@ -758,7 +754,7 @@ def test_a_source_that_sends_a_moment_of_audio_and_drops_still_reaches_the_bound
                 await next_message(conn, of_type("genre.update"))  # audio did arrive
                 ended = await next_message(conn, of_type("stream.ended"))
             assert ended["reason"] == "source failed 3 times in a row; last: end of stream"
-            info = await failed_with_id(http, stream_id)
+            info = await ended_info(http, stream_id)
             assert info["state"] == "failed" and info["reconnects"] == 2, info
         assert site.hits == ["/moment"] * 3
 

@@ -103,6 +103,35 @@ async def stream_info(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]
     return dict(info)
 
 
+async def ended_info(http: httpx.AsyncClient, stream_id: str) -> dict[str, Any]:
+    """Poll ``GET /streams`` every 50 ms, up to TIMEOUT_S seconds, until the stream has ended
+    (it lists its final ``reason``); its entry."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while True:
+        info = await stream_info(http, stream_id)
+        if "reason" in info:
+            return info
+        assert asyncio.get_running_loop().time() < deadline, f"{stream_id} has not ended: {info}"
+        await asyncio.sleep(0.05)
+
+
+def pull_config(make_config: Callable[..., Config], **sources: Any) -> Config:
+    """A config for pulling from a test's own servers, all on loopback (a LAN, to the source
+    policy): the untrained model, short windows, a 3 s stall, fast reconnects; ``sources``:
+    more ``[sources]`` keys."""
+    return make_config(
+        model={"path": "untrained"},
+        engine={"window_s": 2.0, "hop_s": 0.5},
+        sources={
+            "stall_s": 3.0,
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 0.5,
+            "allow_private_addresses": True,
+            **sources,
+        },
+    )
+
+
 async def recv_json(conn: ClientConnection) -> dict[str, Any]:
     raw = await asyncio.wait_for(conn.recv(), TIMEOUT_S)
     message: dict[str, Any] = json.loads(raw)
