@@ -311,3 +311,30 @@ def test_a_station_that_worked_then_dropped_is_retried_and_says_why(
 def test_an_error_status_names_where_without_user_password_or_query(url: str, shown: str) -> None:
     response = httpx.Response(404, request=httpx.Request("GET", url))
     assert _http_error(response) == f"HTTP 404 Not Found from {shown}"
+
+
+def test_a_listed_source_shows_no_user_password_or_query(
+    make_config: Callable[..., Config],
+) -> None:
+    """Anyone who may list streams sees where a pulled stream comes from, never a secret its
+    URL's query may carry: not in its source, its default name, nor its failure's reason. (A URL
+    with a user and password is refused at once: the policy takes none.)"""
+
+    async def scenario(site: Site) -> None:
+        url = f"{site.base}/missing.mp3?token=secret"
+        async with serving(pull_config(make_config)) as (_, http):
+            with_user = site.base.replace("http://", "http://user:secret@") + "/missing.mp3"
+            assert (await http.post("/streams", json={"url": with_user})).status_code == 403
+            reply = await http.post("/streams", json={"url": url})
+            assert reply.status_code == 201, reply.text
+            created = reply.json()
+            info = await ended_info(http, created["stream_id"])
+            for entry in (created, info):
+                assert entry["source"] == f"{site.base}/missing.mp3?…", entry
+                assert entry["name"] == "missing.mp3", entry
+            assert info["reason"] == f"HTTP 404 Not Found from {site.base}/missing.mp3", info
+            assert "secret" not in (await http.get("/streams")).text
+        assert site.hits == ["/missing.mp3?token=secret"]  # the whole URL was pulled
+
+    with Site({}) as site:
+        run(scenario(site), limit_s=3 * TIMEOUT_S)

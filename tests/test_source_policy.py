@@ -26,6 +26,7 @@ from stream_server.sources.source_policy import (
     WebUrl,
     address_problem,
     playlist_uris,
+    shown_source,
 )
 from stream_server.sources.web_fetch import MAX_PLAYLIST_BYTES
 from tests.helpers.audio import encode_audio, music
@@ -809,3 +810,21 @@ def test_a_source_that_never_worked_is_tried_first_connect_attempts_times(
             assert not server.service.pullers and not server.service.streams
 
     run(scenario(), limit_s=3 * TIMEOUT_S)
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        (
+            "http://u:pw@radio.example:8000/live.mp3?token=abc",
+            "http://radio.example:8000/live.mp3?…",
+        ),
+        ("https://radio.example/a", "https://radio.example/a"),
+        ("HTTP://Radio.Example/", "http://radio.example/"),
+        ("http://[::1]:80/x?a=1", "http://[::1]:80/x?…"),
+        ("/srv/media/x.mp3", "/srv/media/x.mp3"),
+        ("http://radio.example:99999/x", "http://radio.example:99999/x"),  # not a URL to show
+    ],
+)
+def test_a_source_is_shown_without_user_password_or_query(source: str, shown: str) -> None:
+    assert shown_source(source) == shown

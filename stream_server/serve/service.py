@@ -53,7 +53,7 @@ from stream_server.serve.metrics import Metrics, merge_metrics
 from stream_server.serve.store import TimelineStore
 from stream_server.serve.upload import Classifier
 from stream_server.sources.puller import Puller
-from stream_server.sources.source_policy import SourcePolicy
+from stream_server.sources.source_policy import SourcePolicy, shown_source
 from stream_server.types import FloatArray, SourceCounter, StreamSink, StreamState
 
 if TYPE_CHECKING:  # torch: imported where the model runs (an ingest worker never does)
@@ -965,7 +965,8 @@ class Service:
                 raise
         rate = self.model.preprocessing.sample_rate
         start = StartMessage(type="start", sample_rate=rate, channels=1, format="f32le")
-        start["name"] = name or source.rstrip("/").rsplit("/", 1)[-1] or source
+        shown = shown_source(source)
+        start["name"] = name or shown.removesuffix("?…").rstrip("/").rsplit("/", 1)[-1] or shown
         earlier: list[Segment] = []
         if resume is not None:  # read before the stream exists here: a failure leaves nothing
             assert self.store is not None
@@ -1211,7 +1212,7 @@ class Service:
             "stream_id": record.stream_id,
             "name": record.name,
             "kind": record.kind,
-            "source": record.source,
+            "source": shown_source(record.source),
             "state": "ended",
             "created_at": record.created_at,
             "ended_at": record.ended_at,

@@ -61,6 +61,7 @@ __all__ = [
     "is_url",
     "open_media",
     "playlist_uris",
+    "shown_source",
     "system_resolver",
 ]
 
@@ -381,3 +382,19 @@ def playlist_uris(text: str, base_url: str) -> tuple[list[str], list[str]]:
         (playlists if master and after_stream_inf else others).append(urljoin(base_url, line))
         after_stream_inf = False
     return playlists, others
+
+
+def shown_source(source: str) -> str:
+    """``source`` as it may be shown to anyone who lists streams: an ``http(s)`` URL without
+    its user, password and query (any of which may hold a secret: a query left out shows as
+    ``?…``); anything else (a media file's path) as it is."""
+    try:
+        parts = urlsplit(source.strip())
+        port = parts.port
+    except ValueError:
+        return source
+    if parts.scheme.lower() not in WEB_SCHEMES or not parts.hostname:
+        return source
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    where = f"{parts.scheme.lower()}://{host}{f':{port}' if port is not None else ''}{parts.path}"
+    return where + ("?…" if parts.query else "")
