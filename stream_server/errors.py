@@ -210,6 +210,25 @@ class ClusterError(GenrecastError):
     join, a cluster asked for with bad sizes or without credentials off loopback."""
 
 
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions behind it, outermost first: its ``__cause__`` (else its
+    ``__context__`` unless suppressed) and exceptions among its arguments (httpcore re-raises
+    its errors ``from None``, the socket's error kept as the argument), at most 16."""
+    out: list[BaseException] = []
+    waiting: list[BaseException] = [exc]
+    while waiting and len(out) < 16:
+        current = waiting.pop(0)
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        waiting += [arg for arg in current.args if isinstance(arg, BaseException)]
+        if current.__cause__ is not None:
+            waiting.append(current.__cause__)
+        elif current.__context__ is not None and not current.__suppress_context__:
+            waiting.append(current.__context__)
+    return out
+
+
 __all__ = [
     "AccessRefused",
     "AudioFormatError",
@@ -237,4 +256,5 @@ __all__ = [
     "WindowNotWritten",
     "WindowOverwritten",
     "WindowUnavailable",
+    "exception_chain",
 ]

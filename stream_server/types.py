@@ -65,6 +65,10 @@ class StreamSink(Protocol):
     def gap(self, seconds: float) -> None:
         """The source was away for ``seconds`` and is back."""
 
+    def connection_failed(self, reason: str, wall_time: float) -> None:
+        """A connection to the source failed for ``reason`` (words) at ``wall_time`` (unix
+        seconds): the stream's ``last_error``."""
+
     def set_state(self, state: StreamState) -> None:
         """The source's state changed (ignored once the stream has ended)."""
 

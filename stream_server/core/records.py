@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stream_server.core.summary import summarize
 from stream_server.core.timeline import Segment
 
 __all__ = [
@@ -74,6 +75,21 @@ class StreamOutcome:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every attribute by name (``GET /streams`` lists these)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def of_timeline(cls, segments: Sequence[Segment], reason: str | None = None) -> StreamOutcome:
+        """The outcome of a stream that ended without one, from its stored timeline: its
+        summary, its stream time (the last segment's end), its last genre; ``reason`` where
+        known; its counts are not known."""
+        last = segments[-1] if segments else None
+        return cls(
+            state="ended",
+            reason=reason,
+            summary=summarize(segments).to_dict(),
+            stream_time_s=None if last is None else round(last.end_s, 3),
+            genre=None if last is None else last.genre,
+            confidence=None if last is None else round(last.confidence, 4),
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StreamOutcome:

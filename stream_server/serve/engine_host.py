@@ -22,6 +22,7 @@ Everything runs on the process's event loop; the engine thread hands its results
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -35,7 +36,6 @@ import numpy as np
 
 from stream_server.config import Config
 from stream_server.core.records import StreamOutcome
-from stream_server.core.summary import summarize
 from stream_server.core.windows import (
     WindowJob,
     WindowResult,
@@ -238,10 +238,8 @@ class EngineHost:
         try:
             for stream_id, (stream_time_s, windows) in figures.items():
                 try:
-                    outcome = StreamOutcome(
-                        state="ended",
-                        reason=WORKER_STOPPED,
-                        summary=summarize(store.timeline(stream_id)).to_dict(),
+                    outcome = dataclasses.replace(
+                        StreamOutcome.of_timeline(store.timeline(stream_id), WORKER_STOPPED),
                         stream_time_s=stream_time_s,
                         windows_computed=windows,
                         windows_skipped=0,

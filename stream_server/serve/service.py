@@ -994,7 +994,6 @@ class Service:
             source,
             self.config.sources,
             self._loop,
-            on_error=lambda reason, at: self.connection_failed(live, reason, at),
             went_live=resume is not None,  # it delivered audio on the node it was taken from
         )
         self.pullers[stream_id] = puller
@@ -1158,7 +1157,7 @@ class Service:
         for record in records:
             assert record.ended_at is not None
             try:
-                outcome = _outcome_of_timeline(store.timeline(record.stream_id))
+                outcome = StreamOutcome.of_timeline(store.timeline(record.stream_id))
                 store.end_stream(record.stream_id, record.ended_at, outcome)
             except StorageError as exc:
                 log.error("stream %s: its outcome could not be kept: %s", record.stream_id, exc)
@@ -1283,6 +1282,9 @@ class LiveSink:
     def title(self, title: str) -> None:
         self._service.track_change(self._live, title)
 
+    def connection_failed(self, reason: str, wall_time: float) -> None:
+        self._service.connection_failed(self._live, reason, wall_time)
+
     def gap(self, seconds: float) -> None:
         self._service.mark_gap(self._live, seconds)
 
@@ -1333,20 +1335,6 @@ def _outcome(live: LiveStream, reason: str) -> StreamOutcome:
         reconnects=live.reconnects,
         last_error=live.last_error,
         last_error_at=live.last_error_at,
-    )
-
-
-def _outcome_of_timeline(segments: Sequence[Segment]) -> StreamOutcome:
-    """The outcome of a stream that ended without one, from its stored timeline: its summary,
-    its stream time, its last genre; why it ended and its counts are not known."""
-    last = segments[-1] if segments else None
-    return StreamOutcome(
-        state="ended",
-        reason=None,
-        summary=summarize(segments).to_dict(),
-        stream_time_s=None if last is None else round(last.end_s, 3),
-        genre=None if last is None else last.genre,
-        confidence=None if last is None else round(last.confidence, 4),
     )
 
 

@@ -48,9 +48,11 @@ STOP_TIMEOUT_S = 20.0
 RESTART_MIN_S = 10.0
 
 
-def serve_workers(config: Config, model: LoadedModel) -> None:
+def serve_workers(config: Config, model: LoadedModel, sock: socket.socket | None = None) -> None:
     """Serve ``config`` with ``server.workers`` ingest processes and this one as the engine
-    process, until SIGINT or SIGTERM.
+    process, until SIGINT or SIGTERM. ``sock``: the listening socket, bound already
+    (:func:`~stream_server.serve.listen.listen_on`, before the model loaded); ``None``: bound
+    here. It is closed at the end either way.
 
     Raises:
         ConfigError: as :func:`~stream_server.serve.server.serve` (checked before anything
@@ -58,7 +60,7 @@ def serve_workers(config: Config, model: LoadedModel) -> None:
         OSError: the address cannot be bound.
     """
     checked_tokens(config)
-    listen = bind(config.server.host, config.server.port)
+    listen = sock if sock is not None else bind(config.server.host, config.server.port)
     try:
         _close_orphans(config)
         asyncio.run(_Supervisor(config, model, listen, config.server.workers).run())

@@ -40,7 +40,7 @@ and hands ``chunk_s`` blocks to its :class:`~stream_server.types.StreamSink` on 
 * **Reconnects**, once a source has delivered audio: the end of a live source, a connection
   error, or no audio for ``stall_s`` seconds drops the connection; the puller reconnects after a
   capped exponential backoff (:class:`ReconnectPolicy`) and keeps the stream id. Each failed
-  connection's reason goes to ``on_error`` (the stream's ``last_error``). The gap is marked on
+  connection's reason goes to the stream (its ``last_error``). The gap is marked on
   the timeline (:meth:`StreamSession.mark_gap`): the open segment closes and stream time jumps
   forward by the wall-clock length of the gap. After ``max_reconnects`` failed connections in a
   row (0: never) the stream ends in state ``"failed"``; the reason is kept with it
@@ -85,6 +85,7 @@ from stream_server.errors import (
     SourceRefused,
     SourceStalled,
     StreamStateError,
+    exception_chain,
 )
 from stream_server.media.decode import DecodeStats, Readable, iter_pcm
 from stream_server.sources.source_policy import (
@@ -313,25 +314,6 @@ _ERRNO: Final = re.compile(r"\[Errno -?\d+\]\s*")
 _TLS_NOISE: Final = re.compile(r"\[SSL(: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)")
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the exceptions behind it, outermost first: its ``__cause__`` (else its
-    ``__context__`` unless suppressed) and exceptions among its arguments (httpcore re-raises
-    its errors ``from None``, the socket's error kept as the argument), at most 16."""
-    out: list[BaseException] = []
-    waiting: list[BaseException] = [exc]
-    while waiting and len(out) < 16:
-        current = waiting.pop(0)
-        if any(current is seen for seen in out):
-            continue
-        out.append(current)
-        waiting += [arg for arg in current.args if isinstance(arg, BaseException)]
-        if current.__cause__ is not None:
-            waiting.append(current.__cause__)
-        elif current.__context__ is not None and not current.__suppress_context__:
-            waiting.append(current.__context__)
-    return out
-
-
 def _first(chain: list[BaseException], kind: type[BaseException] | tuple[type, ...]) -> Any:
     return next((e for e in chain if isinstance(e, kind)), None)
 
@@ -410,7 +392,7 @@ def describe_failure(
             ``no audio for <stall_s> s``.
         open_timeout_s: The connect timeout, seconds (``sources.open_timeout_s``).
     """
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     host, address = _where(chain, url)
     refused = _first(chain, SourceRefused)
     if refused is not None:
@@ -674,9 +656,9 @@ class Puller:
     """Pulls one source into one live stream from a worker thread; see the module docstring.
 
     Every change to the stream (state, counters, audio, titles, gaps, its end) is posted to the
-    event loop as a call on its :class:`~stream_server.types.StreamSink`; the worker never
-    touches it directly. ``on_error(reason, wall_time)`` is posted too, for each connection that
-    failed (:func:`describe_failure`; ``wall_time`` in unix seconds). ``went_live``: the source
+    event loop as a call on its :class:`~stream_server.types.StreamSink`, each failed
+    connection's reason (:func:`describe_failure`) included; the worker never touches it
+    directly. ``went_live``: the source
     has delivered audio before (a stream taken over from another node): it is retried as a
     live source from its first failure.
     """
@@ -688,11 +670,9 @@ class Puller:
         config: SourcesConfig,
         loop: asyncio.AbstractEventLoop,
         *,
-        on_error: Callable[[str, float], object] | None = None,
         went_live: bool = False,
     ) -> None:
         self._sink = sink
-        self._on_error = on_error
         self._went_live = went_live  # some connection delivered audio
         self.source = source
         self._config = config
@@ -802,8 +782,7 @@ class Puller:
 
     def _failed(self, reason: str) -> None:
         """One connection failed: its reason goes to the stream (``last_error``)."""
-        if self._on_error is not None:
-            self._post(self._on_error, reason, time.time())
+        self._post(self._sink.connection_failed, reason, time.time())
 
     def _connections(self) -> None:
         failures = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import logging
 import sys
@@ -44,30 +43,22 @@ def load_config_of(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from stream_server.serve.listen import cannot_listen, listen_on
+    from stream_server.serve.listen import listen_on
     from stream_server.serve.server import checked_tokens
 
     config = load_config_of(args)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(levelname)s %(message)s")
     checked_tokens(config)  # refuse an unguarded non-loopback address before anything loads
     host, port = config.server.host, config.server.port
-    # The port first: a busy one is said at once, not after the model's load. One process keeps
-    # the socket it bound and serves on it; --workers N binds its own, so this one only checks.
+    # The port first: a busy one is said at once, not after the model's load; the server (one
+    # process, or the ingest workers of --workers N) then serves on the socket bound here.
     sock = listen_on(host, port)
     try:
-        if config.server.workers > 1:
-            sock.close()
         model = _load_for_serving(config)
         if config.server.workers > 1:
             from stream_server.serve.workers import serve_workers
 
-            try:
-                serve_workers(config, model)
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                # taken in the moment between the check above and its own bind
-                raise cannot_listen(host, port, exc) from None
+            serve_workers(config, model, sock)
         else:
             from stream_server.serve.server import serve
 

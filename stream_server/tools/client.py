@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from stream_server.core.summary import StreamSummary, summarize
 from stream_server.core.timeline import Segment, segments_from_json
-from stream_server.errors import AccessRefused, ClientError, PullFailed
+from stream_server.errors import AccessRefused, ClientError, PullFailed, exception_chain
 from stream_server.media.decode import iter_pcm, probe
 from stream_server.messages import (
     NON_MUSIC_LABELS,
@@ -105,16 +105,6 @@ def close_words(code: int | None, reason: str = "") -> str:
     return CLOSE_WORDS.get(code, "the server closed the connection without saying why")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions behind it (``__cause__``, else ``__context__``)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _errno_words(number: int) -> str | None:
     if number < 0:  # getaddrinfo's EAI_* codes: the name did not resolve
         return "host not found"
@@ -128,7 +118,7 @@ def error_words(exc: BaseException) -> str:
     Looks through ``exc`` and the errors behind it (httpx wraps the socket's).
     """
     dropped = False  # a connection closed without a close frame: its cause may say more
-    for error in _chain(exc):
+    for error in exception_chain(exc):
         if isinstance(error, ConnectionClosed):
             if error.rcvd is not None:
                 return close_words(error.rcvd.code, error.rcvd.reason)
@@ -142,7 +132,7 @@ def error_words(exc: BaseException) -> str:
             words = _errno_words(error.errno)
             if words:
                 return words
-    for error in _chain(exc):  # "Multiple exceptions: [Errno 111] ...", or httpx's text
+    for error in exception_chain(exc):  # "Multiple exceptions: [Errno 111] ...", or httpx's text
         match = _ERRNO_IN_TEXT.search(str(error))
         if match and (words := _errno_words(int(match.group(1)))):
             return words
