@@ -124,14 +124,13 @@ def model_facts(server: str) -> dict[str, Any]:
     return reply.data if reply.ok and isinstance(reply.data, dict) else {}
 
 
-def palette(facts: dict[str, Any], extra: list[str]) -> dict[str, str]:
-    """The server's colours (``/ready``), and stable ones for labels it does not list."""
+def palette(facts: dict[str, Any]) -> Palette:
+    """The server's colours (``/ready``); before it answers, the palette of no labels. A label
+    either lacks is coloured from its name where it is drawn (``colour_of``)."""
     served = facts.get("colours")
-    labels = list(facts.get("labels") or [])
-    colours = label_colours(labels, extra)
     if isinstance(served, dict):
-        colours.update({str(k): str(v) for k, v in served.items()})
-    return colours
+        return {str(k): str(v) for k, v in served.items()}
+    return label_colours(list(facts.get("labels") or []))
 
 
 def header(api: Api, feed: Feed) -> bool:
@@ -276,7 +275,7 @@ def selected_stream(
     data, csv = history(api.base, sid)
     stored = segments_from_json(data.get("segments") if data else None)
     segments = merge_segments(stored, view.segments() if view else [])
-    colours = palette(facts, [s.genre for s in segments])
+    colours = palette(facts)
     headline(row, view, summary, colours)
     left, right = st.columns([4, 1])
     with left:
@@ -368,7 +367,7 @@ def wall(rows: list[WallRow], facts: dict[str, Any]) -> None:
     show_ended = controls[2].checkbox("show ended", value=True, key="wall_ended")
     shown = sort_rows(filter_rows(rows, text, show_ended=show_ended), order)
     controls[3].caption(f"{len(shown)} of {len(rows)} streams")
-    colours = palette(facts, [r.genre for r in rows if r.genre])
+    colours = palette(facts)
     st.markdown(
         wall_html(shown, colours, selected=st.session_state.get("stream")), unsafe_allow_html=True
     )
@@ -448,7 +447,7 @@ def upload(server: str) -> None:
         segments = segments_from_json(result.get("segments"))
         windows = result.get("windows", [])
         facts = model_facts(server)
-        colours = palette(facts, [*result["probabilities"], *(s.genre for s in segments)])
+        colours = palette(facts)
         marker(
             "upload-result",
             f"{file.name}: {result['genre']} ({result['confidence']:.0%}) · "
