@@ -16,6 +16,7 @@ from typing import Any
 from dashboard.state import StreamView, format_age
 from dashboard.svg import chip, sparkline_svg
 from stream_server.core.records import FINAL_STATES
+from stream_server.tools.client import stream_failure
 
 __all__ = [
     "SORTS",
@@ -80,7 +81,7 @@ def _error(stream: Mapping[str, Any], state: str, now: float) -> str:
     """Why a stream failed or was lost (its ``reason``, the whole of it); for one still going,
     its latest connection error and how long ago it was."""
     if state in ("failed", "lost") and stream.get("reason"):
-        return str(stream["reason"])
+        return stream_failure(stream)
     last = stream.get("last_error")
     if not last:
         return ""
