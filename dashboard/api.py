@@ -113,15 +113,6 @@ class Api:
     def timeline(self, stream_id: str) -> Reply:
         return self._call("GET", f"/streams/{stream_id}/timeline", scope=READ)
 
-    def timeline_csv(self, stream_id: str) -> Reply:
-        return self._call(
-            "GET",
-            f"/streams/{stream_id}/timeline",
-            text=True,
-            params={"format": "csv"},
-            scope=READ,
-        )
-
     def metrics(self) -> Reply:
         return self._call("GET", "/metrics", text=True, scope=READ)
 

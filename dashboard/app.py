@@ -171,12 +171,11 @@ def header(api: Api, feed: Feed) -> bool:
 
 
 @st.cache_data(ttl=2.0, show_spinner=False)
-def history(server: str, stream_id: str) -> tuple[dict[str, Any] | None, str]:
-    """The stored timeline (JSON) and its CSV, cached for 2 s."""
-    api = Api(server)
-    reply = api.timeline(stream_id)
-    csv = api.timeline_csv(stream_id)
-    return (reply.data if reply.ok else None), (csv.data if csv.ok else "")
+def history(server: str, stream_id: str) -> dict[str, Any] | None:
+    """The stored timeline (``GET /streams/{id}/timeline``), cached for 2 s; ``None`` when it
+    cannot be read."""
+    reply = Api(server).timeline(stream_id)
+    return reply.data if reply.ok else None
 
 
 def choose_stream(rows: list[WallRow]) -> str | None:
@@ -272,7 +271,7 @@ def selected_stream(
     listed_summary = listed.get("summary")
     summary: dict[str, Any] = listed_summary if isinstance(listed_summary, dict) else {}
     view = state.streams.get(sid)
-    data, csv = history(api.base, sid)
+    data = history(api.base, sid)
     stored = segments_from_json(data.get("segments") if data else None)
     segments = merge_segments(stored, view.segments() if view else [])
     colours = palette(facts)
@@ -341,7 +340,8 @@ def selected_stream(
     payload = data or {"stream_id": sid, "segments": [s.to_dict() for s in segments]}
     controls[1].download_button(
         "timeline CSV",
-        csv or segments_to_csv(segments),
+        # the stored timeline as the server's CSV has it (the same rows, rounded alike)
+        segments_to_csv(stored if data else segments),
         file_name=f"{sid}-timeline.csv",
         mime="text/csv",
         on_click="ignore",

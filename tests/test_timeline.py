@@ -10,7 +10,13 @@ import math
 
 import pytest
 
-from stream_server.core.timeline import CSV_FIELDS, Segment, TimelineBuilder, segments_to_csv
+from stream_server.core.timeline import (
+    CSV_FIELDS,
+    Segment,
+    TimelineBuilder,
+    segments_from_json,
+    segments_to_csv,
+)
 
 
 def feed(builder: TimelineBuilder, updates: list[tuple[float, str, float]]) -> list[Segment]:
@@ -325,3 +331,16 @@ def test_take_changes_after_a_gap_is_the_closed_segment() -> None:
     assert b.take_changes() == []
     with pytest.raises(ValueError, match="history"):
         TimelineBuilder(history=-1)
+
+
+def test_segments_read_back_from_json_give_the_same_csv() -> None:
+    """The JSON timeline read back renders the CSV the server renders from its own segments
+    (the dashboard's CSV export relies on it); rows that are not segments are skipped."""
+    segments = [
+        Segment(0.0, 12.34567, "rock", 0.812345, 12),
+        Segment(12.34567, 20.0004, "silence", 1.0, 8),
+    ]
+    rows = [s.to_dict() for s in segments]
+    assert segments_to_csv(segments_from_json(rows)) == segments_to_csv(segments)
+    assert segments_from_json([*rows, {"genre": "x"}, "y"]) == segments_from_json(rows)
+    assert segments_from_json(None) == []
